@@ -1,0 +1,383 @@
+//! Configuration: `hungryserv.toml` and the room-class file `routing.toml`, read and
+//! validated before anything else happens.
+//!
+//! [`load`] returns either a fully validated [`Config`] or every problem found in every file
+//! at once; `main` prints them and exits with code 64 before any port is bound. The annotated
+//! reference for each field (unit and default) is `deploy/hungryserv.toml`.
+//!
+//! May import: `auth::registration` (to validate the registration files the config names).
+
+mod fields;
+pub mod routing;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ruma::OwnedServerName;
+
+use crate::auth::registration::{self, Registration};
+pub use fields::Problems;
+use fields::Section;
+pub use routing::{CreateMatch, CreateTarget, RoomClass, RoutingConfig, ServeMode};
+
+/// Everything hungryserv needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Matrix server name, shared with Synapse.
+    pub server_name: OwnedServerName,
+    /// The public listener's address.
+    pub listen: SocketAddr,
+    /// Where `routing.toml` was read from.
+    pub routing_path: PathBuf,
+    /// The room classes.
+    pub routing: RoutingConfig,
+    /// The appservice registrations, as Synapse reads them.
+    pub appservices: Vec<Registration>,
+    /// How to reach Synapse.
+    pub synapse: SynapseConfig,
+    /// hungryserv's own database.
+    pub database: DatabaseConfig,
+    /// Body size limits.
+    pub limits: LimitsConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Synapse's internal listener and the connection pool to it.
+#[derive(Debug, Clone)]
+pub struct SynapseConfig {
+    /// Scheme and authority of Synapse's client listener (`http://host:port`), no path.
+    pub base: http::uri::Authority,
+    /// Time allowed to open a TCP connection.
+    pub connect_timeout: Duration,
+    /// Time allowed until Synapse's response headers arrive.
+    pub response_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// At most this many idle connections are kept.
+    pub pool_max_idle: usize,
+}
+
+/// hungryserv's Postgres database.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Connection URL; may hold a password, so it is never printed (see the Debug impl).
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Time allowed to get a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &"<redacted>")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// Request body limits.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Largest body forwarded to Synapse; `None` leaves the limit to Synapse.
+    pub max_forward_body_bytes: Option<u64>,
+    /// Largest body of a request hungryserv answers itself.
+    pub max_local_body_bytes: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directive, unless `RUST_LOG` is set.
+    pub filter: String,
+}
+
+/// Shutdown settings.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub grace_period: Duration,
+}
+
+/// Reads and validates `path` and the files it names. On failure, every problem found.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let mut problems = Problems::default();
+    let label = path.display().to_string();
+    let Some(table) = read_toml(path, &label, &mut problems) else {
+        return Err(problems);
+    };
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut top = Section::new(label, table);
+
+    let server_name = top
+        .required_string(&mut problems, "server_name")
+        .and_then(|name| match OwnedServerName::try_from(name.as_str()) {
+            Ok(name) => Some(name),
+            Err(err) => {
+                top.problem(
+                    &mut problems,
+                    "server_name",
+                    format!("{err} (got {name:?})"),
+                );
+                None
+            }
+        });
+    let listen_text = top
+        .string(&mut problems, "listen")
+        .unwrap_or_else(|| "127.0.0.1:8008".to_owned());
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            top.problem(
+                &mut problems,
+                "listen",
+                format!(
+                    "must be an IP address and port such as 127.0.0.1:8008 (got {listen_text:?})"
+                ),
+            );
+            None
+        }
+    };
+    let routing_path = base_dir.join(
+        top.string(&mut problems, "routing")
+            .unwrap_or_else(|| "routing.toml".to_owned()),
+    );
+    let registration_paths: Vec<PathBuf> = top
+        .strings(&mut problems, "appservice_registrations")
+        .into_iter()
+        .map(|file| base_dir.join(file))
+        .collect();
+
+    let mut synapse_section = top.table(&mut problems, "synapse");
+    let synapse = read_synapse(&mut synapse_section, &mut problems);
+    synapse_section.finish(&mut problems);
+
+    let mut database_section = top.table(&mut problems, "database");
+    let database = read_database(&mut database_section, &mut problems);
+    database_section.finish(&mut problems);
+
+    let mut limits_section = top.table(&mut problems, "limits");
+    let limits = read_limits(&mut limits_section, &mut problems);
+    limits_section.finish(&mut problems);
+
+    let mut log_section = top.table(&mut problems, "log");
+    let log = read_log(&mut log_section, &mut problems);
+    log_section.finish(&mut problems);
+
+    let mut shutdown_section = top.table(&mut problems, "shutdown");
+    let shutdown = ShutdownConfig {
+        grace_period: Duration::from_secs(shutdown_section.integer(
+            &mut problems,
+            "grace_period_s",
+            10,
+        )),
+    };
+    shutdown_section.finish(&mut problems);
+    top.finish(&mut problems);
+
+    let mut appservices = Vec::new();
+    for path in &registration_paths {
+        match registration::load(path) {
+            Ok(registration) => appservices.push(registration),
+            Err(err) => problems.push(format!("{}: {err}", path.display())),
+        }
+    }
+    registration::check_unique(&appservices, &mut problems);
+
+    let routing = routing::load(&routing_path, &mut problems);
+    if let Some(routing) = &routing {
+        routing.check_appservices(&routing_path, &appservices, &mut problems);
+    }
+
+    match (server_name, listen, synapse, database, routing) {
+        (Some(server_name), Some(listen), Some(synapse), Some(database), Some(routing))
+            if problems.is_empty() =>
+        {
+            Ok(Config {
+                server_name,
+                listen,
+                routing_path,
+                routing,
+                appservices,
+                synapse,
+                database,
+                limits,
+                log,
+                shutdown,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// Reads a TOML file into a table, recording a problem when it cannot.
+pub(crate) fn read_toml(path: &Path, label: &str, problems: &mut Problems) -> Option<toml::Table> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            problems.push(format!("{label}: cannot read file: {err}"));
+            return None;
+        }
+    };
+    match text.parse::<toml::Table>() {
+        Ok(table) => Some(table),
+        Err(err) => {
+            problems.push(format!(
+                "{label}: not valid TOML: {}",
+                err.to_string().trim()
+            ));
+            None
+        }
+    }
+}
+
+fn read_synapse(section: &mut Section, problems: &mut Problems) -> Option<SynapseConfig> {
+    let url = section.required_string(problems, "url");
+    let base = url.and_then(|url| match synapse_authority(&url) {
+        Ok(authority) => Some(authority),
+        Err(message) => {
+            section.problem(problems, "url", format!("{message} (got {url:?})"));
+            None
+        }
+    });
+    let connect_timeout =
+        Duration::from_millis(section.integer(problems, "connect_timeout_ms", 2000));
+    let response_timeout =
+        Duration::from_secs(section.integer(problems, "response_timeout_s", 300));
+    let pool_idle_timeout =
+        Duration::from_secs(section.integer(problems, "pool_idle_timeout_s", 90));
+    let pool_max_idle = section.integer(problems, "pool_max_idle", 512);
+    if connect_timeout.is_zero() {
+        section.problem(problems, "connect_timeout_ms", "must be greater than 0");
+    }
+    if response_timeout.is_zero() {
+        section.problem(problems, "response_timeout_s", "must be greater than 0");
+    }
+    Some(SynapseConfig {
+        base: base?,
+        connect_timeout,
+        response_timeout,
+        pool_idle_timeout,
+        pool_max_idle: usize::try_from(pool_max_idle).unwrap_or(usize::MAX),
+    })
+}
+
+/// Synapse's URL must be `http://host:port` (optionally with a trailing `/`): hungryserv
+/// appends the client's path byte for byte, so a path prefix would change every request.
+fn synapse_authority(url: &str) -> Result<http::uri::Authority, &'static str> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "must be a URL such as http://127.0.0.1:8009")?;
+    if uri.scheme_str() != Some("http") {
+        return Err("must use http:// (Synapse's internal listener, no TLS)");
+    }
+    if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
+        return Err("must not have a path or query: requests keep their own path");
+    }
+    uri.authority()
+        .cloned()
+        .ok_or("must name a host and port such as http://127.0.0.1:8009")
+}
+
+fn read_database(section: &mut Section, problems: &mut Problems) -> Option<DatabaseConfig> {
+    let url = section.required_string(problems, "url");
+    let max_connections = section.integer(problems, "max_connections", 16);
+    let acquire_timeout =
+        Duration::from_millis(section.integer(problems, "acquire_timeout_ms", 5000));
+    if let Some(url) = &url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        // The URL may carry a password: name the problem, not the value.
+        section.problem(
+            problems,
+            "url",
+            "must start with postgres:// or postgresql://",
+        );
+    }
+    let max_connections = match u32::try_from(max_connections) {
+        Ok(n) if n > 0 => n,
+        _ => {
+            section.problem(
+                problems,
+                "max_connections",
+                "must be between 1 and 4294967295",
+            );
+            1
+        }
+    };
+    Some(DatabaseConfig {
+        url: url?,
+        max_connections,
+        acquire_timeout,
+    })
+}
+
+fn read_limits(section: &mut Section, problems: &mut Problems) -> LimitsConfig {
+    let forward = section.integer(problems, "max_forward_body_bytes", 0);
+    let local = section.integer(problems, "max_local_body_bytes", 32 * 1024 * 1024);
+    // A single event may be 65,536 bytes; a local limit below that would refuse valid events.
+    if local < 65_536 {
+        section.problem(problems, "max_local_body_bytes", "must be at least 65536");
+    }
+    LimitsConfig {
+        max_forward_body_bytes: (forward > 0).then_some(forward),
+        max_local_body_bytes: local,
+    }
+}
+
+fn read_log(section: &mut Section, problems: &mut Problems) -> LogConfig {
+    let format = match section.string(problems, "format").as_deref() {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            section.problem(
+                problems,
+                "format",
+                format!("must be \"pretty\" or \"json\" (got {other:?})"),
+            );
+            LogFormat::Pretty
+        }
+    };
+    let filter = section
+        .string(problems, "filter")
+        .unwrap_or_else(|| "info".to_owned());
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&filter) {
+        section.problem(problems, "filter", format!("not a valid filter: {err}"));
+    }
+    LogConfig { format, filter }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synapse_url_shapes() {
+        assert_eq!(
+            synapse_authority("http://127.0.0.1:8009").unwrap().as_str(),
+            "127.0.0.1:8009"
+        );
+        assert!(synapse_authority("http://127.0.0.1:8009/").is_ok());
+        assert!(synapse_authority("http://synapse:8008/_matrix").is_err());
+        assert!(synapse_authority("https://synapse:8008").is_err());
+        assert!(synapse_authority("synapse:8008").is_err());
+        assert!(synapse_authority("http://synapse:8008/?x=1").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The `hungryserv` command line: parse arguments, load the configuration, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hungryserv::{app::AppState, config, server, store, telemetry};
+
+/// Exit codes from sysexits.h, so service managers can tell a bad config from a crash.
+const EX_CONFIG_INVALID: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_CANTBIND: u8 = 71;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A Synapse-compatible sidecar homeserver for bridge-only rooms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Path of hungryserv.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration (and the files it names) and exit: 0 if valid, 64 if not.
+    CheckConfig {
+        /// Path of hungryserv.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => report(&problems),
+        },
+        Command::Serve { config } => {
+            // Validate everything before touching the network.
+            let config = match config::load(&config) {
+                Ok(config) => config,
+                Err(problems) => return report(&problems),
+            };
+            telemetry::init(&config.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+fn report(problems: &config::Problems) -> ExitCode {
+    eprintln!("invalid configuration ({} problems):", problems.lines.len());
+    for line in &problems.lines {
+        eprintln!("  - {line}");
+    }
+    ExitCode::from(EX_CONFIG_INVALID)
+}
+
+async fn run(config: config::Config) -> ExitCode {
+    let db = match store::connect(&config.database, config.server_name.as_str()).await {
+        Ok(db) => db,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot open the database");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(address = %config.listen, error = %err, "cannot listen");
+            return ExitCode::from(EX_CANTBIND);
+        }
+    };
+    tracing::info!(
+        address = %config.listen,
+        server_name = %config.server_name,
+        synapse = %config.synapse.base,
+        "hungryserv listening"
+    );
+    let state = AppState::new(config, db);
+    match server::serve(state, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

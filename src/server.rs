@@ -1,0 +1,151 @@
+//! The HTTP wiring, top to bottom: accept a TCP connection → speak HTTP/1.1 or h2c (prior
+//! knowledge) on it → for each request open one span, classify it once, hand it to the
+//! route's handler (forward to Synapse, or an operations endpoint) → log its status and time
+//! to response headers. Graceful shutdown stops accepting, then lets in-flight requests finish
+//! within the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::admin;
+use crate::app::AppState;
+use crate::routing::{self, Route};
+
+/// A client that has not finished sending request headers by then is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler needs, shared by all connections.
+struct Handlers {
+    /// Shared application state.
+    state: AppState,
+    /// The `/_hungryserv/...` router.
+    ops: Router,
+    /// Source of request ids (unique within this process, in arrival order).
+    next_request_id: AtomicU64,
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains connections for at most the
+/// configured grace period.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let grace_period = state.config.shutdown.grace_period;
+    let handlers = Arc::new(Handlers {
+        ops: admin::router(state.clone()),
+        state,
+        next_request_id: AtomicU64::new(1),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Usually EMFILE: back off instead of spinning on the same error.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handlers = handlers.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    handle(handlers.clone(), peer, request)
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                connections.spawn(async move {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(err) = watcher.watch(connection).await {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        ?grace_period,
+        "shutting down: no longer accepting, draining in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace_period) => {
+            tracing::warn!(connections = connections.len(), "grace period over, closing remaining connections");
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One request: a span, classification, the route's handler, one log line.
+async fn handle(
+    handlers: Arc<Handlers>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let route = routing::classify(request.method(), request.uri().path());
+    let request_id = handlers.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "request",
+        id = request_id,
+        method = %request.method(),
+        path = %routing::path_template(request.uri().path()),
+        route = route.label(),
+    );
+    async move {
+        let request = request.map(Body::new);
+        let response = match route {
+            Route::Forward => match handlers.state.synapse.forward(request, peer).await {
+                Ok(response) => response,
+                Err(err) => err.into_response(),
+            },
+            Route::Ops => match handlers.ops.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+        };
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request answered"
+        );
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,53 @@
+//! hungryserv's Postgres database: the connection pool, the migrations (`migrations/` at the
+//! crate root, applied at start by sqlx's migrator) and the queries, one submodule per table
+//! family. The only module that contains SQL.
+//!
+//! Store functions take an executor, so the caller decides the transaction.
+//!
+//! May import: `config`.
+
+pub mod identity;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseConfig;
+
+/// Errors from the store. They never reach a client as text (see `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "this database belongs to server {stored:?}, not {configured:?}; point database.url at the right database"
+    )]
+    ServerNameMismatch { stored: String, configured: String },
+}
+
+/// The migrations in `migrations/`, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Opens the pool without connecting: the first query connects. Used where the database may
+/// legitimately be down (readiness reports it), and by [`connect`].
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy(&config.url)?)
+}
+
+/// Connects, applies pending migrations and checks the database belongs to `server_name`.
+pub async fn connect(config: &DatabaseConfig, server_name: &str) -> Result<PgPool, StoreError> {
+    let pool = pool(config)?;
+    MIGRATOR.run(&pool).await?;
+    identity::claim(&pool, server_name).await?;
+    Ok(pool)
+}
+
+/// A cheap round trip, for readiness.
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query!("SELECT 1 AS one").fetch_one(pool).await?;
+    Ok(())
+}
