@@ -369,6 +369,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/hungryserv.toml"
+        ));
+        let config = load(path).unwrap_or_else(|problems| panic!("{:?}", problems.lines));
+        assert_eq!(config.server_name.as_str(), "localhost");
+        assert_eq!(config.synapse.base.as_str(), "127.0.0.1:8009");
+        assert_eq!(config.limits.max_forward_body_bytes, None);
+        assert_eq!(config.shutdown.grace_period, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_problem_in_every_file_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("routing.toml"),
+            "[[class]]\nname = \"a\"\nprefix = \"letters\"\n[class.match]\nappservices = [\"ghost\"]\n",
+        )
+        .unwrap();
+        let path = dir.path().join("hungryserv.toml");
+        std::fs::write(
+            &path,
+            "listen = \"nowhere\"\nappservice_registrations = [\"missing.yaml\"]\n\
+             [synapse]\nurl = \"http://synapse:8008/prefix\"\nconnect_timeout_ms = \"soon\"\n\
+             [database]\nurl = \"mysql://x\"\n[log]\nformat = \"xml\"\n[extra]\n",
+        )
+        .unwrap();
+        let problems = load(&path).unwrap_err().lines.join("\n");
+        for needle in [
+            "server_name: is required",
+            "listen: must be an IP address and port",
+            "synapse.url: must not have a path or query",
+            "synapse.connect_timeout_ms: expected an integer",
+            "database.url: must start with postgres://",
+            "log.format: must be \"pretty\" or \"json\"",
+            "extra: unknown key",
+            "missing.yaml: cannot read file",
+            "class[0].prefix: must contain a character that is not a letter",
+            "matches appservice \"ghost\", but no registration",
+        ] {
+            assert!(
+                problems.contains(needle),
+                "missing {needle:?} in:\n{problems}"
+            );
+        }
+        assert!(
+            !problems.contains("mysql://x"),
+            "a database URL may hold a password: {problems}"
+        );
+    }
+
+    #[test]
     fn synapse_url_shapes() {
         assert_eq!(
             synapse_authority("http://127.0.0.1:8009").unwrap().as_str(),

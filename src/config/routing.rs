@@ -71,13 +71,12 @@ impl CreateMatch {
 
 const MAX_PREFIX_LEN: usize = 32;
 
-/// Reads and validates a routing file; `None` when it could not be used at all.
+/// Reads and validates a routing file, recording its problems; `None` when it could not be
+/// read or parsed at all. A returned config is only usable if no problem was recorded.
 pub fn load(path: &Path, problems: &mut Problems) -> Option<RoutingConfig> {
     let label = path.display().to_string();
-    let before = problems.lines.len();
     let table = super::read_toml(path, &label, problems)?;
-    let config = parse(Section::new(label, table), problems);
-    (problems.lines.len() == before).then_some(config)
+    Some(parse(Section::new(label, table), problems))
 }
 
 fn parse(mut top: Section, problems: &mut Problems) -> RoutingConfig {

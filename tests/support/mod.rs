@@ -1,0 +1,84 @@
+//! Shared helpers for the integration tests: configs, a hungryserv started in-process, and a
+//! fresh Postgres database per test.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use hungryserv::app::AppState;
+use hungryserv::config::{self, Config};
+use hungryserv::{server, store};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Writes a hungryserv.toml into a temp dir and loads it. `synapse_extra` goes into the
+/// `[synapse]` table; `extra` (whole tables) at the end.
+pub fn config(synapse: SocketAddr, database_url: &str, synapse_extra: &str, extra: &str) -> Config {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hungryserv.toml");
+    let routing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("routing.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server_name = \"test.local\"\nlisten = \"127.0.0.1:0\"\nrouting = {routing:?}\n\
+             [synapse]\nurl = \"http://{synapse}\"\n{synapse_extra}\n\
+             [database]\nurl = \"{database_url}\"\n{extra}\n"
+        ),
+    )
+    .expect("write config");
+    config::load(&path)
+        .unwrap_or_else(|problems| panic!("test config invalid: {:?}", problems.lines))
+}
+
+/// A database URL nothing listens on: for tests of paths that never touch the database.
+pub const NO_DATABASE: &str = "postgres://nobody@127.0.0.1:9/none";
+
+/// A hungryserv serving in this process.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Resolving this starts graceful shutdown.
+    pub shutdown: Option<oneshot::Sender<()>>,
+    /// The server task; ends when shutdown is complete.
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts hungryserv with `config` on a free port, with a lazily connecting database pool.
+pub async fn start(config: Config) -> Running {
+    let db = store::pool(&config.database).expect("pool");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel();
+    let state = AppState::new(config, db);
+    let task = tokio::spawn(server::serve(state, listener, async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        shutdown: Some(tx),
+        task,
+    }
+}
+
+/// A fresh, empty database on the test cluster (`HUNGRYSERV_TEST_DATABASE_URL`, which
+/// `compat-tests/run` sets). Returns its URL.
+pub async fn fresh_database() -> String {
+    let admin_url = std::env::var("HUNGRYSERV_TEST_DATABASE_URL").expect(
+        "HUNGRYSERV_TEST_DATABASE_URL is not set: run compat-tests/run, or point it at a Postgres \
+         role allowed to create databases",
+    );
+    let name = format!("hs_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url)
+        .await
+        .expect("connect to test cluster");
+    // The name is ours (hex digits), not input: safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database name");
+    format!("{base}/{name}")
+}
