@@ -1,0 +1,171 @@
+//! A minimal Matrix client for the benchmarks: log in, create a room, and run a closed-loop
+//! load of one request shape against one target.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use crate::Load;
+use crate::stats::Phase;
+
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http() -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// Sends one JSON request and returns the status and parsed body.
+pub async fn call(
+    http: &Http,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(http::StatusCode, Value)> {
+    let mut builder = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(value)?))
+        }
+        None => Full::default(),
+    };
+    let response = http
+        .request(builder.body(body)?)
+        .await
+        .with_context(|| format!("request to {url}"))?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+/// Logs in with a password and returns the access token.
+pub async fn login(http: &Http, base: &str, user: &str, password: &str) -> anyhow::Result<String> {
+    let (status, body) = call(
+        http,
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/login"),
+        None,
+        Some(&json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+            "initial_device_display_name": "hsbench",
+        })),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("login as {user} failed: {status} {body}");
+    }
+    body["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("login answer has no access_token")
+}
+
+/// Creates a private room and returns its ID.
+pub async fn create_room(
+    http: &Http,
+    base: &str,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let (status, body) = call(
+        http,
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/createRoom"),
+        Some(token),
+        Some(&json!({"name": name, "preset": "private_chat"})),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("createRoom failed: {status} {body}");
+    }
+    body["room_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("createRoom answer has no room_id")
+}
+
+/// Builds the `n`th request of a workload.
+pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
+
+/// Runs `load.clients` closed-loop clients for a warm-up, then measures until the duration or
+/// the request bound is reached.
+pub async fn closed_loop(http: &Http, load: &Load, make: MakeRequest) -> Phase {
+    run_for(http, load.clients, load.warmup(), u64::MAX, make.clone()).await;
+    run_for(http, load.clients, load.duration(), load.max_requests, make).await
+}
+
+async fn run_for(
+    http: &Http,
+    clients: usize,
+    duration: Duration,
+    max_requests: u64,
+    make: MakeRequest,
+) -> Phase {
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let http = http.clone();
+        let make = make.clone();
+        let issued = issued.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= max_requests || Instant::now() >= deadline {
+                    break;
+                }
+                let sent = Instant::now();
+                let ok = match http.request(make(n)).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        // Read the whole body: a request is done when its answer is.
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut phase = Phase {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    while let Some(result) = tasks.join_next().await {
+        if let Ok((latencies, errors)) = result {
+            phase.latencies.extend(latencies);
+            phase.errors += errors;
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}

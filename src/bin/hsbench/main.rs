@@ -1,0 +1,94 @@
+//! `hsbench`: benchmarks that run the same workload directly against Synapse and through
+//! hungryserv in one run, on one machine, and print both with their ratio.
+//!
+//! Every run is bounded twice: by a request count and by a duration, whichever comes first.
+//! The load generator shares the machine with what it measures, equally for both targets.
+
+mod client;
+mod passthrough;
+mod stats;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hungryserv benchmarks: Synapse directly vs through hungryserv, same run")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Pass-through cost: GET /versions and authenticated PUT /send into a Synapse room.
+    Passthrough(passthrough::Options),
+}
+
+/// Where the two targets are and who the benchmark acts as.
+#[derive(Args, Clone)]
+pub struct Targets {
+    /// Synapse's own listener (the direct target).
+    #[arg(long, default_value = "http://127.0.0.1:8009")]
+    synapse: String,
+    /// hungryserv's public listener (the proxied target).
+    #[arg(long, default_value = "http://127.0.0.1:8008")]
+    hungryserv: String,
+    /// An existing user to log in as (register one first).
+    #[arg(long)]
+    user: String,
+    /// That user's password.
+    #[arg(long)]
+    password: String,
+}
+
+/// How hard and how long to push.
+#[derive(Args, Clone)]
+pub struct Load {
+    /// Concurrent clients, each sending its next request when the last one is answered.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Upper bound on requests per measured phase.
+    #[arg(long, default_value_t = 50_000)]
+    max_requests: u64,
+    /// Upper bound on the length of each measured phase, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Unmeasured warm-up before each phase, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+}
+
+impl Load {
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_seconds)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hsbench: cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Passthrough(options) => passthrough::run(options).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hsbench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
