@@ -53,7 +53,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(problems) => return report(&problems),
             };
-            telemetry::init(&config.log);
+            let _log_guard = telemetry::init(&config.log);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(err) => {

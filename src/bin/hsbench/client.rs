@@ -107,11 +107,29 @@ pub async fn create_room(
 /// Builds the `n`th request of a workload.
 pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
 
-/// Runs `load.clients` closed-loop clients for a warm-up, then measures until the duration or
-/// the request bound is reached.
-pub async fn closed_loop(http: &Http, load: &Load, make: MakeRequest) -> Phase {
-    run_for(http, load.clients, load.warmup(), u64::MAX, make.clone()).await;
-    run_for(http, load.clients, load.duration(), load.max_requests, make).await
+/// Measures two targets under the same load, alternating between them for `load.rounds`
+/// rounds (each a share of the duration and request bound), so drift on the machine — a
+/// background job, a warming cache — lands on both sides instead of on whichever ran second.
+/// Each target gets one unmeasured warm-up first.
+pub async fn compare(
+    http: &Http,
+    load: &Load,
+    direct: MakeRequest,
+    proxied: MakeRequest,
+) -> (Phase, Phase) {
+    let rounds = load.rounds.max(1);
+    let share = load.duration() / rounds;
+    let max_requests = (load.max_requests / u64::from(rounds)).max(1);
+    for make in [&direct, &proxied] {
+        run_for(http, load.clients, load.warmup(), u64::MAX, make.clone()).await;
+    }
+    let (mut direct_total, mut proxied_total) = (Phase::default(), Phase::default());
+    for _ in 0..rounds {
+        direct_total.absorb(run_for(http, load.clients, share, max_requests, direct.clone()).await);
+        proxied_total
+            .absorb(run_for(http, load.clients, share, max_requests, proxied.clone()).await);
+    }
+    (direct_total, proxied_total)
 }
 
 async fn run_for(

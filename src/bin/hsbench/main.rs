@@ -55,9 +55,13 @@ pub struct Load {
     /// Upper bound on the length of each measured phase, in seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Unmeasured warm-up before each phase, in seconds.
+    /// Unmeasured warm-up per target, in seconds.
     #[arg(long, default_value_t = 1.0)]
     warmup_seconds: f64,
+    /// The measured time and request bound are split into this many rounds, alternating
+    /// between the targets.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
 }
 
 impl Load {

@@ -28,8 +28,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let token = client::login(&http, &targets.synapse, &targets.user, &targets.password).await?;
     let room = client::create_room(&http, &targets.synapse, &token, "hsbench passthrough").await?;
     println!(
-        "passthrough: {} clients, each phase at most {} requests or {} s (after {} s warm-up)",
-        load.clients, load.max_requests, load.seconds, load.warmup_seconds
+        "passthrough: {} clients; per target at most {} requests or {} s in {} alternating rounds (after {} s warm-up)",
+        load.clients, load.max_requests, load.seconds, load.rounds, load.warmup_seconds
     );
 
     let versions = |base: String| -> MakeRequest {
@@ -40,8 +40,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 .expect("static request")
         })
     };
-    let direct = client::closed_loop(&http, &load, versions(targets.synapse.clone())).await;
-    let proxied = client::closed_loop(&http, &load, versions(targets.hungryserv.clone())).await;
+    let (direct, proxied) = client::compare(
+        &http,
+        &load,
+        versions(targets.synapse.clone()),
+        versions(targets.hungryserv.clone()),
+    )
+    .await;
     stats::report("GET /_matrix/client/versions", &direct, &proxied);
 
     // Transaction IDs carry the target and a run id so no send is deduplicated by Synapse.
@@ -62,8 +67,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 .expect("request from valid parts")
         })
     };
-    let direct = client::closed_loop(&http, &load, send(targets.synapse.clone(), "d")).await;
-    let proxied = client::closed_loop(&http, &load, send(targets.hungryserv.clone(), "p")).await;
+    let (direct, proxied) = client::compare(
+        &http,
+        &load,
+        send(targets.synapse.clone(), "d"),
+        send(targets.hungryserv.clone(), "p"),
+    )
+    .await;
     stats::report(
         "PUT /rooms/{roomId}/send/m.room.message/{txnId}",
         &direct,

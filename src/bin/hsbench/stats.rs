@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// The outcome of one measured phase.
+/// The outcome of one measured phase (or several, absorbed into one).
+#[derive(Default)]
 pub struct Phase {
     /// Latency of every successful request.
     pub latencies: Vec<Duration>,
@@ -13,6 +14,13 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// Adds another phase of the same workload and target.
+    pub fn absorb(&mut self, other: Phase) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
     pub fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
