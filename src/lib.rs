@@ -17,6 +17,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod notify;
+pub mod rooms;
 pub mod routing;
 pub mod server;
 pub mod store;

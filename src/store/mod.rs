@@ -6,7 +6,9 @@
 //!
 //! May import: `config`.
 
+pub mod events;
 pub mod identity;
+pub mod rooms;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -24,6 +26,8 @@ pub enum StoreError {
         "this database belongs to server {stored:?}, not {configured:?}; point database.url at the right database"
     )]
     ServerNameMismatch { stored: String, configured: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// The migrations in `migrations/`, embedded at compile time.

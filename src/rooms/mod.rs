@@ -1,0 +1,48 @@
+//! The room engine for local rooms: building events, the authorization rules, redaction,
+//! visibility of history, and the writer that orders and commits events.
+//!
+//! Handlers call [`Rooms`]; it validates, asks Synapse for what it needs (profiles) *before*
+//! any write, then hands events to the [`writer`]. Nothing here knows about HTTP.
+//!
+//! May import: `store`, `upstream`, `auth`, `config`, `notify`.
+
+pub mod auth;
+pub mod event;
+pub mod power;
+pub mod state;
+pub mod writer;
+
+/// Why a room operation failed. `api` turns it into a Matrix error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// 403 M_FORBIDDEN.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 M_NOT_FOUND.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400 M_BAD_JSON.
+    #[error("{0}")]
+    BadJson(String),
+    /// 400 M_INVALID_PARAM.
+    #[error("{0}")]
+    InvalidParam(String),
+    /// 400 M_ROOM_IN_USE.
+    #[error("{0}")]
+    RoomInUse(String),
+    /// 413 M_TOO_LARGE.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A database failure (detail for the log only).
+    #[error("storage failure: {0}")]
+    Store(String),
+    /// A broken invariant (detail for the log only).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::store::StoreError> for RoomError {
+    fn from(err: crate::store::StoreError) -> Self {
+        RoomError::Store(err.to_string())
+    }
+}

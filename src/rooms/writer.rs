@@ -1,0 +1,628 @@
+//! The room writer: the one place events of local rooms are accepted, ordered and committed.
+//!
+//! # Ordering invariant
+//!
+//! A reader must never observe stream position N before every position below N is
+//! committed. The writer guarantees it like this:
+//!
+//! 1. Each batch runs in one transaction that first takes a transaction-level advisory lock
+//!    ([`store::rooms::lock_writer`]). Writers in other processes wait for it.
+//! 2. Under the lock, positions are allocated densely from `max(stream) + 1`.
+//! 3. Postgres marks a transaction committed before it releases its locks, so the next batch
+//!    (here or in another process) allocates only after the previous one is visible, and
+//!    commits after it.
+//!
+//! So commits happen in position order, and a reader that sees N can see everything below N.
+//! `tests/ordering.rs` checks it with concurrent writers in two pools.
+//!
+//! # Group commit
+//!
+//! Requests queue on a bounded channel. The writer takes the first waiting job and every job
+//! queued behind it (up to [`MAX_BATCH`]), authorizes each against the room state as left by
+//! the jobs before it, and writes them all with a handful of multi-row statements in one
+//! transaction. Under load, batches grow and the per-event cost falls; a lone request still
+//! commits at once. A job that fails authorization fails alone; if the transaction itself
+//! fails, each job is retried in a transaction of its own so one bad job cannot sink others.
+//!
+//! # Room state cache
+//!
+//! The writer keeps the current state of rooms it wrote recently. Each batch checks the
+//! rooms' `latest_stream` (one query) and reloads any room another process wrote since.
+
+use std::collections::HashMap;
+
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::RoomError;
+use super::auth::{self, AuthError, Proposal};
+use super::event::{new_event_id, redacted_content};
+use super::state::{RoomState, StateEntry};
+use crate::notify::Notifier;
+use crate::store::{self, events::StoredEvent, rooms::RoomRow};
+
+/// Most jobs in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Jobs that may wait for the writer before senders are made to wait.
+const QUEUE: usize = 4096;
+/// Rooms whose state the writer keeps in memory.
+const CACHE_ROOMS: usize = 10_000;
+
+/// A room to create.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub room_id: OwnedRoomId,
+    /// Routing class name.
+    pub class: String,
+    pub creator: OwnedUserId,
+    /// Registration id, when an appservice created it.
+    pub appservice_id: Option<String>,
+    /// Local aliases to point at the room.
+    pub aliases: Vec<OwnedRoomAliasId>,
+}
+
+/// The request a send was made under, for idempotency.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Txn {
+    /// Who: `user|device`, or `as:<appservice id>|user`.
+    pub scope: String,
+    /// The client's transaction ID.
+    pub txn_id: String,
+}
+
+/// What a job did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// New events, in stream order.
+    Written(Vec<StoredEvent>),
+    /// The transaction was already used: the event it produced then.
+    Repeated(OwnedEventId),
+}
+
+enum Job {
+    Create {
+        room: NewRoom,
+        events: Vec<Proposal>,
+    },
+    Append {
+        room_id: OwnedRoomId,
+        events: Vec<Proposal>,
+        txn: Option<Txn>,
+    },
+}
+
+struct Pending {
+    job: Job,
+    reply: oneshot::Sender<Result<Outcome, RoomError>>,
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Pending>,
+}
+
+impl Writer {
+    /// Starts the writer task; it stops when every handle is dropped.
+    pub fn start(db: PgPool, notifier: Notifier) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(
+            WriterTask {
+                db,
+                notifier,
+                cache: HashMap::new(),
+            }
+            .run(rx),
+        );
+        (Self { jobs: tx }, task)
+    }
+
+    /// Creates a room from its initial events; the first must be `m.room.create`.
+    pub async fn create(
+        &self,
+        room: NewRoom,
+        events: Vec<Proposal>,
+    ) -> Result<Vec<StoredEvent>, RoomError> {
+        match self.submit(Job::Create { room, events }).await? {
+            Outcome::Written(events) => Ok(events),
+            Outcome::Repeated(_) => Err(RoomError::Internal("create reported a repeat".into())),
+        }
+    }
+
+    /// Appends events to a room, all or none.
+    pub async fn append(
+        &self,
+        room_id: OwnedRoomId,
+        events: Vec<Proposal>,
+        txn: Option<Txn>,
+    ) -> Result<Outcome, RoomError> {
+        self.submit(Job::Append {
+            room_id,
+            events,
+            txn,
+        })
+        .await
+    }
+
+    async fn submit(&self, job: Job) -> Result<Outcome, RoomError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Pending { job, reply })
+            .await
+            .map_err(|_| RoomError::Internal("the room writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RoomError::Internal("the room writer dropped a job".into()))?
+    }
+}
+
+struct WriterTask {
+    db: PgPool,
+    notifier: Notifier,
+    /// Current state of recently written rooms.
+    cache: HashMap<OwnedRoomId, RoomState>,
+}
+
+/// Everything one batch will write, built in memory first.
+#[derive(Default)]
+struct Batch {
+    next_stream: i64,
+    events: Vec<StoredEvent>,
+    /// Working copies of the rooms touched, as the batch leaves them.
+    rooms: HashMap<OwnedRoomId, RoomState>,
+    new_rooms: Vec<RoomRow>,
+    /// `(scope, txn) → event`, from the database and from this batch.
+    txns: HashMap<(String, String), String>,
+    new_txns: Vec<(String, String, String)>,
+    aliases: Vec<(String, String, String)>,
+    /// `(target, redaction, pruned content)`.
+    redactions: Vec<(String, String, serde_json::Map<String, Value>)>,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch).await;
+        }
+    }
+
+    async fn run_batch(&mut self, batch: Vec<Pending>) {
+        let jobs: Vec<&Job> = batch.iter().map(|pending| &pending.job).collect();
+        match self.write(&jobs).await {
+            Ok((outcomes, rooms, max_stream)) => {
+                self.remember(rooms);
+                self.notifier.committed(max_stream);
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+            }
+            Err(err) if batch.len() > 1 => {
+                tracing::warn!(error = %err, jobs = batch.len(), "batch failed; retrying its jobs one by one");
+                self.cache.clear();
+                for pending in batch {
+                    Box::pin(self.run_batch(vec![pending])).await;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "write failed");
+                self.cache.clear();
+                for pending in batch {
+                    let _ = pending.reply.send(Err(RoomError::Store(err.to_string())));
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, rooms: HashMap<OwnedRoomId, RoomState>) {
+        if self.cache.len() + rooms.len() > CACHE_ROOMS {
+            self.cache.clear();
+        }
+        self.cache.extend(rooms);
+    }
+
+    /// Runs the jobs in one transaction. Returns each job's outcome, the rooms as left, and
+    /// the highest stream position written.
+    #[allow(clippy::type_complexity)]
+    async fn write(
+        &mut self,
+        jobs: &[&Job],
+    ) -> Result<
+        (
+            Vec<Result<Outcome, RoomError>>,
+            HashMap<OwnedRoomId, RoomState>,
+            i64,
+        ),
+        store::StoreError,
+    > {
+        let mut tx = self.db.begin().await?;
+        store::rooms::lock_writer(&mut tx).await?;
+        let mut batch = Batch {
+            next_stream: store::events::max_stream(&mut tx).await? + 1,
+            ..Batch::default()
+        };
+        self.load_rooms(&mut tx, jobs, &mut batch).await?;
+        let (scopes, txn_ids): (Vec<String>, Vec<String>) = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Append { txn: Some(txn), .. } => Some((txn.scope.clone(), txn.txn_id.clone())),
+                _ => None,
+            })
+            .unzip();
+        if !scopes.is_empty() {
+            batch.txns = store::rooms::transaction_events(&mut tx, &scopes, &txn_ids).await?;
+        }
+
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let outcome = match job {
+                Job::Append {
+                    room_id,
+                    events,
+                    txn,
+                } => append(&mut tx, &mut batch, room_id, events, txn.as_ref()).await?,
+                Job::Create { room, events } => create(&mut tx, &mut batch, room, events).await?,
+            };
+            outcomes.push(outcome);
+        }
+
+        for room in &batch.new_rooms {
+            store::rooms::insert(&mut tx, room).await?;
+        }
+        store::events::insert(&mut tx, &batch.events).await?;
+        for state in batch.rooms.values() {
+            store::rooms::update_positions(
+                &mut tx,
+                state.room_id.as_str(),
+                state.max_topo,
+                state.min_topo,
+                state.latest_stream,
+            )
+            .await?;
+        }
+        let (scopes, rest): (Vec<String>, Vec<(String, String)>) = batch
+            .new_txns
+            .into_iter()
+            .map(|(scope, txn, event)| (scope, (txn, event)))
+            .unzip();
+        let (txn_ids, event_ids): (Vec<String>, Vec<String>) = rest.into_iter().unzip();
+        store::rooms::insert_transactions(&mut tx, &scopes, &txn_ids, &event_ids).await?;
+        for (alias, room_id, creator) in &batch.aliases {
+            store::rooms::insert_alias(&mut tx, alias, room_id, creator).await?;
+        }
+        for (target, redaction, pruned) in &batch.redactions {
+            store::events::redact(&mut tx, target, redaction, pruned).await?;
+        }
+        tx.commit().await?;
+        let max_stream = batch.next_stream - 1;
+        Ok((outcomes, batch.rooms, max_stream))
+    }
+
+    /// Puts the current state of every room the jobs append to into `batch.rooms`, from the
+    /// cache when it is still current, else from the database.
+    async fn load_rooms(
+        &mut self,
+        conn: &mut PgConnection,
+        jobs: &[&Job],
+        batch: &mut Batch,
+    ) -> Result<(), store::StoreError> {
+        let mut wanted: Vec<String> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Append { room_id, .. } => Some(room_id.to_string()),
+                Job::Create { .. } => None,
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let latest = store::rooms::latest_streams(conn, &wanted).await?;
+        for (room, latest_stream) in latest {
+            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
+                continue;
+            };
+            let state = match self.cache.remove(&room_id) {
+                Some(cached) if cached.latest_stream == latest_stream => cached,
+                _ => load_state(conn, &room_id).await?,
+            };
+            batch.rooms.insert(room_id, state);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a room's state from the database.
+async fn load_state(
+    conn: &mut PgConnection,
+    room_id: &OwnedRoomId,
+) -> Result<RoomState, store::StoreError> {
+    let row = store::rooms::get(conn, room_id.as_str())
+        .await?
+        .ok_or_else(|| {
+            store::StoreError::Corrupt(format!("room {room_id} vanished during a write"))
+        })?;
+    let creator = OwnedUserId::try_from(row.creator.as_str())
+        .map_err(|_| store::StoreError::Corrupt(format!("creator {:?}", row.creator)))?;
+    let mut state = RoomState::new(room_id.clone(), &row.room_version, creator);
+    state.max_topo = row.max_topo;
+    state.min_topo = row.min_topo;
+    state.latest_stream = row.latest_stream;
+    for stored in store::events::current_state(conn, room_id.as_str()).await? {
+        let event = stored.event;
+        if let Some(key) = event.state_key {
+            state.entries.insert(
+                (event.kind, key),
+                StateEntry {
+                    event_id: event.event_id,
+                    stream: event.stream,
+                    sender: event.sender,
+                    content: event.content,
+                },
+            );
+        }
+    }
+    Ok(state)
+}
+
+async fn append(
+    conn: &mut PgConnection,
+    batch: &mut Batch,
+    room_id: &OwnedRoomId,
+    proposals: &[Proposal],
+    txn: Option<&Txn>,
+) -> Result<Result<Outcome, RoomError>, store::StoreError> {
+    if let Some(txn) = txn
+        && let Some(event_id) = batch.txns.get(&(txn.scope.clone(), txn.txn_id.clone()))
+    {
+        return Ok(match OwnedEventId::try_from(event_id.as_str()) {
+            Ok(event_id) => Ok(Outcome::Repeated(event_id)),
+            Err(_) => Err(RoomError::Internal(format!(
+                "stored txn event id {event_id:?}"
+            ))),
+        });
+    }
+    let Some(mut state) = batch.rooms.remove(room_id) else {
+        return Ok(Err(RoomError::NotFound("Unknown room".into())));
+    };
+    let snapshot = (
+        state.clone(),
+        batch.next_stream,
+        batch.events.len(),
+        batch.redactions.len(),
+    );
+    let mut result = Ok(());
+    for proposal in proposals {
+        if let Err(err) = accept(conn, batch, &mut state, proposal, txn).await? {
+            result = Err(err);
+            break;
+        }
+    }
+    let outcome = match result {
+        Ok(()) => {
+            let written = batch.events[snapshot.2..].to_vec();
+            if let (Some(txn), Some(first)) = (txn, written.first()) {
+                batch.txns.insert(
+                    (txn.scope.clone(), txn.txn_id.clone()),
+                    first.event_id.to_string(),
+                );
+                batch.new_txns.push((
+                    txn.scope.clone(),
+                    txn.txn_id.clone(),
+                    first.event_id.to_string(),
+                ));
+            }
+            Ok(Outcome::Written(written))
+        }
+        Err(err) => {
+            // All or nothing: undo this job's events and state changes.
+            state = snapshot.0;
+            batch.next_stream = snapshot.1;
+            batch.events.truncate(snapshot.2);
+            batch.redactions.truncate(snapshot.3);
+            Err(err)
+        }
+    };
+    batch.rooms.insert(room_id.clone(), state);
+    Ok(outcome)
+}
+
+async fn create(
+    conn: &mut PgConnection,
+    batch: &mut Batch,
+    room: &NewRoom,
+    proposals: &[Proposal],
+) -> Result<Result<Outcome, RoomError>, store::StoreError> {
+    for alias in &room.aliases {
+        let taken = store::rooms::alias_room(conn, alias.as_str())
+            .await?
+            .is_some()
+            || batch
+                .aliases
+                .iter()
+                .any(|(existing, _, _)| existing == alias.as_str());
+        if taken {
+            return Ok(Err(RoomError::RoomInUse("Room alias already taken".into())));
+        }
+    }
+    let Some((create_event, rest)) = proposals
+        .split_first()
+        .filter(|(first, _)| first.kind == "m.room.create")
+    else {
+        return Ok(Err(RoomError::Internal(
+            "a room must start with m.room.create".into(),
+        )));
+    };
+    let mut state = RoomState::new(room.room_id.clone(), "10", room.creator.clone());
+    let snapshot = (batch.next_stream, batch.events.len());
+    push_event(batch, &mut state, create_event, None);
+    for proposal in rest {
+        if let Err(err) = accept(conn, batch, &mut state, proposal, None).await? {
+            batch.next_stream = snapshot.0;
+            batch.events.truncate(snapshot.1);
+            return Ok(Err(err));
+        }
+    }
+    batch.new_rooms.push(RoomRow {
+        room_id: room.room_id.to_string(),
+        class: room.class.clone(),
+        room_version: state.room_version.clone(),
+        creator: room.creator.to_string(),
+        appservice_id: room.appservice_id.clone(),
+        max_topo: state.max_topo,
+        min_topo: state.min_topo,
+        latest_stream: state.latest_stream,
+    });
+    for alias in &room.aliases {
+        batch.aliases.push((
+            alias.to_string(),
+            room.room_id.to_string(),
+            room.creator.to_string(),
+        ));
+    }
+    let written = batch.events[snapshot.1..].to_vec();
+    batch.rooms.insert(room.room_id.clone(), state);
+    Ok(Ok(Outcome::Written(written)))
+}
+
+/// Authorizes one event against `state` and, if allowed, adds it to the batch.
+async fn accept(
+    conn: &mut PgConnection,
+    batch: &mut Batch,
+    state: &mut RoomState,
+    proposal: &Proposal,
+    txn: Option<&Txn>,
+) -> Result<Result<(), RoomError>, store::StoreError> {
+    // The redaction target, if it is an event of this room: (id, sender, type, content).
+    let mut target: Option<(OwnedEventId, String, String, serde_json::Map<String, Value>)> = None;
+    if let Some(redacts) = &proposal.redacts {
+        target = match batch
+            .events
+            .iter()
+            .find(|event| &event.event_id == redacts && event.room_id == state.room_id)
+        {
+            Some(event) => Some((
+                event.event_id.clone(),
+                event.sender.to_string(),
+                event.kind.clone(),
+                event.content.clone(),
+            )),
+            None => store::events::by_id(conn, state.room_id.as_str(), redacts.as_str())
+                .await?
+                .map(|found| {
+                    (
+                        found.event.event_id,
+                        found.event.sender.to_string(),
+                        found.event.kind,
+                        found.event.content,
+                    )
+                }),
+        };
+    }
+    if let Err(err) = auth::check(
+        state,
+        proposal,
+        target.as_ref().map(|(_, sender, _, _)| sender.as_str()),
+    ) {
+        return Ok(Err(match err {
+            AuthError::Forbidden(message) => RoomError::Forbidden(message),
+            AuthError::BadJson(message) => RoomError::BadJson(message),
+        }));
+    }
+    let event_id = push_event(batch, state, proposal, txn);
+    if let Some((target_id, _, kind, content)) = target {
+        redact(
+            batch,
+            state,
+            &target_id,
+            &redacted_content(&kind, &content),
+            &event_id,
+        );
+    }
+    Ok(Ok(()))
+}
+
+/// Gives an accepted event its ID and positions, appends it to the batch and applies it to
+/// the room state.
+fn push_event(
+    batch: &mut Batch,
+    state: &mut RoomState,
+    proposal: &Proposal,
+    txn: Option<&Txn>,
+) -> OwnedEventId {
+    let event_id = new_event_id();
+    let stream = batch.next_stream;
+    batch.next_stream += 1;
+    state.max_topo += 1;
+    state.latest_stream = stream;
+    let replaces_state = proposal
+        .state_key
+        .as_ref()
+        .and_then(|key| state.get(&proposal.kind, key))
+        .map(|entry| entry.event_id.clone());
+    if let Some(key) = &proposal.state_key {
+        state.entries.insert(
+            (proposal.kind.clone(), key.clone()),
+            StateEntry {
+                event_id: event_id.clone(),
+                stream,
+                sender: proposal.sender.clone(),
+                content: proposal.content.clone(),
+            },
+        );
+    }
+    batch.events.push(StoredEvent {
+        stream,
+        topo: state.max_topo,
+        event_id: event_id.clone(),
+        room_id: state.room_id.clone(),
+        sender: proposal.sender.clone(),
+        kind: proposal.kind.clone(),
+        state_key: proposal.state_key.clone(),
+        origin_server_ts: proposal.origin_server_ts,
+        content: proposal.content.clone(),
+        replaces_state,
+        redacts: proposal.redacts.clone(),
+        redacted_by: None,
+        txn: txn.map(|txn| (txn.scope.clone(), txn.txn_id.clone())),
+    });
+    event_id
+}
+
+/// Applies an accepted redaction: the target's content becomes `pruned` in this batch, in the
+/// room state (if it is current state) and, after the events are written, in the database.
+fn redact(
+    batch: &mut Batch,
+    state: &mut RoomState,
+    target: &OwnedEventId,
+    pruned: &serde_json::Map<String, Value>,
+    redaction: &OwnedEventId,
+) {
+    if let Some(event) = batch
+        .events
+        .iter_mut()
+        .find(|event| &event.event_id == target)
+    {
+        event.content = pruned.clone();
+        event.redacted_by = Some(redaction.clone());
+    }
+    if let Some(entry) = state
+        .entries
+        .values_mut()
+        .find(|entry| &entry.event_id == target)
+    {
+        entry.content = pruned.clone();
+    }
+    batch
+        .redactions
+        .push((target.to_string(), redaction.to_string(), pruned.clone()));
+}

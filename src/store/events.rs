@@ -1,0 +1,549 @@
+//! `events`, `current_state`, `memberships`: writing batches of events and reading them back.
+//!
+//! Rows are converted to ruma ID types at this boundary; a row that does not parse is
+//! reported as [`StoreError::Corrupt`] rather than served.
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use super::StoreError;
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Global position (sync order).
+    pub stream: i64,
+    /// Position within the room (`/messages` order).
+    pub topo: i64,
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    /// The event type.
+    pub kind: String,
+    /// Present for state events.
+    pub state_key: Option<String>,
+    pub origin_server_ts: i64,
+    pub content: Map<String, Value>,
+    /// The state event this one replaced.
+    pub replaces_state: Option<OwnedEventId>,
+    /// For redactions: the target.
+    pub redacts: Option<OwnedEventId>,
+    /// Set when this event has been redacted.
+    pub redacted_by: Option<OwnedEventId>,
+    /// `(scope, txn_id)` of the request that sent it.
+    pub txn: Option<(String, String)>,
+}
+
+/// A stored event with what the client format needs from other events.
+#[derive(Debug, Clone)]
+pub struct EventWithPrev {
+    pub event: StoredEvent,
+    /// Content and sender of the event named by `replaces_state`.
+    pub prev: Option<(Value, String)>,
+}
+
+/// The raw row, before IDs are parsed.
+struct Row {
+    stream: i64,
+    topo: i64,
+    event_id: String,
+    room_id: String,
+    sender: String,
+    kind: String,
+    state_key: Option<String>,
+    origin_server_ts: i64,
+    content: Value,
+    replaces_state: Option<String>,
+    redacts: Option<String>,
+    redacted_by: Option<String>,
+    txn_scope: Option<String>,
+    txn_id: Option<String>,
+    prev_content: Option<Value>,
+    prev_sender: Option<String>,
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?} does not parse"))
+}
+
+impl Row {
+    fn parse(self) -> Result<EventWithPrev, StoreError> {
+        let id = |value: Option<String>| -> Result<Option<OwnedEventId>, StoreError> {
+            value
+                .map(|value| {
+                    OwnedEventId::try_from(value.as_str()).map_err(|_| corrupt("event id", &value))
+                })
+                .transpose()
+        };
+        let content = match self.content {
+            Value::Object(map) => map,
+            _ => return Err(corrupt("content of", &self.event_id)),
+        };
+        let event = StoredEvent {
+            stream: self.stream,
+            topo: self.topo,
+            event_id: OwnedEventId::try_from(self.event_id.as_str())
+                .map_err(|_| corrupt("event id", &self.event_id))?,
+            room_id: OwnedRoomId::try_from(self.room_id.as_str())
+                .map_err(|_| corrupt("room id", &self.room_id))?,
+            sender: OwnedUserId::try_from(self.sender.as_str())
+                .map_err(|_| corrupt("user id", &self.sender))?,
+            kind: self.kind,
+            state_key: self.state_key,
+            origin_server_ts: self.origin_server_ts,
+            content,
+            replaces_state: id(self.replaces_state)?,
+            redacts: id(self.redacts)?,
+            redacted_by: id(self.redacted_by)?,
+            txn: self.txn_scope.zip(self.txn_id),
+        };
+        let prev = self.prev_content.zip(self.prev_sender);
+        Ok(EventWithPrev { event, prev })
+    }
+}
+
+fn parse_all(rows: Vec<Row>) -> Result<Vec<EventWithPrev>, StoreError> {
+    rows.into_iter().map(Row::parse).collect()
+}
+
+/// The highest stream position written so far (0 when there is none).
+pub async fn max_stream(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar!("SELECT COALESCE(MAX(stream), 0) AS \"max!\" FROM events")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Inserts events with one multi-row statement (this is the ingest path).
+pub async fn insert(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut columns = Columns::default();
+    for event in events {
+        columns.push(event);
+    }
+    sqlx::query!(
+        "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
+             origin_server_ts, content, replaces_state, redacts, relates_to, rel_type, txn_scope, txn_id)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+             $7::text[], $8::bigint[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[],
+             $14::text[], $15::text[])",
+        &columns.stream,
+        &columns.room_id,
+        &columns.topo,
+        &columns.event_id,
+        &columns.kind,
+        &columns.state_key as &[Option<String>],
+        &columns.sender,
+        &columns.origin_server_ts,
+        &columns.content,
+        &columns.replaces_state as &[Option<String>],
+        &columns.redacts as &[Option<String>],
+        &columns.relates_to as &[Option<String>],
+        &columns.rel_type as &[Option<String>],
+        &columns.txn_scope as &[Option<String>],
+        &columns.txn_id as &[Option<String>],
+    )
+    .execute(&mut *conn)
+    .await?;
+
+    // Current state and memberships: the last event per key in this batch wins (events are
+    // in stream order).
+    let mut state: Vec<&StoredEvent> = Vec::new();
+    for event in events.iter().filter(|event| event.state_key.is_some()) {
+        state.retain(|earlier| {
+            !(earlier.room_id == event.room_id
+                && earlier.kind == event.kind
+                && earlier.state_key == event.state_key)
+        });
+        state.push(event);
+    }
+    if !state.is_empty() {
+        let rooms: Vec<String> = state.iter().map(|e| e.room_id.to_string()).collect();
+        let kinds: Vec<String> = state.iter().map(|e| e.kind.clone()).collect();
+        let keys: Vec<String> = state
+            .iter()
+            .map(|e| e.state_key.clone().unwrap_or_default())
+            .collect();
+        let streams: Vec<i64> = state.iter().map(|e| e.stream).collect();
+        sqlx::query!(
+            "INSERT INTO current_state (room_id, type, state_key, stream)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+             ON CONFLICT (room_id, type, state_key) DO UPDATE SET stream = EXCLUDED.stream",
+            &rooms,
+            &kinds,
+            &keys,
+            &streams,
+        )
+        .execute(&mut *conn)
+        .await?;
+
+        let members: Vec<&&StoredEvent> =
+            state.iter().filter(|e| e.kind == "m.room.member").collect();
+        if !members.is_empty() {
+            let rooms: Vec<String> = members.iter().map(|e| e.room_id.to_string()).collect();
+            let users: Vec<String> = members
+                .iter()
+                .map(|e| e.state_key.clone().unwrap_or_default())
+                .collect();
+            let memberships: Vec<String> = members
+                .iter()
+                .map(|e| {
+                    e.content
+                        .get("membership")
+                        .and_then(Value::as_str)
+                        .unwrap_or("leave")
+                        .to_owned()
+                })
+                .collect();
+            let streams: Vec<i64> = members.iter().map(|e| e.stream).collect();
+            sqlx::query!(
+                "INSERT INTO memberships (room_id, user_id, membership, stream)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                 ON CONFLICT (room_id, user_id) DO UPDATE
+                 SET membership = EXCLUDED.membership, stream = EXCLUDED.stream",
+                &rooms,
+                &users,
+                &memberships,
+                &streams,
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Column vectors for the UNNEST insert.
+#[derive(Default)]
+struct Columns {
+    stream: Vec<i64>,
+    room_id: Vec<String>,
+    topo: Vec<i64>,
+    event_id: Vec<String>,
+    kind: Vec<String>,
+    state_key: Vec<Option<String>>,
+    sender: Vec<String>,
+    origin_server_ts: Vec<i64>,
+    content: Vec<Value>,
+    replaces_state: Vec<Option<String>>,
+    redacts: Vec<Option<String>>,
+    relates_to: Vec<Option<String>>,
+    rel_type: Vec<Option<String>>,
+    txn_scope: Vec<Option<String>>,
+    txn_id: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, event: &StoredEvent) {
+        let (relates_to, rel_type) = relation(&event.content);
+        self.stream.push(event.stream);
+        self.room_id.push(event.room_id.to_string());
+        self.topo.push(event.topo);
+        self.event_id.push(event.event_id.to_string());
+        self.kind.push(event.kind.clone());
+        self.state_key.push(event.state_key.clone());
+        self.sender.push(event.sender.to_string());
+        self.origin_server_ts.push(event.origin_server_ts);
+        self.content.push(Value::Object(event.content.clone()));
+        self.replaces_state
+            .push(event.replaces_state.as_ref().map(ToString::to_string));
+        self.redacts
+            .push(event.redacts.as_ref().map(ToString::to_string));
+        self.relates_to.push(relates_to);
+        self.rel_type.push(rel_type);
+        self.txn_scope
+            .push(event.txn.as_ref().map(|(scope, _)| scope.clone()));
+        self.txn_id
+            .push(event.txn.as_ref().map(|(_, id)| id.clone()));
+    }
+}
+
+/// `m.relates_to.event_id` and `rel_type` (replies via `m.in_reply_to` are not relations).
+fn relation(content: &Map<String, Value>) -> (Option<String>, Option<String>) {
+    let Some(relates_to) = content.get("m.relates_to").and_then(Value::as_object) else {
+        return (None, None);
+    };
+    match relates_to.get("event_id").and_then(Value::as_str) {
+        Some(target) => (
+            Some(target.to_owned()),
+            relates_to
+                .get("rel_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Marks `target` redacted by `redaction` and replaces its content with `pruned`.
+pub async fn redact(
+    conn: &mut PgConnection,
+    target: &str,
+    redaction: &str,
+    pruned: &Map<String, Value>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE events SET content = $3, redacted_by = $2 WHERE event_id = $1",
+        target,
+        redaction,
+        Value::Object(pruned.clone()),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One event by ID, within `room_id`.
+pub async fn by_id(
+    conn: &mut PgConnection,
+    room_id: &str,
+    event_id: &str,
+) -> Result<Option<EventWithPrev>, StoreError> {
+    let row = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.room_id = $1 AND e.event_id = $2"#,
+        room_id,
+        event_id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(Row::parse).transpose()
+}
+
+/// Events by ID, any room (redaction targets, `redacted_because`).
+pub async fn by_ids(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.event_id = ANY($1)"#,
+        event_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
+/// The current state of a room.
+pub async fn current_state(
+    conn: &mut PgConnection,
+    room_id: &str,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM current_state cs
+           JOIN events e ON e.stream = cs.stream
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE cs.room_id = $1
+           ORDER BY e.stream"#,
+        room_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
+/// The state of a room as it was at stream position `at` (inclusive): for each key, the latest
+/// state event at or before it.
+pub async fn state_at(
+    conn: &mut PgConnection,
+    room_id: &str,
+    at: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM (SELECT DISTINCT ON (type, state_key) stream FROM events
+                 WHERE room_id = $1 AND state_key IS NOT NULL AND stream <= $2
+                 ORDER BY type, state_key, stream DESC) latest
+           JOIN events e ON e.stream = latest.stream
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           ORDER BY e.stream"#,
+        room_id,
+        at,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
+/// Up to `limit` events of a room with `topo` in `(after, before)` (exclusive bounds), in
+/// ascending order when `forwards`, else descending.
+pub async fn page(
+    conn: &mut PgConnection,
+    room_id: &str,
+    after: i64,
+    before: i64,
+    forwards: bool,
+    limit: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.room_id = $1 AND e.topo > $2 AND e.topo < $3
+           ORDER BY CASE WHEN $4 THEN e.topo END ASC, CASE WHEN NOT $4 THEN e.topo END DESC
+           LIMIT $5"#,
+        room_id,
+        after,
+        before,
+        forwards,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
+/// A user's member events in a room, oldest first: their membership history, for history
+/// visibility.
+pub async fn membership_history(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT stream, content->>'membership' AS "membership?" FROM events
+           WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 ORDER BY stream"#,
+        room_id,
+        user_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.stream,
+                row.membership.unwrap_or_else(|| "leave".to_owned()),
+            )
+        })
+        .collect())
+}
+
+/// The room's history visibility changes, oldest first.
+pub async fn visibility_history(
+    conn: &mut PgConnection,
+    room_id: &str,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT stream, content->>'history_visibility' AS "visibility?" FROM events
+           WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '' ORDER BY stream"#,
+        room_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.stream,
+                row.visibility.unwrap_or_else(|| "shared".to_owned()),
+            )
+        })
+        .collect())
+}
+
+/// Events relating to `target` (optionally of one `rel_type` and event type), newest first.
+pub async fn relations(
+    conn: &mut PgConnection,
+    room_id: &str,
+    target: &str,
+    rel_type: Option<&str>,
+    event_type: Option<&str>,
+    before_topo: i64,
+    limit: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.relates_to = $2 AND e.room_id = $1
+             AND ($3::text IS NULL OR e.rel_type = $3)
+             AND ($4::text IS NULL OR e.type = $4)
+             AND e.topo < $5
+           ORDER BY e.topo DESC LIMIT $6"#,
+        room_id,
+        target,
+        rel_type,
+        event_type,
+        before_topo,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
+/// The event closest to `ts` in the given direction (for `timestamp_to_event`).
+pub async fn closest_to_ts(
+    conn: &mut PgConnection,
+    room_id: &str,
+    ts: i64,
+    forwards: bool,
+) -> Result<Option<(String, i64)>, StoreError> {
+    let row = if forwards {
+        sqlx::query!(
+            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts >= $2
+             ORDER BY origin_server_ts ASC, topo ASC LIMIT 1",
+            room_id,
+            ts
+        )
+        .fetch_optional(conn)
+        .await?
+        .map(|row| (row.event_id, row.origin_server_ts))
+    } else {
+        sqlx::query!(
+            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts <= $2
+             ORDER BY origin_server_ts DESC, topo DESC LIMIT 1",
+            room_id,
+            ts
+        )
+        .fetch_optional(conn)
+        .await?
+        .map(|row| (row.event_id, row.origin_server_ts))
+    };
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn relations_are_extracted() {
+        let content =
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$t", "key": "👍"}});
+        assert_eq!(
+            relation(content.as_object().unwrap()),
+            (Some("$t".into()), Some("m.annotation".into()))
+        );
+        let reply = json!({"m.relates_to": {"m.in_reply_to": {"event_id": "$t"}}});
+        assert_eq!(relation(reply.as_object().unwrap()), (None, None));
+    }
+}
