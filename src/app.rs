@@ -4,8 +4,14 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 
+use crate::auth::requester::Identity;
 use crate::config::Config;
+use crate::notify::Notifier;
+use crate::rooms::service::Rooms;
+use crate::rooms::writer::Writer;
+use crate::routing::RoomClasses;
 use crate::upstream::Synapse;
 
 /// Shared state of a running hungryserv.
@@ -17,15 +23,48 @@ pub struct AppState {
     pub db: PgPool,
     /// Synapse, for forwarding and for what hungryserv asks it.
     pub synapse: Synapse,
+    /// Access tokens → requesters.
+    pub identity: Arc<Identity>,
+    /// The room classes, for classifying requests.
+    pub classes: Arc<RoomClasses>,
+    /// The room engine.
+    pub rooms: Rooms,
+    /// Wake-ups after each commit of local events.
+    pub notifier: Notifier,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: PgPool) -> Self {
+    /// Builds the state and starts the room writer. `current_stream` is the highest stream
+    /// position already in the database. The returned task ends once every clone of the
+    /// state is dropped and the writer has finished its queue.
+    pub fn new(config: Config, db: PgPool, current_stream: i64) -> (Self, JoinHandle<()>) {
         let synapse = Synapse::new(&config.synapse, &config.limits);
-        Self {
+        let identity = Arc::new(Identity::new(
+            config.server_name.clone(),
+            synapse.clone(),
+            &config.appservices,
+        ));
+        let classes = Arc::new(RoomClasses::new(
+            &config.routing,
+            config.server_name.as_str(),
+        ));
+        let notifier = Notifier::new(current_stream);
+        let (writer, writer_task) = Writer::start(db.clone(), notifier.clone());
+        let rooms = Rooms::new(
+            db.clone(),
+            writer,
+            synapse.clone(),
+            config.server_name.clone(),
+        );
+        let state = Self {
             config: Arc::new(config),
             db,
             synapse,
-        }
+            identity,
+            classes,
+            rooms,
+            notifier,
+        };
+        (state, writer_task)
     }
 }

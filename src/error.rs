@@ -15,6 +15,14 @@ pub enum ErrorCode {
     NotFound,
     TooLarge,
     Unrecognized,
+    Forbidden,
+    NotJson,
+    BadJson,
+    InvalidParam,
+    MissingToken,
+    RoomInUse,
+    MissingParam,
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -25,6 +33,15 @@ impl ErrorCode {
             ErrorCode::NotFound => "M_NOT_FOUND",
             ErrorCode::TooLarge => "M_TOO_LARGE",
             ErrorCode::Unrecognized => "M_UNRECOGNIZED",
+            ErrorCode::Forbidden => "M_FORBIDDEN",
+            ErrorCode::NotJson => "M_NOT_JSON",
+            ErrorCode::BadJson => "M_BAD_JSON",
+            ErrorCode::InvalidParam => "M_INVALID_PARAM",
+            ErrorCode::MissingToken => "M_MISSING_TOKEN",
+            ErrorCode::RoomInUse => "M_ROOM_IN_USE",
+            ErrorCode::MissingParam => "M_MISSING_PARAM",
+            // Not a spec code: what a switched-off room class answers (503).
+            ErrorCode::Unavailable => "M_UNAVAILABLE",
         }
     }
 }
@@ -57,6 +74,22 @@ impl MatrixError {
     /// Synapse did not answer within the configured time.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unknown, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, message)
+    }
+
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidParam, message)
     }
 
     /// The request body is larger than the configured limit.

@@ -95,8 +95,22 @@ async fn run(config: config::Config) -> ExitCode {
         synapse = %config.synapse.base,
         "hungryserv listening"
     );
-    let state = AppState::new(config, db);
-    match server::serve(state, listener, shutdown_signal()).await {
+    let current_stream = match store::current_stream(&db).await {
+        Ok(position) => position,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the event stream position");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let (state, writer) = AppState::new(config, db, current_stream);
+    let served = server::serve(state, listener, shutdown_signal()).await;
+    // The state is gone with the server: the writer finishes its queue, then stops.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), writer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "the room writer failed"),
+        Err(_) => tracing::error!("the room writer did not finish within 10 s"),
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");

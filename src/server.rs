@@ -1,8 +1,9 @@
 //! The HTTP wiring, top to bottom: accept a TCP connection → speak HTTP/1.1 or h2c (prior
 //! knowledge) on it → for each request open one span, classify it once, hand it to the
-//! route's handler (forward to Synapse, or an operations endpoint) → log its status and time
-//! to response headers. Graceful shutdown stops accepting, then lets in-flight requests finish
-//! within the grace period.
+//! route's handler (forward to Synapse, a local room endpoint, an operations endpoint, or one
+//! of the requests that span both worlds) → log its status and time to response headers.
+//! Graceful shutdown stops accepting, then lets in-flight requests finish within the grace
+//! period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +25,10 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::admin;
+use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
+use crate::auth::requester::{SessionChange, access_token, session_change};
+use crate::error::{ErrorCode, MatrixError};
 use crate::routing::{self, Route};
 
 /// A client that has not finished sending request headers by then is disconnected.
@@ -36,6 +40,8 @@ struct Handlers {
     state: AppState,
     /// The `/_hungryserv/...` router.
     ops: Router,
+    /// The router for requests naming local rooms.
+    local: Router,
     /// Source of request ids (unique within this process, in arrival order).
     next_request_id: AtomicU64,
 }
@@ -50,6 +56,7 @@ pub async fn serve(
     let grace_period = state.config.shutdown.grace_period;
     let handlers = Arc::new(Handlers {
         ops: admin::router(state.clone()),
+        local: api::local_router(state.clone()),
         state,
         next_request_id: AtomicU64::new(1),
     });
@@ -118,7 +125,11 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let route = routing::classify(request.method(), request.uri().path());
+    let route = routing::classify(
+        &handlers.state.classes,
+        request.method(),
+        request.uri().path(),
+    );
     let request_id = handlers.next_request_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "request",
@@ -130,14 +141,24 @@ async fn handle(
     async move {
         let request = request.map(Body::new);
         let response = match route {
-            Route::Forward => match handlers.state.synapse.forward(request, peer).await {
-                Ok(response) => response,
-                Err(err) => err.into_response(),
-            },
-            Route::Ops => match handlers.ops.clone().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
+            Route::Forward => forward(&handlers.state, request, peer).await,
+            Route::Ops => call(&handlers.ops, request).await,
+            Route::Local => call(&handlers.local, request).await,
+            Route::Unavailable { class } => MatrixError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!("Rooms of class {class} are switched off on this server"),
+            )
+            .into_response(),
+            Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
+            Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
+            Route::Alias { alias } => {
+                match api::alias_route(&handlers.state, request, &alias).await {
+                    AliasOutcome::Forward(request) => forward(&handlers.state, request, peer).await,
+                    AliasOutcome::Local(request) => call(&handlers.local, request).await,
+                    AliasOutcome::Answered(response) => response,
+                }
+            }
         };
         tracing::info!(
             status = response.status().as_u16(),
@@ -148,4 +169,33 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
+    match router.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Forwards to Synapse; when Synapse accepted a logout, password change or deactivation, the
+/// cached identities it ended are dropped.
+async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let change = session_change(request.method(), request.uri().path());
+    let token = change.and_then(|_| {
+        access_token(request.headers(), request.uri().query()).map(|t| t.into_owned())
+    });
+    let response = match state.synapse.forward(request, peer).await {
+        Ok(response) => response,
+        Err(err) => return err.into_response(),
+    };
+    if let (Some(change), Some(token)) = (change, token)
+        && response.status().is_success()
+    {
+        match change {
+            SessionChange::Token => state.identity.forget_token(&token),
+            SessionChange::User => state.identity.forget_user_of(&token),
+        }
+    }
+    response
 }

@@ -74,7 +74,7 @@ async fn path_and_query_reach_synapse_byte_exact_with_forwarding_headers() {
     let (upstream, mut received) = upstream(|stream, _, _| respond_ok(stream, "ok")).await;
     let server = support::start(support::config(upstream, support::NO_DATABASE, "", "")).await;
     let target =
-        "/_matrix/client/v3/directory/room/%23a%2Fb%20c:hs?x=1+2&y=%F0%9F%90%88&access_token=abc";
+        "/_matrix/client/v3/profile/%40a%2Fb%20c:hs/displayname?x=1+2&y=%F0%9F%90%88&access_token=abc";
     let request = Request::get(format!("http://{}{target}", server.addr))
         .header("x-custom", "kept")
         .header("connection", "keep-alive, x-hop")

@@ -1,6 +1,7 @@
-//! Who is asking: appservice registrations now; access-token resolution (Synapse
-//! `/account/whoami`, cached by SHA-256) arrives with local rooms.
+//! Who is asking: access tokens become requesters ([`requester`]), appservices come from
+//! their registration files ([`registration`]).
 //!
-//! May import: `config` types only.
+//! May import: `config` types, `upstream` (whoami, profiles).
 
 pub mod registration;
+pub mod requester;

@@ -7,9 +7,13 @@
 //! May import: `store`, `upstream`, `auth`, `config`, `notify`.
 
 pub mod auth;
+pub mod create;
 pub mod event;
 pub mod power;
+pub mod read;
+pub mod service;
 pub mod state;
+pub mod visibility;
 pub mod writer;
 
 /// Why a room operation failed. `api` turns it into a Matrix error.

@@ -1,40 +1,137 @@
 //! Request classification: every request is put into exactly one [`Route`] once, up front,
-//! before any body is read.
+//! from its method and path (never its body), before anything is read.
 //!
-//! Today hungryserv owns no rooms yet, so everything except its own operations endpoints is
-//! [`Route::Forward`]; local rooms (by room-ID prefix, see `config::routing`) and merged
-//! answers (`/sync`, `/versions`) join this enum as they are built. Unknown endpoints are always
-//! forwarded.
+//! A request is Local when its path names a room whose ID carries a local class prefix
+//! (`!{prefix}…:{server_name}`, percent-decoded). Some requests cannot be decided from the path
+//! alone and get a route that says what must be looked at next: `createRoom` (the body and
+//! the requester decide), alias lookups and joins by alias (local if the alias is ours).
+//! Unknown endpoints are always forwarded.
 //!
 //! May import: `config`.
 
+use std::borrow::Cow;
+
 use http::Method;
 
+use crate::config::{RoomClass, RoutingConfig, ServeMode};
+
 /// Where a request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Not ours: streamed to Synapse and back unchanged.
     Forward,
     /// hungryserv's own operations endpoints under `/_hungryserv/`.
     Ops,
+    /// Names a local room of a served class.
+    Local,
+    /// Names a local room of a class whose `serve` is `off`.
+    Unavailable {
+        /// The class name.
+        class: String,
+    },
+    /// `POST /createRoom`: local or Synapse by body and requester.
+    CreateRoom,
+    /// Names a room alias (`/join/#a`, `/knock/#a`, `GET /directory/room/#a`): local if the
+    /// alias is one of ours.
+    Alias {
+        /// The decoded alias.
+        alias: String,
+    },
+    /// `GET /joined_rooms`: Synapse's answer plus local rooms.
+    JoinedRooms,
 }
 
 impl Route {
     /// Short label for logs and metrics.
-    pub fn label(self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Route::Forward => "forward",
             Route::Ops => "ops",
+            Route::Local => "local",
+            Route::Unavailable { .. } => "unavailable",
+            Route::CreateRoom => "create_room",
+            Route::Alias { .. } => "alias",
+            Route::JoinedRooms => "merge",
         }
     }
 }
 
+/// The room classes, ready for matching room IDs.
+#[derive(Debug, Clone)]
+pub struct RoomClasses {
+    /// `:{server_name}`: every local room ID ends with it.
+    suffix: String,
+    classes: Vec<RoomClass>,
+}
+
+impl RoomClasses {
+    pub fn new(routing: &RoutingConfig, server_name: &str) -> Self {
+        Self {
+            suffix: format!(":{server_name}"),
+            classes: routing.classes.clone(),
+        }
+    }
+
+    /// The class a room ID belongs to, if it is a local room ID.
+    pub fn class_of(&self, room_id: &str) -> Option<&RoomClass> {
+        let localpart = room_id
+            .strip_prefix('!')?
+            .strip_suffix(self.suffix.as_str())?;
+        // Prefixes never start one another (validated), so at most one matches.
+        self.classes
+            .iter()
+            .find(|class| localpart.starts_with(class.prefix.as_str()))
+    }
+
+    pub fn classes(&self) -> &[RoomClass] {
+        &self.classes
+    }
+
+    fn room_route(&self, room_id: &str) -> Option<Route> {
+        self.class_of(room_id).map(|class| match class.serve {
+            ServeMode::Local => Route::Local,
+            ServeMode::Off => Route::Unavailable {
+                class: class.name.clone(),
+            },
+        })
+    }
+}
+
+/// Percent-decodes a path segment (`+` stays `+` in paths).
+pub fn decode_segment(segment: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
+}
+
 /// Decides where a request goes from its method and raw (still percent-encoded) path.
-pub fn classify(_method: &Method, path: &str) -> Route {
+pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
-        Route::Ops
-    } else {
-        Route::Forward
+        return Route::Ops;
+    }
+    let Some(rest) = path.strip_prefix("/_matrix/client/") else {
+        return Route::Forward;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    // segments[0] is the version (r0, v1, v3, unstable, unstable/<feature> prefixes…).
+    match segments.as_slice() {
+        [_, "rooms", room, ..] => classes
+            .room_route(&decode_segment(room))
+            .unwrap_or(Route::Forward),
+        [_, "join" | "knock", target] => {
+            let target = decode_segment(target);
+            if target.starts_with('#') {
+                Route::Alias {
+                    alias: target.into_owned(),
+                }
+            } else {
+                classes.room_route(&target).unwrap_or(Route::Forward)
+            }
+        }
+        [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
+            alias: decode_segment(alias).into_owned(),
+        },
+        [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
+        [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
+        _ => Route::Forward,
     }
 }
 
@@ -79,25 +176,127 @@ fn starts_with_encoded(segment: &str, hex: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CreateMatch, CreateTarget};
+
+    fn classes() -> RoomClasses {
+        let class = |name: &str, prefix: &str, serve| RoomClass {
+            name: name.into(),
+            prefix: prefix.into(),
+            serve,
+            create: CreateTarget::Local,
+            matches: CreateMatch {
+                all: true,
+                ..CreateMatch::default()
+            },
+        };
+        RoomClasses::new(
+            &RoutingConfig {
+                classes: vec![
+                    class("bridge", "hs_", ServeMode::Local),
+                    class("old", "old_", ServeMode::Off),
+                ],
+            },
+            "example.org",
+        )
+    }
 
     #[test]
     fn classification() {
+        let off = Route::Unavailable {
+            class: "old".into(),
+        };
         let cases = [
             (Method::GET, "/_hungryserv/health", Route::Ops),
-            (Method::GET, "/_hungryserv/ready", Route::Ops),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
             (Method::GET, "/_matrix/client/versions", Route::Forward),
             (
                 Method::PUT,
-                "/_matrix/client/v3/rooms/!a:b/send/m.room.message/1",
+                "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/1",
                 Route::Forward,
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/rooms/!hs_abc:example.org/send/m.room.message/1",
+                Route::Local,
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/r0/rooms/%21hs_abc%3Aexample.org/state/m.room.name/",
+                Route::Local,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/rooms/%21hs_abc%3Aexample.org/relations/%24e",
+                Route::Local,
+            ),
+            // Our prefix on another server, or a v12 hash ID without a server: not ours.
+            (
+                Method::GET,
+                "/_matrix/client/v3/rooms/!hs_abc:other.org/state",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/rooms/!hs_abc/state",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/rooms/!old_x:example.org/messages",
+                off.clone(),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/join/!hs_abc:example.org",
+                Route::Local,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/join/%23chat%3Aexample.org",
+                Route::Alias {
+                    alias: "#chat:example.org".into(),
+                },
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/knock/!old_x:example.org",
+                off,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/join/!abc:example.org",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
+                Route::Alias {
+                    alias: "#a:example.org".into(),
+                },
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
+                Route::Forward,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Route::CreateRoom,
+            ),
+            (Method::GET, "/_matrix/client/v3/createRoom", Route::Forward),
+            (
+                Method::GET,
+                "/_matrix/client/v3/joined_rooms",
+                Route::JoinedRooms,
             ),
             (Method::GET, "/_synapse/admin/v1/rooms", Route::Forward),
             (Method::GET, "/", Route::Forward),
         ];
+        let classes = classes();
         for (method, path, want) in cases {
-            assert_eq!(classify(&method, path), want, "{method} {path}");
+            assert_eq!(classify(&classes, &method, path), want, "{method} {path}");
         }
     }
 

@@ -50,6 +50,12 @@ pub async fn connect(config: &DatabaseConfig, server_name: &str) -> Result<PgPoo
     Ok(pool)
 }
 
+/// The highest stream position committed so far.
+pub async fn current_stream(pool: &PgPool) -> Result<i64, StoreError> {
+    let mut conn = pool.acquire().await?;
+    events::max_stream(&mut conn).await
+}
+
 /// A cheap round trip, for readiness.
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query!("SELECT 1 AS one").fetch_one(pool).await?;

@@ -6,6 +6,7 @@
 //!
 //! May import: `config`, `error`.
 
+pub mod client;
 mod headers;
 
 use std::net::SocketAddr;

@@ -1,0 +1,105 @@
+//! Requests about aliases and the user's room list, which span both worlds: alias lookups and
+//! joins by alias are answered here when the alias is one of ours and forwarded otherwise;
+//! `/joined_rooms` is Synapse's list plus the local rooms.
+
+use axum::Json;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{Method, Request, Uri};
+use serde_json::json;
+
+use super::ApiError;
+use super::extract::Query;
+use crate::app::AppState;
+use crate::auth::requester::access_token;
+use crate::upstream::client::{CallError, encode_segment};
+
+/// Where a request naming an alias goes next.
+pub enum AliasOutcome {
+    /// Not one of our aliases.
+    Forward(Request<Body>),
+    /// A join or knock by one of our aliases, rewritten to name the room ID.
+    Local(Request<Body>),
+    /// Answered already (a directory lookup, or an error).
+    Answered(Response),
+}
+
+/// Resolves a request naming an alias.
+pub async fn alias_route(state: &AppState, request: Request<Body>, alias: &str) -> AliasOutcome {
+    let room_id = match state.rooms.resolve_alias(alias).await {
+        Ok(room_id) => room_id,
+        Err(err) => return AliasOutcome::Answered(ApiError::from(err).into_response()),
+    };
+    let Some(room_id) = room_id else {
+        return AliasOutcome::Forward(request);
+    };
+    if request.method() == Method::GET {
+        // The directory answer needs no authentication (as on Synapse).
+        let answer = Json(json!({ "room_id": room_id, "servers": [state.config.server_name] }));
+        return AliasOutcome::Answered(answer.into_response());
+    }
+    // `/join/#alias` or `/knock/#alias`: the same request with the room ID in the path.
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let Some((prefix, _)) = path.rsplit_once('/') else {
+        return AliasOutcome::Answered(
+            crate::error::MatrixError::bad_json("Invalid path").into_response(),
+        );
+    };
+    let rewritten = match parts.uri.query() {
+        Some(query) => format!("{prefix}/{}?{query}", encode_segment(room_id.as_str())),
+        None => format!("{prefix}/{}", encode_segment(room_id.as_str())),
+    };
+    match rewritten.parse::<Uri>() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => {
+            return AliasOutcome::Answered(
+                crate::error::MatrixError::bad_json("Invalid path").into_response(),
+            );
+        }
+    }
+    AliasOutcome::Local(Request::from_parts(parts, body))
+}
+
+/// `GET /joined_rooms`: Synapse's rooms, then the local ones.
+pub async fn joined_rooms(state: AppState, request: Request<Body>) -> Response {
+    match merged_joined_rooms(state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn merged_joined_rooms(
+    state: AppState,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let token = access_token(request.headers(), request.uri().query()).map(|t| t.into_owned());
+    let params = Query::parse(request.uri().query());
+    let requester = state
+        .identity
+        .resolve(token.as_deref(), params.get("user_id"))
+        .await?;
+    // Only `user_id` goes upstream: Synapse refuses a token in both header and query.
+    let upstream_query = params.get("user_id").map(|user| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("user_id", user)
+            .finish()
+    });
+    let mut rooms = match state
+        .synapse
+        .joined_rooms(
+            token.as_deref().unwrap_or_default(),
+            upstream_query.as_deref(),
+        )
+        .await
+    {
+        Ok(rooms) => rooms,
+        Err(CallError::Refused(refusal)) => return Err(ApiError::Refused(refusal)),
+        Err(CallError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "joined_rooms: Synapse unavailable");
+            return Err(crate::error::MatrixError::bad_gateway("Synapse is unreachable").into());
+        }
+    };
+    rooms.extend(state.rooms.joined_rooms(&requester).await?);
+    Ok(Json(json!({ "joined_rooms": rooms })).into_response())
+}

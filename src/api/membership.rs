@@ -1,0 +1,153 @@
+//! Membership endpoints for local rooms: join, knock, leave, forget, invite, kick, ban,
+//! unban.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::{Map, Value, json};
+
+use super::ApiError;
+use super::extract::{Authed, JsonObject, optional_str, required_str};
+use super::send::room_id;
+use crate::app::AppState;
+use crate::error::MatrixError;
+use crate::rooms::service::origin_ts;
+
+fn user_id(raw: &str) -> Result<OwnedUserId, ApiError> {
+    OwnedUserId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {raw}")).into())
+}
+
+/// Changes `target`'s membership to `membership` as the requester.
+async fn change(
+    state: &AppState,
+    auth: &Authed,
+    room_id: &OwnedRoomId,
+    target: &OwnedUserId,
+    membership: &str,
+    body: &Map<String, Value>,
+) -> Result<ruma::OwnedEventId, ApiError> {
+    let reason = optional_str(body, "reason")?;
+    let ts = origin_ts(&auth.requester, auth.ts);
+    Ok(state
+        .rooms
+        .set_membership(
+            &auth.requester,
+            &auth.token,
+            room_id,
+            target,
+            membership,
+            reason,
+            Map::new(),
+            ts,
+        )
+        .await?)
+}
+
+/// `POST /rooms/{roomId}/join` and `POST /join/{roomIdOrAlias}` (aliases resolved by the
+/// dispatcher before routing here).
+pub async fn join_room(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = auth.requester.user_id.clone();
+    change(&state, &auth, &room_id, &target, "join", &body).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /knock/{roomIdOrAlias}`.
+pub async fn knock(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = auth.requester.user_id.clone();
+    change(&state, &auth, &room_id, &target, "knock", &body).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /rooms/{roomId}/leave`.
+pub async fn leave(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = auth.requester.user_id.clone();
+    change(&state, &auth, &room_id, &target, "leave", &body).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/forget`: only once the user has left, as in Synapse. Local rooms keep
+/// no per-user history list yet, so forgetting has nothing further to drop.
+pub async fn forget(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let joined = state.rooms.joined_rooms(&auth.requester).await?;
+    if joined.iter().any(|joined| joined == room_id.as_str()) {
+        return Err(MatrixError::bad_json("User is in room and cannot forget it").into());
+    }
+    Ok(Json(json!({})))
+}
+
+async fn targeted(
+    state: AppState,
+    room: String,
+    auth: Authed,
+    body: Map<String, Value>,
+    membership: &str,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = user_id(required_str(&body, "user_id")?)?;
+    change(&state, &auth, &room_id, &target, membership, &body).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/invite`.
+pub async fn invite(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    targeted(state, room, auth, body, "invite").await
+}
+
+/// `POST /rooms/{roomId}/kick`.
+pub async fn kick(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    targeted(state, room, auth, body, "leave").await
+}
+
+/// `POST /rooms/{roomId}/ban`.
+pub async fn ban(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    targeted(state, room, auth, body, "ban").await
+}
+
+/// `POST /rooms/{roomId}/unban`: a leave for a banned user.
+pub async fn unban(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    targeted(state, room, auth, body, "leave").await
+}

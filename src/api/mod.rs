@@ -1,0 +1,180 @@
+//! Thin HTTP handlers for the endpoints hungryserv answers itself, one file per area of the
+//! client-server API. Each parses the request, authenticates, calls one function of the room
+//! engine and builds the response; errors become Matrix errors here, in one place
+//! ([`ApiError`]).
+//!
+//! May import: `rooms`, `auth`, `routing`, `upstream`, `app`, `error`.
+
+mod create_room;
+mod directory;
+mod extract;
+mod membership;
+mod read;
+mod send;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use http::{StatusCode, header};
+
+use crate::app::AppState;
+use crate::auth::requester::AuthFailure;
+use crate::error::{ErrorCode, MatrixError};
+use crate::rooms::RoomError;
+
+pub use create_room::create_room;
+pub use directory::{AliasOutcome, alias_route, joined_rooms};
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A Matrix error of ours.
+    Matrix(MatrixError),
+    /// Synapse's own refusal (of a token), passed on unchanged.
+    Refused(crate::upstream::client::Refusal),
+}
+
+impl From<MatrixError> for ApiError {
+    fn from(err: MatrixError) -> Self {
+        ApiError::Matrix(err)
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(err: RoomError) -> Self {
+        let (status, code) = match &err {
+            RoomError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            RoomError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            RoomError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
+            RoomError::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParam),
+            RoomError::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorCode::RoomInUse),
+            RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            RoomError::Store(_) | RoomError::Internal(_) => {
+                // The detail is for operators; the client gets a stable message.
+                tracing::error!(error = %err, "request failed");
+                return ApiError::Matrix(MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Unknown,
+                    "Internal server error",
+                ));
+            }
+        };
+        ApiError::Matrix(MatrixError::new(status, code, err.to_string()))
+    }
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(err: AuthFailure) -> Self {
+        match err {
+            AuthFailure::MissingToken => ApiError::Matrix(MatrixError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MissingToken,
+                "Missing access token",
+            )),
+            AuthFailure::Refused(refusal) => ApiError::Refused(refusal),
+            AuthFailure::Forbidden(message) => ApiError::Matrix(MatrixError::forbidden(message)),
+            AuthFailure::Unavailable(reason) => {
+                tracing::warn!(%reason, "cannot verify an access token");
+                ApiError::Matrix(MatrixError::bad_gateway("Synapse is unreachable"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Matrix(err) => err.into_response(),
+            ApiError::Refused(refusal) => {
+                let mut response = Response::new(Body::from(refusal.body));
+                *response.status_mut() = refusal.status;
+                if let Some(content_type) = refusal.content_type.and_then(|c| c.parse().ok()) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, content_type);
+                }
+                response
+            }
+        }
+    }
+}
+
+/// The router for requests classified Local (they name a local room).
+pub fn local_router(state: AppState) -> Router {
+    let rooms = "/_matrix/client/{v}/rooms/{room_id}";
+    Router::new()
+        .route(
+            &format!("{rooms}/send/{{event_type}}/{{txn_id}}"),
+            put(send::send),
+        )
+        .route(
+            &format!("{rooms}/state/{{event_type}}"),
+            put(send::put_state_empty_key).get(read::state_event_empty_key),
+        )
+        .route(
+            &format!("{rooms}/state/{{event_type}}/"),
+            put(send::put_state_empty_key).get(read::state_event_empty_key),
+        )
+        .route(
+            &format!("{rooms}/state/{{event_type}}/{{state_key}}"),
+            put(send::put_state).get(read::state_event),
+        )
+        .route(&format!("{rooms}/state"), get(read::state))
+        .route(
+            &format!("{rooms}/redact/{{event_id}}/{{txn_id}}"),
+            put(send::redact),
+        )
+        .route(&format!("{rooms}/join"), post(membership::join_room))
+        .route(
+            "/_matrix/client/{v}/join/{room_id}",
+            post(membership::join_room),
+        )
+        .route(
+            "/_matrix/client/{v}/knock/{room_id}",
+            post(membership::knock),
+        )
+        .route(&format!("{rooms}/leave"), post(membership::leave))
+        .route(&format!("{rooms}/forget"), post(membership::forget))
+        .route(&format!("{rooms}/invite"), post(membership::invite))
+        .route(&format!("{rooms}/kick"), post(membership::kick))
+        .route(&format!("{rooms}/ban"), post(membership::ban))
+        .route(&format!("{rooms}/unban"), post(membership::unban))
+        .route(&format!("{rooms}/event/{{event_id}}"), get(read::event))
+        .route(&format!("{rooms}/members"), get(read::members))
+        .route(
+            &format!("{rooms}/joined_members"),
+            get(read::joined_members),
+        )
+        .route(&format!("{rooms}/messages"), get(read::messages))
+        .route(&format!("{rooms}/context/{{event_id}}"), get(read::context))
+        .route(&format!("{rooms}/aliases"), get(read::aliases))
+        .route(
+            &format!("{rooms}/relations/{{event_id}}"),
+            get(read::relations),
+        )
+        .route(
+            &format!("{rooms}/relations/{{event_id}}/{{rel_type}}"),
+            get(read::relations_typed),
+        )
+        .route(
+            &format!("{rooms}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
+            get(read::relations_typed_event),
+        )
+        .route(
+            &format!("{rooms}/timestamp_to_event"),
+            get(read::timestamp_to_event),
+        )
+        .fallback(unknown_local_endpoint)
+        .with_state(state)
+}
+
+/// An endpoint hungryserv does not implement for local rooms yet. Forwarding it would give a
+/// misleading answer (Synapse has never heard of the room), so say so plainly.
+async fn unknown_local_endpoint() -> MatrixError {
+    MatrixError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::Unrecognized,
+        "Unrecognized request",
+    )
+}

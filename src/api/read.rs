@@ -1,0 +1,300 @@
+//! Reading local rooms: events, state, members, `/messages`, `/context`, relations,
+//! `timestamp_to_event`, aliases.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::extract::{Authed, Query};
+use super::send::room_id;
+use crate::app::AppState;
+use crate::error::MatrixError;
+use crate::rooms::read::{EventFilter, PageRequest, Token};
+
+fn token(query: &Query, key: &str) -> Result<Option<Token>, ApiError> {
+    Ok(query.get(key).map(Token::parse).transpose()?)
+}
+
+fn filter(query: &Query) -> Result<EventFilter, ApiError> {
+    match query.get("filter") {
+        None => Ok(EventFilter::default()),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|_| MatrixError::bad_json("Invalid filter").into())
+        }
+    }
+}
+
+fn direction(query: &Query, default_forwards: bool) -> Result<bool, ApiError> {
+    match query.get("dir") {
+        None => Ok(default_forwards),
+        Some("f") => Ok(true),
+        Some("b") => Ok(false),
+        Some(other) => {
+            Err(MatrixError::invalid_param(format!("Unknown direction: {other}")).into())
+        }
+    }
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}`.
+pub async fn event(
+    State(state): State<AppState>,
+    Path((_, room, event_id)): Path<(String, String, String)>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        state
+            .rooms
+            .event(&auth.requester, &room_id(&room)?, &event_id)
+            .await?,
+    ))
+}
+
+/// `GET /rooms/{roomId}/state`.
+pub async fn state(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(Value::Array(
+        state.rooms.state(&auth.requester, &room_id(&room)?).await?,
+    )))
+}
+
+/// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the content, or the event with `format=event`.
+pub async fn state_event(
+    State(state): State<AppState>,
+    Path((_, room, event_type, state_key)): Path<(String, String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    get_state_event(state, room, event_type, state_key, auth, query).await
+}
+
+/// `GET /rooms/{roomId}/state/{type}` (empty state key).
+pub async fn state_event_empty_key(
+    State(state): State<AppState>,
+    Path((_, room, event_type)): Path<(String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    get_state_event(state, room, event_type, String::new(), auth, query).await
+}
+
+async fn get_state_event(
+    state: AppState,
+    room: String,
+    event_type: String,
+    state_key: String,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let mut event = state
+        .rooms
+        .state_event(&auth.requester, &room_id(&room)?, &event_type, &state_key)
+        .await?;
+    if query.get("format") == Some("event") {
+        return Ok(Json(event));
+    }
+    Ok(Json(
+        event
+            .get_mut("content")
+            .map(Value::take)
+            .unwrap_or_else(|| json!({})),
+    ))
+}
+
+/// `GET /rooms/{roomId}/members`.
+pub async fn members(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let chunk = state
+        .rooms
+        .members(
+            &auth.requester,
+            &room_id(&room)?,
+            token(&query, "at")?,
+            query.get("membership"),
+            query.get("not_membership"),
+        )
+        .await?;
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+/// `GET /rooms/{roomId}/joined_members`.
+pub async fn joined_members(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    let joined = state
+        .rooms
+        .joined_members(&auth.requester, &room_id(&room)?)
+        .await?;
+    Ok(Json(json!({ "joined": joined })))
+}
+
+/// `GET /rooms/{roomId}/messages`.
+pub async fn messages(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let page = state
+        .rooms
+        .messages(
+            &auth.requester,
+            &room_id(&room)?,
+            PageRequest {
+                from: token(&query, "from")?,
+                to: token(&query, "to")?,
+                forwards: direction(&query, false)?,
+                limit: query.int("limit")?.unwrap_or(10),
+            },
+            &filter(&query)?,
+        )
+        .await?;
+    let mut answer = json!({ "chunk": page.chunk, "start": page.start.to_string() });
+    if let Some(end) = page.end {
+        answer["end"] = json!(end.to_string());
+    }
+    if !page.state.is_empty() {
+        answer["state"] = Value::Array(page.state);
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`.
+pub async fn context(
+    State(state): State<AppState>,
+    Path((_, room, event_id)): Path<(String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.int("limit")?.unwrap_or(10).clamp(0, 100);
+    Ok(Json(
+        state
+            .rooms
+            .context(
+                &auth.requester,
+                &room_id(&room)?,
+                &event_id,
+                limit,
+                &filter(&query)?,
+            )
+            .await?,
+    ))
+}
+
+/// `GET /rooms/{roomId}/aliases`.
+pub async fn aliases(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    let aliases = state
+        .rooms
+        .aliases(&auth.requester, &room_id(&room)?)
+        .await?;
+    Ok(Json(json!({ "aliases": aliases })))
+}
+
+async fn relations_of(
+    state: AppState,
+    room: String,
+    event_id: String,
+    rel_type: Option<String>,
+    event_type: Option<String>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    if direction(&query, false)? {
+        return Err(MatrixError::invalid_param(
+            "Only dir=b is supported for relations of local rooms",
+        )
+        .into());
+    }
+    let answer = state
+        .rooms
+        .relations(
+            &auth.requester,
+            &room_id(&room)?,
+            &event_id,
+            rel_type.as_deref(),
+            event_type.as_deref(),
+            token(&query, "from")?,
+            query.int("limit")?.unwrap_or(5),
+        )
+        .await?;
+    Ok(Json(answer))
+}
+
+/// `GET /v1/rooms/{roomId}/relations/{eventId}`.
+pub async fn relations(
+    State(state): State<AppState>,
+    Path((_, room, event_id)): Path<(String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    relations_of(state, room, event_id, None, None, auth, query).await
+}
+
+/// `GET /v1/rooms/{roomId}/relations/{eventId}/{relType}`.
+pub async fn relations_typed(
+    State(state): State<AppState>,
+    Path((_, room, event_id, rel_type)): Path<(String, String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    relations_of(state, room, event_id, Some(rel_type), None, auth, query).await
+}
+
+/// `GET /v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}`.
+pub async fn relations_typed_event(
+    State(state): State<AppState>,
+    Path((_, room, event_id, rel_type, event_type)): Path<(String, String, String, String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    relations_of(
+        state,
+        room,
+        event_id,
+        Some(rel_type),
+        Some(event_type),
+        auth,
+        query,
+    )
+    .await
+}
+
+/// `GET /v1/rooms/{roomId}/timestamp_to_event?ts=&dir=`.
+pub async fn timestamp_to_event(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let ts = query.int("ts")?.ok_or_else(|| {
+        MatrixError::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::MissingParam,
+            "Missing integer query parameter 'ts'",
+        )
+    })?;
+    let forwards = match query.get("dir") {
+        Some("f") => true,
+        Some("b") => false,
+        _ => return Err(MatrixError::invalid_param("dir must be 'f' or 'b'").into()),
+    };
+    Ok(Json(
+        state
+            .rooms
+            .timestamp_to_event(&auth.requester, &room_id(&room)?, ts, forwards)
+            .await?,
+    ))
+}

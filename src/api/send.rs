@@ -1,0 +1,153 @@
+//! Sending into local rooms: `PUT /send/{type}/{txnId}`, `PUT /state/{type}/{stateKey}`,
+//! `PUT /redact/{eventId}/{txnId}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use ruma::{OwnedEventId, OwnedRoomId};
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::extract::{Authed, JsonObject, optional_str};
+use crate::app::AppState;
+use crate::error::MatrixError;
+use crate::rooms::service::origin_ts;
+
+pub(super) fn room_id(raw: &str) -> Result<OwnedRoomId, ApiError> {
+    OwnedRoomId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid room ID: {raw}")).into())
+}
+
+pub(super) fn event_id(raw: &str) -> Result<OwnedEventId, ApiError> {
+    OwnedEventId::try_from(raw)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid event ID: {raw}")).into())
+}
+
+/// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`. An `m.room.redaction` sent this way
+/// names its target in `content.redacts` (room version 11 style, MSC2174), which is honoured.
+pub async fn send(
+    State(state): State<AppState>,
+    Path((_, room, event_type, txn_id)): Path<(String, String, String, String)>,
+    auth: Authed,
+    JsonObject(content): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let redacts = match event_type.as_str() {
+        "m.room.redaction" => optional_str(&content, "redacts")?
+            .map(|id| event_id(&id))
+            .transpose()?,
+        _ => None,
+    };
+    let ts = origin_ts(&auth.requester, auth.ts);
+    let event_id = state
+        .rooms
+        .append_one(
+            &auth.requester,
+            &room_id,
+            &event_type,
+            None,
+            content,
+            ts,
+            Some(&txn_id),
+            redacts,
+        )
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub async fn put_state(
+    State(state): State<AppState>,
+    Path((_, room, event_type, state_key)): Path<(String, String, String, String)>,
+    auth: Authed,
+    JsonObject(content): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    set_state(state, room, event_type, state_key, auth, content).await
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}` (empty state key).
+pub async fn put_state_empty_key(
+    State(state): State<AppState>,
+    Path((_, room, event_type)): Path<(String, String, String)>,
+    auth: Authed,
+    JsonObject(content): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    set_state(state, room, event_type, String::new(), auth, content).await
+}
+
+async fn set_state(
+    state: AppState,
+    room: String,
+    event_type: String,
+    state_key: String,
+    auth: Authed,
+    content: serde_json::Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let ts = origin_ts(&auth.requester, auth.ts);
+    let event_id = if event_type == "m.room.member" {
+        // Membership through the state API goes through the same rules as /invite, /kick…
+        let target = ruma::OwnedUserId::try_from(state_key.as_str())
+            .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {state_key}")))?;
+        let membership = super::extract::required_str(&content, "membership")?.to_owned();
+        let mut extra = content.clone();
+        extra.remove("membership");
+        state
+            .rooms
+            .set_membership(
+                &auth.requester,
+                &auth.token,
+                &room_id,
+                &target,
+                &membership,
+                None,
+                extra,
+                ts,
+            )
+            .await?
+    } else {
+        state
+            .rooms
+            .append_one(
+                &auth.requester,
+                &room_id,
+                &event_type,
+                Some(state_key),
+                content,
+                ts,
+                None,
+                None,
+            )
+            .await?
+    };
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
+pub async fn redact(
+    State(state): State<AppState>,
+    Path((_, room, target, txn_id)): Path<(String, String, String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = event_id(&target)?;
+    let mut content = serde_json::Map::new();
+    if let Some(reason) = optional_str(&body, "reason")? {
+        content.insert("reason".into(), json!(reason));
+    }
+    let ts = origin_ts(&auth.requester, auth.ts);
+    let event_id = state
+        .rooms
+        .append_one(
+            &auth.requester,
+            &room_id,
+            "m.room.redaction",
+            None,
+            content,
+            ts,
+            Some(&txn_id),
+            Some(target),
+        )
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

@@ -1,0 +1,401 @@
+//! Who is making a request: an access token becomes a [`Requester`].
+//!
+//! * Appservice tokens (`as_token` of a registration) are recognised locally. The appservice
+//!   acts as its bot, or as `?user_id=` when that user is inside its user namespaces (else
+//!   403, with Synapse's wording) and registered on Synapse.
+//! * Every other token is Synapse's: it is resolved once with `/account/whoami` and cached
+//!   by its SHA-256 for [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]). The cache entry is
+//!   dropped when a logout, password change or deactivation passes through hungryserv.
+//!
+//! Tokens are never logged and never stored in clear: the cache key is the hash.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
+use sha2::{Digest, Sha256};
+
+use super::registration::Registration;
+use crate::upstream::Synapse;
+use crate::upstream::client::{CallError, Refusal};
+
+/// How long a resolved token is trusted without asking Synapse again.
+pub const POSITIVE_TTL: Duration = Duration::from_secs(60);
+/// How long a refused token is refused without asking Synapse again.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Cache entries kept at most (tokens, and users known to be registered).
+const MAX_ENTRIES: usize = 100_000;
+
+/// The authenticated party of a request.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    /// The user the request acts as.
+    pub user_id: OwnedUserId,
+    /// The device of the access token (none for appservices).
+    pub device_id: Option<OwnedDeviceId>,
+    /// The appservice, when the token is an `as_token`.
+    pub appservice: Option<Arc<Registration>>,
+}
+
+impl Requester {
+    /// The scope of transaction IDs (`PUT .../{txnId}`): per device for users, per
+    /// appservice and user for appservices (as Synapse scopes them).
+    pub fn txn_scope(&self) -> String {
+        match (&self.appservice, &self.device_id) {
+            (Some(appservice), _) => format!("as:{}|{}", appservice.id, self.user_id),
+            (None, Some(device)) => format!("{}|{}", self.user_id, device),
+            (None, None) => format!("{}|", self.user_id),
+        }
+    }
+}
+
+/// Why a request could not be authenticated.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthFailure {
+    /// No token: 401 M_MISSING_TOKEN.
+    #[error("Missing access token")]
+    MissingToken,
+    /// Synapse refused the token: its answer, passed on unchanged (M_UNKNOWN_TOKEN, soft_logout).
+    #[error("Synapse refused the token")]
+    Refused(Refusal),
+    /// 403 M_FORBIDDEN: an appservice outside its namespaces.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Synapse could not be asked: 502.
+    #[error("cannot verify the token: {0}")]
+    Unavailable(String),
+}
+
+struct Cached {
+    outcome: Result<(OwnedUserId, Option<OwnedDeviceId>), Refusal>,
+    until: Instant,
+}
+
+/// Resolves tokens; shared by all requests.
+pub struct Identity {
+    server_name: OwnedServerName,
+    synapse: Synapse,
+    /// `sha256(as_token) → registration`.
+    appservices: HashMap<[u8; 32], Arc<Registration>>,
+    /// `sha256(token) → whoami outcome`.
+    tokens: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Users an appservice may act as, seen registered on Synapse.
+    registered: Mutex<HashSet<OwnedUserId>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Identity {
+    pub fn new(
+        server_name: OwnedServerName,
+        synapse: Synapse,
+        registrations: &[Registration],
+    ) -> Self {
+        Self {
+            server_name,
+            synapse,
+            appservices: registrations
+                .iter()
+                .map(|registration| {
+                    (
+                        digest(&registration.as_token),
+                        Arc::new(registration.clone()),
+                    )
+                })
+                .collect(),
+            tokens: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The appservice whose `as_token` this is, without any network call (for routing).
+    pub fn appservice(&self, token: &str) -> Option<&Arc<Registration>> {
+        self.appservices.get(&digest(token))
+    }
+
+    /// Authenticates `token`; `user_id_param` is the `?user_id=` query parameter.
+    pub async fn resolve(
+        &self,
+        token: Option<&str>,
+        user_id_param: Option<&str>,
+    ) -> Result<Requester, AuthFailure> {
+        let token = token.ok_or(AuthFailure::MissingToken)?;
+        if let Some(appservice) = self.appservice(token) {
+            return self
+                .appservice_requester(token, appservice.clone(), user_id_param)
+                .await;
+        }
+        let key = digest(token);
+        let cached = self.tokens.lock().ok().and_then(|tokens| {
+            tokens
+                .get(&key)
+                .filter(|entry| entry.until > Instant::now())
+                .map(|entry| entry.outcome.clone())
+        });
+        let outcome = match cached {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = match self.synapse.whoami(token).await {
+                    Ok(whoami) => match OwnedUserId::try_from(whoami.user_id.as_str()) {
+                        Ok(user_id) => Ok((user_id, whoami.device_id.map(OwnedDeviceId::from))),
+                        Err(_) => {
+                            return Err(AuthFailure::Unavailable(
+                                "whoami returned an invalid user id".into(),
+                            ));
+                        }
+                    },
+                    Err(CallError::Refused(refusal)) if refusal.status.is_client_error() => {
+                        Err(refusal)
+                    }
+                    Err(CallError::Refused(refusal)) => {
+                        return Err(AuthFailure::Unavailable(format!(
+                            "whoami answered {}",
+                            refusal.status
+                        )));
+                    }
+                    Err(CallError::Unavailable(reason)) => {
+                        return Err(AuthFailure::Unavailable(reason));
+                    }
+                };
+                let ttl = if outcome.is_ok() {
+                    POSITIVE_TTL
+                } else {
+                    NEGATIVE_TTL
+                };
+                if let Ok(mut tokens) = self.tokens.lock() {
+                    if tokens.len() >= MAX_ENTRIES {
+                        let now = Instant::now();
+                        tokens.retain(|_, entry| entry.until > now);
+                        if tokens.len() >= MAX_ENTRIES {
+                            tokens.clear();
+                        }
+                    }
+                    tokens.insert(
+                        key,
+                        Cached {
+                            outcome: outcome.clone(),
+                            until: Instant::now() + ttl,
+                        },
+                    );
+                }
+                outcome
+            }
+        };
+        let (user_id, device_id) = outcome.map_err(AuthFailure::Refused)?;
+        Ok(Requester {
+            user_id,
+            device_id,
+            appservice: None,
+        })
+    }
+
+    async fn appservice_requester(
+        &self,
+        token: &str,
+        appservice: Arc<Registration>,
+        user_id_param: Option<&str>,
+    ) -> Result<Requester, AuthFailure> {
+        let bot = format!("@{}:{}", appservice.sender_localpart, self.server_name);
+        let user_id = user_id_param.unwrap_or(&bot);
+        let masquerade_denied = || {
+            AuthFailure::Forbidden(format!(
+                "Application service cannot masquerade as this user ({user_id})."
+            ))
+        };
+        let parsed = OwnedUserId::try_from(user_id).map_err(|_| masquerade_denied())?;
+        if user_id != bot {
+            let ours = parsed.server_name() == self.server_name;
+            if !ours
+                || !appservice
+                    .users
+                    .iter()
+                    .any(|namespace| namespace.matches(user_id))
+            {
+                return Err(masquerade_denied());
+            }
+            let known = self
+                .registered
+                .lock()
+                .map(|users| users.contains(&parsed))
+                .unwrap_or(false);
+            if !known {
+                match self.synapse.profile(token, user_id).await {
+                    Ok(Some(_)) => {
+                        if let Ok(mut users) = self.registered.lock() {
+                            if users.len() >= MAX_ENTRIES {
+                                users.clear();
+                            }
+                            users.insert(parsed.clone());
+                        }
+                    }
+                    Ok(None) => {
+                        return Err(AuthFailure::Forbidden(format!(
+                            "Application service has not registered this user ({user_id})"
+                        )));
+                    }
+                    Err(CallError::Refused(refusal)) => return Err(AuthFailure::Refused(refusal)),
+                    Err(CallError::Unavailable(reason)) => {
+                        return Err(AuthFailure::Unavailable(reason));
+                    }
+                }
+            }
+        }
+        Ok(Requester {
+            user_id: parsed,
+            device_id: None,
+            appservice: Some(appservice),
+        })
+    }
+
+    /// Drops the cached resolution of `token` (after `/logout` passed through).
+    pub fn forget_token(&self, token: &str) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(&digest(token));
+        }
+    }
+
+    /// Drops every cached token of the user owning `token` (after `/logout/all`, a password
+    /// change or a deactivation passed through).
+    pub fn forget_user_of(&self, token: &str) {
+        let Ok(mut tokens) = self.tokens.lock() else {
+            return;
+        };
+        let user = tokens
+            .get(&digest(token))
+            .and_then(|entry| entry.outcome.as_ref().ok().map(|(user, _)| user.clone()));
+        match user {
+            Some(user) => tokens
+                .retain(|_, entry| !matches!(&entry.outcome, Ok((cached, _)) if *cached == user)),
+            // We never resolved it, so we cannot tell whose it is: forget everything rather
+            // than keep serving a revoked token for a minute.
+            None => tokens.clear(),
+        }
+    }
+}
+
+/// Which cached identities a forwarded request ends, once Synapse has accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    /// `/logout`: this token.
+    Token,
+    /// `/logout/all`, `/account/password`, `/account/deactivate`: every token of the user.
+    User,
+}
+
+/// The session change a `POST` to `path` makes, if any.
+pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange> {
+    if method != http::Method::POST {
+        return None;
+    }
+    let rest = path.strip_prefix("/_matrix/client/")?;
+    let (_version, endpoint) = rest.split_once('/')?;
+    match endpoint {
+        "logout" => Some(SessionChange::Token),
+        "logout/all" | "account/password" | "account/deactivate" => Some(SessionChange::User),
+        _ => None,
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer`, else the deprecated
+/// `access_token` query parameter.
+pub fn access_token<'a>(
+    headers: &'a http::HeaderMap,
+    query: Option<&'a str>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(std::borrow::Cow::Borrowed(token.trim()));
+    }
+    query_param(query?, "access_token")
+}
+
+/// One query parameter, form-decoded.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    #[test]
+    fn tokens_from_header_or_query() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            access_token(&headers, Some("a=1&access_token=syt_x%2By")).as_deref(),
+            Some("syt_x+y")
+        );
+        assert_eq!(access_token(&headers, Some("a=1")), None);
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer syt_header"),
+        );
+        assert_eq!(
+            access_token(&headers, Some("access_token=other")).as_deref(),
+            Some("syt_header")
+        );
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            query_param("user_id=%40a%3Ahs&ts=5", "user_id").as_deref(),
+            Some("@a:hs")
+        );
+        assert_eq!(query_param("ts=5", "user_id"), None);
+        assert_eq!(query_param("x=a+b", "x").as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn session_changes() {
+        assert_eq!(
+            session_change(&Method::POST, "/_matrix/client/v3/logout"),
+            Some(SessionChange::Token)
+        );
+        assert_eq!(
+            session_change(&Method::POST, "/_matrix/client/r0/logout/all"),
+            Some(SessionChange::User)
+        );
+        assert_eq!(
+            session_change(&Method::POST, "/_matrix/client/v3/account/password"),
+            Some(SessionChange::User)
+        );
+        assert_eq!(
+            session_change(&Method::POST, "/_matrix/client/v3/account/deactivate"),
+            Some(SessionChange::User)
+        );
+        assert_eq!(
+            session_change(&Method::GET, "/_matrix/client/v3/logout"),
+            None
+        );
+        assert_eq!(
+            session_change(&Method::POST, "/_matrix/client/v3/login"),
+            None
+        );
+    }
+
+    #[test]
+    fn txn_scopes_differ_by_device_and_appservice() {
+        let user = OwnedUserId::try_from("@a:hs").unwrap();
+        let by_device = Requester {
+            user_id: user.clone(),
+            device_id: Some("D1".into()),
+            appservice: None,
+        };
+        let other_device = Requester {
+            user_id: user.clone(),
+            device_id: Some("D2".into()),
+            appservice: None,
+        };
+        assert_ne!(by_device.txn_scope(), other_device.txn_scope());
+    }
+}

@@ -1,0 +1,674 @@
+//! Reading local rooms: events, state, members, pagination, context, relations — each
+//! filtered by what the reader may see ([`super::visibility`]).
+//!
+//! Pagination tokens of local rooms are `ht{topo}`: the position just after the event with
+//! that topological position. They are only ever handed back to hungryserv (the room ID in
+//! the path routes them here).
+
+use std::collections::{BTreeMap, HashSet};
+
+use ruma::OwnedRoomId;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+
+use super::RoomError;
+use super::event::{Related, Viewer, to_client};
+use super::service::{Rooms, now_ms};
+use super::visibility::{Reach, Reader};
+use crate::auth::requester::Requester;
+use crate::store::{self, events::EventWithPrev, events::StoredEvent};
+
+/// A `/messages` or `/relations` position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(pub i64);
+
+impl Token {
+    pub fn parse(text: &str) -> Result<Self, RoomError> {
+        text.strip_prefix("ht")
+            .and_then(|n| n.parse().ok())
+            .map(Token)
+            .ok_or_else(|| RoomError::InvalidParam(format!("Invalid token {text:?}")))
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ht{}", self.0)
+    }
+}
+
+/// A `RoomEventFilter`, as far as local rooms apply it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventFilter {
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_types: Vec<String>,
+    #[serde(default)]
+    pub senders: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_senders: Vec<String>,
+    #[serde(default)]
+    pub lazy_load_members: bool,
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+impl EventFilter {
+    fn allows(&self, event: &StoredEvent) -> bool {
+        let kind = event.kind.as_str();
+        let sender = event.sender.as_str();
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| type_matches(t, kind)))
+            && !self.not_types.iter().any(|t| type_matches(t, kind))
+            && self
+                .senders
+                .as_ref()
+                .is_none_or(|senders| senders.iter().any(|s| s == sender))
+            && !self.not_senders.iter().any(|s| s == sender)
+    }
+}
+
+/// Which page of `/messages` to read.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    /// Where to start; the room's end (backwards) or start (forwards) when absent.
+    pub from: Option<Token>,
+    /// Where to stop, if anywhere.
+    pub to: Option<Token>,
+    /// Direction `f` (true) or `b`.
+    pub forwards: bool,
+    /// Most events to return.
+    pub limit: i64,
+}
+
+/// One page of `/messages`.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub chunk: Vec<Value>,
+    pub start: Token,
+    pub end: Option<Token>,
+    pub state: Vec<Value>,
+}
+
+impl Rooms {
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, RoomError> {
+        Ok(self.db.acquire().await.map_err(store::StoreError::from)?)
+    }
+
+    /// The reader's view of the room, or the error Synapse gives a non-member.
+    async fn reader(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<(Reader, Reach), RoomError> {
+        let reader = Reader {
+            memberships: store::events::membership_history(
+                conn,
+                room_id.as_str(),
+                requester.user_id.as_str(),
+            )
+            .await?,
+            visibilities: store::events::visibility_history(conn, room_id.as_str()).await?,
+        };
+        match reader.reach() {
+            Some(reach) => Ok((reader, reach)),
+            None => Err(RoomError::Forbidden(format!(
+                "User {} not in room {room_id}, and room previews are disabled",
+                requester.user_id
+            ))),
+        }
+    }
+
+    fn visible(reader: &Reader, requester: &Requester, event: &StoredEvent) -> bool {
+        let key_value = match event.kind.as_str() {
+            "m.room.member" => event.content.get("membership").and_then(Value::as_str),
+            "m.room.history_visibility" => event
+                .content
+                .get("history_visibility")
+                .and_then(Value::as_str),
+            _ => None,
+        };
+        reader.can_see(
+            requester.user_id.as_str(),
+            event.stream,
+            &event.kind,
+            event.state_key.as_deref(),
+            key_value,
+        )
+    }
+
+    /// Client format for events, with `redacted_because` filled in.
+    async fn serve(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        events: Vec<EventWithPrev>,
+    ) -> Result<Vec<Value>, RoomError> {
+        let redaction_ids: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.event.redacted_by.as_ref().map(ToString::to_string))
+            .collect();
+        let viewer = Viewer {
+            txn_scope: Some(&requester.txn_scope()),
+            now_ms: now_ms(),
+        };
+        let mut redactions = BTreeMap::new();
+        if !redaction_ids.is_empty() {
+            for redaction in store::events::by_ids(conn, &redaction_ids).await? {
+                let value = to_client(
+                    &redaction.event,
+                    &Related {
+                        prev: redaction.prev.clone(),
+                        redacted_because: None,
+                    },
+                    viewer,
+                );
+                redactions.insert(redaction.event.event_id.to_string(), value);
+            }
+        }
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                let related = Related {
+                    prev: e.prev,
+                    redacted_because: e
+                        .event
+                        .redacted_by
+                        .as_ref()
+                        .and_then(|id| redactions.get(id.as_str()).cloned()),
+                };
+                to_client(&e.event, &related, viewer)
+            })
+            .collect())
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn event(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        event_id: &str,
+    ) -> Result<Value, RoomError> {
+        let mut conn = self.conn().await?;
+        let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
+        let not_found = || RoomError::NotFound("Event not found.".into());
+        let event = store::events::by_id(&mut conn, room_id.as_str(), event_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if !Self::visible(&reader, requester, &event.event) {
+            return Err(not_found());
+        }
+        self.serve(&mut conn, requester, vec![event])
+            .await?
+            .pop()
+            .ok_or_else(not_found)
+    }
+
+    /// The state the reader may see: current state when joined, else the state at their leave.
+    async fn visible_state(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<Vec<EventWithPrev>, RoomError> {
+        let (_, reach) = self.reader(conn, requester, room_id).await?;
+        Ok(match reach {
+            Reach::Everything => store::events::current_state(conn, room_id.as_str()).await?,
+            Reach::Until(end) => store::events::state_at(conn, room_id.as_str(), end).await?,
+        })
+    }
+
+    /// `GET /rooms/{roomId}/state`.
+    pub async fn state(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<Vec<Value>, RoomError> {
+        let mut conn = self.conn().await?;
+        let state = self.visible_state(&mut conn, requester, room_id).await?;
+        self.serve(&mut conn, requester, state).await
+    }
+
+    /// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the event (the API returns its content
+    /// or, with `format=event`, the whole event).
+    pub async fn state_event(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Value, RoomError> {
+        let mut conn = self.conn().await?;
+        let state = self.visible_state(&mut conn, requester, room_id).await?;
+        let found: Vec<EventWithPrev> = state
+            .into_iter()
+            .filter(|e| e.event.kind == kind && e.event.state_key.as_deref() == Some(state_key))
+            .collect();
+        if found.is_empty() {
+            return Err(RoomError::NotFound("Event not found.".into()));
+        }
+        self.serve(&mut conn, requester, found)
+            .await?
+            .pop()
+            .ok_or_else(|| RoomError::NotFound("Event not found.".into()))
+    }
+
+    /// `GET /rooms/{roomId}/members` (`at`, `membership`, `not_membership`).
+    pub async fn members(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        at: Option<Token>,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<Value>, RoomError> {
+        let mut conn = self.conn().await?;
+        let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
+        let mut limit = match reach {
+            Reach::Everything => i64::MAX,
+            Reach::Until(end) => end,
+        };
+        if let Some(Token(topo)) = at {
+            // The stream position of the last event at or before that topological position.
+            let page =
+                store::events::page(&mut conn, room_id.as_str(), i64::MIN, topo + 1, false, 1)
+                    .await?;
+            if let Some(last) = page.first() {
+                limit = limit.min(last.event.stream);
+            }
+        }
+        let state = if limit == i64::MAX {
+            store::events::current_state(&mut conn, room_id.as_str()).await?
+        } else {
+            store::events::state_at(&mut conn, room_id.as_str(), limit).await?
+        };
+        let members: Vec<EventWithPrev> = state
+            .into_iter()
+            .filter(|e| e.event.kind == "m.room.member")
+            .filter(|e| {
+                let current = e
+                    .event
+                    .content
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .unwrap_or("leave");
+                membership.is_none_or(|m| m == current)
+                    && not_membership.is_none_or(|m| m != current)
+            })
+            .collect();
+        self.serve(&mut conn, requester, members).await
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`: only for members, as in Synapse.
+    pub async fn joined_members(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<Map<String, Value>, RoomError> {
+        let mut conn = self.conn().await?;
+        let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
+        if reach != Reach::Everything {
+            return Err(RoomError::Forbidden(format!(
+                "User {} not in room {room_id}, and room previews are disabled",
+                requester.user_id
+            )));
+        }
+        let mut joined = Map::new();
+        for member in store::events::current_state(&mut conn, room_id.as_str()).await? {
+            let event = member.event;
+            if event.kind != "m.room.member"
+                || event.content.get("membership").and_then(Value::as_str) != Some("join")
+            {
+                continue;
+            }
+            if let Some(user) = event.state_key {
+                joined.insert(
+                    user,
+                    json!({
+                        "display_name": event.content.get("displayname").cloned().unwrap_or(Value::Null),
+                        "avatar_url": event.content.get("avatar_url").cloned().unwrap_or(Value::Null),
+                    }),
+                );
+            }
+        }
+        Ok(joined)
+    }
+
+    /// `GET /rooms/{roomId}/messages`.
+    pub async fn messages(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        page: PageRequest,
+        filter: &EventFilter,
+    ) -> Result<Page, RoomError> {
+        let PageRequest {
+            from,
+            to,
+            forwards,
+            limit,
+        } = page;
+        let mut conn = self.conn().await?;
+        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
+        let room = store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
+        let limit = filter.limit.unwrap_or(limit).clamp(1, 1000);
+        let start = from.unwrap_or(if forwards {
+            Token(room.min_topo - 1)
+        } else {
+            Token(room.max_topo)
+        });
+        // Scan in chunks until `limit` visible events are found or the range ends.
+        let (mut low, mut high) = if forwards {
+            (start.0, i64::MAX)
+        } else {
+            (i64::MIN, start.0 + 1)
+        };
+        if let Some(Token(to)) = to {
+            if forwards {
+                high = high.min(to + 1);
+            } else {
+                low = low.max(to);
+            }
+        }
+        let mut chunk: Vec<EventWithPrev> = Vec::new();
+        let mut last_topo = None;
+        let mut exhausted = false;
+        while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+            let rows =
+                store::events::page(&mut conn, room_id.as_str(), low, high, forwards, limit * 2)
+                    .await?;
+            if rows.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for row in rows {
+                if forwards {
+                    low = row.event.topo;
+                } else {
+                    high = row.event.topo;
+                }
+                last_topo = Some(row.event.topo);
+                let beyond_reach = matches!(reach, Reach::Until(end) if row.event.stream > end);
+                if beyond_reach {
+                    if forwards {
+                        exhausted = true;
+                        break;
+                    }
+                    continue;
+                }
+                if filter.allows(&row.event) && Self::visible(&reader, requester, &row.event) {
+                    chunk.push(row);
+                    if chunk.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                        break;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let end = match (exhausted && chunk.is_empty(), last_topo) {
+            (true, _) | (_, None) => None,
+            (false, Some(topo)) => Some(if forwards {
+                Token(topo)
+            } else {
+                Token(topo - 1)
+            }),
+        };
+        // With nothing left in that direction, Synapse omits `end`.
+        let end = if exhausted { None } else { end };
+        let state = if filter.lazy_load_members {
+            self.member_state(&mut conn, requester, room_id, &chunk)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let chunk = self.serve(&mut conn, requester, chunk).await?;
+        Ok(Page {
+            chunk,
+            start,
+            end,
+            state,
+        })
+    }
+
+    /// Current member events of the senders of `events` (lazy-loaded members).
+    async fn member_state(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        events: &[EventWithPrev],
+    ) -> Result<Vec<Value>, RoomError> {
+        let senders: HashSet<&str> = events.iter().map(|e| e.event.sender.as_str()).collect();
+        let members: Vec<EventWithPrev> = store::events::current_state(conn, room_id.as_str())
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e.event.kind == "m.room.member"
+                    && e.event
+                        .state_key
+                        .as_deref()
+                        .is_some_and(|k| senders.contains(k))
+            })
+            .collect();
+        self.serve(conn, requester, members).await
+    }
+
+    /// `GET /rooms/{roomId}/context/{eventId}`.
+    pub async fn context(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        event_id: &str,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> Result<Value, RoomError> {
+        let mut conn = self.conn().await?;
+        let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
+        let not_found = || RoomError::NotFound(format!("Event {event_id} not found."));
+        let center = store::events::by_id(&mut conn, room_id.as_str(), event_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if !Self::visible(&reader, requester, &center.event) {
+            return Err(not_found());
+        }
+        drop(conn);
+        let before_count = limit / 2;
+        let after_count = limit - before_count;
+        let topo = center.event.topo;
+        let page = |from, forwards, limit: i64| PageRequest {
+            from: Some(Token(from)),
+            to: None,
+            forwards,
+            limit: limit.max(1),
+        };
+        let before = self
+            .messages(
+                requester,
+                room_id,
+                page(topo - 1, false, before_count),
+                filter,
+            )
+            .await?;
+        let after = self
+            .messages(requester, room_id, page(topo, true, after_count), filter)
+            .await?;
+        let mut conn = self.conn().await?;
+        let state = self.state(requester, room_id).await?;
+        let event = self
+            .serve(&mut conn, requester, vec![center])
+            .await?
+            .pop()
+            .ok_or_else(not_found)?;
+        let take = |page: Page, n: i64| {
+            page.chunk
+                .into_iter()
+                .take(usize::try_from(n).unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        let start = before.end.unwrap_or(Token(topo - 1));
+        let end = after.end.unwrap_or(Token(topo));
+        Ok(json!({
+            "event": event,
+            "events_before": take(before, before_count),
+            "events_after": take(after, after_count),
+            "start": start.to_string(),
+            "end": end.to_string(),
+            "state": state,
+        }))
+    }
+
+    /// `GET /v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`, newest first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        event_id: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<Token>,
+        limit: i64,
+    ) -> Result<Value, RoomError> {
+        let mut conn = self.conn().await?;
+        let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
+        let parent = store::events::by_id(&mut conn, room_id.as_str(), event_id).await?;
+        if !parent.is_some_and(|p| Self::visible(&reader, requester, &p.event)) {
+            return Err(RoomError::NotFound("Event not found.".into()));
+        }
+        let limit = limit.clamp(1, 1000);
+        let before = from.map_or(i64::MAX, |Token(topo)| topo + 1);
+        let rows = store::events::relations(
+            &mut conn,
+            room_id.as_str(),
+            event_id,
+            rel_type,
+            event_type,
+            before,
+            limit + 1,
+        )
+        .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let visible: Vec<EventWithPrev> = rows
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .filter(|row| Self::visible(&reader, requester, &row.event))
+            .collect();
+        let next = visible
+            .last()
+            .filter(|_| more)
+            .map(|last| Token(last.event.topo - 1).to_string());
+        let chunk = self.serve(&mut conn, requester, visible).await?;
+        let mut answer = json!({ "chunk": chunk });
+        if let Some(next) = next {
+            answer["next_batch"] = json!(next);
+        }
+        Ok(answer)
+    }
+
+    /// `GET /v1/rooms/{roomId}/timestamp_to_event`.
+    pub async fn timestamp_to_event(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        ts: i64,
+        forwards: bool,
+    ) -> Result<Value, RoomError> {
+        let mut conn = self.conn().await?;
+        self.reader(&mut conn, requester, room_id).await?;
+        match store::events::closest_to_ts(&mut conn, room_id.as_str(), ts, forwards).await? {
+            Some((event_id, origin_server_ts)) => {
+                Ok(json!({"event_id": event_id, "origin_server_ts": origin_server_ts}))
+            }
+            None => Err(RoomError::NotFound(format!(
+                "Unable to find event from {ts} in direction {}",
+                if forwards { "f" } else { "b" }
+            ))),
+        }
+    }
+
+    /// `GET /rooms/{roomId}/aliases`: members only.
+    pub async fn aliases(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<Vec<String>, RoomError> {
+        let mut conn = self.conn().await?;
+        self.reader(&mut conn, requester, room_id).await?;
+        Ok(store::rooms::aliases_of(&mut conn, room_id.as_str()).await?)
+    }
+
+    /// Local rooms the user is joined to.
+    pub async fn joined_rooms(&self, requester: &Requester) -> Result<Vec<String>, RoomError> {
+        let mut conn = self.conn().await?;
+        Ok(
+            store::rooms::rooms_with_membership(&mut conn, requester.user_id.as_str(), "join")
+                .await?,
+        )
+    }
+
+    /// The stored event a redaction targets must be in the room; returns its ID.
+    pub async fn event_in_room(
+        &self,
+        room_id: &OwnedRoomId,
+        event_id: &str,
+    ) -> Result<bool, RoomError> {
+        let mut conn = self.conn().await?;
+        Ok(store::events::by_id(&mut conn, room_id.as_str(), event_id)
+            .await?
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        assert_eq!(Token::parse("ht42").unwrap(), Token(42));
+        assert_eq!(Token::parse("ht-3").unwrap(), Token(-3));
+        assert_eq!(Token(7).to_string(), "ht7");
+        assert!(Token::parse("s42_1").is_err());
+        assert!(Token::parse("htx").is_err());
+    }
+
+    #[test]
+    fn filters() {
+        let filter: EventFilter =
+            serde_json::from_value(json!({"types": ["m.room.*"], "not_senders": ["@spam:hs"]}))
+                .unwrap();
+        let event = |kind: &str, sender: &str| StoredEvent {
+            stream: 1,
+            topo: 1,
+            event_id: "$e".try_into().unwrap(),
+            room_id: "!r:hs".try_into().unwrap(),
+            sender: sender.try_into().unwrap(),
+            kind: kind.into(),
+            state_key: None,
+            origin_server_ts: 0,
+            content: Map::new(),
+            replaces_state: None,
+            redacts: None,
+            redacted_by: None,
+            txn: None,
+        };
+        assert!(filter.allows(&event("m.room.message", "@a:hs")));
+        assert!(!filter.allows(&event("m.reaction", "@a:hs")));
+        assert!(!filter.allows(&event("m.room.message", "@spam:hs")));
+    }
+}

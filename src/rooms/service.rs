@@ -1,0 +1,263 @@
+//! [`Rooms`]: the operations the API offers on local rooms — create, send, set state,
+//! change membership, redact. Each fetches what it needs from Synapse first (profiles), then
+//! hands events to the writer; no network call happens inside a transaction.
+
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+
+use super::RoomError;
+use super::auth::Proposal;
+use super::create::{self, CreateRoomRequest, Plan};
+use super::writer::{NewRoom, Outcome, Txn, Writer};
+use crate::auth::requester::Requester;
+use crate::config::RoomClass;
+use crate::store;
+use crate::upstream::Synapse;
+
+/// Largest event accepted, in bytes of JSON, as the spec and Synapse limit it.
+pub const MAX_EVENT_BYTES: usize = 65_536;
+
+/// The room engine's entry point. Cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    pub(super) db: PgPool,
+    writer: Writer,
+    synapse: Synapse,
+    server_name: OwnedServerName,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `origin_server_ts` for an event: appservices may set it with `?ts=`.
+pub fn origin_ts(requester: &Requester, ts_param: Option<i64>) -> i64 {
+    match (requester.appservice.is_some(), ts_param) {
+        (true, Some(ts)) => ts,
+        _ => now_ms(),
+    }
+}
+
+impl Rooms {
+    pub fn new(db: PgPool, writer: Writer, synapse: Synapse, server_name: OwnedServerName) -> Self {
+        Self {
+            db,
+            writer,
+            synapse,
+            server_name,
+        }
+    }
+
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.server_name
+    }
+
+    /// Member event content for `user` joining or being invited: membership plus the user's
+    /// Synapse profile (as Synapse puts it in member events).
+    async fn member_content(
+        &self,
+        token: &str,
+        user: &OwnedUserId,
+        membership: &str,
+    ) -> Map<String, Value> {
+        let mut content = Map::new();
+        content.insert("membership".into(), json!(membership));
+        // A missing profile is not an error: the member event just has no displayname.
+        if let Ok(Some(profile)) = self.synapse.profile(token, user.as_str()).await {
+            if let Some(name) = profile.displayname {
+                content.insert("displayname".into(), json!(name));
+            }
+            if let Some(avatar) = profile.avatar_url {
+                content.insert("avatar_url".into(), json!(avatar));
+            }
+        }
+        content
+    }
+
+    /// `POST /createRoom` for a local class. Returns the new room's ID.
+    pub async fn create(
+        &self,
+        requester: &Requester,
+        token: &str,
+        class: &RoomClass,
+        request: CreateRoomRequest,
+        ts: i64,
+    ) -> Result<OwnedRoomId, RoomError> {
+        let alias = create::alias(&request, self.server_name.as_str())?;
+        if let Some(alias) = &alias
+            && self.synapse_has_alias(token, alias).await
+        {
+            return Err(RoomError::RoomInUse("Room alias already taken".into()));
+        }
+        let invitees = create::invitees(&request)?;
+        let creator_member = self.member_content(token, &requester.user_id, "join").await;
+        let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
+        let events = create::initial_events(
+            &request,
+            &Plan {
+                creator: &requester.user_id,
+                creator_member,
+                alias: alias.as_ref(),
+                invitees: &invitees,
+                now_ms: ts,
+            },
+        )?;
+        for event in &events {
+            check_size(event)?;
+        }
+        self.writer
+            .create(
+                NewRoom {
+                    room_id: room_id.clone(),
+                    class: class.name.clone(),
+                    creator: requester.user_id.clone(),
+                    appservice_id: requester.appservice.as_ref().map(|a| a.id.clone()),
+                    aliases: alias.into_iter().collect(),
+                },
+                events,
+            )
+            .await?;
+        // Invites are ordinary membership changes after creation, as in Synapse; a failed
+        // invite does not undo the room (Synapse behaves the same).
+        for invitee in invitees {
+            let mut content = self.member_content(token, &invitee, "invite").await;
+            if request.is_direct == Some(true) {
+                content.insert("is_direct".into(), json!(true));
+            }
+            self.append_one(
+                requester,
+                &room_id,
+                "m.room.member",
+                Some(invitee.to_string()),
+                content,
+                ts,
+                None,
+                None,
+            )
+            .await?;
+        }
+        Ok(room_id)
+    }
+
+    /// Whether Synapse already has this alias (a local alias must not shadow one of Synapse's).
+    async fn synapse_has_alias(&self, token: &str, alias: &OwnedRoomAliasId) -> bool {
+        self.synapse
+            .resolve_alias(token, alias.as_str())
+            .await
+            .is_ok_and(|found| found.is_some())
+    }
+
+    /// Sends one event (message or state). `txn_id` makes it idempotent.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_one(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        kind: &str,
+        state_key: Option<String>,
+        content: Map<String, Value>,
+        ts: i64,
+        txn_id: Option<&str>,
+        redacts: Option<OwnedEventId>,
+    ) -> Result<OwnedEventId, RoomError> {
+        let proposal = Proposal {
+            sender: requester.user_id.clone(),
+            kind: kind.to_owned(),
+            state_key,
+            content,
+            origin_server_ts: ts,
+            redacts,
+        };
+        check_size(&proposal)?;
+        let txn = txn_id.map(|txn_id| Txn {
+            scope: requester.txn_scope(),
+            txn_id: txn_id.to_owned(),
+        });
+        match self
+            .writer
+            .append(room_id.clone(), vec![proposal], txn)
+            .await?
+        {
+            Outcome::Written(events) => events
+                .into_iter()
+                .next()
+                .map(|event| event.event_id)
+                .ok_or_else(|| RoomError::Internal("append wrote nothing".into())),
+            Outcome::Repeated(event_id) => Ok(event_id),
+        }
+    }
+
+    /// A membership change by `requester` for `target` (join, leave, invite, kick, ban,
+    /// unban). Joins and invites carry the target's profile.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_membership(
+        &self,
+        requester: &Requester,
+        token: &str,
+        room_id: &OwnedRoomId,
+        target: &OwnedUserId,
+        membership: &str,
+        reason: Option<String>,
+        extra: Map<String, Value>,
+        ts: i64,
+    ) -> Result<OwnedEventId, RoomError> {
+        let mut content = match membership {
+            "join" | "invite" => self.member_content(token, target, membership).await,
+            _ => {
+                let mut content = Map::new();
+                content.insert("membership".into(), json!(membership));
+                content
+            }
+        };
+        for (key, value) in extra {
+            content.entry(key).or_insert(value);
+        }
+        if let Some(reason) = reason {
+            content.insert("reason".into(), json!(reason));
+        }
+        self.append_one(
+            requester,
+            room_id,
+            "m.room.member",
+            Some(target.to_string()),
+            content,
+            ts,
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// The local room an alias names, if any.
+    pub async fn resolve_alias(&self, alias: &str) -> Result<Option<OwnedRoomId>, RoomError> {
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        Ok(store::rooms::alias_room(&mut conn, alias)
+            .await?
+            .and_then(|room| OwnedRoomId::try_from(room).ok()))
+    }
+
+    /// Whether a local room exists.
+    pub async fn exists(&self, room_id: &str) -> Result<bool, RoomError> {
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        Ok(store::rooms::get(&mut conn, room_id).await?.is_some())
+    }
+}
+
+/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields).
+fn check_size(event: &Proposal) -> Result<(), RoomError> {
+    let size = serde_json::to_vec(&event.content).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
+        + event.kind.len()
+        + event.state_key.as_ref().map_or(0, String::len)
+        + event.sender.as_str().len()
+        // room_id, event_id, origin_server_ts and the JSON around them
+        + 200;
+    if size > MAX_EVENT_BYTES {
+        return Err(RoomError::TooLarge("event too large".into()));
+    }
+    Ok(())
+}

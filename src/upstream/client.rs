@@ -1,0 +1,173 @@
+//! Calls hungryserv makes to Synapse on its own account (as opposed to forwarding): who owns
+//! an access token, a user's profile, a user's joined rooms. Small JSON answers only.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Synapse;
+
+/// Time allowed for one of these calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// A non-2xx answer from Synapse, kept whole so it can be passed on unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// Why a call to Synapse failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Synapse answered, with an error.
+    #[error("Synapse answered {}", .0.status)]
+    Refused(Refusal),
+    /// Synapse could not be asked.
+    #[error("Synapse is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// `/account/whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Whoami {
+    pub user_id: String,
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+/// The parts of a profile that go into member events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Profile {
+    #[serde(default)]
+    pub displayname: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+}
+
+impl Synapse {
+    /// Sends a bodiless request with `token` and returns the JSON answer.
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: &str,
+    ) -> Result<Value, CallError> {
+        let uri = format!("http://{}{path_and_query}", self.base);
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::HOST, self.base.as_str())
+            .body(Body::empty())
+            .map_err(|err| CallError::Unavailable(err.to_string()))?;
+        let response = match tokio::time::timeout(CALL_TIMEOUT, self.client.request(request)).await
+        {
+            Err(_) => return Err(CallError::Unavailable("timeout".into())),
+            Ok(Err(err)) => return Err(CallError::Unavailable(super::error_chain(&err))),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|err| CallError::Unavailable(format!("reading the answer: {err}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(CallError::Refused(Refusal {
+                status,
+                content_type,
+                body,
+            }));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|err| CallError::Unavailable(format!("answer is not JSON: {err}")))
+    }
+
+    /// Who owns `token`.
+    pub async fn whoami(&self, token: &str) -> Result<Whoami, CallError> {
+        let value = self
+            .call(Method::GET, "/_matrix/client/v3/account/whoami", token)
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|err| CallError::Unavailable(format!("whoami answer: {err}")))
+    }
+
+    /// A user's profile, asked with `token`; `Ok(None)` when Synapse has no such user.
+    pub async fn profile(&self, token: &str, user_id: &str) -> Result<Option<Profile>, CallError> {
+        let path = format!("/_matrix/client/v3/profile/{}", encode_segment(user_id));
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(Some(serde_json::from_value(value).unwrap_or_default())),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Percent-encodes one path segment (everything but unreserved characters).
+pub fn encode_segment(segment: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(segment, RESERVED).to_string()
+}
+
+impl Synapse {
+    /// The room an alias names on Synapse, asked with `token`; `Ok(None)` when Synapse has none.
+    pub async fn resolve_alias(
+        &self,
+        token: &str,
+        alias: &str,
+    ) -> Result<Option<String>, CallError> {
+        let path = format!(
+            "/_matrix/client/v3/directory/room/{}",
+            encode_segment(alias)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(value
+                .get("room_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The rooms Synapse says the user (of `token`) is joined to.
+    pub async fn joined_rooms(
+        &self,
+        token: &str,
+        query: Option<&str>,
+    ) -> Result<Vec<String>, CallError> {
+        let path = match query {
+            Some(query) => format!("/_matrix/client/v3/joined_rooms?{query}"),
+            None => "/_matrix/client/v3/joined_rooms".to_owned(),
+        };
+        let value = self.call(Method::GET, &path, token).await?;
+        Ok(value
+            .get("joined_rooms")
+            .and_then(Value::as_array)
+            .map(|rooms| {
+                rooms
+                    .iter()
+                    .filter_map(|room| room.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
