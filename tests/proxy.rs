@@ -73,8 +73,7 @@ async fn respond_ok(mut stream: TcpStream, body: &str) {
 async fn path_and_query_reach_synapse_byte_exact_with_forwarding_headers() {
     let (upstream, mut received) = upstream(|stream, _, _| respond_ok(stream, "ok")).await;
     let server = support::start(support::config(upstream, support::NO_DATABASE, "", "")).await;
-    let target =
-        "/_matrix/client/v3/profile/%40a%2Fb%20c:hs/displayname?x=1+2&y=%F0%9F%90%88&access_token=abc";
+    let target = "/_matrix/client/v3/profile/%40a%2Fb%20c:hs/displayname?x=1+2&y=%F0%9F%90%88&access_token=abc";
     let request = Request::get(format!("http://{}{target}", server.addr))
         .header("x-custom", "kept")
         .header("connection", "keep-alive, x-hop")

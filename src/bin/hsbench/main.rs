@@ -5,6 +5,7 @@
 //! The load generator shares the machine with what it measures, equally for both targets.
 
 mod client;
+mod ingest;
 mod passthrough;
 mod stats;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Scenario {
     /// Pass-through cost: GET /versions and authenticated PUT /send into a Synapse room.
     Passthrough(passthrough::Options),
+    /// Bridge ingest: concurrent appservice senders into local rooms vs Synapse rooms.
+    Ingest(ingest::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.scenario {
             Scenario::Passthrough(options) => passthrough::run(options).await,
+            Scenario::Ingest(options) => ingest::run(options).await,
         }
     });
     match result {

@@ -11,6 +11,8 @@ use clap::Args;
 use http::Request;
 use http_body_util::Full;
 
+use hungryserv::upstream::client::encode_segment;
+
 use crate::client::{self, MakeRequest};
 use crate::{Load, Targets, stats};
 
@@ -54,7 +56,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let send = |base: String, target: &'static str| -> MakeRequest {
         let prefix = format!(
             "{base}/_matrix/client/v3/rooms/{}/send/m.room.message/{target}-{run_id}-",
-            percent_encode(&room)
+            encode_segment(&room)
         );
         let auth = format!("Bearer {token}");
         Arc::new(move |n| {
@@ -80,17 +82,4 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &proxied,
     );
     Ok(())
-}
-
-/// Percent-encodes a room ID for a path segment (`!` and `:` are escaped as clients do).
-fn percent_encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
