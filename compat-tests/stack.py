@@ -115,6 +115,24 @@ def register_user(base_url: str = HS_URL, admin: bool = False) -> User:
     return User(body["user_id"], password, body["access_token"])
 
 
+@dataclass
+class AppService:
+    """The example bridge's registration, as synapse_configure writes it."""
+
+    as_token: str
+    bot: str
+    # An exclusive user namespace: "@example_.*:SERVER_NAME".
+    ghost_prefix: str
+
+    def ghost(self, localpart_suffix: str) -> str:
+        return f"{self.ghost_prefix}{localpart_suffix}:{SERVER_NAME}"
+
+
+def example_appservice() -> AppService:
+    reg = yaml.safe_load((Path(STACK_DIR) / "synapse" / "appservice-example.yaml").read_text())
+    return AppService(reg["as_token"], f"@{reg['sender_localpart']}:{SERVER_NAME}", "@example_")
+
+
 def stack_lib(function: str) -> None:
     """Run one function of deploy/local/lib.sh against this stack."""
     subprocess.run(["bash", STACK_LIB, function, STACK_DIR], check=True)

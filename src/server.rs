@@ -27,7 +27,9 @@ use tracing::Instrument;
 use crate::admin;
 use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
-use crate::auth::requester::{SessionChange, access_token, session_change};
+use crate::auth::requester::{
+    SessionChange, access_token, changes_profile, query_param, session_change,
+};
 use crate::error::{ErrorCode, MatrixError};
 use crate::routing::{self, Route};
 
@@ -178,23 +180,50 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     }
 }
 
-/// Forwards to Synapse; when Synapse accepted a logout, password change or deactivation, the
-/// cached identities it ended are dropped.
+/// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
+/// password change or deactivation drops the cached identities it ended; a profile change is
+/// carried into the user's local rooms as new member events.
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let change = session_change(request.method(), request.uri().path());
-    let token = change.and_then(|_| {
-        access_token(request.headers(), request.uri().query()).map(|t| t.into_owned())
-    });
+    let profile = changes_profile(request.method(), request.uri().path());
+    let query = request.uri().query();
+    let token = (change.is_some() || profile)
+        .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
+        .flatten();
+    let user_id_param = profile
+        .then(|| {
+            query
+                .and_then(|q| query_param(q, "user_id"))
+                .map(|u| u.into_owned())
+        })
+        .flatten();
     let response = match state.synapse.forward(request, peer).await {
         Ok(response) => response,
         Err(err) => return err.into_response(),
     };
-    if let (Some(change), Some(token)) = (change, token)
-        && response.status().is_success()
-    {
-        match change {
-            SessionChange::Token => state.identity.forget_token(&token),
-            SessionChange::User => state.identity.forget_user_of(&token),
+    if !response.status().is_success() {
+        return response;
+    }
+    let Some(token) = token else {
+        return response;
+    };
+    match change {
+        Some(SessionChange::Token) => state.identity.forget_token(&token),
+        Some(SessionChange::User) => state.identity.forget_user_of(&token),
+        None => {}
+    }
+    if profile {
+        match state
+            .identity
+            .resolve(Some(&token), user_id_param.as_deref())
+            .await
+        {
+            Ok(requester) => {
+                if let Err(err) = state.rooms.propagate_profile(&requester, &token).await {
+                    tracing::warn!(error = %err, "profile change not carried into local rooms");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "profile change by an unresolvable requester"),
         }
     }
     response

@@ -132,6 +132,8 @@ pub async fn redact(
     let room_id = room_id(&room)?;
     let target = event_id(&target)?;
     let mut content = serde_json::Map::new();
+    // Synapse also puts the target in the content (MSC2174), whatever the room version.
+    content.insert("redacts".into(), json!(target));
     if let Some(reason) = optional_str(&body, "reason")? {
         content.insert("reason".into(), json!(reason));
     }

@@ -299,6 +299,22 @@ pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange
     }
 }
 
+/// Whether a request changes the profile (`PUT /profile/{userId}/displayname|avatar_url`, or
+/// the whole profile with `PUT`/`PATCH /profile/{userId}`), which local rooms must reflect.
+pub fn changes_profile(method: &http::Method, path: &str) -> bool {
+    if method != http::Method::PUT && method != http::Method::PATCH {
+        return false;
+    }
+    let Some(rest) = path.strip_prefix("/_matrix/client/") else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    matches!(
+        segments.as_slice(),
+        [_, "profile", _] | [_, "profile", _, "displayname" | "avatar_url"]
+    )
+}
+
 /// The access token of a request: `Authorization: Bearer`, else the deprecated
 /// `access_token` query parameter.
 pub fn access_token<'a>(
@@ -381,6 +397,30 @@ mod tests {
             session_change(&Method::POST, "/_matrix/client/v3/login"),
             None
         );
+    }
+
+    #[test]
+    fn profile_changes() {
+        assert!(changes_profile(
+            &Method::PUT,
+            "/_matrix/client/v3/profile/@a:hs/displayname"
+        ));
+        assert!(changes_profile(
+            &Method::PUT,
+            "/_matrix/client/r0/profile/%40a%3Ahs/avatar_url"
+        ));
+        assert!(changes_profile(
+            &Method::PATCH,
+            "/_matrix/client/v3/profile/@a:hs"
+        ));
+        assert!(!changes_profile(
+            &Method::GET,
+            "/_matrix/client/v3/profile/@a:hs/displayname"
+        ));
+        assert!(!changes_profile(
+            &Method::PUT,
+            "/_matrix/client/v3/profile/@a:hs/m.tz"
+        ));
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct PageRequest {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub chunk: Vec<Value>,
+    /// Stream position of the last event in `chunk`.
+    pub last_stream: Option<i64>,
     pub start: Token,
     pub end: Option<Token>,
     pub state: Vec<Value>,
@@ -148,47 +150,91 @@ impl Rooms {
         )
     }
 
-    /// Client format for events, with `redacted_because` filled in.
+    /// Client format for events, with `redacted_because` and the bundled aggregations Synapse
+    /// adds (`unsigned["m.relations"]`: the latest edit, thread summary, references).
     async fn serve(
         &self,
         conn: &mut PgConnection,
         requester: &Requester,
         events: Vec<EventWithPrev>,
     ) -> Result<Vec<Value>, RoomError> {
+        let scope = requester.txn_scope();
+        let viewer = Viewer {
+            txn_scope: Some(&scope),
+            now_ms: now_ms(),
+        };
         let redaction_ids: Vec<String> = events
             .iter()
             .filter_map(|e| e.event.redacted_by.as_ref().map(ToString::to_string))
             .collect();
-        let viewer = Viewer {
-            txn_scope: Some(&requester.txn_scope()),
-            now_ms: now_ms(),
-        };
         let mut redactions = BTreeMap::new();
         if !redaction_ids.is_empty() {
             for redaction in store::events::by_ids(conn, &redaction_ids).await? {
-                let value = to_client(
-                    &redaction.event,
-                    &Related {
-                        prev: redaction.prev.clone(),
-                        redacted_because: None,
-                    },
-                    viewer,
-                );
+                let value = to_client(&redaction.event, &Related::default(), viewer);
                 redactions.insert(redaction.event.event_id.to_string(), value);
+            }
+        }
+        // Redacted events lose their relations, as in Synapse.
+        let ids: Vec<String> = events
+            .iter()
+            .filter(|e| e.event.redacted_by.is_none())
+            .map(|e| e.event.event_id.to_string())
+            .collect();
+        let aggregations =
+            store::events::aggregations(conn, &ids, requester.user_id.as_str()).await?;
+        let mut relations: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        for edit in &aggregations.edits {
+            if let Some(target) = edit.event.content_relates_to() {
+                let value = to_client(&edit.event, &Related::default(), viewer);
+                relations
+                    .entry(target.to_owned())
+                    .or_default()
+                    .insert("m.replace".into(), value);
+            }
+        }
+        let senders: BTreeMap<&str, &str> = events
+            .iter()
+            .map(|e| (e.event.event_id.as_str(), e.event.sender.as_str()))
+            .collect();
+        for (root, count, latest, participated) in &aggregations.threads {
+            let root_by_viewer = senders.get(root.as_str()) == Some(&requester.user_id.as_str());
+            let summary = json!({
+                "latest_event": to_client(&latest.event, &Related::default(), viewer),
+                "count": count,
+                "current_user_participated": *participated || root_by_viewer,
+            });
+            relations
+                .entry(root.clone())
+                .or_default()
+                .insert("m.thread".into(), summary);
+        }
+        for (target, reference) in &aggregations.references {
+            let entry = relations.entry(target.clone()).or_default();
+            let chunk = entry
+                .entry("m.reference")
+                .or_insert_with(|| json!({"chunk": []}));
+            if let Some(list) = chunk.get_mut("chunk").and_then(Value::as_array_mut) {
+                list.push(json!({"event_id": reference}));
             }
         }
         Ok(events
             .into_iter()
             .map(|e| {
                 let related = Related {
-                    prev: e.prev,
                     redacted_because: e
                         .event
                         .redacted_by
                         .as_ref()
                         .and_then(|id| redactions.get(id.as_str()).cloned()),
+                    prev: e.prev,
                 };
-                to_client(&e.event, &related, viewer)
+                let mut value = to_client(&e.event, &related, viewer);
+                if let Some(bundle) = relations.remove(e.event.event_id.as_str())
+                    && let Some(unsigned) = value.get_mut("unsigned").and_then(Value::as_object_mut)
+                {
+                    unsigned.insert("m.relations".into(), Value::Object(bundle));
+                }
+                value
             })
             .collect())
     }
@@ -201,8 +247,12 @@ impl Rooms {
         event_id: &str,
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
-        let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
         let not_found = || RoomError::NotFound("Event not found.".into());
+        // Synapse does not reveal to a non-member whether the event exists.
+        let (reader, _) = self
+            .reader(&mut conn, requester, room_id)
+            .await
+            .map_err(|_| not_found())?;
         let event = store::events::by_id(&mut conn, room_id.as_str(), event_id)
             .await?
             .ok_or_else(not_found)?;
@@ -436,9 +486,11 @@ impl Rooms {
         } else {
             Vec::new()
         };
+        let last_stream = chunk.last().map(|e| e.event.stream);
         let chunk = self.serve(&mut conn, requester, chunk).await?;
         Ok(Page {
             chunk,
+            last_stream,
             start,
             end,
             state,
@@ -507,8 +559,14 @@ impl Rooms {
         let after = self
             .messages(requester, room_id, page(topo, true, after_count), filter)
             .await?;
+        // The state at the last event returned, as Synapse gives it.
+        let at = match after.last_stream {
+            Some(stream) if after_count > 0 => stream,
+            _ => center.event.stream,
+        };
         let mut conn = self.conn().await?;
-        let state = self.state(requester, room_id).await?;
+        let state_rows = store::events::state_at(&mut conn, room_id.as_str(), at).await?;
+        let state = self.serve(&mut conn, requester, state_rows).await?;
         let event = self
             .serve(&mut conn, requester, vec![center])
             .await?
@@ -619,18 +677,6 @@ impl Rooms {
             store::rooms::rooms_with_membership(&mut conn, requester.user_id.as_str(), "join")
                 .await?,
         )
-    }
-
-    /// The stored event a redaction targets must be in the room; returns its ID.
-    pub async fn event_in_room(
-        &self,
-        room_id: &OwnedRoomId,
-        event_id: &str,
-    ) -> Result<bool, RoomError> {
-        let mut conn = self.conn().await?;
-        Ok(store::events::by_id(&mut conn, room_id.as_str(), event_id)
-            .await?
-            .is_some())
     }
 }
 

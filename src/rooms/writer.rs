@@ -392,8 +392,33 @@ async fn append(
         });
     }
     let Some(mut state) = batch.rooms.remove(room_id) else {
-        return Ok(Err(RoomError::NotFound("Unknown room".into())));
+        // What Synapse answers for a room it does not know: a join finds no server to join
+        // through; anything else is "not in room".
+        let sender = proposals
+            .first()
+            .map(|p| p.sender.to_string())
+            .unwrap_or_default();
+        let joining = proposals
+            .first()
+            .is_some_and(|p| p.kind == "m.room.member" && p.membership() == Some("join"));
+        return Ok(Err(if joining {
+            RoomError::NotFound("No known servers".into())
+        } else {
+            RoomError::Forbidden(format!("User {sender} not in room {room_id}"))
+        }));
     };
+    // A state event identical to the current one (same sender, same content) is not written
+    // again; the existing event is the answer, as Synapse deduplicates state events.
+    if let [proposal] = proposals
+        && let Some(key) = &proposal.state_key
+        && let Some(current) = state.get(&proposal.kind, key)
+        && current.sender == proposal.sender
+        && current.content == proposal.content
+    {
+        let event_id = current.event_id.clone();
+        batch.rooms.insert(room_id.clone(), state);
+        return Ok(Ok(Outcome::Repeated(event_id)));
+    }
     let snapshot = (
         state.clone(),
         batch.next_stream,

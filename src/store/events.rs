@@ -547,3 +547,99 @@ mod tests {
         assert_eq!(relation(reply.as_object().unwrap()), (None, None));
     }
 }
+
+/// Edits, thread replies and references of the given events, for bundled aggregations.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregations {
+    /// The latest edit of each event by its own sender.
+    pub edits: Vec<EventWithPrev>,
+    /// `(root, reply count, latest reply, whether the viewer posted in the thread)`.
+    pub threads: Vec<(String, i64, EventWithPrev, bool)>,
+    /// `(target, referencing event id)`, oldest first.
+    pub references: Vec<(String, String)>,
+}
+
+pub async fn aggregations(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+    viewer: &str,
+) -> Result<Aggregations, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(Aggregations::default());
+    }
+    let edits = sqlx::query_as!(
+        Row,
+        r#"SELECT DISTINCT ON (e.relates_to)
+                  e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state,
+                  e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
+                  NULL::jsonb AS "prev_content?", NULL::text AS "prev_sender?"
+           FROM events e JOIN events o ON o.event_id = e.relates_to AND o.sender = e.sender
+           WHERE e.relates_to = ANY($1) AND e.rel_type = 'm.replace' AND e.redacted_by IS NULL
+           ORDER BY e.relates_to, e.topo DESC"#,
+        event_ids,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let counts = sqlx::query!(
+        r#"SELECT relates_to AS "relates_to!", count(*) AS "count!", bool_or(sender = $2) AS "participated!"
+           FROM events WHERE relates_to = ANY($1) AND rel_type = 'm.thread' GROUP BY relates_to"#,
+        event_ids,
+        viewer,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let latest = sqlx::query_as!(
+        Row,
+        r#"SELECT DISTINCT ON (e.relates_to)
+                  e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state,
+                  e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
+                  NULL::jsonb AS "prev_content?", NULL::text AS "prev_sender?"
+           FROM events e
+           WHERE e.relates_to = ANY($1) AND e.rel_type = 'm.thread'
+           ORDER BY e.relates_to, e.topo DESC"#,
+        event_ids,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let references = sqlx::query!(
+        r#"SELECT relates_to AS "relates_to!", event_id FROM events
+           WHERE relates_to = ANY($1) AND rel_type = 'm.reference' ORDER BY topo"#,
+        event_ids,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let latest = parse_all(latest)?;
+    let threads = counts
+        .into_iter()
+        .filter_map(|count| {
+            let last = latest
+                .iter()
+                .find(|e| e.event.content_relates_to() == Some(count.relates_to.as_str()))?;
+            Some((
+                count.relates_to,
+                count.count,
+                last.clone(),
+                count.participated,
+            ))
+        })
+        .collect();
+    Ok(Aggregations {
+        edits: parse_all(edits)?,
+        threads,
+        references: references
+            .into_iter()
+            .map(|r| (r.relates_to, r.event_id))
+            .collect(),
+    })
+}
+
+impl StoredEvent {
+    /// `content["m.relates_to"]["event_id"]`.
+    pub fn content_relates_to(&self) -> Option<&str> {
+        self.content.get("m.relates_to")?.get("event_id")?.as_str()
+    }
+}
