@@ -99,55 +99,18 @@ pub async fn forget(
     Ok(Json(json!({})))
 }
 
-async fn targeted(
-    state: AppState,
-    room: String,
+/// `POST /rooms/{roomId}/invite|kick|ban|unban` with `{"user_id", "reason"}`: the target's
+/// membership becomes `membership` (kick and unban are both `leave`; the auth rules tell them
+/// apart by the target's current membership).
+pub async fn targeted(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
     auth: Authed,
-    body: Map<String, Value>,
-    membership: &str,
+    JsonObject(body): JsonObject,
+    membership: &'static str,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
     let target = user_id(required_str(&body, "user_id")?)?;
     change(&state, &auth, &room_id, &target, membership, &body).await?;
     Ok(Json(json!({})))
-}
-
-/// `POST /rooms/{roomId}/invite`.
-pub async fn invite(
-    State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
-    auth: Authed,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    targeted(state, room, auth, body, "invite").await
-}
-
-/// `POST /rooms/{roomId}/kick`.
-pub async fn kick(
-    State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
-    auth: Authed,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    targeted(state, room, auth, body, "leave").await
-}
-
-/// `POST /rooms/{roomId}/ban`.
-pub async fn ban(
-    State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
-    auth: Authed,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    targeted(state, room, auth, body, "ban").await
-}
-
-/// `POST /rooms/{roomId}/unban`: a leave for a banned user.
-pub async fn unban(
-    State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
-    auth: Authed,
-    JsonObject(body): JsonObject,
-) -> Result<Json<Value>, ApiError> {
-    targeted(state, room, auth, body, "leave").await
 }

@@ -136,10 +136,10 @@ pub fn local_router(state: AppState) -> Router {
         )
         .route(&format!("{rooms}/leave"), post(membership::leave))
         .route(&format!("{rooms}/forget"), post(membership::forget))
-        .route(&format!("{rooms}/invite"), post(membership::invite))
-        .route(&format!("{rooms}/kick"), post(membership::kick))
-        .route(&format!("{rooms}/ban"), post(membership::ban))
-        .route(&format!("{rooms}/unban"), post(membership::unban))
+        .route(&format!("{rooms}/invite"), post(targeted("invite")))
+        .route(&format!("{rooms}/kick"), post(targeted("leave")))
+        .route(&format!("{rooms}/ban"), post(targeted("ban")))
+        .route(&format!("{rooms}/unban"), post(targeted("leave")))
         .route(&format!("{rooms}/event/{{event_id}}"), get(read::event))
         .route(&format!("{rooms}/members"), get(read::members))
         .route(
@@ -167,6 +167,28 @@ pub fn local_router(state: AppState) -> Router {
         )
         .fallback(unknown_local_endpoint)
         .with_state(state)
+}
+
+/// What a membership handler returns, boxed so one function can serve four routes.
+type MembershipAnswer =
+    futures_util::future::BoxFuture<'static, Result<axum::Json<serde_json::Value>, ApiError>>;
+
+/// The handler of one of the membership endpoints that name a target user.
+fn targeted(
+    membership: &'static str,
+) -> impl Fn(
+    axum::extract::State<AppState>,
+    axum::extract::Path<(String, String)>,
+    extract::Authed,
+    extract::JsonObject,
+) -> MembershipAnswer
++ Clone
++ Send
++ Sync
++ 'static {
+    move |state, path, auth, body| {
+        Box::pin(membership::targeted(state, path, auth, body, membership))
+    }
 }
 
 /// An endpoint hungryserv does not implement for local rooms yet. Forwarding it would give a

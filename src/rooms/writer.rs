@@ -278,16 +278,19 @@ impl WriterTask {
             store::rooms::insert(&mut tx, room).await?;
         }
         store::events::insert(&mut tx, &batch.events).await?;
-        for state in batch.rooms.values() {
-            store::rooms::update_positions(
-                &mut tx,
-                state.room_id.as_str(),
-                state.max_topo,
-                state.min_topo,
-                state.latest_stream,
-            )
-            .await?;
-        }
+        let positions: Vec<(String, i64, i64, i64)> = batch
+            .rooms
+            .values()
+            .map(|state| {
+                (
+                    state.room_id.to_string(),
+                    state.max_topo,
+                    state.min_topo,
+                    state.latest_stream,
+                )
+            })
+            .collect();
+        store::rooms::update_positions(&mut tx, &positions).await?;
         let (scopes, rest): (Vec<String>, Vec<(String, String)>) = batch
             .new_txns
             .into_iter()

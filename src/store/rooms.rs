@@ -75,20 +75,28 @@ pub async fn insert(conn: &mut PgConnection, room: &RoomRow) -> Result<(), Store
     Ok(())
 }
 
-/// Records a room's new counters after a batch.
+/// Records rooms' new counters after a batch, in one statement: `(room_id, max_topo,
+/// min_topo, latest_stream)` per room.
 pub async fn update_positions(
     conn: &mut PgConnection,
-    room_id: &str,
-    max_topo: i64,
-    min_topo: i64,
-    latest_stream: i64,
+    rooms: &[(String, i64, i64, i64)],
 ) -> Result<(), StoreError> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = rooms.iter().map(|r| r.0.clone()).collect();
+    let max_topo: Vec<i64> = rooms.iter().map(|r| r.1).collect();
+    let min_topo: Vec<i64> = rooms.iter().map(|r| r.2).collect();
+    let latest: Vec<i64> = rooms.iter().map(|r| r.3).collect();
     sqlx::query!(
-        "UPDATE rooms SET max_topo = $2, min_topo = $3, latest_stream = $4 WHERE room_id = $1",
-        room_id,
-        max_topo,
-        min_topo,
-        latest_stream,
+        "UPDATE rooms SET max_topo = u.max_topo, min_topo = u.min_topo, latest_stream = u.latest_stream
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+              AS u(room_id, max_topo, min_topo, latest_stream)
+         WHERE rooms.room_id = u.room_id",
+        &ids,
+        &max_topo,
+        &min_topo,
+        &latest,
     )
     .execute(conn)
     .await?;
