@@ -6,7 +6,7 @@
 //! committed. The writer guarantees it like this:
 //!
 //! 1. Each batch runs in one transaction that first takes a transaction-level advisory lock
-//!    ([`store::rooms::lock_writer`]). Writers in other processes wait for it.
+//!    ([`store::rooms::begin_batch`]). Writers in other processes wait for it.
 //! 2. Under the lock, positions are allocated densely from `max(stream) + 1`.
 //! 3. Postgres marks a transaction committed before it releases its locks, so the next batch
 //!    (here or in another process) allocates only after the previous one is visible, and
@@ -197,8 +197,15 @@ impl WriterTask {
 
     async fn run_batch(&mut self, batch: Vec<Pending>) {
         let jobs: Vec<&Job> = batch.iter().map(|pending| &pending.job).collect();
+        let started = std::time::Instant::now();
         match self.write(&jobs).await {
             Ok((outcomes, rooms, max_stream)) => {
+                tracing::debug!(
+                    jobs = batch.len(),
+                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    max_stream,
+                    "batch committed"
+                );
                 self.remember(rooms);
                 self.notifier.committed(max_stream);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
@@ -243,13 +250,15 @@ impl WriterTask {
         ),
         store::StoreError,
     > {
-        let mut tx = self.db.begin().await?;
-        store::rooms::lock_writer(&mut tx).await?;
-        let mut batch = Batch {
-            next_stream: store::events::max_stream(&mut tx).await? + 1,
-            ..Batch::default()
-        };
-        self.load_rooms(&mut tx, jobs, &mut batch).await?;
+        let mut wanted: Vec<String> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Append { room_id, .. } => Some(room_id.to_string()),
+                Job::Create { .. } => None,
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
         let (scopes, txn_ids): (Vec<String>, Vec<String>) = jobs
             .iter()
             .filter_map(|job| match job {
@@ -257,9 +266,14 @@ impl WriterTask {
                 _ => None,
             })
             .unzip();
-        if !scopes.is_empty() {
-            batch.txns = store::rooms::transaction_events(&mut tx, &scopes, &txn_ids).await?;
-        }
+        let mut tx = self.db.begin().await?;
+        let start = store::rooms::begin_batch(&mut tx, &wanted, &scopes, &txn_ids).await?;
+        let mut batch = Batch {
+            next_stream: start.max_stream + 1,
+            txns: start.used_txns,
+            ..Batch::default()
+        };
+        self.load_rooms(&mut tx, start.latest, &mut batch).await?;
 
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -277,8 +291,7 @@ impl WriterTask {
         for room in &batch.new_rooms {
             store::rooms::insert(&mut tx, room).await?;
         }
-        store::events::insert(&mut tx, &batch.events).await?;
-        let positions: Vec<(String, i64, i64, i64)> = batch
+        let positions = batch
             .rooms
             .values()
             .map(|state| {
@@ -290,14 +303,15 @@ impl WriterTask {
                 )
             })
             .collect();
-        store::rooms::update_positions(&mut tx, &positions).await?;
-        let (scopes, rest): (Vec<String>, Vec<(String, String)>) = batch
-            .new_txns
-            .into_iter()
-            .map(|(scope, txn, event)| (scope, (txn, event)))
-            .unzip();
-        let (txn_ids, event_ids): (Vec<String>, Vec<String>) = rest.into_iter().unzip();
-        store::rooms::insert_transactions(&mut tx, &scopes, &txn_ids, &event_ids).await?;
+        store::events::write_batch(
+            &mut tx,
+            &store::events::BatchWrite {
+                events: &batch.events,
+                positions,
+                txns: batch.new_txns,
+            },
+        )
+        .await?;
         for (alias, room_id, creator) in &batch.aliases {
             store::rooms::insert_alias(&mut tx, alias, room_id, creator).await?;
         }
@@ -310,26 +324,14 @@ impl WriterTask {
     }
 
     /// Puts the current state of every room the jobs append to into `batch.rooms`, from the
-    /// cache when it is still current, else from the database.
+    /// cache when it is still current (`latest` holds each room's `latest_stream`), else from
+    /// the database.
     async fn load_rooms(
         &mut self,
         conn: &mut PgConnection,
-        jobs: &[&Job],
+        latest: HashMap<String, i64>,
         batch: &mut Batch,
     ) -> Result<(), store::StoreError> {
-        let mut wanted: Vec<String> = jobs
-            .iter()
-            .filter_map(|job| match job {
-                Job::Append { room_id, .. } => Some(room_id.to_string()),
-                Job::Create { .. } => None,
-            })
-            .collect();
-        wanted.sort();
-        wanted.dedup();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let latest = store::rooms::latest_streams(conn, &wanted).await?;
         for (room, latest_stream) in latest {
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                 continue;

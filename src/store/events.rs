@@ -116,21 +116,54 @@ pub async fn max_stream(conn: &mut PgConnection) -> Result<i64, StoreError> {
     )
 }
 
-/// Inserts events with one multi-row statement (this is the ingest path).
-pub async fn insert(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
+/// What one writer batch stores besides new rooms and aliases.
+#[derive(Debug, Default)]
+pub struct BatchWrite<'a> {
+    /// New events, in stream order.
+    pub events: &'a [StoredEvent],
+    /// Rooms' new counters: `(room_id, max_topo, min_topo, latest_stream)`.
+    pub positions: Vec<(String, i64, i64, i64)>,
+    /// Used transaction IDs: `(scope, txn_id, event_id)`.
+    pub txns: Vec<(String, String, String)>,
+}
+
+/// Writes a batch: events, room counters and transaction IDs in one statement (this is the
+/// ingest path: one round trip whatever the batch size), then current state and memberships
+/// when the batch has state events.
+pub async fn write_batch(
+    conn: &mut PgConnection,
+    batch: &BatchWrite<'_>,
+) -> Result<(), StoreError> {
+    let events = batch.events;
     let mut columns = Columns::default();
     for event in events {
         columns.push(event);
     }
+    let position_rooms: Vec<String> = batch.positions.iter().map(|p| p.0.clone()).collect();
+    let max_topo: Vec<i64> = batch.positions.iter().map(|p| p.1).collect();
+    let min_topo: Vec<i64> = batch.positions.iter().map(|p| p.2).collect();
+    let latest: Vec<i64> = batch.positions.iter().map(|p| p.3).collect();
+    let txn_scopes: Vec<String> = batch.txns.iter().map(|t| t.0.clone()).collect();
+    let txn_ids: Vec<String> = batch.txns.iter().map(|t| t.1.clone()).collect();
+    let txn_events: Vec<String> = batch.txns.iter().map(|t| t.2.clone()).collect();
+    // Data-modifying CTEs on three unrelated tables: no ordering between them is needed.
     sqlx::query!(
-        "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
-             origin_server_ts, content, replaces_state, redacts, relates_to, rel_type, txn_scope, txn_id)
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-             $7::text[], $8::bigint[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[],
-             $14::text[], $15::text[])",
+        r#"WITH new_events AS (
+               INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
+                   origin_server_ts, content, replaces_state, redacts, relates_to, rel_type, txn_scope, txn_id)
+               SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                   $7::text[], $8::bigint[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[],
+                   $14::text[], $15::text[])
+           ), new_positions AS (
+               UPDATE rooms SET max_topo = u.max_topo, min_topo = u.min_topo, latest_stream = u.latest_stream
+               FROM UNNEST($16::text[], $17::bigint[], $18::bigint[], $19::bigint[])
+                    AS u(room_id, max_topo, min_topo, latest_stream)
+               WHERE rooms.room_id = u.room_id
+           ), new_txns AS (
+               INSERT INTO transaction_ids (scope, txn_id, event_id)
+               SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[])
+           )
+           SELECT 1 AS "done!""#,
         &columns.stream,
         &columns.room_id,
         &columns.topo,
@@ -146,8 +179,15 @@ pub async fn insert(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(
         &columns.rel_type as &[Option<String>],
         &columns.txn_scope as &[Option<String>],
         &columns.txn_id as &[Option<String>],
+        &position_rooms,
+        &max_topo,
+        &min_topo,
+        &latest,
+        &txn_scopes,
+        &txn_ids,
+        &txn_events,
     )
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
 
     // Current state and memberships: the last event per key in this batch wins (events are

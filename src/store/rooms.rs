@@ -19,14 +19,46 @@ pub struct RoomRow {
     pub latest_stream: i64,
 }
 
-/// Serialises writers across processes for the rest of the transaction (see
-/// `rooms::writer`): stream positions are allocated and committed while it is held.
-pub async fn lock_writer(conn: &mut PgConnection) -> Result<(), StoreError> {
-    // 0x68756e67 = "hung": one fixed key for the whole database.
-    sqlx::query!("SELECT pg_advisory_xact_lock(1752526439)")
-        .execute(conn)
-        .await?;
-    Ok(())
+/// What a writer batch starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchStart {
+    /// The highest stream position committed.
+    pub max_stream: i64,
+    /// `latest_stream` of each existing room among those asked for.
+    pub latest: HashMap<String, i64>,
+    /// `(scope, txn_id) → event_id` for the transaction IDs asked for that were used before.
+    pub used_txns: HashMap<(String, String), String>,
+}
+
+/// Starts a writer batch in one round trip (migration 0003): takes the transaction-level
+/// writer lock, which serialises writers across processes until commit, then reads the
+/// highest stream position, the rooms' `latest_stream` and the transaction IDs already used.
+pub async fn begin_batch(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    scopes: &[String],
+    txn_ids: &[String],
+) -> Result<BatchStart, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT max_stream AS "max_stream!", room_ids AS "room_ids!", latest AS "latest!",
+                  used_scopes AS "used_scopes!", used_txn_ids AS "used_txn_ids!", used_events AS "used_events!"
+           FROM writer_begin($1, $2, $3)"#,
+        room_ids,
+        scopes,
+        txn_ids,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(BatchStart {
+        max_stream: row.max_stream,
+        latest: row.room_ids.into_iter().zip(row.latest).collect(),
+        used_txns: row
+            .used_scopes
+            .into_iter()
+            .zip(row.used_txn_ids)
+            .zip(row.used_events)
+            .collect(),
+    })
 }
 
 pub async fn get(conn: &mut PgConnection, room_id: &str) -> Result<Option<RoomRow>, StoreError> {
@@ -38,23 +70,6 @@ pub async fn get(conn: &mut PgConnection, room_id: &str) -> Result<Option<RoomRo
     )
     .fetch_optional(conn)
     .await?)
-}
-
-/// `latest_stream` of each existing room among `room_ids`.
-pub async fn latest_streams(
-    conn: &mut PgConnection,
-    room_ids: &[String],
-) -> Result<HashMap<String, i64>, StoreError> {
-    let rows = sqlx::query!(
-        "SELECT room_id, latest_stream FROM rooms WHERE room_id = ANY($1)",
-        room_ids
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.room_id, row.latest_stream))
-        .collect())
 }
 
 pub async fn insert(conn: &mut PgConnection, room: &RoomRow) -> Result<(), StoreError> {
@@ -69,75 +84,6 @@ pub async fn insert(conn: &mut PgConnection, room: &RoomRow) -> Result<(), Store
         room.max_topo,
         room.min_topo,
         room.latest_stream,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records rooms' new counters after a batch, in one statement: `(room_id, max_topo,
-/// min_topo, latest_stream)` per room.
-pub async fn update_positions(
-    conn: &mut PgConnection,
-    rooms: &[(String, i64, i64, i64)],
-) -> Result<(), StoreError> {
-    if rooms.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = rooms.iter().map(|r| r.0.clone()).collect();
-    let max_topo: Vec<i64> = rooms.iter().map(|r| r.1).collect();
-    let min_topo: Vec<i64> = rooms.iter().map(|r| r.2).collect();
-    let latest: Vec<i64> = rooms.iter().map(|r| r.3).collect();
-    sqlx::query!(
-        "UPDATE rooms SET max_topo = u.max_topo, min_topo = u.min_topo, latest_stream = u.latest_stream
-         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-              AS u(room_id, max_topo, min_topo, latest_stream)
-         WHERE rooms.room_id = u.room_id",
-        &ids,
-        &max_topo,
-        &min_topo,
-        &latest,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The event already sent under each `(scope, txn_id)`, for the given keys.
-pub async fn transaction_events(
-    conn: &mut PgConnection,
-    scopes: &[String],
-    txn_ids: &[String],
-) -> Result<HashMap<(String, String), String>, StoreError> {
-    let rows = sqlx::query!(
-        "SELECT t.scope, t.txn_id, t.event_id FROM transaction_ids t
-         JOIN UNNEST($1::text[], $2::text[]) AS k(scope, txn_id) ON k.scope = t.scope AND k.txn_id = t.txn_id",
-        scopes,
-        txn_ids,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| ((row.scope, row.txn_id), row.event_id))
-        .collect())
-}
-
-pub async fn insert_transactions(
-    conn: &mut PgConnection,
-    scopes: &[String],
-    txn_ids: &[String],
-    event_ids: &[String],
-) -> Result<(), StoreError> {
-    if scopes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        "INSERT INTO transaction_ids (scope, txn_id, event_id)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
-        scopes,
-        txn_ids,
-        event_ids,
     )
     .execute(conn)
     .await?;

@@ -125,11 +125,52 @@ pub async fn compare(
     }
     let (mut direct_total, mut proxied_total) = (Phase::default(), Phase::default());
     for _ in 0..rounds {
+        settle().await;
         direct_total.absorb(run_for(http, load.clients, share, max_requests, direct.clone()).await);
+        settle().await;
         proxied_total
             .absorb(run_for(http, load.clients, share, max_requests, proxied.clone()).await);
     }
     (direct_total, proxied_total)
+}
+
+/// Waits (at most 30 s) until the machine is quiet: Synapse keeps working for seconds after a
+/// burst of sends (persisting, push rules, appservice queues), and that work must not be
+/// counted against whichever target is measured next.
+async fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(before) = cpu_times() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(after) = cpu_times() else {
+            return;
+        };
+        let (busy, total) = (
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        );
+        // Below 15% of all cores busy counts as quiet.
+        if total == 0 || busy * 100 / total < 15 {
+            return;
+        }
+    }
+}
+
+/// `(busy, total)` jiffies of all CPUs, from /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 async fn run_for(
