@@ -424,8 +424,11 @@ async fn append(
         batch.rooms.insert(room_id.clone(), state);
         return Ok(Ok(Outcome::Repeated(event_id)));
     }
+    // Undo information for all-or-nothing jobs. A single event is checked before anything
+    // is applied, so only multi-event jobs need a copy of the state (which holds every
+    // member of the room: too costly to copy per message).
+    let saved_state = (proposals.len() > 1).then(|| state.clone());
     let snapshot = (
-        state.clone(),
         batch.next_stream,
         batch.events.len(),
         batch.redactions.len(),
@@ -439,7 +442,7 @@ async fn append(
     }
     let outcome = match result {
         Ok(()) => {
-            let written = batch.events[snapshot.2..].to_vec();
+            let written = batch.events[snapshot.1..].to_vec();
             if let (Some(txn), Some(first)) = (txn, written.first()) {
                 batch.txns.insert(
                     (txn.scope.clone(), txn.txn_id.clone()),
@@ -455,10 +458,12 @@ async fn append(
         }
         Err(err) => {
             // All or nothing: undo this job's events and state changes.
-            state = snapshot.0;
-            batch.next_stream = snapshot.1;
-            batch.events.truncate(snapshot.2);
-            batch.redactions.truncate(snapshot.3);
+            if let Some(saved) = saved_state {
+                state = saved;
+            }
+            batch.next_stream = snapshot.0;
+            batch.events.truncate(snapshot.1);
+            batch.redactions.truncate(snapshot.2);
             Err(err)
         }
     };
