@@ -1,0 +1,105 @@
+"""What happens around local rooms when things pass through hungryserv on their
+way to Synapse (profile changes, logouts), and how bad input is refused. Each
+test runs against a Synapse room and a local room where the comparison means
+something, and asserts what the client sees."""
+
+import secrets
+
+import httpx
+import pytest
+
+import stack
+from test_rooms_access import As, create_room, failure, of, q, send_text
+
+
+@pytest.fixture
+def owner() -> stack.User:
+    return stack.register_user()
+
+
+def login(user: stack.User) -> str:
+    resp = httpx.post(
+        f"{stack.HS_URL}/_matrix/client/v3/login",
+        json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id}, "password": user.password},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()["access_token"]
+
+
+@pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
+def test_profile_change_updates_member_events(federate, owner):
+    me = of(owner)
+    room_id = create_room(me, federate)
+    name = f"Renamed {secrets.token_hex(3)}"
+    me.ok("PUT", f"/v3/profile/{q(owner.user_id)}/displayname", body={"displayname": name})
+
+    def my_member_content() -> dict:
+        return me.ok("GET", f"/v3/rooms/{q(room_id)}/state/m.room.member/{q(owner.user_id)}")
+
+    # Synapse updates its rooms in the background; ours are updated before the PUT returns.
+    stack.wait_until(lambda: my_member_content().get("displayname") == name, 10, "the new displayname")
+    assert my_member_content()["membership"] == "join"
+    joined = me.ok("GET", f"/v3/rooms/{q(room_id)}/joined_members")["joined"]
+    assert joined[owner.user_id]["display_name"] == name
+
+
+def test_logout_ends_access_to_local_rooms_at_once(owner):
+    token = login(owner)
+    device = As(token)
+    room_id = create_room(of(owner), federate=False)
+    # The token is now resolved and cached by hungryserv.
+    assert device("GET", f"/v3/rooms/{q(room_id)}/state").status_code == 200
+    assert device("POST", "/v3/logout", body={}).status_code == 200
+    # Without the logout dropping the cache entry this would still answer 200 for a minute.
+    resp = device("GET", f"/v3/rooms/{q(room_id)}/state")
+    assert failure(resp) == (401, "M_UNKNOWN_TOKEN"), resp.text
+    # The owner's other session is unaffected.
+    assert of(owner)("GET", f"/v3/rooms/{q(room_id)}/state").status_code == 200
+
+
+def test_bad_input_gets_clear_errors_and_writes_nothing(owner):
+    me = of(owner)
+    room_id = create_room(me, federate=False)
+    send_text(me, room_id, "before")
+    base = f"{stack.HS_URL}/_matrix/client/v3/rooms/{q(room_id)}"
+
+    def put(path: str, content: bytes) -> httpx.Response:
+        return httpx.put(f"{base}{path}", content=content, headers=owner.auth | {"Content-Type": "application/json"}, timeout=30)
+
+    assert failure(put("/send/m.room.message/t1", b"{not json")) == (400, "M_NOT_JSON")
+    assert failure(put("/send/m.room.message/t2", b"[1, 2]")) == (400, "M_BAD_JSON")
+    big = b'{"msgtype": "m.text", "body": "' + b"x" * 70_000 + b'"}'
+    assert failure(put("/send/m.room.message/t3", big)) == (413, "M_TOO_LARGE")
+    assert failure(put("/state/m.room.power_levels/", b'{"users": {"not a user": 100}}')) == (400, "M_BAD_JSON")
+    resp = httpx.get(f"{base}/event/not-an-event-id", headers=owner.auth, timeout=30)
+    assert resp.status_code in (400, 404), resp.text
+    resp = httpx.get(f"{base}/messages", params={"from": "garbage"}, headers=owner.auth, timeout=30)
+    assert failure(resp) == (400, "M_INVALID_PARAM")
+    # Nothing of the refused requests was written.
+    page = me.ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"dir": "b", "limit": 50})
+    bodies = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+    assert bodies == ["before"]
+    # A txn ID whose request was refused is still free.
+    ok = put("/send/m.room.message/t1", b'{"msgtype": "m.text", "body": "after"}')
+    assert ok.status_code == 200, ok.text
+
+
+def test_local_alias_resolves_and_joins(owner):
+    joiner = stack.register_user()
+    alias_name = f"bridged{secrets.token_hex(4)}"
+    room_id = create_room(of(owner), federate=False, room_alias_name=alias_name, preset="public_chat")
+    alias = f"#{alias_name}:{stack.SERVER_NAME}"
+    found = httpx.get(f"{stack.HS_URL}/_matrix/client/v3/directory/room/{q(alias)}", timeout=30)
+    assert found.status_code == 200, found.text
+    assert found.json()["room_id"] == room_id
+    joined = of(joiner).ok("POST", f"/v3/join/{q(alias)}", body={})
+    assert joined["room_id"] == room_id
+    members = of(joiner).ok("GET", f"/v3/rooms/{q(room_id)}/joined_members")["joined"]
+    assert set(members) == {owner.user_id, joiner.user_id}
+    # The alias is taken: another room cannot claim it.
+    resp = of(joiner)("POST", "/v3/createRoom", body={"room_alias_name": alias_name, "creation_content": {"m.federate": False}})
+    assert failure(resp) == (400, "M_ROOM_IN_USE"), resp.text
+    # Aliases that are not ours still go to Synapse.
+    missing = httpx.get(f"{stack.HS_URL}/_matrix/client/v3/directory/room/{q('#nope' + secrets.token_hex(3) + ':' + stack.SERVER_NAME)}", timeout=30)
+    assert failure(missing) == (404, "M_NOT_FOUND")
