@@ -103,3 +103,21 @@ def test_local_alias_resolves_and_joins(owner):
     # Aliases that are not ours still go to Synapse.
     missing = httpx.get(f"{stack.HS_URL}/_matrix/client/v3/directory/room/{q('#nope' + secrets.token_hex(3) + ':' + stack.SERVER_NAME)}", timeout=30)
     assert failure(missing) == (404, "M_NOT_FOUND")
+
+
+@pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
+def test_directory_alias_write_and_delete(federate, owner):
+    stranger = stack.register_user()
+    room_id = create_room(of(owner), federate)
+    alias = f"#dir{secrets.token_hex(4)}:{stack.SERVER_NAME}"
+    path = f"/v3/directory/room/{q(alias)}"
+    # Someone outside the room may not point an alias at it (Synapse's default).
+    assert failure(of(stranger)("PUT", path, body={"room_id": room_id})) == (403, "M_FORBIDDEN")
+    of(owner).ok("PUT", path, body={"room_id": room_id})
+    assert of(stranger).ok("GET", path)["room_id"] == room_id
+    # Taken now, by whoever asks.
+    assert failure(of(owner)("PUT", path, body={"room_id": room_id}))[0] == 409
+    # Only its creator removes it.
+    assert failure(of(stranger)("DELETE", path))[0] == 403
+    of(owner).ok("DELETE", path)
+    assert failure(of(stranger)("GET", path)) == (404, "M_NOT_FOUND")

@@ -23,6 +23,7 @@ pub enum ErrorCode {
     RoomInUse,
     MissingParam,
     Unavailable,
+    Exclusive,
 }
 
 impl ErrorCode {
@@ -40,6 +41,7 @@ impl ErrorCode {
             ErrorCode::MissingToken => "M_MISSING_TOKEN",
             ErrorCode::RoomInUse => "M_ROOM_IN_USE",
             ErrorCode::MissingParam => "M_MISSING_PARAM",
+            ErrorCode::Exclusive => "M_EXCLUSIVE",
             // Not a spec code: what a switched-off room class answers (503).
             ErrorCode::Unavailable => "M_UNAVAILABLE",
         }

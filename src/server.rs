@@ -154,6 +154,9 @@ async fn handle(
             .into_response(),
             Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
+            Route::AliasWrite { alias } => {
+                api::alias_write(handlers.state.clone(), request, peer, &alias).await
+            }
             Route::Alias { alias } => {
                 match api::alias_route(&handlers.state, request, &alias).await {
                     AliasOutcome::Forward(request) => forward(&handlers.state, request, peer).await,

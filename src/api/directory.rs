@@ -103,3 +103,85 @@ async fn merged_joined_rooms(
     rooms.extend(state.rooms.joined_rooms(&requester).await?);
     Ok(Json(json!({ "joined_rooms": rooms })).into_response())
 }
+
+/// `PUT`/`DELETE /directory/room/{alias}`: served here when it concerns a local room (PUT
+/// naming a local room ID, DELETE of a local alias), forwarded otherwise.
+pub async fn alias_write(
+    state: AppState,
+    request: Request<Body>,
+    peer: std::net::SocketAddr,
+    alias: &str,
+) -> Response {
+    match handle_alias_write(state, request, peer, alias).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn handle_alias_write(
+    state: AppState,
+    request: Request<Body>,
+    peer: std::net::SocketAddr,
+    alias: &str,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let token = access_token(&parts.headers, parts.uri.query()).map(|t| t.into_owned());
+    let params = Query::parse(parts.uri.query());
+    let forward = |state: AppState, parts, body| async move {
+        Ok(
+            match state
+                .synapse
+                .forward(Request::from_parts(parts, body), peer)
+                .await
+            {
+                Ok(response) => response,
+                Err(err) => err.into_response(),
+            },
+        )
+    };
+    if parts.method == Method::DELETE {
+        if state.rooms.resolve_alias(alias).await?.is_none() {
+            return forward(state, parts, body).await;
+        }
+        let requester = state
+            .identity
+            .resolve(token.as_deref(), params.get("user_id"))
+            .await?;
+        state.rooms.delete_alias(&requester, alias).await?;
+        return Ok(Json(json!({})).into_response());
+    }
+    let limit = usize::try_from(state.config.limits.max_local_body_bytes).unwrap_or(usize::MAX);
+    let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+        .await
+        .map_err(|_| {
+            crate::error::MatrixError::too_large(state.config.limits.max_local_body_bytes)
+        })?
+        .to_bytes();
+    let object = super::extract::parse_object(&bytes)?;
+    let room_id = super::extract::required_str(&object, "room_id")?.to_owned();
+    if state.classes.class_of(&room_id).is_none() {
+        return forward(state, parts, Body::from(bytes)).await;
+    }
+    let room_id = super::send::room_id(&room_id)?;
+    let requester = state
+        .identity
+        .resolve(token.as_deref(), params.get("user_id"))
+        .await?;
+    let reserved = state.config.appservices.iter().any(|registration| {
+        registration
+            .aliases
+            .iter()
+            .any(|ns| ns.exclusive && ns.matches(alias))
+    });
+    state
+        .rooms
+        .create_alias(
+            &requester,
+            token.as_deref().unwrap_or_default(),
+            alias,
+            &room_id,
+            reserved,
+        )
+        .await?;
+    Ok(Json(json!({})).into_response())
+}

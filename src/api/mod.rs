@@ -24,7 +24,7 @@ use crate::error::{ErrorCode, MatrixError};
 use crate::rooms::RoomError;
 
 pub use create_room::create_room;
-pub use directory::{AliasOutcome, alias_route, joined_rooms};
+pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
 
 /// Everything a handler can fail with.
 #[derive(Debug)]
@@ -49,6 +49,8 @@ impl From<RoomError> for ApiError {
             RoomError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
             RoomError::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParam),
             RoomError::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorCode::RoomInUse),
+            RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
+            RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),
             RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             RoomError::Store(_) | RoomError::Internal(_) => {
                 // The detail is for operators; the client gets a stable message.

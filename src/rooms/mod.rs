@@ -34,6 +34,12 @@ pub enum RoomError {
     /// 400 M_ROOM_IN_USE.
     #[error("{0}")]
     RoomInUse(String),
+    /// 400 M_EXCLUSIVE: an appservice namespace is in the way.
+    #[error("{0}")]
+    Exclusive(String),
+    /// 409: the thing exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// 413 M_TOO_LARGE.
     #[error("{0}")]
     TooLarge(String),

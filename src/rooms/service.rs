@@ -331,3 +331,96 @@ impl Rooms {
         Ok(updated)
     }
 }
+
+impl Rooms {
+    /// `PUT /directory/room/{alias}` for a local room, with Synapse's rules: the alias is on
+    /// this server; an appservice may only use aliases in its namespaces, and nobody else may
+    /// use an alias an appservice reserved exclusively; users must be in the room; the alias
+    /// must be free here and on Synapse.
+    pub async fn create_alias(
+        &self,
+        requester: &Requester,
+        token: &str,
+        alias: &str,
+        room_id: &OwnedRoomId,
+        reserved_by_appservice: bool,
+    ) -> Result<(), RoomError> {
+        let parsed = OwnedRoomAliasId::try_from(alias)
+            .map_err(|_| RoomError::InvalidParam(format!("Invalid room alias: {alias}")))?;
+        if parsed.server_name() != self.server_name {
+            return Err(RoomError::InvalidParam("Room alias must be local".into()));
+        }
+        match &requester.appservice {
+            Some(appservice) if !appservice.aliases.iter().any(|ns| ns.matches(alias)) => {
+                return Err(RoomError::Exclusive(
+                    "This application service has not reserved this kind of alias.".into(),
+                ));
+            }
+            Some(_) => {}
+            None if reserved_by_appservice => {
+                return Err(RoomError::Exclusive(
+                    "This alias is reserved by an application service.".into(),
+                ));
+            }
+            None => {
+                let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+                let membership = store::rooms::membership(
+                    &mut conn,
+                    room_id.as_str(),
+                    requester.user_id.as_str(),
+                )
+                .await?;
+                if membership.is_none_or(|(membership, _)| membership != "join") {
+                    return Err(RoomError::Forbidden(
+                        "You must be in the room to create an alias for it".into(),
+                    ));
+                }
+            }
+        }
+        if self.synapse_has_alias(token, &parsed).await {
+            return Err(RoomError::Conflict(format!(
+                "Room alias {alias} already exists"
+            )));
+        }
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        if store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .is_none()
+        {
+            return Err(RoomError::NotFound("Unknown room".into()));
+        }
+        if !store::rooms::try_insert_alias(
+            &mut conn,
+            alias,
+            room_id.as_str(),
+            requester.user_id.as_str(),
+        )
+        .await?
+        {
+            return Err(RoomError::Conflict(format!(
+                "Room alias {alias} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `DELETE /directory/room/{alias}` for a local alias: its creator, or the appservice whose
+    /// namespace holds it, may delete it.
+    pub async fn delete_alias(&self, requester: &Requester, alias: &str) -> Result<(), RoomError> {
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        let creator = store::rooms::alias_creator(&mut conn, alias)
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Unknown room alias".into()))?;
+        let by_appservice = requester
+            .appservice
+            .as_ref()
+            .is_some_and(|appservice| appservice.aliases.iter().any(|ns| ns.matches(alias)));
+        if creator != requester.user_id.as_str() && !by_appservice {
+            return Err(RoomError::Forbidden(
+                "You don't have permission to delete the alias.".into(),
+            ));
+        }
+        store::rooms::delete_alias(&mut conn, alias).await?;
+        Ok(())
+    }
+}

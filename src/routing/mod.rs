@@ -37,6 +37,12 @@ pub enum Route {
         /// The decoded alias.
         alias: String,
     },
+    /// `PUT`/`DELETE /directory/room/{alias}`: local when the alias is (or is to point at)
+    /// a local room.
+    AliasWrite {
+        /// The decoded alias.
+        alias: String,
+    },
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
 }
@@ -51,6 +57,7 @@ impl Route {
             Route::Unavailable { .. } => "unavailable",
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
+            Route::AliasWrite { .. } => "alias_write",
             Route::JoinedRooms => "merge",
         }
     }
@@ -129,6 +136,11 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
             alias: decode_segment(alias).into_owned(),
         },
+        [_, "directory", "room", alias] if method == Method::PUT || method == Method::DELETE => {
+            Route::AliasWrite {
+                alias: decode_segment(alias).into_owned(),
+            }
+        }
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         _ => Route::Forward,

@@ -119,6 +119,44 @@ pub async fn insert_alias(
     Ok(())
 }
 
+/// Adds a local alias unless it exists; returns whether it was added.
+pub async fn try_insert_alias(
+    conn: &mut PgConnection,
+    alias: &str,
+    room_id: &str,
+    creator: &str,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query!(
+        "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING",
+        alias,
+        room_id,
+        creator
+    )
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() > 0)
+}
+
+/// Removes a local alias; returns whether it existed.
+pub async fn delete_alias(conn: &mut PgConnection, alias: &str) -> Result<bool, StoreError> {
+    let deleted = sqlx::query!("DELETE FROM room_aliases WHERE alias = $1", alias)
+        .execute(conn)
+        .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+/// Who created a local alias.
+pub async fn alias_creator(
+    conn: &mut PgConnection,
+    alias: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar!("SELECT creator FROM room_aliases WHERE alias = $1", alias)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
 /// Aliases of a room.
 pub async fn aliases_of(conn: &mut PgConnection, room_id: &str) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
