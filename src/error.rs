@@ -24,6 +24,7 @@ pub enum ErrorCode {
     MissingParam,
     Unavailable,
     Exclusive,
+    BadState,
 }
 
 impl ErrorCode {
@@ -42,6 +43,7 @@ impl ErrorCode {
             ErrorCode::RoomInUse => "M_ROOM_IN_USE",
             ErrorCode::MissingParam => "M_MISSING_PARAM",
             ErrorCode::Exclusive => "M_EXCLUSIVE",
+            ErrorCode::BadState => "M_BAD_STATE",
             // Not a spec code: what a switched-off room class answers (503).
             ErrorCode::Unavailable => "M_UNAVAILABLE",
         }

@@ -163,6 +163,7 @@ async fn a_transaction_id_yields_one_event_even_when_sent_concurrently() {
     let room = new_room(&writer, 1).await;
     let txn = Txn {
         scope: "@bot:test.local|DEVICE".into(),
+        endpoint: room.to_string(),
         txn_id: "t1".into(),
     };
     let mut tries = tokio::task::JoinSet::new();
@@ -192,6 +193,7 @@ async fn a_transaction_id_yields_one_event_even_when_sent_concurrently() {
     // Another scope may reuse the same txn id.
     let other = Txn {
         scope: "@bot:test.local|OTHER".into(),
+        endpoint: room.to_string(),
         txn_id: "t1".into(),
     };
     let event = proposal(

@@ -99,18 +99,25 @@ pub async fn forget(
     Ok(Json(json!({})))
 }
 
-/// `POST /rooms/{roomId}/invite|kick|ban|unban` with `{"user_id", "reason"}`: the target's
-/// membership becomes `membership` (kick and unban are both `leave`; the auth rules tell them
-/// apart by the target's current membership).
+/// `POST /rooms/{roomId}/invite|kick|ban|unban` with `{"user_id", "reason"}`. Kick and unban
+/// both write `leave`; the action is checked against the target's membership first.
 pub async fn targeted(
     State(state): State<AppState>,
     Path((_, room)): Path<(String, String)>,
     auth: Authed,
     JsonObject(body): JsonObject,
-    membership: &'static str,
+    action: &'static str,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
     let target = user_id(required_str(&body, "user_id")?)?;
+    state
+        .rooms
+        .check_member_action(&room_id, &target, action)
+        .await?;
+    let membership = match action {
+        "kick" | "unban" => "leave",
+        other => other,
+    };
     change(&state, &auth, &room_id, &target, membership, &body).await?;
     Ok(Json(json!({})))
 }

@@ -50,6 +50,8 @@ impl From<RoomError> for ApiError {
             RoomError::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParam),
             RoomError::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorCode::RoomInUse),
             RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
+            RoomError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unknown),
+            RoomError::BadState(_) => (StatusCode::FORBIDDEN, ErrorCode::BadState),
             RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),
             RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             RoomError::Store(_) | RoomError::Internal(_) => {
@@ -139,9 +141,9 @@ pub fn local_router(state: AppState) -> Router {
         .route(&format!("{rooms}/leave"), post(membership::leave))
         .route(&format!("{rooms}/forget"), post(membership::forget))
         .route(&format!("{rooms}/invite"), post(targeted("invite")))
-        .route(&format!("{rooms}/kick"), post(targeted("leave")))
+        .route(&format!("{rooms}/kick"), post(targeted("kick")))
         .route(&format!("{rooms}/ban"), post(targeted("ban")))
-        .route(&format!("{rooms}/unban"), post(targeted("leave")))
+        .route(&format!("{rooms}/unban"), post(targeted("unban")))
         .route(&format!("{rooms}/event/{{event_id}}"), get(read::event))
         .route(&format!("{rooms}/members"), get(read::members))
         .route(

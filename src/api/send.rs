@@ -47,7 +47,7 @@ pub async fn send(
             None,
             content,
             ts,
-            Some(&txn_id),
+            Some((&txn_id, room_id.to_string())),
             redacts,
         )
         .await?;
@@ -147,7 +147,7 @@ pub async fn redact(
             None,
             content,
             ts,
-            Some(&txn_id),
+            Some((&txn_id, room_id.to_string())),
             Some(target),
         )
         .await?;

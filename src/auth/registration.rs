@@ -51,7 +51,7 @@ impl std::fmt::Debug for Registration {
 /// One namespace: a regex over full IDs, and whether it is exclusive.
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    /// The registration's regex, anchored at both ends.
+    /// The registration's regex, anchored at the start (as Synapse matches it).
     pub regex: Regex,
     /// Only this appservice may create or act for matching IDs.
     pub exclusive: bool,
@@ -119,10 +119,10 @@ pub fn parse(text: &str) -> Result<Registration, String> {
     let namespaces = |kind: &str, list: Vec<RawNamespace>| {
         list.into_iter()
             .map(|ns| {
-                // Synapse anchors only the start (Python re.match). We anchor the end too, so a
-                // namespace never admits an ID that merely starts like one of its own
-                // ("@tg_.*:example\.org" must not admit "@tg_x:example.org.evil").
-                Regex::new(&format!("^(?:{})$", ns.regex))
+                // Anchored at the start only, as Synapse matches (Python re.match): a namespace
+                // like "@bot_[0-9]+" without a server part covers "@bot_1:example.org". The
+                // user's server is checked separately (masquerading is for local users only).
+                Regex::new(&format!("^(?:{})", ns.regex))
                     .map(|regex| Namespace {
                         regex,
                         exclusive: ns.exclusive,
@@ -199,8 +199,11 @@ namespaces:
         assert_eq!(reg.id, "telegram");
         assert!(reg.receive_ephemeral);
         assert!(reg.users[0].matches("@telegram_123:example.org"));
-        assert!(!reg.users[0].matches("@telegram_123:example.org.evil"));
         assert!(!reg.users[0].matches("@alice:example.org"));
+        assert!(
+            !reg.users[0].matches("x@telegram_1:example.org"),
+            "anchored at the start"
+        );
         assert!(reg.rooms.is_empty());
     }
 

@@ -82,6 +82,9 @@ pub struct Identity {
     tokens: Mutex<HashMap<[u8; 32], Cached>>,
     /// Users an appservice may act as, seen registered on Synapse.
     registered: Mutex<HashSet<OwnedUserId>>,
+    /// Bumped by every forget: a whoami answer that was in flight across a forget (a logout
+    /// passing through meanwhile) is not cached, or it would resurrect the token.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -108,6 +111,7 @@ impl Identity {
                 .collect(),
             tokens: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashSet::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -138,6 +142,7 @@ impl Identity {
         let outcome = match cached {
             Some(outcome) => outcome,
             None => {
+                let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
                 let outcome = match self.synapse.whoami(token).await {
                     Ok(whoami) => match OwnedUserId::try_from(whoami.user_id.as_str()) {
                         Ok(user_id) => Ok((user_id, whoami.device_id.map(OwnedDeviceId::from))),
@@ -165,7 +170,9 @@ impl Identity {
                 } else {
                     NEGATIVE_TTL
                 };
-                if let Ok(mut tokens) = self.tokens.lock() {
+                if let Ok(mut tokens) = self.tokens.lock()
+                    && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+                {
                     if tokens.len() >= MAX_ENTRIES {
                         let now = Instant::now();
                         tokens.retain(|_, entry| entry.until > now);
@@ -253,6 +260,8 @@ impl Identity {
     /// Drops the cached resolution of `token` (after `/logout` passed through).
     pub fn forget_token(&self, token: &str) {
         if let Ok(mut tokens) = self.tokens.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokens.remove(&digest(token));
         }
     }
@@ -263,6 +272,8 @@ impl Identity {
         let Ok(mut tokens) = self.tokens.lock() else {
             return;
         };
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let user = tokens
             .get(&digest(token))
             .and_then(|entry| entry.outcome.as_ref().ok().map(|(user, _)| user.clone()));
@@ -285,16 +296,18 @@ pub enum SessionChange {
     User,
 }
 
-/// The session change a `POST` to `path` makes, if any.
+/// The session change a request to `path` makes once Synapse accepts it, if any. Deleting
+/// devices ends their tokens; we cannot tell which cached token belonged to which device, so
+/// all of the user's are dropped (they are simply resolved again).
 pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange> {
-    if method != http::Method::POST {
-        return None;
-    }
     let rest = path.strip_prefix("/_matrix/client/")?;
     let (_version, endpoint) = rest.split_once('/')?;
-    match endpoint {
-        "logout" => Some(SessionChange::Token),
-        "logout/all" | "account/password" | "account/deactivate" => Some(SessionChange::User),
+    match (method.as_str(), endpoint) {
+        ("POST", "logout") => Some(SessionChange::Token),
+        ("POST", "logout/all" | "account/password" | "account/deactivate" | "delete_devices") => {
+            Some(SessionChange::User)
+        }
+        ("DELETE", device) if device.starts_with("devices/") => Some(SessionChange::User),
         _ => None,
     }
 }

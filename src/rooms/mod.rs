@@ -28,6 +28,12 @@ pub enum RoomError {
     /// 400 M_BAD_JSON.
     #[error("{0}")]
     BadJson(String),
+    /// 400 M_UNKNOWN: a request Synapse refuses without a more specific code.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403 M_BAD_STATE: the membership change makes no sense for the target's membership.
+    #[error("{0}")]
+    BadState(String),
     /// 400 M_INVALID_PARAM.
     #[error("{0}")]
     InvalidParam(String),

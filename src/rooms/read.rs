@@ -156,6 +156,7 @@ impl Rooms {
         &self,
         conn: &mut PgConnection,
         requester: &Requester,
+        reader: &Reader,
         events: Vec<EventWithPrev>,
     ) -> Result<Vec<Value>, RoomError> {
         let scope = requester.txn_scope();
@@ -180,8 +181,19 @@ impl Rooms {
             .filter(|e| e.event.redacted_by.is_none())
             .map(|e| e.event.event_id.to_string())
             .collect();
-        let aggregations =
-            store::events::aggregations(conn, &ids, requester.user_id.as_str()).await?;
+        let room_id = events
+            .first()
+            .map(|e| e.event.room_id.to_string())
+            .unwrap_or_default();
+        let mut aggregations =
+            store::events::aggregations(conn, &room_id, &ids, requester.user_id.as_str()).await?;
+        // An edit or thread reply the reader may not see (sent after they left) is not bundled.
+        aggregations
+            .edits
+            .retain(|edit| Self::visible(reader, requester, &edit.event));
+        aggregations
+            .threads
+            .retain(|(_, _, latest, _)| Self::visible(reader, requester, &latest.event));
         let mut relations: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for edit in &aggregations.edits {
             if let Some(target) = edit.event.content_relates_to() {
@@ -259,7 +271,7 @@ impl Rooms {
         if !Self::visible(&reader, requester, &event.event) {
             return Err(not_found());
         }
-        self.serve(&mut conn, requester, vec![event])
+        self.serve(&mut conn, requester, &reader, vec![event])
             .await?
             .pop()
             .ok_or_else(not_found)
@@ -271,12 +283,13 @@ impl Rooms {
         conn: &mut PgConnection,
         requester: &Requester,
         room_id: &OwnedRoomId,
-    ) -> Result<Vec<EventWithPrev>, RoomError> {
-        let (_, reach) = self.reader(conn, requester, room_id).await?;
-        Ok(match reach {
+    ) -> Result<(Reader, Vec<EventWithPrev>), RoomError> {
+        let (reader, reach) = self.reader(conn, requester, room_id).await?;
+        let rows = match reach {
             Reach::Everything => store::events::current_state(conn, room_id.as_str()).await?,
             Reach::Until(end) => store::events::state_at(conn, room_id.as_str(), end).await?,
-        })
+        };
+        Ok((reader, rows))
     }
 
     /// `GET /rooms/{roomId}/state`.
@@ -286,8 +299,8 @@ impl Rooms {
         room_id: &OwnedRoomId,
     ) -> Result<Vec<Value>, RoomError> {
         let mut conn = self.conn().await?;
-        let state = self.visible_state(&mut conn, requester, room_id).await?;
-        self.serve(&mut conn, requester, state).await
+        let (reader, state) = self.visible_state(&mut conn, requester, room_id).await?;
+        self.serve(&mut conn, requester, &reader, state).await
     }
 
     /// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the event (the API returns its content
@@ -300,7 +313,7 @@ impl Rooms {
         state_key: &str,
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
-        let state = self.visible_state(&mut conn, requester, room_id).await?;
+        let (reader, state) = self.visible_state(&mut conn, requester, room_id).await?;
         let found: Vec<EventWithPrev> = state
             .into_iter()
             .filter(|e| e.event.kind == kind && e.event.state_key.as_deref() == Some(state_key))
@@ -308,7 +321,7 @@ impl Rooms {
         if found.is_empty() {
             return Err(RoomError::NotFound("Event not found.".into()));
         }
-        self.serve(&mut conn, requester, found)
+        self.serve(&mut conn, requester, &reader, found)
             .await?
             .pop()
             .ok_or_else(|| RoomError::NotFound("Event not found.".into()))
@@ -324,7 +337,7 @@ impl Rooms {
         not_membership: Option<&str>,
     ) -> Result<Vec<Value>, RoomError> {
         let mut conn = self.conn().await?;
-        let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
+        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
         let mut limit = match reach {
             Reach::Everything => i64::MAX,
             Reach::Until(end) => end,
@@ -357,7 +370,7 @@ impl Rooms {
                     && not_membership.is_none_or(|m| m != current)
             })
             .collect();
-        self.serve(&mut conn, requester, members).await
+        self.serve(&mut conn, requester, &reader, members).await
     }
 
     /// `GET /rooms/{roomId}/joined_members`: only for members, as in Synapse.
@@ -481,13 +494,13 @@ impl Rooms {
         // With nothing left in that direction, Synapse omits `end`.
         let end = if exhausted { None } else { end };
         let state = if filter.lazy_load_members {
-            self.member_state(&mut conn, requester, room_id, &chunk)
+            self.member_state(&mut conn, requester, &reader, reach, room_id, &chunk)
                 .await?
         } else {
             Vec::new()
         };
         let last_stream = chunk.last().map(|e| e.event.stream);
-        let chunk = self.serve(&mut conn, requester, chunk).await?;
+        let chunk = self.serve(&mut conn, requester, &reader, chunk).await?;
         Ok(Page {
             chunk,
             last_stream,
@@ -502,12 +515,18 @@ impl Rooms {
         &self,
         conn: &mut PgConnection,
         requester: &Requester,
+        reader: &Reader,
+        reach: Reach,
         room_id: &OwnedRoomId,
         events: &[EventWithPrev],
     ) -> Result<Vec<Value>, RoomError> {
         let senders: HashSet<&str> = events.iter().map(|e| e.event.sender.as_str()).collect();
-        let members: Vec<EventWithPrev> = store::events::current_state(conn, room_id.as_str())
-            .await?
+        // A reader who left gets the members as they were when they left.
+        let state = match reach {
+            Reach::Everything => store::events::current_state(conn, room_id.as_str()).await?,
+            Reach::Until(end) => store::events::state_at(conn, room_id.as_str(), end).await?,
+        };
+        let members: Vec<EventWithPrev> = state
             .into_iter()
             .filter(|e| {
                 e.event.kind == "m.room.member"
@@ -517,7 +536,7 @@ impl Rooms {
                         .is_some_and(|k| senders.contains(k))
             })
             .collect();
-        self.serve(conn, requester, members).await
+        self.serve(conn, requester, reader, members).await
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`.
@@ -566,9 +585,11 @@ impl Rooms {
         };
         let mut conn = self.conn().await?;
         let state_rows = store::events::state_at(&mut conn, room_id.as_str(), at).await?;
-        let state = self.serve(&mut conn, requester, state_rows).await?;
+        let state = self
+            .serve(&mut conn, requester, &reader, state_rows)
+            .await?;
         let event = self
-            .serve(&mut conn, requester, vec![center])
+            .serve(&mut conn, requester, &reader, vec![center])
             .await?
             .pop()
             .ok_or_else(not_found)?;
@@ -630,7 +651,7 @@ impl Rooms {
             .last()
             .filter(|_| more)
             .map(|last| Token(last.event.topo - 1).to_string());
-        let chunk = self.serve(&mut conn, requester, visible).await?;
+        let chunk = self.serve(&mut conn, requester, &reader, visible).await?;
         let mut answer = json!({ "chunk": chunk });
         if let Some(next) = next {
             answer["next_batch"] = json!(next);
@@ -647,7 +668,14 @@ impl Rooms {
         forwards: bool,
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
-        self.reader(&mut conn, requester, room_id).await?;
+        // Only for members and world-readable rooms: a user who left learns nothing newer.
+        let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
+        if reach != Reach::Everything {
+            return Err(RoomError::Forbidden(format!(
+                "User {} not in room {room_id}, and room previews are disabled",
+                requester.user_id
+            )));
+        }
         match store::events::closest_to_ts(&mut conn, room_id.as_str(), ts, forwards).await? {
             Some((event_id, origin_server_ts)) => {
                 Ok(json!({"event_id": event_id, "origin_server_ts": origin_server_ts}))

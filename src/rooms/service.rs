@@ -152,7 +152,31 @@ impl Rooms {
             .is_ok_and(|found| found.is_some())
     }
 
-    /// Sends one event (message or state). `txn_id` makes it idempotent.
+    /// A relation must point into the same room (as Synapse requires); an unknown target is
+    /// allowed, as bridges relate to events they are about to backfill.
+    async fn check_relation(
+        &self,
+        room_id: &OwnedRoomId,
+        content: &Map<String, Value>,
+    ) -> Result<(), RoomError> {
+        let Some(target) = content
+            .get("m.relates_to")
+            .and_then(|relation| relation.get("event_id"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(());
+        };
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        match store::events::room_of(&mut conn, target).await? {
+            Some(room) if room != room_id.as_str() => Err(RoomError::BadRequest(
+                "Relations must be in the same room".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends one event (message or state). `txn` (the transaction ID and the endpoint it was
+    /// sent to) makes it idempotent.
     #[allow(clippy::too_many_arguments)]
     pub async fn append_one(
         &self,
@@ -162,9 +186,10 @@ impl Rooms {
         state_key: Option<String>,
         content: Map<String, Value>,
         ts: i64,
-        txn_id: Option<&str>,
+        txn: Option<(&str, String)>,
         redacts: Option<OwnedEventId>,
     ) -> Result<OwnedEventId, RoomError> {
+        self.check_relation(room_id, &content).await?;
         let proposal = Proposal {
             sender: requester.user_id.clone(),
             kind: kind.to_owned(),
@@ -174,8 +199,9 @@ impl Rooms {
             redacts,
         };
         check_size(&proposal)?;
-        let txn = txn_id.map(|txn_id| Txn {
+        let txn = txn.map(|(txn_id, endpoint)| Txn {
             scope: requester.txn_scope(),
+            endpoint,
             txn_id: txn_id.to_owned(),
         });
         match self
@@ -214,8 +240,9 @@ impl Rooms {
                 content
             }
         };
+        // What the request sets wins over the profile (bridges set per-room names this way).
         for (key, value) in extra {
-            content.entry(key).or_insert(value);
+            content.insert(key, value);
         }
         if let Some(reason) = reason {
             content.insert("reason".into(), json!(reason));
@@ -248,8 +275,28 @@ impl Rooms {
     }
 }
 
-/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields).
+/// Refuses content that is not canonical JSON (floats, integers beyond ±(2^53 - 1)), as
+/// Synapse does for room versions 6 and later: such values cannot be redacted or hashed
+/// consistently.
+fn check_canonical(value: &Value) -> Result<(), RoomError> {
+    const LIMIT: i64 = (1 << 53) - 1;
+    match value {
+        Value::Number(number) => match number.as_i64() {
+            Some(n) if (-LIMIT..=LIMIT).contains(&n) => Ok(()),
+            Some(_) => Err(RoomError::BadJson("JSON integer out of range".into())),
+            None if number.is_u64() => Err(RoomError::BadJson("JSON integer out of range".into())),
+            None => Err(RoomError::BadJson("Bad JSON value: float".into())),
+        },
+        Value::Array(items) => items.iter().try_for_each(check_canonical),
+        Value::Object(map) => map.values().try_for_each(check_canonical),
+        Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
+    }
+}
+
+/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
+/// content that is not canonical JSON.
 fn check_size(event: &Proposal) -> Result<(), RoomError> {
+    event.content.values().try_for_each(check_canonical)?;
     let size = serde_json::to_vec(&event.content).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
         + event.kind.len()
         + event.state_key.as_ref().map_or(0, String::len)
@@ -422,5 +469,36 @@ impl Rooms {
         }
         store::rooms::delete_alias(&mut conn, alias).await?;
         Ok(())
+    }
+}
+
+impl Rooms {
+    /// `/invite`, `/kick` and `/unban` name an intent that the membership they write does not
+    /// carry (kick and unban both write `leave`); Synapse checks it against the target's
+    /// current membership first, with these answers.
+    pub async fn check_member_action(
+        &self,
+        room_id: &OwnedRoomId,
+        target: &OwnedUserId,
+        action: &str,
+    ) -> Result<(), RoomError> {
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        let current = store::rooms::membership(&mut conn, room_id.as_str(), target.as_str())
+            .await?
+            .map(|(membership, _)| membership);
+        match (action, current.as_deref()) {
+            ("unban", Some("ban")) => Ok(()),
+            ("unban", other) => Err(RoomError::BadState(format!(
+                "Cannot unban user who was not banned (membership={})",
+                other.unwrap_or("None")
+            ))),
+            ("kick" | "invite", Some("ban")) => Err(RoomError::BadState(format!(
+                "Cannot {action} user who was banned"
+            ))),
+            ("kick", Some("leave") | None) => Err(RoomError::Forbidden(
+                "The target user is not in the room".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 }

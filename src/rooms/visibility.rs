@@ -45,6 +45,11 @@ impl Reader {
         }
     }
 
+    /// Reading without ever having joined (only possible in a world-readable room).
+    fn peeking(&self) -> bool {
+        !self.memberships.iter().any(|(_, m)| m == "join")
+    }
+
     fn membership_before(&self, stream: i64) -> Option<&str> {
         self.memberships
             .iter()
@@ -108,8 +113,9 @@ impl Reader {
             "world_readable" => true,
             "joined" => false,
             "invited" => membership == Some("invite"),
-            // shared: members (present or past) see everything before their time too
-            _ => true,
+            // shared: members (present or past) see everything before their time too, but a
+            // reader who never joined (peeking into a world-readable room) does not.
+            _ => !self.peeking(),
         }
     }
 }
@@ -165,6 +171,18 @@ mod tests {
         let invited = reader(&[(8, "invite"), (10, "join")], &[(3, "invited")]);
         assert!(!invited.can_see("@u:hs", 5, "m.room.message", None, None));
         assert!(invited.can_see("@u:hs", 9, "m.room.message", None, None));
+
+        // A room that became world-readable: outsiders see from then on, not the shared past.
+        let peeker = reader(&[], &[(3, "world_readable")]);
+        assert!(!peeker.can_see("@u:hs", 2, "m.room.message", None, None));
+        assert!(peeker.can_see(
+            "@u:hs",
+            3,
+            "m.room.history_visibility",
+            Some(""),
+            Some("world_readable")
+        ));
+        assert!(peeker.can_see("@u:hs", 4, "m.room.message", None, None));
 
         let left = reader(&[(2, "join"), (6, "leave")], &[]);
         assert!(left.can_see("@u:hs", 4, "m.room.message", None, None));

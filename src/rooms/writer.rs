@@ -63,13 +63,28 @@ pub struct NewRoom {
     pub aliases: Vec<OwnedRoomAliasId>,
 }
 
-/// The request a send was made under, for idempotency.
+/// The request a send was made under, for idempotency. A transaction ID is unique per
+/// requester *and* room, as Synapse stores it (`event_txn_id_device_id`): the same ID sent to
+/// two rooms is two transactions, while a `redact` reusing a `send`'s ID in the same room
+/// gets the send's event back, exactly as from Synapse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Txn {
     /// Who: `user|device`, or `as:<appservice id>|user`.
     pub scope: String,
+    /// Where the transaction applies: the room ID.
+    pub endpoint: String,
     /// The client's transaction ID.
     pub txn_id: String,
+}
+
+impl Txn {
+    /// The key under which the transaction is remembered.
+    fn key(&self) -> (String, String) {
+        (
+            format!("{}|{}", self.scope, self.endpoint),
+            self.txn_id.clone(),
+        )
+    }
 }
 
 /// What a job did.
@@ -179,6 +194,9 @@ struct Batch {
     aliases: Vec<(String, String, String)>,
     /// `(target, redaction, pruned content)`.
     redactions: Vec<(String, String, serde_json::Map<String, Value>)>,
+    /// Contents of this batch's events before a redaction in it pruned them, so a failing
+    /// all-or-nothing job can put them back: `(index in events, content)`.
+    pruned: Vec<(usize, serde_json::Map<String, Value>)>,
 }
 
 impl WriterTask {
@@ -262,7 +280,7 @@ impl WriterTask {
         let (scopes, txn_ids): (Vec<String>, Vec<String>) = jobs
             .iter()
             .filter_map(|job| match job {
-                Job::Append { txn: Some(txn), .. } => Some((txn.scope.clone(), txn.txn_id.clone())),
+                Job::Append { txn: Some(txn), .. } => Some(txn.key()),
                 _ => None,
             })
             .unzip();
@@ -387,7 +405,7 @@ async fn append(
     txn: Option<&Txn>,
 ) -> Result<Result<Outcome, RoomError>, store::StoreError> {
     if let Some(txn) = txn
-        && let Some(event_id) = batch.txns.get(&(txn.scope.clone(), txn.txn_id.clone()))
+        && let Some(event_id) = batch.txns.get(&txn.key())
     {
         return Ok(match OwnedEventId::try_from(event_id.as_str()) {
             Ok(event_id) => Ok(Outcome::Repeated(event_id)),
@@ -432,6 +450,7 @@ async fn append(
         batch.next_stream,
         batch.events.len(),
         batch.redactions.len(),
+        batch.pruned.len(),
     );
     let mut result = Ok(());
     for proposal in proposals {
@@ -444,15 +463,13 @@ async fn append(
         Ok(()) => {
             let written = batch.events[snapshot.1..].to_vec();
             if let (Some(txn), Some(first)) = (txn, written.first()) {
-                batch.txns.insert(
-                    (txn.scope.clone(), txn.txn_id.clone()),
-                    first.event_id.to_string(),
-                );
-                batch.new_txns.push((
-                    txn.scope.clone(),
-                    txn.txn_id.clone(),
-                    first.event_id.to_string(),
-                ));
+                let (scope, txn_id) = txn.key();
+                batch
+                    .txns
+                    .insert((scope.clone(), txn_id.clone()), first.event_id.to_string());
+                batch
+                    .new_txns
+                    .push((scope, txn_id, first.event_id.to_string()));
             }
             Ok(Outcome::Written(written))
         }
@@ -464,6 +481,12 @@ async fn append(
             batch.next_stream = snapshot.0;
             batch.events.truncate(snapshot.1);
             batch.redactions.truncate(snapshot.2);
+            for (index, content) in batch.pruned.drain(snapshot.3..).rev() {
+                if let Some(event) = batch.events.get_mut(index) {
+                    event.content = content;
+                    event.redacted_by = None;
+                }
+            }
             Err(err)
         }
     };

@@ -290,6 +290,20 @@ mod tests {
             (
                 Method::PUT,
                 "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
+                Route::AliasWrite {
+                    alias: "#a:example.org".into(),
+                },
+            ),
+            (
+                Method::DELETE,
+                "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
+                Route::AliasWrite {
+                    alias: "#a:example.org".into(),
+                },
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
                 Route::Forward,
             ),
             (

@@ -358,6 +358,18 @@ pub async fn by_id(
     row.map(Row::parse).transpose()
 }
 
+/// The room an event is in, if it exists.
+pub async fn room_of(
+    conn: &mut PgConnection,
+    event_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar!("SELECT room_id FROM events WHERE event_id = $1", event_id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
 /// Events by ID, any room (redaction targets, `redacted_because`).
 pub async fn by_ids(
     conn: &mut PgConnection,
@@ -599,8 +611,11 @@ pub struct Aggregations {
     pub references: Vec<(String, String)>,
 }
 
+/// Relations are only counted within `room_id`: an event in another room that claims to
+/// relate to one of these must not show up in them.
 pub async fn aggregations(
     conn: &mut PgConnection,
+    room_id: &str,
     event_ids: &[String],
     viewer: &str,
 ) -> Result<Aggregations, StoreError> {
@@ -615,18 +630,21 @@ pub async fn aggregations(
                   e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state,
                   e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
                   NULL::jsonb AS "prev_content?", NULL::text AS "prev_sender?"
-           FROM events e JOIN events o ON o.event_id = e.relates_to AND o.sender = e.sender
-           WHERE e.relates_to = ANY($1) AND e.rel_type = 'm.replace' AND e.redacted_by IS NULL
+           FROM events e
+           JOIN events o ON o.event_id = e.relates_to AND o.sender = e.sender AND o.room_id = e.room_id
+           WHERE e.relates_to = ANY($1) AND e.room_id = $2 AND e.rel_type = 'm.replace' AND e.redacted_by IS NULL
            ORDER BY e.relates_to, e.topo DESC"#,
         event_ids,
+        room_id,
     )
     .fetch_all(&mut *conn)
     .await?;
     let counts = sqlx::query!(
         r#"SELECT relates_to AS "relates_to!", count(*) AS "count!", bool_or(sender = $2) AS "participated!"
-           FROM events WHERE relates_to = ANY($1) AND rel_type = 'm.thread' GROUP BY relates_to"#,
+           FROM events WHERE relates_to = ANY($1) AND room_id = $3 AND rel_type = 'm.thread' GROUP BY relates_to"#,
         event_ids,
         viewer,
+        room_id,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -639,16 +657,18 @@ pub async fn aggregations(
                   e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
                   NULL::jsonb AS "prev_content?", NULL::text AS "prev_sender?"
            FROM events e
-           WHERE e.relates_to = ANY($1) AND e.rel_type = 'm.thread'
+           WHERE e.relates_to = ANY($1) AND e.room_id = $2 AND e.rel_type = 'm.thread'
            ORDER BY e.relates_to, e.topo DESC"#,
         event_ids,
+        room_id,
     )
     .fetch_all(&mut *conn)
     .await?;
     let references = sqlx::query!(
         r#"SELECT relates_to AS "relates_to!", event_id FROM events
-           WHERE relates_to = ANY($1) AND rel_type = 'm.reference' ORDER BY topo"#,
+           WHERE relates_to = ANY($1) AND room_id = $2 AND rel_type = 'm.reference' ORDER BY topo"#,
         event_ids,
+        room_id,
     )
     .fetch_all(&mut *conn)
     .await?;
