@@ -33,6 +33,10 @@ use crate::auth::requester::{
 use crate::error::{ErrorCode, MatrixError};
 use crate::routing::{self, Route};
 
+/// After the listener closes, how long connections accepted just before get to have their
+/// first request read before idle connections are closed.
+const SHUTDOWN_READ_DELAY: Duration = Duration::from_millis(500);
+
 /// A client that has not finished sending request headers by then is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -71,39 +75,47 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
+    // Serves one accepted connection until it ends or graceful shutdown closes it.
+    let spawn = |connections: &mut JoinSet<()>, stream: tokio::net::TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        let handlers = handlers.clone();
+        let service =
+            hyper::service::service_fn(move |request| handle(handlers.clone(), peer, request));
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        connections.spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    };
+
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Usually EMFILE: back off instead of spinning on the same error.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handlers = handlers.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    handle(handlers.clone(), peer, request)
-                });
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                connections.spawn(async move {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(err) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, error = %err, "connection ended with an error");
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => spawn(&mut connections, stream, peer),
+                Err(err) => {
+                    // Usually EMFILE: back off instead of spinning on the same error.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             // Reap finished connection tasks so the set does not grow without bound.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
 
+    // Connections the kernel completed before the signal hold requests their clients consider
+    // sent: closing the listener would reset them. Take them, give their first request a
+    // moment to be read, and only then start closing idle connections (graceful shutdown
+    // closes a connection at once if no request has been read on it yet).
+    while let Some(Ok((stream, peer))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+        spawn(&mut connections, stream, peer);
+    }
     drop(listener);
+    tokio::time::sleep(SHUTDOWN_READ_DELAY.min(grace_period)).await;
     tracing::info!(
         connections = graceful.count(),
         ?grace_period,

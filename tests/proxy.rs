@@ -359,3 +359,33 @@ async fn h2c_prior_knowledge_is_served() {
         "over h2"
     );
 }
+
+/// A request whose connection the kernel completed before shutdown began is answered, not
+/// reset: its client already sent it. The connection is made and the request written before
+/// the server even starts, with shutdown already signalled.
+#[tokio::test]
+async fn a_request_sent_as_shutdown_begins_is_answered() {
+    let (upstream, _received) = upstream(|stream, _, _| respond_ok(stream, "answered")).await;
+    let config = support::config(upstream, support::NO_DATABASE, "", "");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut stream = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nhost: hs\r\n\r\n")
+        .await
+        .unwrap();
+    let db = hungryserv::store::pool(&config.database).unwrap();
+    let (state, _writer) = hungryserv::app::AppState::new(config, db, 0);
+    let server = tokio::spawn(hungryserv::server::serve(state, listener, async {}));
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok_and(|r| r.is_ok()),
+        "connection reset or hung: {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("answered"), "{answer:?}");
+    server.await.unwrap().unwrap();
+}

@@ -267,12 +267,6 @@ impl Rooms {
             .await?
             .and_then(|room| OwnedRoomId::try_from(room).ok()))
     }
-
-    /// Whether a local room exists.
-    pub async fn exists(&self, room_id: &str) -> Result<bool, RoomError> {
-        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        Ok(store::rooms::get(&mut conn, room_id).await?.is_some())
-    }
 }
 
 /// Refuses content that is not canonical JSON (floats, integers beyond ±(2^53 - 1)), as
