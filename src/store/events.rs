@@ -703,3 +703,64 @@ impl StoredEvent {
         self.content.get("m.relates_to")?.get("event_id")?.as_str()
     }
 }
+
+/// A batch for the writer's fast path: plain messages only (no state key, no redaction).
+#[derive(Debug)]
+pub struct FastAppend<'a> {
+    /// The highest stream position the writer believes committed.
+    pub expected_max: i64,
+    /// `(room_id, latest_stream the writer believes, new max_topo, new min_topo, new latest)`.
+    pub rooms: Vec<(String, i64, i64, i64, i64)>,
+    /// Transaction IDs to record: `(scope, txn_id, event_id)`.
+    pub txns: &'a [(String, String, String)],
+    /// The events, in stream order.
+    pub events: &'a [StoredEvent],
+}
+
+/// Writes a fast-path batch in one statement (migration 0004). `Ok(false)`: something was
+/// written since the writer last looked, and nothing was written now.
+pub async fn fast_append(
+    conn: &mut PgConnection,
+    batch: &FastAppend<'_>,
+) -> Result<bool, StoreError> {
+    let mut columns = Columns::default();
+    for event in batch.events {
+        columns.push(event);
+    }
+    let rooms: Vec<String> = batch.rooms.iter().map(|r| r.0.clone()).collect();
+    let expected_latest: Vec<i64> = batch.rooms.iter().map(|r| r.1).collect();
+    let max_topo: Vec<i64> = batch.rooms.iter().map(|r| r.2).collect();
+    let min_topo: Vec<i64> = batch.rooms.iter().map(|r| r.3).collect();
+    let latest: Vec<i64> = batch.rooms.iter().map(|r| r.4).collect();
+    let txn_scopes: Vec<String> = batch.txns.iter().map(|t| t.0.clone()).collect();
+    let txn_ids: Vec<String> = batch.txns.iter().map(|t| t.1.clone()).collect();
+    let txn_events: Vec<String> = batch.txns.iter().map(|t| t.2.clone()).collect();
+    let written = sqlx::query_scalar!(
+        r#"SELECT writer_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                $16, $17, $18, $19, $20, $21) AS "written!""#,
+        batch.expected_max,
+        &rooms,
+        &expected_latest,
+        &txn_scopes,
+        &txn_ids,
+        &txn_events,
+        &columns.stream,
+        &columns.room_id,
+        &columns.topo,
+        &columns.event_id,
+        &columns.kind,
+        &columns.sender,
+        &columns.origin_server_ts,
+        &columns.content,
+        &columns.relates_to as &[Option<String>],
+        &columns.rel_type as &[Option<String>],
+        &columns.txn_scope as &[Option<String>],
+        &columns.txn_id as &[Option<String>],
+        &max_topo,
+        &min_topo,
+        &latest,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(written)
+}
