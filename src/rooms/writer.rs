@@ -444,6 +444,7 @@ impl WriterTask {
         )
         .await?;
         if !written {
+            tracing::debug!(jobs = jobs.len(), "fast path declined: the database moved on");
             self.last_stream = None;
             return Ok(None);
         }

@@ -104,7 +104,7 @@ pub async fn create_room(
         .context("createRoom answer has no room_id")
 }
 
-/// Builds the `n`th request of a workload.
+/// Builds a request of a workload from a number unique within the run.
 pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
 
 /// Measures two targets under the same load, alternating between them for `load.rounds`
@@ -173,6 +173,11 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// Numbers every request of the whole run, across phases and rounds: workloads derive
+/// transaction IDs from it, and a repeated ID would be answered from the server's
+/// transaction cache instead of writing anything.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
 async fn run_for(
     http: &Http,
     clients: usize,
@@ -196,8 +201,9 @@ async fn run_for(
                 if n >= max_requests || Instant::now() >= deadline {
                     break;
                 }
+                let request = make(SEQUENCE.fetch_add(1, Ordering::Relaxed));
                 let sent = Instant::now();
-                let ok = match http.request(make(n)).await {
+                let ok = match http.request(request).await {
                     Ok(response) => {
                         let ok = response.status().is_success();
                         // Read the whole body: a request is done when its answer is.
