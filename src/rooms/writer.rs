@@ -444,7 +444,10 @@ impl WriterTask {
         )
         .await?;
         if !written {
-            tracing::debug!(jobs = jobs.len(), "fast path declined: the database moved on");
+            tracing::debug!(
+                jobs = jobs.len(),
+                "fast path declined: the database moved on"
+            );
             self.last_stream = None;
             return Ok(None);
         }
