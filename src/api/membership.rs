@@ -44,18 +44,33 @@ async fn change(
         .await?)
 }
 
-/// `POST /rooms/{roomId}/join` and `POST /join/{roomIdOrAlias}` (aliases resolved by the
-/// dispatcher before routing here).
+/// The requester's own membership change: `join` (`/rooms/{id}/join`, `/join/{idOrAlias}`;
+/// aliases are resolved by the dispatcher before routing here), `knock`, `leave`. Joins and
+/// knocks answer with the room ID, leaves with `{}`.
+async fn own_membership(
+    state: AppState,
+    room: String,
+    auth: Authed,
+    body: Map<String, Value>,
+    membership: &str,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = auth.requester.user_id.clone();
+    change(&state, &auth, &room_id, &target, membership, &body).await?;
+    Ok(Json(match membership {
+        "leave" => json!({}),
+        _ => json!({ "room_id": room_id }),
+    }))
+}
+
+/// `POST /rooms/{roomId}/join`, `POST /join/{roomIdOrAlias}`.
 pub async fn join_room(
     State(state): State<AppState>,
     Path((_, room)): Path<(String, String)>,
     auth: Authed,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = room_id(&room)?;
-    let target = auth.requester.user_id.clone();
-    change(&state, &auth, &room_id, &target, "join", &body).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    own_membership(state, room, auth, body, "join").await
 }
 
 /// `POST /knock/{roomIdOrAlias}`.
@@ -65,10 +80,7 @@ pub async fn knock(
     auth: Authed,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = room_id(&room)?;
-    let target = auth.requester.user_id.clone();
-    change(&state, &auth, &room_id, &target, "knock", &body).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    own_membership(state, room, auth, body, "knock").await
 }
 
 /// `POST /rooms/{roomId}/leave`.
@@ -78,10 +90,7 @@ pub async fn leave(
     auth: Authed,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = room_id(&room)?;
-    let target = auth.requester.user_id.clone();
-    change(&state, &auth, &room_id, &target, "leave", &body).await?;
-    Ok(Json(json!({})))
+    own_membership(state, room, auth, body, "leave").await
 }
 
 /// `POST /rooms/{roomId}/forget`: only once the user has left, as in Synapse. Local rooms keep

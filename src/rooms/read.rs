@@ -19,6 +19,14 @@ use super::visibility::{Reach, Reader};
 use crate::auth::requester::Requester;
 use crate::store::{self, events::EventWithPrev, events::StoredEvent};
 
+/// What Synapse answers a reader who is not (and was not) in the room.
+fn not_in_room(requester: &Requester, room_id: &OwnedRoomId) -> RoomError {
+    RoomError::Forbidden(format!(
+        "User {} not in room {room_id}, and room previews are disabled",
+        requester.user_id
+    ))
+}
+
 /// A `/messages` or `/relations` position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token(pub i64);
@@ -125,10 +133,7 @@ impl Rooms {
         };
         match reader.reach() {
             Some(reach) => Ok((reader, reach)),
-            None => Err(RoomError::Forbidden(format!(
-                "User {} not in room {room_id}, and room previews are disabled",
-                requester.user_id
-            ))),
+            None => Err(not_in_room(requester, room_id)),
         }
     }
 
@@ -382,10 +387,7 @@ impl Rooms {
         let mut conn = self.conn().await?;
         let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
         if reach != Reach::Everything {
-            return Err(RoomError::Forbidden(format!(
-                "User {} not in room {room_id}, and room previews are disabled",
-                requester.user_id
-            )));
+            return Err(not_in_room(requester, room_id));
         }
         let mut joined = Map::new();
         for member in store::events::current_state(&mut conn, room_id.as_str()).await? {
@@ -671,10 +673,7 @@ impl Rooms {
         // Only for members and world-readable rooms: a user who left learns nothing newer.
         let (_, reach) = self.reader(&mut conn, requester, room_id).await?;
         if reach != Reach::Everything {
-            return Err(RoomError::Forbidden(format!(
-                "User {} not in room {room_id}, and room previews are disabled",
-                requester.user_id
-            )));
+            return Err(not_in_room(requester, room_id));
         }
         match store::events::closest_to_ts(&mut conn, room_id.as_str(), ts, forwards).await? {
             Some((event_id, origin_server_ts)) => {

@@ -143,9 +143,7 @@ pub async fn write_batch(
     let max_topo: Vec<i64> = batch.positions.iter().map(|p| p.1).collect();
     let min_topo: Vec<i64> = batch.positions.iter().map(|p| p.2).collect();
     let latest: Vec<i64> = batch.positions.iter().map(|p| p.3).collect();
-    let txn_scopes: Vec<String> = batch.txns.iter().map(|t| t.0.clone()).collect();
-    let txn_ids: Vec<String> = batch.txns.iter().map(|t| t.1.clone()).collect();
-    let txn_events: Vec<String> = batch.txns.iter().map(|t| t.2.clone()).collect();
+    let (txn_scopes, txn_ids, txn_events) = txn_columns(&batch.txns);
     // Data-modifying CTEs on three unrelated tables: no ordering between them is needed.
     sqlx::query!(
         r#"WITH new_events AS (
@@ -255,6 +253,21 @@ pub async fn write_batch(
         }
     }
     Ok(())
+}
+
+/// `(scope, txn_id, event_id)` rows as three columns for UNNEST.
+fn txn_columns(txns: &[(String, String, String)]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut columns = (
+        Vec::with_capacity(txns.len()),
+        Vec::with_capacity(txns.len()),
+        Vec::with_capacity(txns.len()),
+    );
+    for (scope, txn_id, event_id) in txns {
+        columns.0.push(scope.clone());
+        columns.1.push(txn_id.clone());
+        columns.2.push(event_id.clone());
+    }
+    columns
 }
 
 /// Column vectors for the UNNEST insert.
@@ -732,9 +745,7 @@ pub async fn fast_append(
     let max_topo: Vec<i64> = batch.rooms.iter().map(|r| r.2).collect();
     let min_topo: Vec<i64> = batch.rooms.iter().map(|r| r.3).collect();
     let latest: Vec<i64> = batch.rooms.iter().map(|r| r.4).collect();
-    let txn_scopes: Vec<String> = batch.txns.iter().map(|t| t.0.clone()).collect();
-    let txn_ids: Vec<String> = batch.txns.iter().map(|t| t.1.clone()).collect();
-    let txn_events: Vec<String> = batch.txns.iter().map(|t| t.2.clone()).collect();
+    let (txn_scopes, txn_ids, txn_events) = txn_columns(batch.txns);
     let written = sqlx::query_scalar!(
         r#"SELECT writer_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                                 $16, $17, $18, $19, $20, $21) AS "written!""#,
