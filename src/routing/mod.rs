@@ -119,10 +119,21 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     };
     let segments: Vec<&str> = rest.split('/').collect();
     // segments[0] is the version (r0, v1, v3, unstable, unstable/<feature> prefixes…).
+    // A room named right after the version (`/v3/rooms/{id}/…`, `/v1/room_summary/{id}`) or
+    // after an unstable feature (`/unstable/com.beeper.backfill/rooms/{id}/…`) makes the
+    // request local when the room is ours. (`/user/{id}/rooms/{id}/…` — room account data —
+    // is not matched: it keeps going to Synapse until local rooms serve it.)
+    let named_room = match segments.as_slice() {
+        [_, "rooms" | "room_summary", room, ..]
+        | ["unstable", _, "rooms" | "room_summary", room, ..] => {
+            classes.room_route(&decode_segment(room))
+        }
+        _ => None,
+    };
+    if let Some(route) = named_room {
+        return route;
+    }
     match segments.as_slice() {
-        [_, "rooms", room, ..] => classes
-            .room_route(&decode_segment(room))
-            .unwrap_or(Route::Forward),
         [_, "join" | "knock", target] => {
             let target = decode_segment(target);
             if target.starts_with('#') {
@@ -246,6 +257,36 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v3/rooms/!hs_abc:other.org/state",
+                Route::Forward,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/unstable/com.beeper.backfill/rooms/!hs_abc:example.org/batch_send",
+                Route::Local,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/unstable/im.nheko.summary/rooms/%21hs_abc%3Aexample.org/summary",
+                Route::Local,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/room_summary/!hs_abc:example.org",
+                Route::Local,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/room_summary/!abc:example.org",
+                Route::Forward,
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/user/@a:example.org/rooms/!hs_abc:example.org/account_data/m.x",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/unstable/org.matrix.msc2432/rooms/!abc:example.org/aliases",
                 Route::Forward,
             ),
             (
