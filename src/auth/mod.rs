@@ -1,7 +1,7 @@
-//! Who is asking: access tokens become requesters ([`requester`]), appservices come from
-//! their registration files ([`registration`]).
+//! Who is asking: access tokens become requesters ([`requester`]). Appservices come from
+//! their registration files, read with the rest of the configuration
+//! (`config::registration`).
 //!
 //! May import: `config` types, `upstream` (whoami, profiles).
 
-pub mod registration;
 pub mod requester;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use sha2::{Digest, Sha256};
 
-use super::registration::Registration;
+use crate::config::Registration;
 use crate::upstream::Synapse;
 use crate::upstream::client::{CallError, Refusal};
 

@@ -5,9 +5,10 @@
 //! at once; `main` prints them and exits with code 64 before any port is bound. The annotated
 //! reference for each field (unit and default) is `deploy/hungryserv.toml`.
 //!
-//! May import: `auth::registration` (to validate the registration files the config names).
+//! May import: nothing of the crate (it is the bottom layer).
 
 mod fields;
+pub mod registration;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use ruma::OwnedServerName;
 
-use crate::auth::registration::{self, Registration};
 pub use fields::Problems;
 use fields::Section;
+pub use registration::Registration;
 pub use routing::{CreateMatch, CreateTarget, RoomClass, RoutingConfig, ServeMode};
 
 /// Everything hungryserv needs to start, validated.

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use super::fields::{Problems, Section};
-use crate::auth::registration::Registration;
+use super::registration::Registration;
 
 /// All room classes, in file order (the order createRoom matching tries them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -42,7 +42,7 @@ struct Sender {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let registration = hungryserv::auth::registration::load(&options.registration)
+    let registration = hungryserv::config::registration::load(&options.registration)
         .map_err(|err| anyhow::anyhow!("{}: {err}", options.registration.display()))?;
     let token = registration.as_token.clone();
     let http = client::http();

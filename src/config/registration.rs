@@ -1,5 +1,5 @@
 //! Appservice registration files: the same YAML files Synapse reads
-//! (`app_service_config_files`), parsed and checked.
+//! (`app_service_config_files`), parsed and checked with the rest of the configuration.
 //!
 //! Tokens are secrets: the [`Registration`] `Debug` output hides them, and nothing here
 //! logs them.
@@ -9,7 +9,7 @@ use std::path::Path;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::config::Problems;
+use super::Problems;
 
 /// One appservice registration.
 #[derive(Clone)]
