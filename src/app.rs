@@ -12,6 +12,7 @@ use crate::notify::Notifier;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
 use crate::routing::RoomClasses;
+use crate::sync::Syncer;
 use crate::upstream::Synapse;
 
 /// Shared state of a running hungryserv.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub rooms: Rooms,
     /// Wake-ups after each commit of local events.
     pub notifier: Notifier,
+    /// The merged `/sync`.
+    pub syncer: Arc<Syncer>,
 }
 
 impl AppState {
@@ -56,6 +59,12 @@ impl AppState {
             synapse.clone(),
             config.server_name.clone(),
         );
+        let syncer = Arc::new(Syncer::new(
+            db.clone(),
+            rooms.clone(),
+            synapse.clone(),
+            notifier.clone(),
+        ));
         let state = Self {
             config: Arc::new(config),
             db,
@@ -64,6 +73,7 @@ impl AppState {
             classes,
             rooms,
             notifier,
+            syncer,
         };
         (state, writer_task)
     }

@@ -23,5 +23,6 @@ pub mod rooms;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod upstream;

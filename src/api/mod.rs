@@ -11,6 +11,7 @@ mod extract;
 mod membership;
 mod read;
 mod send;
+mod sync;
 
 use axum::Router;
 use axum::body::Body;
@@ -25,6 +26,7 @@ use crate::rooms::RoomError;
 
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
+pub use sync::sync;
 
 /// Everything a handler can fail with.
 #[derive(Debug)]

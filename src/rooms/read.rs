@@ -71,7 +71,7 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 }
 
 impl EventFilter {
-    fn allows(&self, event: &StoredEvent) -> bool {
+    pub fn allows(&self, event: &StoredEvent) -> bool {
         let kind = event.kind.as_str();
         let sender = event.sender.as_str();
         self.types
@@ -137,7 +137,7 @@ impl Rooms {
         }
     }
 
-    fn visible(reader: &Reader, requester: &Requester, event: &StoredEvent) -> bool {
+    pub(crate) fn visible(reader: &Reader, requester: &Requester, event: &StoredEvent) -> bool {
         let key_value = match event.kind.as_str() {
             "m.room.member" => event.content.get("membership").and_then(Value::as_str),
             "m.room.history_visibility" => event
@@ -157,7 +157,7 @@ impl Rooms {
 
     /// Client format for events, with `redacted_because` and the bundled aggregations Synapse
     /// adds (`unsigned["m.relations"]`: the latest edit, thread summary, references).
-    async fn serve(
+    pub(crate) async fn serve(
         &self,
         conn: &mut PgConnection,
         requester: &Requester,

@@ -50,7 +50,7 @@ use super::RoomError;
 use super::auth::{self, AuthError, Proposal};
 use super::event::{new_event_id, redacted_content};
 use super::state::{RoomState, StateEntry};
-use crate::notify::Notifier;
+use crate::notify::{Commit, Notifier};
 use crate::store::{self, events::StoredEvent, rooms::RoomRow};
 
 /// Most jobs in one transaction.
@@ -213,6 +213,23 @@ struct Batch {
     pruned: Vec<(usize, serde_json::Map<String, Value>)>,
 }
 
+/// What a batch wrote, for the notifier.
+fn commit_of(outcomes: &[Result<Outcome, RoomError>]) -> Commit {
+    let mut commit = Commit::default();
+    for event in outcomes.iter().flat_map(|outcome| match outcome {
+        Ok(Outcome::Written(events)) => events.as_slice(),
+        _ => &[],
+    }) {
+        commit.rooms.push((event.room_id.to_string(), event.stream));
+        if event.kind == "m.room.member"
+            && let Some(user) = &event.state_key
+        {
+            commit.members.push((user.clone(), event.stream));
+        }
+    }
+    commit
+}
+
 impl WriterTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
         while let Some(first) = rx.recv().await {
@@ -240,7 +257,7 @@ impl WriterTask {
                     "batch committed"
                 );
                 self.remember(rooms);
-                self.notifier.committed(max_stream);
+                self.notifier.committed(max_stream, commit_of(&outcomes));
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = pending.reply.send(outcome);
                 }

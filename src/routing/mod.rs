@@ -45,6 +45,8 @@ pub enum Route {
     },
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
+    /// `GET /sync`: Synapse's sync merged with the local rooms'.
+    Sync,
 }
 
 impl Route {
@@ -58,7 +60,7 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms => "merge",
+            Route::JoinedRooms | Route::Sync => "merge",
         }
     }
 }
@@ -154,6 +156,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         }
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
+        [_, "sync"] if method == Method::GET => Route::Sync,
         _ => Route::Forward,
     }
 }

@@ -482,6 +482,34 @@ pub async fn page(
     parse_all(rows)
 }
 
+/// Up to `limit` events of a room with `stream` in `(after, before)` (exclusive bounds), newest
+/// first: the end of a sync timeline.
+pub async fn recent(
+    conn: &mut PgConnection,
+    room_id: &str,
+    after: i64,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.room_id = $1 AND e.stream > $2 AND e.stream < $3
+           ORDER BY e.stream DESC
+           LIMIT $4"#,
+        room_id,
+        after,
+        before,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
 /// A user's member events in a room, oldest first: their membership history, for history
 /// visibility.
 pub async fn membership_history(

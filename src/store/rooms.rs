@@ -197,3 +197,93 @@ pub async fn membership(
     .await?
     .map(|row| (row.membership, row.stream)))
 }
+
+/// One room a user has a membership in, as a sync up to some position sees it.
+#[derive(Debug, Clone)]
+pub struct UserRoom {
+    pub room_id: String,
+    /// The user's membership at the sync's upper bound, and the position and sender of the
+    /// member event that set it.
+    pub membership: String,
+    pub member_stream: i64,
+    pub member_sender: String,
+    /// The user's membership at the sync's lower bound, if they had one.
+    pub membership_before: Option<String>,
+    /// The room's latest event in the sync's range, if any.
+    pub latest: Option<i64>,
+}
+
+/// Every room where `user_id` has a member event at or before `upto`, with what a sync from
+/// `since` to `upto` needs to know about it.
+pub async fn user_rooms(
+    conn: &mut PgConnection,
+    user_id: &str,
+    since: i64,
+    upto: i64,
+) -> Result<Vec<UserRoom>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT m.room_id, me.stream AS "member_stream!", me.sender AS "member_sender!",
+                  me.content->>'membership' AS "membership?",
+                  (SELECT b.content->>'membership' FROM events b
+                   WHERE b.room_id = m.room_id AND b.type = 'm.room.member'
+                     AND b.state_key = m.user_id AND b.stream <= $2
+                   ORDER BY b.stream DESC LIMIT 1) AS "membership_before?",
+                  (SELECT max(l.stream) FROM events l
+                   WHERE l.room_id = m.room_id AND l.stream > $2 AND l.stream <= $3) AS "latest?"
+           FROM memberships m
+           CROSS JOIN LATERAL (
+               SELECT e.stream, e.sender, e.content FROM events e
+               WHERE e.room_id = m.room_id AND e.type = 'm.room.member'
+                 AND e.state_key = m.user_id AND e.stream <= $3
+               ORDER BY e.stream DESC LIMIT 1) me
+           WHERE m.user_id = $1
+           ORDER BY m.room_id"#,
+        user_id,
+        since,
+        upto,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| UserRoom {
+            room_id: row.room_id,
+            membership: row.membership.unwrap_or_else(|| "leave".to_owned()),
+            member_stream: row.member_stream,
+            member_sender: row.member_sender,
+            membership_before: row.membership_before,
+            latest: row.latest,
+        })
+        .collect())
+}
+
+/// Member counts of a room by membership, and up to `heroes` other members (joined first,
+/// then invited, then gone; each oldest first), as Synapse's room summary orders them.
+pub async fn member_summary(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+    heroes: i64,
+) -> Result<(HashMap<String, i64>, Vec<String>), StoreError> {
+    let counts = sqlx::query!(
+        r#"SELECT membership, count(*) AS "count!" FROM memberships
+           WHERE room_id = $1 GROUP BY membership"#,
+        room_id
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.membership, row.count))
+    .collect();
+    let heroes = sqlx::query_scalar!(
+        r#"SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2
+           ORDER BY CASE membership WHEN 'join' THEN 0 WHEN 'invite' THEN 1 ELSE 2 END, stream
+           LIMIT $3"#,
+        room_id,
+        user_id,
+        heroes
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok((counts, heroes))
+}

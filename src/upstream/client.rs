@@ -61,31 +61,54 @@ impl Synapse {
         path_and_query: &str,
         token: &str,
     ) -> Result<Value, CallError> {
+        self.call_with(method, path_and_query, token, CALL_TIMEOUT, MAX_ANSWER, &[])
+            .await
+    }
+
+    /// [`Self::call`] with a time limit, an answer size limit and extra request headers.
+    async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: &str,
+        timeout: Duration,
+        max_answer: usize,
+        headers: &[(header::HeaderName, header::HeaderValue)],
+    ) -> Result<Value, CallError> {
         let uri = format!("http://{}{path_and_query}", self.base);
-        let request = Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::HOST, self.base.as_str())
+            .header(header::HOST, self.base.as_str());
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder
             .body(Body::empty())
             .map_err(|err| CallError::Unavailable(err.to_string()))?;
-        let response = match tokio::time::timeout(CALL_TIMEOUT, self.client.request(request)).await
-        {
-            Err(_) => return Err(CallError::Unavailable("timeout".into())),
-            Ok(Err(err)) => return Err(CallError::Unavailable(super::error_chain(&err))),
-            Ok(Ok(response)) => response,
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| CallError::Unavailable(super::error_chain(&err)))?;
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let body = http_body_util::Limited::new(response.into_body(), max_answer)
+                .collect()
+                .await
+                .map_err(|err| CallError::Unavailable(format!("reading the answer: {err}")))?
+                .to_bytes();
+            Ok::<_, CallError>((status, content_type, body))
         };
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
+        let (status, content_type, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|err| CallError::Unavailable(format!("reading the answer: {err}")))?
-            .to_bytes();
+            .map_err(|_| CallError::Unavailable("timeout".into()))??;
         if !status.is_success() {
             return Err(CallError::Refused(Refusal {
                 status,
@@ -169,5 +192,52 @@ impl Synapse {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// Largest `/sync` answer read (an initial sync of a big account is large).
+const MAX_SYNC_ANSWER: usize = 512 * 1024 * 1024;
+
+impl Synapse {
+    /// The user's own `/sync` with `query` (built by the caller, without the access token),
+    /// waiting at most `wait` beyond Synapse's usual answer time. `headers` carries what
+    /// Synapse records about the client (User-Agent, X-Forwarded-For).
+    pub async fn sync(
+        &self,
+        token: &str,
+        query: &str,
+        wait: Duration,
+        headers: &[(header::HeaderName, header::HeaderValue)],
+    ) -> Result<Value, CallError> {
+        let path = format!("/_matrix/client/v3/sync?{query}");
+        let timeout = wait + self.response_timeout;
+        self.call_with(Method::GET, &path, token, timeout, MAX_SYNC_ANSWER, headers)
+            .await
+    }
+
+    /// A filter the user uploaded; `Ok(None)` when Synapse has no such filter.
+    pub async fn filter(
+        &self,
+        token: &str,
+        user_id: &str,
+        filter_id: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/filter/{}",
+            encode_segment(user_id),
+            encode_segment(filter_id)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(Some(value)),
+            Err(CallError::Refused(refusal))
+                if matches!(
+                    refusal.status,
+                    StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
     }
 }

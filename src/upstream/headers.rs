@@ -61,6 +61,26 @@ pub(super) fn prepare_request(headers: &mut HeaderMap, client_uri: &Uri, peer: S
     }
 }
 
+/// What Synapse records about a client (its address chain and user agent), for a call
+/// hungryserv makes on the client's behalf rather than forwards.
+pub(super) fn client_identity(
+    headers: &HeaderMap,
+    client_uri: &Uri,
+    peer: SocketAddr,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut prepared = headers.clone();
+    prepare_request(&mut prepared, client_uri, peer);
+    [
+        header::USER_AGENT,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    ]
+    .into_iter()
+    .filter_map(|name| prepared.get(&name).cloned().map(|value| (name, value)))
+    .collect()
+}
+
 /// Rewrites the headers of Synapse's response on its way to the client.
 pub(super) fn prepare_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);

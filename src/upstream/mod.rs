@@ -46,6 +46,16 @@ pub enum ProbeError {
     Unhealthy(http::StatusCode),
 }
 
+/// The headers that tell Synapse who the client is (user agent, `X-Forwarded-*`), for calls
+/// made on a client's behalf.
+pub fn client_identity(
+    headers: &http::HeaderMap,
+    client_uri: &Uri,
+    peer: SocketAddr,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    headers::client_identity(headers, client_uri, peer)
+}
+
 /// Time allowed for the readiness probe's whole exchange.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,0 +1,397 @@
+//! The local part of a sync: what changed in the user's local rooms between two stream
+//! positions, in the shape of `/sync`'s `rooms` object.
+//!
+//! For a range `(since, upto]` (`since` = 0 for an initial sync or a client new to local
+//! rooms), each room where the user has a member event at or before `upto`:
+//!
+//! * **join** — when the room has events in the range, when the user joined in it (then the
+//!   room is sent as new: full state and the latest timeline, as on first appearance), or with
+//!   `full_state`. The timeline is the newest `limit` visible, filtered events of the range,
+//!   `limited` when more existed; `state` is the state before the timeline: all of it for a new
+//!   room or with `full_state`, what changed in the gap when `limited`, else nothing (state
+//!   changes are in the timeline). Lazy-loaded members: the member events of the timeline's
+//!   senders.
+//! * **invite** — when the invite is in the range (or initial): stripped state plus the
+//!   inviter's member event, then the invite itself, as Synapse sends them.
+//! * **leave** — incremental: when the leave, kick or ban is in the range, with the timeline up
+//!   to it. Initial: kicks and bans always, the user's own leaves only with `include_leave`
+//!   (Synapse's rule).
+//!
+//! Every event passes the room's history visibility for the user, exactly as `/messages`
+//! applies it ([`crate::rooms::visibility`]).
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+
+use super::filter::SyncFilter;
+use crate::auth::requester::Requester;
+use crate::rooms::RoomError;
+use crate::rooms::read::Token;
+use crate::rooms::service::Rooms;
+use crate::rooms::visibility::Reader;
+use crate::store::{self, events::EventWithPrev, rooms::UserRoom};
+
+/// Timeline events per room when the filter sets no limit (Synapse's default).
+const DEFAULT_TIMELINE_LIMIT: i64 = 10;
+/// The most a filter may ask for.
+const MAX_TIMELINE_LIMIT: i64 = 1000;
+/// Heroes in a room summary.
+const HEROES: i64 = 5;
+/// State sent with an invite (Synapse's default `room_prejoin_state`).
+const PREJOIN_STATE: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.topic",
+];
+
+/// One sync's local part.
+#[derive(Debug, Default)]
+pub struct LocalSync {
+    pub join: Map<String, Value>,
+    pub invite: Map<String, Value>,
+    pub leave: Map<String, Value>,
+    /// Every local room the user has a membership in (for waiting on news).
+    pub rooms: Vec<String>,
+}
+
+impl LocalSync {
+    /// Whether there is nothing to tell the client.
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+    }
+}
+
+/// What to build.
+pub struct LocalRequest<'a> {
+    pub requester: &'a Requester,
+    /// The client's position (0: it has seen no local event yet).
+    pub since: i64,
+    /// The committed position to read up to.
+    pub upto: i64,
+    pub full_state: bool,
+    pub filter: &'a SyncFilter,
+}
+
+/// Builds the local part of a sync.
+pub async fn build(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+) -> Result<LocalSync, RoomError> {
+    let user = request.requester.user_id.as_str();
+    let mut sync = LocalSync::default();
+    for room in store::rooms::user_rooms(conn, user, request.since, request.upto).await? {
+        sync.rooms.push(room.room_id.clone());
+        if !request.filter.room.allows_room(&room.room_id) {
+            continue;
+        }
+        match room.membership.as_str() {
+            "join" => {
+                if let Some(value) = joined_room(rooms, conn, request, &room).await? {
+                    sync.join.insert(room.room_id.clone(), value);
+                }
+            }
+            "invite" if request.since == 0 || room.member_stream > request.since => {
+                let value = invited_room(conn, &room, user).await?;
+                sync.invite.insert(room.room_id.clone(), value);
+            }
+            "leave" | "ban" if shows_leave(request, &room) => {
+                let value = left_room(rooms, conn, request, &room).await?;
+                sync.leave.insert(room.room_id.clone(), value);
+            }
+            _ => {}
+        }
+    }
+    Ok(sync)
+}
+
+fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
+    if request.since == 0 {
+        let own_leave =
+            room.membership == "leave" && room.member_sender == request.requester.user_id.as_str();
+        !own_leave || request.filter.room.include_leave
+    } else {
+        room.member_stream > request.since
+    }
+}
+
+/// One room's entry, before it is shaped for its section.
+struct RoomPart {
+    timeline: Vec<Value>,
+    limited: bool,
+    prev_batch: Token,
+    state: Vec<Value>,
+    /// Whether the timeline has member events (the summary is then recomputed).
+    members_changed: bool,
+}
+
+async fn joined_room(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room: &UserRoom,
+) -> Result<Option<Value>, RoomError> {
+    let newly = request.since == 0 || room.membership_before.as_deref() != Some("join");
+    if !newly && !request.full_state && room.latest.is_none() {
+        return Ok(None);
+    }
+    let after = if newly { 0 } else { request.since };
+    let full = newly || request.full_state;
+    let part = room_part(rooms, conn, request, room, after, request.upto, full).await?;
+    let summary = summary(conn, request, room, &part, newly).await?;
+    Ok(Some(json!({
+        "timeline": {
+            "events": part.timeline,
+            "limited": part.limited,
+            "prev_batch": part.prev_batch.to_string(),
+        },
+        "state": { "events": part.state },
+        "summary": summary,
+        "ephemeral": { "events": [] },
+        "account_data": { "events": [] },
+    })))
+}
+
+async fn left_room(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room: &UserRoom,
+) -> Result<Value, RoomError> {
+    let was_joined = request.since > 0 && room.membership_before.as_deref() == Some("join");
+    let after = if was_joined { request.since } else { 0 };
+    let full = !was_joined || request.full_state;
+    let part = room_part(rooms, conn, request, room, after, room.member_stream, full).await?;
+    Ok(json!({
+        "timeline": {
+            "events": part.timeline,
+            "limited": part.limited,
+            "prev_batch": part.prev_batch.to_string(),
+        },
+        "state": { "events": part.state },
+        "account_data": { "events": [] },
+    }))
+}
+
+/// Timeline and state of a room for the range `(after, upto]`.
+async fn room_part(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room: &UserRoom,
+    after: i64,
+    upto: i64,
+    full: bool,
+) -> Result<RoomPart, RoomError> {
+    let requester = request.requester;
+    let room_id = room.room_id.as_str();
+    let reader = Reader {
+        memberships: store::events::membership_history(conn, room_id, requester.user_id.as_str())
+            .await?
+            .into_iter()
+            .filter(|(stream, _)| *stream <= upto)
+            .collect(),
+        visibilities: store::events::visibility_history(conn, room_id)
+            .await?
+            .into_iter()
+            .filter(|(stream, _)| *stream <= upto)
+            .collect(),
+    };
+    let timeline_filter = &request.filter.room.timeline;
+    let shows_timeline = timeline_filter.allows_room(room_id);
+    let limit = timeline_filter
+        .events
+        .limit
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(0, MAX_TIMELINE_LIMIT);
+    let wanted = usize::try_from(limit).unwrap_or(0);
+
+    // Newest first, until one more than `limit` is found (that one only says `limited`).
+    let mut picked: Vec<EventWithPrev> = Vec::new();
+    let mut limited = false;
+    let mut top_topo = None;
+    let mut before = upto + 1;
+    'scan: loop {
+        if !shows_timeline {
+            break;
+        }
+        let rows = store::events::recent(conn, room_id, after, before, limit * 2 + 2).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            before = row.event.stream;
+            top_topo.get_or_insert(row.event.topo);
+            if timeline_filter.events.allows(&row.event)
+                && Rooms::visible(&reader, requester, &row.event)
+            {
+                if picked.len() == wanted {
+                    limited = true;
+                    break 'scan;
+                }
+                picked.push(row);
+            }
+        }
+    }
+    picked.reverse();
+    let prev_batch = match (picked.first(), top_topo) {
+        (Some(first), _) => Token(first.event.topo - 1),
+        (None, Some(topo)) => Token(topo),
+        (None, None) => {
+            let room_row = store::rooms::get(conn, room_id).await?;
+            Token(room_row.map_or(0, |r| r.max_topo))
+        }
+    };
+
+    // State before the timeline.
+    let lazy = request.filter.room.state.events.lazy_load_members;
+    let state_filter = &request.filter.room.state;
+    let state = if (full || limited || lazy) && state_filter.allows_room(room_id) {
+        let at = picked.first().map_or(upto, |first| first.event.stream - 1);
+        let in_timeline: HashSet<&str> = picked.iter().map(|e| e.event.event_id.as_str()).collect();
+        let senders: HashSet<&str> = picked.iter().map(|e| e.event.sender.as_str()).collect();
+        let user = requester.user_id.as_str();
+        let keep = |e: &EventWithPrev| {
+            let event = &e.event;
+            if in_timeline.contains(event.event_id.as_str()) || !state_filter.events.allows(event) {
+                return false;
+            }
+            if event.kind == "m.room.member" && lazy {
+                // Only the members the timeline needs, whatever else is sent.
+                return event
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|k| senders.contains(k) || k == user);
+            }
+            // A new room gets all state; a gap, what changed in it.
+            full || (limited && event.stream > request.since)
+        };
+        let state: Vec<EventWithPrev> = store::events::state_at(conn, room_id, at)
+            .await?
+            .into_iter()
+            .filter(keep)
+            .collect();
+        client_events(rooms, conn, requester, &reader, state).await?
+    } else {
+        Vec::new()
+    };
+    let members_changed = picked.iter().any(|e| e.event.kind == "m.room.member");
+    let timeline = client_events(rooms, conn, requester, &reader, picked).await?;
+    Ok(RoomPart {
+        timeline,
+        limited,
+        prev_batch,
+        state,
+        members_changed,
+    })
+}
+
+/// Events in sync's client format (no `room_id`: the room is the key they are under).
+async fn client_events(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    requester: &Requester,
+    reader: &Reader,
+    events: Vec<EventWithPrev>,
+) -> Result<Vec<Value>, RoomError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values = rooms.serve(conn, requester, reader, events).await?;
+    for value in &mut values {
+        if let Some(object) = value.as_object_mut() {
+            object.remove("room_id");
+        }
+    }
+    Ok(values)
+}
+
+/// The room summary, as Synapse gives it: only to clients lazy-loading members, and only when
+/// membership may have changed for them; heroes only when the room has no name or alias.
+async fn summary(
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room: &UserRoom,
+    part: &RoomPart,
+    newly: bool,
+) -> Result<Value, RoomError> {
+    let lazy = request.filter.room.state.events.lazy_load_members;
+    let membership_may_have_changed = newly || part.members_changed || part.limited;
+    if !lazy || !membership_may_have_changed {
+        return Ok(json!({}));
+    }
+    let user = request.requester.user_id.as_str();
+    let (counts, heroes) = store::rooms::member_summary(conn, &room.room_id, user, HEROES).await?;
+    let mut summary = json!({
+        "m.joined_member_count": counts.get("join").copied().unwrap_or(0),
+        "m.invited_member_count": counts.get("invite").copied().unwrap_or(0),
+    });
+    let named = store::events::current_state(conn, &room.room_id)
+        .await?
+        .into_iter()
+        .any(|e| match e.event.kind.as_str() {
+            "m.room.name" => e
+                .event
+                .content
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty()),
+            "m.room.canonical_alias" => e
+                .event
+                .content
+                .get("alias")
+                .and_then(Value::as_str)
+                .is_some_and(|a| !a.is_empty()),
+            _ => false,
+        });
+    if !named {
+        summary["m.heroes"] = json!(heroes);
+    }
+    Ok(summary)
+}
+
+/// An invited room: stripped prejoin state and the inviter's member event, then the invite.
+async fn invited_room(
+    conn: &mut PgConnection,
+    room: &UserRoom,
+    user: &str,
+) -> Result<Value, RoomError> {
+    let state = store::events::current_state(conn, &room.room_id).await?;
+    let mut events: Vec<Value> = Vec::new();
+    let mut invite = None;
+    for e in &state {
+        let event = &e.event;
+        let key = event.state_key.as_deref().unwrap_or_default();
+        let stripped = || {
+            json!({
+                "type": event.kind,
+                "state_key": key,
+                "content": event.content,
+                "sender": event.sender,
+            })
+        };
+        let prejoin = PREJOIN_STATE.contains(&event.kind.as_str()) && key.is_empty();
+        let inviter = event.kind == "m.room.member" && key == room.member_sender && key != user;
+        if prejoin || inviter {
+            events.push(stripped());
+        } else if event.kind == "m.room.member" && event.stream == room.member_stream {
+            invite = Some(json!({
+                "type": event.kind,
+                "state_key": key,
+                "content": event.content,
+                "sender": event.sender,
+                "event_id": event.event_id,
+                "origin_server_ts": event.origin_server_ts,
+                "unsigned": {},
+            }));
+        }
+    }
+    events.extend(invite);
+    Ok(json!({ "invite_state": { "events": events } }))
+}

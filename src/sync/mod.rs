@@ -1,0 +1,383 @@
+//! The merged `/sync`: Synapse's answer for Synapse's rooms plus ours for local rooms, under
+//! one token ([`token`]), woken by whichever side has news first.
+//!
+//! One request goes like this:
+//!
+//! 1. Read `since` (our envelope, or a bare Synapse token whose local half is then 0), and the
+//!    filter. **Subscribe to local wake-ups, then** take the committed position `upto` and
+//!    build the local part for `(since.local, upto]` — a commit after the read still wakes us.
+//! 2. If there is something to return already (initial sync, `full_state`, local news, or
+//!    `timeout=0`), ask Synapse with `timeout=0` and return both. Asking Synapse on every such
+//!    answer is what keeps busy local rooms from starving Synapse's news.
+//! 3. Otherwise long-poll: Synapse's `/sync` with the client's own timeout runs while we wait
+//!    for a local commit that concerns the user ([`Notifier::news_for`], from memory).
+//!    * Synapse answers first: add the local part up to the position now, return.
+//!    * A local commit concerns the user: build the local part; if it is not empty, drop the
+//!      Synapse request (a `/sync` read has no effect on Synapse's side until the client
+//!      presents the next token) and return with Synapse's half of the token **unchanged**.
+//!
+//! Synapse down: an initial sync (nothing to keep from Synapse) fails with 502; an incremental
+//! one keeps serving local rooms with Synapse's half unchanged, waiting for local news or the
+//! timeout (no hot loop). The client catches up on Synapse's rooms once Synapse is back, from
+//! the half it kept. Synapse's refusals (a bad token, a bad filter) are passed on unchanged.
+//!
+//! We never call Synapse's `/sync` except for a client's own request, with its own token:
+//! to-device messages, presence, account data, device lists and key counts stay Synapse's.
+
+pub mod filter;
+pub mod local;
+pub mod token;
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+
+use crate::auth::requester::Requester;
+use crate::notify::Notifier;
+use crate::rooms::RoomError;
+use crate::rooms::service::Rooms;
+use crate::upstream::Synapse;
+use crate::upstream::client::{CallError, Refusal};
+use filter::{FilterCache, FilterError, SyncFilter};
+use local::{LocalRequest, LocalSync};
+use token::SyncToken;
+
+/// A client's `/sync` request.
+pub struct SyncRequest {
+    pub requester: Requester,
+    /// The client's access token, for its own calls to Synapse.
+    pub token: String,
+    pub since: Option<String>,
+    pub full_state: bool,
+    pub timeout: Duration,
+    /// The `filter` parameter, inline JSON or a filter ID.
+    pub filter: Option<String>,
+    /// The other query parameters, passed to Synapse unchanged (`filter`, `set_presence`,
+    /// `full_state`, ...), without `since`, `timeout` and `access_token`.
+    pub upstream_params: Vec<(String, String)>,
+    /// What Synapse records about the client (user agent, address chain).
+    pub client_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("Invalid stream token")]
+    InvalidToken,
+    #[error(transparent)]
+    Filter(FilterError),
+    /// Synapse refused the request; its answer is passed on.
+    #[error("Synapse refused the sync")]
+    Refused(Refusal),
+    /// Synapse is unreachable and the client has no Synapse position to keep.
+    #[error("Synapse is unreachable: {0}")]
+    SynapseDown(String),
+    #[error(transparent)]
+    Room(#[from] RoomError),
+}
+
+/// Serves merged syncs. Cheap to share.
+pub struct Syncer {
+    db: PgPool,
+    rooms: Rooms,
+    synapse: Synapse,
+    notifier: Notifier,
+    filters: FilterCache,
+}
+
+impl Syncer {
+    pub fn new(db: PgPool, rooms: Rooms, synapse: Synapse, notifier: Notifier) -> Self {
+        Self {
+            db,
+            rooms,
+            synapse,
+            notifier,
+            filters: FilterCache::default(),
+        }
+    }
+
+    /// Answers one `/sync`.
+    pub async fn sync(&self, request: &SyncRequest) -> Result<Value, SyncError> {
+        let since = request
+            .since
+            .as_deref()
+            .map(SyncToken::parse)
+            .transpose()
+            .map_err(|_| SyncError::InvalidToken)?;
+        let initial = since.is_none();
+        let (synapse_since, local_since) = since.map_or((None, 0), |t| (t.synapse, t.local));
+        let filter = self
+            .filters
+            .resolve(
+                &self.synapse,
+                &request.token,
+                request.requester.user_id.as_str(),
+                request.filter.as_deref(),
+            )
+            .await
+            .map_err(|err| match err {
+                FilterError::Synapse(CallError::Refused(refusal)) => SyncError::Refused(refusal),
+                FilterError::Synapse(CallError::Unavailable(reason)) => {
+                    SyncError::SynapseDown(reason)
+                }
+                other => SyncError::Filter(other),
+            })?;
+
+        // Subscribe before reading, so no commit after the read goes unnoticed.
+        let mut wake = self.notifier.subscribe();
+        let upto = self.notifier.current();
+        let local = self.local(request, &filter, local_since, upto).await?;
+
+        if initial || request.full_state || !local.is_empty() || request.timeout.is_zero() {
+            let synapse = self
+                .synapse_sync(request, synapse_since.as_deref(), Duration::ZERO)
+                .await;
+            return answer(synapse, synapse_since.as_deref(), local, upto);
+        }
+
+        let synapse_call = self.synapse_sync(request, synapse_since.as_deref(), request.timeout);
+        tokio::pin!(synapse_call);
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        let mut synapse_down = false;
+        let mut rooms = local.rooms;
+        let mut checked = upto;
+        loop {
+            tokio::select! {
+                result = &mut synapse_call, if !synapse_down => match result {
+                    Ok(value) => {
+                        let upto = self.notifier.current();
+                        let local = if upto > checked
+                            && self.notifier.news_for(
+                                request.requester.user_id.as_str(),
+                                rooms.iter().map(String::as_str),
+                                checked,
+                            ) {
+                            self.local(request, &filter, local_since, upto).await?
+                        } else {
+                            LocalSync::default()
+                        };
+                        return answer(Ok::<_, Pending>(value), synapse_since.as_deref(), local, upto);
+                    }
+                    Err(CallError::Refused(refusal)) => return Err(SyncError::Refused(refusal)),
+                    Err(CallError::Unavailable(reason)) => {
+                        tracing::warn!(%reason, "sync: Synapse unavailable; serving local rooms only");
+                        synapse_down = true;
+                    }
+                },
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        // The writer is gone: shutting down.
+                        break;
+                    }
+                    let now = *wake.borrow_and_update();
+                    let news = self.notifier.news_for(
+                        request.requester.user_id.as_str(),
+                        rooms.iter().map(String::as_str),
+                        checked,
+                    );
+                    if news {
+                        let local = self.local(request, &filter, local_since, now).await?;
+                        if !local.is_empty() {
+                            return answer(Err(Pending), synapse_since.as_deref(), local, now);
+                        }
+                        rooms = local.rooms;
+                    }
+                    checked = now;
+                },
+                () = tokio::time::sleep_until(deadline), if synapse_down => break,
+            }
+        }
+        // Nothing for the client: the local half moves to what was checked.
+        answer(
+            Err(Pending),
+            synapse_since.as_deref(),
+            LocalSync::default(),
+            checked,
+        )
+    }
+
+    async fn local(
+        &self,
+        request: &SyncRequest,
+        filter: &SyncFilter,
+        since: i64,
+        upto: i64,
+    ) -> Result<LocalSync, SyncError> {
+        let mut conn = self
+            .db
+            .acquire()
+            .await
+            .map_err(|err| RoomError::Store(crate::store::StoreError::from(err).to_string()))?;
+        let local_request = LocalRequest {
+            requester: &request.requester,
+            since,
+            upto,
+            full_state: request.full_state,
+            filter,
+        };
+        Ok(local::build(&self.rooms, &mut conn, &local_request).await?)
+    }
+
+    /// The client's own `/sync` on Synapse, from `since` (Synapse's half), waiting at most
+    /// `wait` for news.
+    async fn synapse_sync(
+        &self,
+        request: &SyncRequest,
+        since: Option<&str>,
+        wait: Duration,
+    ) -> Result<Value, CallError> {
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (key, value) in &request.upstream_params {
+                query.append_pair(key, value);
+            }
+            if let Some(since) = since {
+                query.append_pair("since", since);
+            }
+            query.append_pair("timeout", &wait.as_millis().to_string());
+            query.finish()
+        };
+        self.synapse
+            .sync(&request.token, &query, wait, &request.client_headers)
+            .await
+    }
+}
+
+/// Synapse's answer was not awaited (the local side won, or Synapse is down).
+struct Pending;
+
+/// Combines Synapse's answer (or its absence) with the local part.
+fn answer(
+    synapse: Result<Value, impl Into<Absent>>,
+    synapse_since: Option<&str>,
+    local: LocalSync,
+    upto: i64,
+) -> Result<Value, SyncError> {
+    let (mut body, synapse_next) = match synapse {
+        Ok(Value::Object(mut body)) => {
+            let next = body
+                .remove("next_batch")
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let Some(next) = next else {
+                return Err(SyncError::SynapseDown(
+                    "Synapse's sync answer has no next_batch".into(),
+                ));
+            };
+            (body, Some(next))
+        }
+        Ok(_) => {
+            return Err(SyncError::SynapseDown(
+                "Synapse's sync answer is not an object".into(),
+            ));
+        }
+        Err(absent) => match (absent.into(), synapse_since) {
+            (Absent::Refused(refusal), _) => return Err(SyncError::Refused(refusal)),
+            (Absent::Down(reason), None) => return Err(SyncError::SynapseDown(reason)),
+            (_, since) => (Map::new(), since.map(str::to_owned)),
+        },
+    };
+    let rooms = body
+        .entry("rooms")
+        .or_insert_with(|| json!({}))
+        .as_object_mut();
+    if let Some(rooms) = rooms {
+        for (section, entries) in [
+            ("join", local.join),
+            ("invite", local.invite),
+            ("leave", local.leave),
+        ] {
+            if entries.is_empty() {
+                continue;
+            }
+            let target = rooms.entry(section).or_insert_with(|| json!({}));
+            if let Some(target) = target.as_object_mut() {
+                target.extend(entries);
+            }
+        }
+    }
+    let next_batch = SyncToken {
+        synapse: synapse_next,
+        local: upto,
+    }
+    .encode();
+    body.insert("next_batch".into(), Value::String(next_batch));
+    Ok(Value::Object(body))
+}
+
+/// Why there is no Synapse answer to merge.
+enum Absent {
+    /// The local side answered first; Synapse's half stays.
+    Pending,
+    Refused(Refusal),
+    Down(String),
+}
+
+impl From<Pending> for Absent {
+    fn from(_: Pending) -> Self {
+        Absent::Pending
+    }
+}
+
+impl From<CallError> for Absent {
+    fn from(err: CallError) -> Self {
+        match err {
+            CallError::Refused(refusal) => Absent::Refused(refusal),
+            CallError::Unavailable(reason) => Absent::Down(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_with_room() -> LocalSync {
+        let mut local = LocalSync::default();
+        local
+            .join
+            .insert("!hs_a:x".into(), json!({"timeline": {"events": []}}));
+        local
+    }
+
+    #[test]
+    fn merges_local_rooms_into_synapse_answer() {
+        let synapse = json!({
+            "next_batch": "s5_1",
+            "rooms": {"join": {"!abc:x": {}}},
+            "to_device": {"events": [1]},
+        });
+        let body = answer(Ok::<_, Pending>(synapse), None, local_with_room(), 7).unwrap();
+        assert_eq!(body["to_device"]["events"][0], 1);
+        assert!(body["rooms"]["join"]["!abc:x"].is_object());
+        assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
+        let token = SyncToken::parse(body["next_batch"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            token,
+            SyncToken {
+                synapse: Some("s5_1".into()),
+                local: 7
+            }
+        );
+    }
+
+    #[test]
+    fn a_local_win_keeps_synapse_half() {
+        let body = answer(Err(Pending), Some("s5_1"), local_with_room(), 9).unwrap();
+        let token = SyncToken::parse(body["next_batch"].as_str().unwrap()).unwrap();
+        assert_eq!(token.synapse.as_deref(), Some("s5_1"));
+        assert_eq!(token.local, 9);
+    }
+
+    #[test]
+    fn synapse_down_fails_an_initial_sync_only() {
+        let down = || CallError::Unavailable("refused".into());
+        assert!(matches!(
+            answer(Err(down()), None, local_with_room(), 3),
+            Err(SyncError::SynapseDown(_))
+        ));
+        let body = answer(Err(down()), Some("s1"), local_with_room(), 3).unwrap();
+        assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
+    }
+}

@@ -1,0 +1,167 @@
+//! The `/sync` token envelope: one opaque `since`/`next_batch` holding Synapse's half and ours.
+//!
+//! Shape: `h1_` followed by unpadded base64url of a small JSON object
+//! `{"s": <Synapse's token or absent>, "l": <our stream position>}`. The leading `h` cannot
+//! start a Synapse token (those start with `s`, `t`, `m` or a digit), so the two are never
+//! confused; the digit after it is the format version, so a later format can add halves
+//! (receipts, typing) and still read this one.
+//!
+//! Parsing accepts three things: our envelope; a bare Synapse token (a client that synced
+//! against Synapse before hungryserv was deployed — our half is then 0, so its local rooms
+//! arrive as new); nothing else. A corrupt envelope or an unknown shape is refused with
+//! Synapse's own answer to a bad token (400 `M_UNKNOWN` "Invalid stream token").
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of version 1 of the envelope.
+const V1: &str = "h1_";
+
+/// A decoded `since` token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncToken {
+    /// Synapse's half; `None` when Synapse has not answered this client yet.
+    pub synapse: Option<String>,
+    /// Our half: the highest local stream position the client has been given.
+    pub local: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    synapse: Option<String>,
+    #[serde(rename = "l")]
+    local: i64,
+}
+
+/// The token could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid stream token")]
+pub struct InvalidToken;
+
+impl SyncToken {
+    /// Encodes the envelope.
+    pub fn encode(&self) -> String {
+        let wire = Wire {
+            synapse: self.synapse.clone(),
+            local: self.local,
+        };
+        // Serialising two plain fields cannot fail.
+        let json = serde_json::to_vec(&wire).unwrap_or_default();
+        format!("{V1}{}", URL_SAFE_NO_PAD.encode(json))
+    }
+
+    /// Reads a `since` parameter: our envelope or a bare Synapse token.
+    pub fn parse(text: &str) -> Result<Self, InvalidToken> {
+        if let Some(payload) = text.strip_prefix(V1) {
+            let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidToken)?;
+            let wire: Wire = serde_json::from_slice(&json).map_err(|_| InvalidToken)?;
+            if wire.local < 0 || wire.synapse.as_deref().is_some_and(|s| !is_synapse(s)) {
+                return Err(InvalidToken);
+            }
+            return Ok(SyncToken {
+                synapse: wire.synapse,
+                local: wire.local,
+            });
+        }
+        if is_synapse(text) {
+            return Ok(SyncToken {
+                synapse: Some(text.to_owned()),
+                local: 0,
+            });
+        }
+        Err(InvalidToken)
+    }
+}
+
+/// Whether `text` has the shape of a Synapse sync token: `s…` (one writer), `m…` (several
+/// event writers), `t…` (a topological token) or a bare number, in URL-safe characters.
+/// Synapse itself decides whether it is valid.
+fn is_synapse(text: &str) -> bool {
+    let mut chars = text.chars();
+    matches!(chars.next(), Some('s' | 'm' | 't' | '0'..='9'))
+        && text.len() <= 1024
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '~' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn synapse_token() -> impl Strategy<Value = String> {
+        "[smt0-9][a-z0-9_~.-]{0,80}"
+    }
+
+    proptest! {
+        #[test]
+        fn envelopes_round_trip(synapse in proptest::option::of(synapse_token()), local in 0..i64::MAX) {
+            let token = SyncToken { synapse, local };
+            let text = token.encode();
+            prop_assert_eq!(SyncToken::parse(&text), Ok(token));
+        }
+
+        #[test]
+        fn an_envelope_never_looks_like_a_synapse_token(synapse in proptest::option::of(synapse_token()), local in 0..i64::MAX) {
+            let text = SyncToken { synapse, local }.encode();
+            prop_assert!(!is_synapse(&text));
+            prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        }
+
+        #[test]
+        fn bare_synapse_tokens_start_our_half_at_zero(text in synapse_token()) {
+            prop_assert_eq!(
+                SyncToken::parse(&text),
+                Ok(SyncToken { synapse: Some(text.clone()), local: 0 })
+            );
+        }
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(text in "\\PC{0,200}") {
+            let _ = SyncToken::parse(&text);
+        }
+
+        #[test]
+        fn a_damaged_envelope_is_refused_or_still_well_formed(
+            local in 0..i64::MAX,
+            cut in 0usize..40,
+            junk in "[A-Za-z0-9_-]{0,4}",
+        ) {
+            let text = SyncToken { synapse: Some("s12_3".into()), local }.encode();
+            let damaged = format!("{}{junk}", &text[..cut.min(text.len())]);
+            if let Ok(token) = SyncToken::parse(&damaged) {
+                prop_assert!(token.local >= 0);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_neither() {
+        for text in [
+            "",
+            "garbage",
+            "h1_",
+            "h1_!!!",
+            "h2_eyJsIjoxfQ",
+            "x123",
+            "s 1",
+        ] {
+            assert_eq!(SyncToken::parse(text), Err(InvalidToken), "{text:?}");
+        }
+        // Valid base64 of JSON with the wrong shape, or a negative position.
+        let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"l":-1}"#));
+        assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+        let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"s":"h1_x","l":1}"#));
+        assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+    }
+
+    #[test]
+    fn synapse_token_shapes_are_recognised() {
+        for text in ["s72594_4483_1934", "m1~2.3_4", "t12-345_6", "12345"] {
+            assert!(is_synapse(text), "{text}");
+        }
+    }
+}
