@@ -127,8 +127,8 @@ struct RoomPart {
     limited: bool,
     prev_batch: Token,
     state: Vec<Value>,
-    /// Whether the timeline has member events (the summary is then recomputed).
-    members_changed: bool,
+    /// The room summary (joined rooms only).
+    summary: Value,
 }
 
 async fn joined_room(
@@ -143,8 +143,17 @@ async fn joined_room(
     }
     let after = if newly { 0 } else { request.since };
     let full = newly || request.full_state;
-    let part = room_part(rooms, conn, request, room, after, request.upto, full).await?;
-    let summary = summary(conn, request, room, &part, newly).await?;
+    let summary = Summary::Wanted { newly };
+    let part = room_part(
+        rooms,
+        conn,
+        request,
+        room,
+        (after, request.upto),
+        full,
+        summary,
+    )
+    .await?;
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -152,7 +161,7 @@ async fn joined_room(
             "prev_batch": part.prev_batch.to_string(),
         },
         "state": { "events": part.state },
-        "summary": summary,
+        "summary": part.summary,
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
     })))
@@ -167,7 +176,8 @@ async fn left_room(
     let was_joined = request.since > 0 && room.membership_before.as_deref() == Some("join");
     let after = if was_joined { request.since } else { 0 };
     let full = !was_joined || request.full_state;
-    let part = room_part(rooms, conn, request, room, after, room.member_stream, full).await?;
+    let range = (after, room.member_stream);
+    let part = room_part(rooms, conn, request, room, range, full, Summary::None).await?;
     Ok(json!({
         "timeline": {
             "events": part.timeline,
@@ -179,15 +189,25 @@ async fn left_room(
     }))
 }
 
-/// Timeline and state of a room for the range `(after, upto]`.
+/// Whether a room entry has a summary.
+#[derive(Clone, Copy)]
+enum Summary {
+    None,
+    /// A joined room; `newly` when it appears to the client for the first time.
+    Wanted {
+        newly: bool,
+    },
+}
+
+/// Timeline, state and summary of a room for the range `(after, upto]`.
 async fn room_part(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
     room: &UserRoom,
-    after: i64,
-    upto: i64,
+    (after, upto): (i64, i64),
     full: bool,
+    summary_wanted: Summary,
 ) -> Result<RoomPart, RoomError> {
     let requester = request.requester;
     let room_id = room.room_id.as_str();
@@ -249,6 +269,14 @@ async fn room_part(
         }
     };
 
+    let members_changed = picked.iter().any(|e| e.event.kind == "m.room.member");
+    let (summary, heroes) = match summary_wanted {
+        Summary::Wanted { newly } if newly || members_changed || limited => {
+            summary(conn, request, room).await?
+        }
+        _ => (json!({}), Vec::new()),
+    };
+
     // State before the timeline.
     let lazy = request.filter.room.state.events.lazy_load_members;
     let state_filter = &request.filter.room.state;
@@ -264,10 +292,9 @@ async fn room_part(
             }
             if event.kind == "m.room.member" && lazy {
                 // Only the members the timeline needs, whatever else is sent.
-                return event
-                    .state_key
-                    .as_deref()
-                    .is_some_and(|k| senders.contains(k) || k == user);
+                return event.state_key.as_deref().is_some_and(|k| {
+                    senders.contains(k) || k == user || heroes.iter().any(|h| h == k)
+                });
             }
             // A new room gets all state; a gap, what changed in it.
             full || (limited && event.stream > request.since)
@@ -281,14 +308,13 @@ async fn room_part(
     } else {
         Vec::new()
     };
-    let members_changed = picked.iter().any(|e| e.event.kind == "m.room.member");
     let timeline = client_events(rooms, conn, requester, &reader, picked).await?;
     Ok(RoomPart {
         timeline,
         limited,
         prev_batch,
         state,
-        members_changed,
+        summary,
     })
 }
 
@@ -312,19 +338,16 @@ async fn client_events(
     Ok(values)
 }
 
-/// The room summary, as Synapse gives it: only to clients lazy-loading members, and only when
-/// membership may have changed for them; heroes only when the room has no name or alias.
+/// The room summary and its heroes, as Synapse gives them: only to clients lazy-loading
+/// members (when membership may have changed for them; the caller decides that); heroes only
+/// when the room has no name or alias. Their member events then go with the state.
 async fn summary(
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
     room: &UserRoom,
-    part: &RoomPart,
-    newly: bool,
-) -> Result<Value, RoomError> {
-    let lazy = request.filter.room.state.events.lazy_load_members;
-    let membership_may_have_changed = newly || part.members_changed || part.limited;
-    if !lazy || !membership_may_have_changed {
-        return Ok(json!({}));
+) -> Result<(Value, Vec<String>), RoomError> {
+    if !request.filter.room.state.events.lazy_load_members {
+        return Ok((json!({}), Vec::new()));
     }
     let user = request.requester.user_id.as_str();
     let (counts, heroes) = store::rooms::member_summary(conn, &room.room_id, user, HEROES).await?;
@@ -335,25 +358,23 @@ async fn summary(
     let named = store::events::current_state(conn, &room.room_id)
         .await?
         .into_iter()
-        .any(|e| match e.event.kind.as_str() {
-            "m.room.name" => e
-                .event
+        .any(|e| {
+            let field = match e.event.kind.as_str() {
+                "m.room.name" => "name",
+                "m.room.canonical_alias" => "alias",
+                _ => return false,
+            };
+            e.event
                 .content
-                .get("name")
+                .get(field)
                 .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty()),
-            "m.room.canonical_alias" => e
-                .event
-                .content
-                .get("alias")
-                .and_then(Value::as_str)
-                .is_some_and(|a| !a.is_empty()),
-            _ => false,
+                .is_some_and(|v| !v.is_empty())
         });
-    if !named {
-        summary["m.heroes"] = json!(heroes);
+    if named {
+        return Ok((summary, Vec::new()));
     }
-    Ok(summary)
+    summary["m.heroes"] = json!(heroes);
+    Ok((summary, heroes))
 }
 
 /// An invited room: stripped prejoin state and the inviter's member event, then the invite.
