@@ -189,6 +189,33 @@ async fn handle(
     .await
 }
 
+/// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,
+/// `/keys/changes`): Synapse gets its own half.
+fn synapse_tokens(request: Request<Body>) -> Request<Body> {
+    let Some(query) = request
+        .uri()
+        .query()
+        .and_then(crate::sync::token::query_for_synapse)
+    else {
+        return request;
+    };
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = if query.is_empty() {
+        parts.uri.path().to_owned()
+    } else {
+        format!("{}?{query}", parts.uri.path())
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => uri.path_and_query = Some(pq),
+        Err(_) => return Request::from_parts(parts, body),
+    }
+    if let Ok(rewritten) = http::Uri::from_parts(uri) {
+        parts.uri = rewritten;
+    }
+    Request::from_parts(parts, body)
+}
+
 async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     match router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -200,6 +227,7 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// password change or deactivation drops the cached identities it ended; a profile change is
 /// carried into the user's local rooms as new member events.
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    let request = synapse_tokens(request);
     let change = session_change(request.method(), request.uri().path());
     let profile = changes_profile(request.method(), request.uri().path());
     let query = request.uri().query();

@@ -11,9 +11,25 @@ use super::send::room_id;
 use crate::app::AppState;
 use crate::error::MatrixError;
 use crate::rooms::read::{EventFilter, PageRequest, Token};
+use crate::sync::token::SyncToken;
 
-fn token(query: &Query, key: &str) -> Result<Option<Token>, ApiError> {
-    Ok(query.get(key).map(Token::parse).transpose()?)
+/// A pagination position: ours (`ht…`), or a sync token (`next_batch`/`prev_batch` of the
+/// merged sync, which clients may use as a `from`), whose local half is resolved in the room.
+async fn token(
+    state: &AppState,
+    room: &ruma::OwnedRoomId,
+    query: &Query,
+    key: &str,
+) -> Result<Option<Token>, ApiError> {
+    let Some(text) = query.get(key) else {
+        return Ok(None);
+    };
+    if text.starts_with("h1_") {
+        let sync = SyncToken::parse(text)
+            .map_err(|_| MatrixError::invalid_param(format!("Invalid token {text:?}")))?;
+        return Ok(Some(state.rooms.position_at(room, sync.local).await?));
+    }
+    Ok(Some(Token::parse(text)?))
 }
 
 fn filter(query: &Query) -> Result<EventFilter, ApiError> {
@@ -111,12 +127,14 @@ pub async fn members(
     auth: Authed,
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
+    let room = room_id(&room)?;
+    let at = token(&state, &room, &query, "at").await?;
     let chunk = state
         .rooms
         .members(
             &auth.requester,
-            &room_id(&room)?,
-            token(&query, "at")?,
+            &room,
+            at,
             query.get("membership"),
             query.get("not_membership"),
         )
@@ -144,14 +162,17 @@ pub async fn messages(
     auth: Authed,
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
+    let room = room_id(&room)?;
+    let from = token(&state, &room, &query, "from").await?;
+    let to = token(&state, &room, &query, "to").await?;
     let page = state
         .rooms
         .messages(
             &auth.requester,
-            &room_id(&room)?,
+            &room,
             PageRequest {
-                from: token(&query, "from")?,
-                to: token(&query, "to")?,
+                from,
+                to,
                 forwards: direction(&query, false)?,
                 limit: query.int("limit")?.unwrap_or(10),
             },
@@ -218,15 +239,17 @@ async fn relations_of(
         )
         .into());
     }
+    let room = room_id(&room)?;
+    let from = token(&state, &room, &query, "from").await?;
     let answer = state
         .rooms
         .relations(
             &auth.requester,
-            &room_id(&room)?,
+            &room,
             &event_id,
             rel_type.as_deref(),
             event_type.as_deref(),
-            token(&query, "from")?,
+            from,
             query.int("limit")?.unwrap_or(5),
         )
         .await?;

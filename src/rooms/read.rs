@@ -410,6 +410,27 @@ impl Rooms {
         Ok(joined)
     }
 
+    /// The pagination position of a sync token's local half in a room: just after the
+    /// room's last event at or before stream position `stream`.
+    pub async fn position_at(
+        &self,
+        room_id: &OwnedRoomId,
+        stream: i64,
+    ) -> Result<Token, RoomError> {
+        let mut conn = self.conn().await?;
+        let topo = store::events::topo_at(&mut conn, room_id.as_str(), stream).await?;
+        match topo {
+            Some(topo) => Ok(Token(topo)),
+            // Before the room's first event: the start of the room.
+            None => {
+                let room = store::rooms::get(&mut conn, room_id.as_str())
+                    .await?
+                    .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
+                Ok(Token(room.min_topo - 1))
+            }
+        }
+    }
+
     /// `GET /rooms/{roomId}/messages`.
     pub async fn messages(
         &self,

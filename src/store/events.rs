@@ -425,6 +425,37 @@ pub async fn current_state(
     parse_all(rows)
 }
 
+/// Some entries of a room's current state: the events at the given `(type, state_key)`
+/// keys, for those that are set.
+pub async fn current_state_at_keys(
+    conn: &mut PgConnection,
+    room_id: &str,
+    keys: &[(&str, &str)],
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let (types, state_keys): (Vec<String>, Vec<String>) = keys
+        .iter()
+        .map(|(kind, key)| ((*kind).to_owned(), (*key).to_owned()))
+        .unzip();
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM current_state cs
+           JOIN events e ON e.stream = cs.stream
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE cs.room_id = $1
+             AND (cs.type, cs.state_key) IN (SELECT * FROM UNNEST($2::text[], $3::text[]))
+           ORDER BY e.stream"#,
+        room_id,
+        &types,
+        &state_keys,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
 /// The state of a room as it was at stream position `at` (inclusive): for each key, the latest
 /// state event at or before it.
 pub async fn state_at(
@@ -508,6 +539,22 @@ pub async fn recent(
     .fetch_all(conn)
     .await?;
     parse_all(rows)
+}
+
+/// The highest topological position among a room's events at or before stream position
+/// `stream`.
+pub async fn topo_at(
+    conn: &mut PgConnection,
+    room_id: &str,
+    stream: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT max(topo) FROM events WHERE room_id = $1 AND stream <= $2",
+        room_id,
+        stream
+    )
+    .fetch_one(conn)
+    .await?)
 }
 
 /// A user's member events in a room, oldest first: their membership history, for history

@@ -355,7 +355,8 @@ async fn summary(
         "m.joined_member_count": counts.get("join").copied().unwrap_or(0),
         "m.invited_member_count": counts.get("invite").copied().unwrap_or(0),
     });
-    let named = store::events::current_state(conn, &room.room_id)
+    let keys = [("m.room.name", ""), ("m.room.canonical_alias", "")];
+    let named = store::events::current_state_at_keys(conn, &room.room_id, &keys)
         .await?
         .into_iter()
         .any(|e| {
@@ -383,7 +384,10 @@ async fn invited_room(
     room: &UserRoom,
     user: &str,
 ) -> Result<Value, RoomError> {
-    let state = store::events::current_state(conn, &room.room_id).await?;
+    let mut keys: Vec<(&str, &str)> = PREJOIN_STATE.iter().map(|kind| (*kind, "")).collect();
+    keys.push(("m.room.member", room.member_sender.as_str()));
+    keys.push(("m.room.member", user));
+    let state = store::events::current_state_at_keys(conn, &room.room_id, &keys).await?;
     let mut events: Vec<Value> = Vec::new();
     let mut invite = None;
     for e in &state {

@@ -75,6 +75,40 @@ impl SyncToken {
     }
 }
 
+/// Query parameters that may carry a sync token (`/messages` `from`/`to`, `/members` `at`,
+/// `/keys/changes` `from`/`to`).
+const TOKEN_PARAMS: [&str; 3] = ["from", "to", "at"];
+
+/// Rewrites a query on its way to Synapse: every sync-token parameter holding one of our
+/// envelopes gets Synapse's half instead (or is dropped when the envelope has none). `None`
+/// when the query has nothing to rewrite, so it goes upstream byte for byte.
+pub fn query_for_synapse(query: &str) -> Option<String> {
+    if !query.contains(V1) {
+        return None;
+    }
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut changed = false;
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in &pairs {
+        if TOKEN_PARAMS.contains(&key.as_str()) && value.starts_with(V1) {
+            changed = true;
+            // A corrupt envelope goes up as it is: Synapse answers it as any bad token.
+            match SyncToken::parse(value) {
+                Ok(token) => match token.synapse {
+                    Some(synapse) => out.append_pair(key, &synapse),
+                    None => continue,
+                },
+                Err(_) => out.append_pair(key, value),
+            };
+            continue;
+        }
+        out.append_pair(key, value);
+    }
+    changed.then(|| out.finish())
+}
+
 /// Whether `text` has the shape of a Synapse sync token: `s…` (one writer), `m…` (several
 /// event writers), `t…` (a topological token) or a bare number, in URL-safe characters.
 /// Synapse itself decides whether it is valid.
@@ -156,6 +190,35 @@ mod tests {
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
         let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"s":"h1_x","l":1}"#));
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+    }
+
+    #[test]
+    fn forwarded_queries_get_synapse_half() {
+        let ours = SyncToken {
+            synapse: Some("s9_2".into()),
+            local: 4,
+        }
+        .encode();
+        assert_eq!(query_for_synapse("dir=b&from=s1_1"), None);
+        assert_eq!(
+            query_for_synapse(&format!("dir=b&from={ours}&limit=5")).as_deref(),
+            Some("dir=b&from=s9_2&limit=5")
+        );
+        assert_eq!(
+            query_for_synapse(&format!("from={ours}&to={ours}")).as_deref(),
+            Some("from=s9_2&to=s9_2")
+        );
+        let no_synapse = SyncToken {
+            synapse: None,
+            local: 4,
+        }
+        .encode();
+        assert_eq!(
+            query_for_synapse(&format!("at={no_synapse}&membership=join")).as_deref(),
+            Some("membership=join")
+        );
+        // Only token parameters are touched.
+        assert_eq!(query_for_synapse(&format!("filter={ours}")), None);
     }
 
     #[test]
