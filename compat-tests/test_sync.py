@@ -325,3 +325,22 @@ def test_sync_survives_synapse_outage(owner, other):
         since = resp["next_batch"]
     assert seen[synapse_room] == sent_synapse
     assert seen[local_room] == sent_local
+
+
+def test_sync_tokens_page_back_in_both_kinds_of_room(owner, other):
+    """Clients may use a sync's next_batch or prev_batch as /messages `from`
+    (matrix-nio does): Synapse gets its half, local rooms resolve theirs."""
+    synapse_room, local_room = two_rooms(owner, other)
+    for room_id in (synapse_room, local_room):
+        for i in range(3):
+            send_text(of(other), room_id, f"p{i}")
+    resp = raw_sync(of(owner), filter=json.dumps({"room": {"timeline": {"limit": 1}}}))
+    next_batch = resp["next_batch"]
+    for room_id in (synapse_room, local_room):
+        page = of(owner).ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"from": next_batch, "dir": "b", "limit": 2})
+        assert [e["content"].get("body") for e in page["chunk"]] == ["p2", "p1"], room_id
+        prev_batch = resp["rooms"]["join"][room_id]["timeline"]["prev_batch"]
+        page = of(owner).ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"from": prev_batch, "dir": "b", "limit": 2})
+        assert [e["content"].get("body") for e in page["chunk"]] == ["p1", "p0"], room_id
+        members = of(owner).ok("GET", f"/v3/rooms/{q(room_id)}/members", {"at": next_batch})
+        assert {e["state_key"] for e in members["chunk"]} == {owner.user_id, other.user_id}
