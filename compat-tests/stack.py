@@ -117,25 +117,60 @@ def register_user(base_url: str = HS_URL, admin: bool = False) -> User:
 
 @dataclass
 class AppService:
-    """The example bridge's registration, as synapse_configure writes it."""
+    """One of the example bridges' registrations, as synapse_configure writes
+    them (appservice-example.yaml, appservice-other.yaml)."""
 
+    id: str
     as_token: str
+    hs_token: str
     bot: str
     # An exclusive user namespace: "@example_.*:SERVER_NAME".
     ghost_prefix: str
+    # Where transactions are pushed: nothing listens unless a test starts a bridge.
+    port: int
 
     def ghost(self, localpart_suffix: str) -> str:
         return f"{self.ghost_prefix}{localpart_suffix}:{SERVER_NAME}"
 
 
+def _appservice(file: str, ghost_prefix: str) -> AppService:
+    reg = yaml.safe_load((Path(STACK_DIR) / "synapse" / file).read_text())
+    return AppService(
+        reg["id"],
+        reg["as_token"],
+        reg["hs_token"],
+        f"@{reg['sender_localpart']}:{SERVER_NAME}",
+        ghost_prefix,
+        urllib.parse.urlsplit(reg["url"]).port,
+    )
+
+
 def example_appservice() -> AppService:
-    reg = yaml.safe_load((Path(STACK_DIR) / "synapse" / "appservice-example.yaml").read_text())
-    return AppService(reg["as_token"], f"@{reg['sender_localpart']}:{SERVER_NAME}", "@example_")
+    return _appservice("appservice-example.yaml", "@example_")
+
+
+def other_appservice() -> AppService:
+    return _appservice("appservice-other.yaml", "@other_")
 
 
 def stack_lib(function: str) -> None:
     """Run one function of deploy/local/lib.sh against this stack."""
     subprocess.run(["bash", STACK_LIB, function, STACK_DIR], check=True)
+
+
+def restart_hungryserv_after_sigkill() -> None:
+    """SIGKILL hungryserv (no shutdown of any kind) and start it again."""
+    pid = hungryserv_pid()
+    os.kill(pid, 9)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, "hungryserv to die")
+    subprocess.run(["bash", STACK_LIB, "hungryserv_start", STACK_DIR, HUNGRYSERV_BIN], check=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
 use crate::notify::Notifier;
@@ -34,10 +35,12 @@ pub struct AppState {
     pub notifier: Notifier,
     /// The merged `/sync`.
     pub syncer: Arc<Syncer>,
+    /// The appservice pushers.
+    pub delivery: Arc<Delivery>,
 }
 
 impl AppState {
-    /// Builds the state and starts the room writer. `current_stream` is the highest stream
+    /// Builds the state and starts the room writer and the appservice pushers. `current_stream` is the highest stream
     /// position already in the database. The returned task ends once every clone of the
     /// state is dropped and the writer has finished its queue.
     pub fn new(config: Config, db: PgPool, current_stream: i64) -> (Self, JoinHandle<()>) {
@@ -65,6 +68,13 @@ impl AppState {
             synapse.clone(),
             notifier.clone(),
         ));
+        let delivery = Arc::new(Delivery::start(
+            &config.appservices,
+            config.server_name.as_str(),
+            &config.delivery,
+            &db,
+            &notifier,
+        ));
         let state = Self {
             config: Arc::new(config),
             db,
@@ -74,6 +84,7 @@ impl AppState {
             rooms,
             notifier,
             syncer,
+            delivery,
         };
         (state, writer_task)
     }

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod appservice;
 pub mod auth;
 pub mod config;
 pub mod error;

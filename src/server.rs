@@ -189,6 +189,14 @@ async fn handle(
     .await
 }
 
+/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.
+fn appservice_ping(method: &http::Method, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/_matrix/client/v1/appservice/")?;
+    let id = rest.strip_suffix("/ping")?;
+    (method == http::Method::POST && !id.contains('/'))
+        .then(|| routing::decode_segment(id).into_owned())
+}
+
 /// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,
 /// `/keys/changes`): Synapse gets its own half.
 fn synapse_tokens(request: Request<Body>) -> Request<Body> {
@@ -228,6 +236,7 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// carried into the user's local rooms as new member events.
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let request = synapse_tokens(request);
+    let pinged = appservice_ping(request.method(), request.uri().path());
     let change = session_change(request.method(), request.uri().path());
     let profile = changes_profile(request.method(), request.uri().path());
     let query = request.uri().query();
@@ -247,6 +256,9 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     };
     if !response.status().is_success() {
         return response;
+    }
+    if let Some(appservice_id) = pinged {
+        state.delivery.poke(&appservice_id);
     }
     let Some(token) = token else {
         return response;

@@ -112,16 +112,21 @@ start_background() {
     echo "$! $1" >"$pidfile"
 }
 
-# stack_configure STACK SERVER_NAME PG_PORT SYNAPSE_PORT HS_PORT
+# stack_configure STACK SERVER_NAME PG_PORT SYNAPSE_PORT HS_PORT: also picks the
+# ports the two example appservices' registrations point at (nothing listens there
+# unless a test or benchmark starts a bridge on them).
 stack_configure() {
-    local stack=$1
+    local stack=$1 as_ports
     require_commands curl
     mkdir -p "$stack"
+    mapfile -t as_ports < <(free_ports 2)
     cat >"$stack/stack.env" <<EOF
 STACK_SERVER_NAME=$2
 STACK_PG_PORT=$3
 STACK_SYNAPSE_PORT=$4
 STACK_HS_PORT=$5
+STACK_AS_PORT=${as_ports[0]}
+STACK_AS2_PORT=${as_ports[1]}
 EOF
     if [[ ! -s $stack/secrets.env ]]; then
         (
@@ -137,6 +142,11 @@ STACK_AS_TOKEN=$(random_secret)
 STACK_HS_TOKEN=$(random_secret)
 EOF
         )
+    fi
+    # Added after the first stacks were made: complete an older secrets.env.
+    if ! grep -q '^STACK_AS2_TOKEN=' "$stack/secrets.env"; then
+        printf 'STACK_AS2_TOKEN=%s\nSTACK_HS2_TOKEN=%s\n' "$(random_secret)" "$(random_secret)" \
+            >>"$stack/secrets.env"
     fi
 }
 
@@ -338,11 +348,11 @@ root:
   handlers: [console]
 disable_existing_loggers: false
 EOF
-    # The example bridge: nothing listens on port 9 (discard); it exists so the
-    # registration format and namespaces are exercised end to end.
+    # Two example bridges. Nothing listens on their ports unless a test or a
+    # benchmark starts a bridge there (compat-tests/test_appservice_delivery.py).
     cat >"$dir/appservice-example.yaml" <<EOF
 id: example-bridge
-url: "http://127.0.0.1:9"
+url: "http://127.0.0.1:${STACK_AS_PORT:-9}"
 as_token: "$STACK_AS_TOKEN"
 hs_token: "$STACK_HS_TOKEN"
 sender_localpart: examplebot
@@ -351,6 +361,20 @@ namespaces:
   users:
     - exclusive: true
       regex: "@example_.*:${STACK_SERVER_NAME//./\\\\.}"
+  aliases: []
+  rooms: []
+EOF
+    cat >"$dir/appservice-other.yaml" <<EOF
+id: other-bridge
+url: "http://127.0.0.1:${STACK_AS2_PORT:-9}"
+as_token: "$STACK_AS2_TOKEN"
+hs_token: "$STACK_HS2_TOKEN"
+sender_localpart: otherbot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@other_.*:${STACK_SERVER_NAME//./\\\\.}"
   aliases: []
   rooms: []
 EOF
@@ -397,6 +421,7 @@ macaroon_secret_key: "$STACK_MACAROON_SECRET"
 form_secret: "$STACK_FORM_SECRET"
 app_service_config_files:
   - "$dir/appservice-example.yaml"
+  - "$dir/appservice-other.yaml"
 rc_message: $fast
 rc_registration: $fast
 rc_registration_token_validity: $fast
@@ -462,7 +487,10 @@ hungryserv_configure() {
 server_name = "$STACK_SERVER_NAME"
 listen = "127.0.0.1:$STACK_HS_PORT"
 routing = "$HUNGRYSERV_REPO/routing.toml"
-appservice_registrations = ["$stack/synapse/appservice-example.yaml"]
+appservice_registrations = [
+    "$stack/synapse/appservice-example.yaml",
+    "$stack/synapse/appservice-other.yaml",
+]
 
 [synapse]
 url = "http://127.0.0.1:$STACK_SYNAPSE_PORT"

@@ -1,5 +1,5 @@
-//! Operations endpoints under `/_hungryserv/`: liveness and readiness now; routing toggles,
-//! room deletion and metrics later.
+//! Operations endpoints under `/_hungryserv/`: liveness, readiness and metrics now; routing
+//! toggles and room deletion later.
 //!
 //! May import: `app`, `store`, `upstream`, `error`.
 
@@ -16,8 +16,19 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/_hungryserv/health", get(health::health))
         .route("/_hungryserv/ready", get(health::ready))
+        .route("/_hungryserv/metrics", get(metrics))
         .fallback(unknown_endpoint)
         .with_state(state)
+}
+
+/// `GET /_hungryserv/metrics`: Prometheus text (appservice delivery for now).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.delivery.metrics(state.notifier.current()),
+    )
 }
 
 /// What Synapse answers for an endpoint it does not have.

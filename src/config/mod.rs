@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Transactions pushed to appservices.
+    pub delivery: DeliveryConfig,
 }
 
 /// Synapse's internal listener and the connection pool to it.
@@ -115,6 +117,19 @@ pub struct LogConfig {
 pub struct ShutdownConfig {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub grace_period: Duration,
+}
+
+/// How events of local rooms are pushed to appservices.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Most events in one transaction.
+    pub max_events: usize,
+    /// Largest transaction body, in bytes (a single larger event still goes, alone).
+    pub max_bytes: usize,
+    /// Longest wait between retries of a failed transaction.
+    pub max_backoff: Duration,
+    /// Time allowed for the appservice to answer one transaction.
+    pub request_timeout: Duration,
 }
 
 /// Reads and validates `path` and the files it names. On failure, every problem found.
@@ -191,6 +206,9 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         )),
     };
     shutdown_section.finish(&mut problems);
+    let mut delivery_section = top.table(&mut problems, "appservice");
+    let delivery = read_delivery(&mut delivery_section, &mut problems);
+    delivery_section.finish(&mut problems);
     top.finish(&mut problems);
 
     let mut appservices = Vec::new();
@@ -222,6 +240,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 limits,
                 log,
                 shutdown,
+                delivery,
             })
         }
         _ => Err(problems),
@@ -246,6 +265,27 @@ pub(crate) fn read_toml(path: &Path, label: &str, problems: &mut Problems) -> Op
             ));
             None
         }
+    }
+}
+
+fn read_delivery(section: &mut Section, problems: &mut Problems) -> DeliveryConfig {
+    let mut positive = |key: &str, default: u64| {
+        let value = section.integer(problems, key, default);
+        if value == 0 {
+            section.problem(problems, key, "must be at least 1");
+            return default;
+        }
+        value
+    };
+    let max_events = positive("max_events_per_transaction", 100);
+    let max_bytes = positive("max_transaction_bytes", 1024 * 1024);
+    let max_backoff = positive("max_retry_interval_s", 30);
+    let request_timeout = positive("request_timeout_s", 60);
+    DeliveryConfig {
+        max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
+        max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        max_backoff: Duration::from_secs(max_backoff),
+        request_timeout: Duration::from_secs(request_timeout),
     }
 }
 

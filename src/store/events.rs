@@ -557,6 +557,32 @@ pub async fn topo_at(
     .await?)
 }
 
+/// Up to `limit` events of every room with `stream` in `(after, upto]`, in stream order: the
+/// appservice delivery queue.
+pub async fn stream_range(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.stream > $1 AND e.stream <= $2
+           ORDER BY e.stream
+           LIMIT $3"#,
+        after,
+        upto,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
 /// A user's member events in a room, oldest first: their membership history, for history
 /// visibility.
 pub async fn membership_history(

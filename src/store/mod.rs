@@ -6,6 +6,7 @@
 //!
 //! May import: `config`.
 
+pub mod appservice;
 pub mod events;
 pub mod identity;
 pub mod rooms;

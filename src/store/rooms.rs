@@ -182,6 +182,21 @@ pub async fn rooms_with_membership(
     .await?)
 }
 
+/// The users with `membership` in a room now.
+pub async fn members_with(
+    conn: &mut PgConnection,
+    room_id: &str,
+    membership: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT user_id FROM memberships WHERE room_id = $1 AND membership = $2",
+        room_id,
+        membership
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The user's current membership in a room.
 pub async fn membership(
     conn: &mut PgConnection,

@@ -1,0 +1,161 @@
+//! Appservice delivery: every event of a local room reaches each interested appservice
+//! ([`interest`]), in stream order, at least once, through one pusher task per appservice
+//! ([`pusher`]) whose progress lives in Postgres.
+//!
+//! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
+
+pub mod interest;
+pub mod pusher;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::config::{DeliveryConfig, Registration};
+use crate::notify::Notifier;
+use crate::rooms::service::now_ms;
+use pusher::{Pusher, Stats};
+
+/// The running pushers. Cheap to share.
+#[derive(Default)]
+pub struct Delivery {
+    pushers: BTreeMap<String, Handle>,
+}
+
+struct Handle {
+    poke: Arc<Notify>,
+    stats: Arc<Stats>,
+}
+
+impl Delivery {
+    /// Starts one pusher per registration that has a `url` (appservices without one only
+    /// send). Must be called inside the runtime.
+    pub fn start(
+        registrations: &[Registration],
+        server_name: &str,
+        config: &DeliveryConfig,
+        db: &PgPool,
+        notifier: &Notifier,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let mut pushers = BTreeMap::new();
+        for registration in registrations {
+            let Some(url) = registration.url.as_deref() else {
+                continue;
+            };
+            if !url.starts_with("http://") {
+                tracing::error!(appservice = %registration.id, "only http:// appservice URLs are supported; events of local rooms are not pushed to it");
+                continue;
+            }
+            let handle = Handle {
+                poke: Arc::new(Notify::new()),
+                stats: Arc::new(Stats::default()),
+            };
+            let pusher = Pusher {
+                registration: Arc::new(registration.clone()),
+                server_name: server_name.to_owned(),
+                db: db.clone(),
+                notifier: notifier.clone(),
+                http: http.clone(),
+                config: config.clone(),
+                poke: handle.poke.clone(),
+                stats: handle.stats.clone(),
+            };
+            tokio::spawn(pusher.run());
+            pushers.insert(registration.id.clone(), handle);
+        }
+        Self { pushers }
+    }
+
+    /// Retries the appservice's transaction in flight at once (Synapse does the same after a
+    /// successful `/appservice/{id}/ping`).
+    pub fn poke(&self, appservice_id: &str) {
+        if let Some(handle) = self.pushers.get(appservice_id) {
+            handle.poke.notify_one();
+        }
+    }
+
+    /// Prometheus text for every pusher, given the committed stream position.
+    pub fn metrics(&self, committed: i64) -> String {
+        let now = now_ms();
+        let mut out = String::new();
+        let families: [(&str, &str, &str); 6] = [
+            (
+                "hungryserv_appservice_transactions_sent_total",
+                "counter",
+                "Transactions the appservice acknowledged.",
+            ),
+            (
+                "hungryserv_appservice_transactions_failed_total",
+                "counter",
+                "Transaction attempts that failed (each retry counts).",
+            ),
+            (
+                "hungryserv_appservice_events_sent_total",
+                "counter",
+                "Events in acknowledged transactions.",
+            ),
+            (
+                "hungryserv_appservice_queue_positions",
+                "gauge",
+                "Committed stream positions not yet delivered or skipped (queue depth, in events of all rooms).",
+            ),
+            (
+                "hungryserv_appservice_in_flight_events",
+                "gauge",
+                "Events in the transaction being delivered.",
+            ),
+            (
+                "hungryserv_appservice_oldest_undelivered_seconds",
+                "gauge",
+                "Age of the transaction being delivered (0 when none).",
+            ),
+        ];
+        for (name, kind, help) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (id, handle) in &self.pushers {
+                let stats = &handle.stats;
+                let value = match name {
+                    "hungryserv_appservice_transactions_sent_total" => {
+                        stats.transactions_sent.load(Ordering::Relaxed) as f64
+                    }
+                    "hungryserv_appservice_transactions_failed_total" => {
+                        stats.transactions_failed.load(Ordering::Relaxed) as f64
+                    }
+                    "hungryserv_appservice_events_sent_total" => {
+                        stats.events_sent.load(Ordering::Relaxed) as f64
+                    }
+                    "hungryserv_appservice_queue_positions" => {
+                        (committed - stats.cursor.load(Ordering::Relaxed)).max(0) as f64
+                    }
+                    "hungryserv_appservice_in_flight_events" => {
+                        stats.in_flight_events.load(Ordering::Relaxed) as f64
+                    }
+                    _ => match stats.in_flight_since_ms.load(Ordering::Relaxed) {
+                        0 => 0.0,
+                        since => (now - since).max(0) as f64 / 1000.0,
+                    },
+                };
+                let _ = writeln!(out, "{name}{{appservice=\"{}\"}} {value}", escape(id));
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,148 @@
+//! `appservice_cursors`, `appservice_transactions`: how far each appservice's delivery has
+//! got, and the transaction in flight (see migrations/0005_appservice_delivery.sql).
+
+use sqlx::{PgConnection, PgPool};
+
+use super::StoreError;
+
+/// An appservice's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub stream: i64,
+    pub txn_prefix: String,
+    pub next_txn: i64,
+}
+
+/// A stored transaction, sent and retried as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTxn {
+    pub txn_id: String,
+    pub last_stream: i64,
+    pub body: Vec<u8>,
+    pub events: i32,
+    /// Seconds since it was built.
+    pub age_s: f64,
+}
+
+/// The appservice's cursor, created at `start` (delivery begins with events after it) if it
+/// has none yet.
+pub async fn cursor(
+    pool: &PgPool,
+    appservice_id: &str,
+    start: i64,
+    new_prefix: &str,
+) -> Result<Cursor, StoreError> {
+    sqlx::query!(
+        "INSERT INTO appservice_cursors (appservice_id, stream, txn_prefix, next_txn)
+         VALUES ($1, $2, $3, 1) ON CONFLICT (appservice_id) DO NOTHING",
+        appservice_id,
+        start,
+        new_prefix
+    )
+    .execute(pool)
+    .await?;
+    let row = sqlx::query!(
+        "SELECT stream, txn_prefix, next_txn FROM appservice_cursors WHERE appservice_id = $1",
+        appservice_id
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Cursor {
+        stream: row.stream,
+        txn_prefix: row.txn_prefix,
+        next_txn: row.next_txn,
+    })
+}
+
+/// The transaction in flight, if any.
+pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<PendingTxn>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT txn_id, last_stream, body, events,
+                  EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_s!"
+           FROM appservice_transactions WHERE appservice_id = $1"#,
+        appservice_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| PendingTxn {
+        txn_id: row.txn_id,
+        last_stream: row.last_stream,
+        body: row.body,
+        events: row.events,
+        age_s: row.age_s,
+    }))
+}
+
+/// Stores a new transaction (taking the next transaction number) before it is sent.
+pub async fn store_txn(
+    pool: &PgPool,
+    appservice_id: &str,
+    txn_id: &str,
+    last_stream: i64,
+    body: &[u8],
+    events: i32,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "INSERT INTO appservice_transactions (appservice_id, txn_id, last_stream, body, events)
+         VALUES ($1, $2, $3, $4, $5)",
+        appservice_id,
+        txn_id,
+        last_stream,
+        body,
+        events
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE appservice_cursors SET next_txn = next_txn + 1 WHERE appservice_id = $1",
+        appservice_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The appservice acknowledged its transaction: drop it and move the cursor past it.
+pub async fn acknowledge(
+    pool: &PgPool,
+    appservice_id: &str,
+    txn_id: &str,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let last = sqlx::query_scalar!(
+        "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2
+         RETURNING last_stream",
+        appservice_id,
+        txn_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(last) = last {
+        advance(&mut tx, appservice_id, last).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves the cursor forward over events of no interest (never backwards).
+pub async fn skip_to(pool: &PgPool, appservice_id: &str, stream: i64) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    advance(&mut conn, appservice_id, stream).await
+}
+
+async fn advance(
+    conn: &mut PgConnection,
+    appservice_id: &str,
+    stream: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE appservice_cursors SET stream = GREATEST(stream, $2) WHERE appservice_id = $1",
+        appservice_id,
+        stream
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
