@@ -12,6 +12,7 @@ mod membership;
 mod read;
 mod send;
 mod sync;
+mod versions;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +28,7 @@ use crate::rooms::RoomError;
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
 pub use sync::sync;
+pub use versions::versions;
 
 /// Everything a handler can fail with.
 #[derive(Debug)]
@@ -132,6 +134,10 @@ pub fn local_router(state: AppState) -> Router {
             put(send::redact),
         )
         .route(&format!("{rooms}/join"), post(membership::join_room))
+        .route(
+            "/_matrix/client/unstable/com.beeper.backfill/rooms/{room_id}/batch_send",
+            post(send::batch_send),
+        )
         .route(
             "/_matrix/client/{v}/join/{room_id}",
             post(membership::join_room),

@@ -47,6 +47,8 @@ pub enum Route {
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
     Sync,
+    /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
+    Versions,
 }
 
 impl Route {
@@ -60,7 +62,7 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms | Route::Sync => "merge",
+            Route::JoinedRooms | Route::Sync | Route::Versions => "merge",
         }
     }
 }
@@ -157,6 +159,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
+        ["versions"] if method == Method::GET => Route::Versions,
         _ => Route::Forward,
     }
 }
@@ -235,7 +238,7 @@ mod tests {
             (Method::GET, "/_hungryserv/health", Route::Ops),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
-            (Method::GET, "/_matrix/client/versions", Route::Forward),
+            (Method::GET, "/_matrix/client/versions", Route::Versions),
             (
                 Method::PUT,
                 "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/1",

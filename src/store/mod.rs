@@ -9,6 +9,7 @@
 pub mod appservice;
 pub mod events;
 pub mod identity;
+pub mod receipts;
 pub mod rooms;
 
 use sqlx::PgPool;

@@ -121,6 +121,33 @@ fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
     }
 }
 
+/// The room's read receipts committed in `(after, upto]`, as one `m.receipt` event (private
+/// receipts only to their owner).
+async fn receipts(
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room_id: &str,
+    after: i64,
+) -> Result<Vec<Value>, RoomError> {
+    let user = request.requester.user_id.as_str();
+    let mut content = Map::new();
+    for receipt in store::receipts::in_range(conn, room_id, after, request.upto).await? {
+        if receipt.kind == "m.read.private" && receipt.user_id != user {
+            continue;
+        }
+        let mut entry = json!({ "ts": receipt.ts });
+        if !receipt.thread_id.is_empty() {
+            entry["thread_id"] = json!(receipt.thread_id);
+        }
+        let by_type = content.entry(receipt.event_id).or_insert_with(|| json!({}));
+        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = entry;
+    }
+    if content.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![json!({ "type": "m.receipt", "content": content })])
+}
+
 /// One room's entry, before it is shaped for its section.
 struct RoomPart {
     timeline: Vec<Value>,
@@ -154,6 +181,7 @@ async fn joined_room(
         summary,
     )
     .await?;
+    let ephemeral = receipts(conn, request, &room.room_id, after).await?;
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -162,7 +190,7 @@ async fn joined_room(
         },
         "state": { "events": part.state },
         "summary": part.summary,
-        "ephemeral": { "events": [] },
+        "ephemeral": { "events": ephemeral },
         "account_data": { "events": [] },
     })))
 }
