@@ -6,8 +6,10 @@
 
 mod client;
 mod ingest;
+mod initial_sync;
 mod passthrough;
 mod stats;
+mod sync_latency;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +29,10 @@ enum Scenario {
     Passthrough(passthrough::Options),
     /// Bridge ingest: concurrent appservice senders into local rooms vs Synapse rooms.
     Ingest(ingest::Options),
+    /// Sync latency: send 200 to a waiting /sync's answer, Synapse room vs local room.
+    SyncLatency(sync_latency::Options),
+    /// Initial sync: a user in R local rooms vs one in R Synapse rooms, E messages each.
+    InitialSync(initial_sync::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Passthrough(options) => passthrough::run(options).await,
             Scenario::Ingest(options) => ingest::run(options).await,
+            Scenario::SyncLatency(options) => sync_latency::run(options).await,
+            Scenario::InitialSync(options) => initial_sync::run(options).await,
         }
     });
     match result {
