@@ -650,6 +650,42 @@ pub async fn membership_history(
         .collect())
 }
 
+/// [`membership_history`] and [`visibility_history`] in one query: what a reader's view of
+/// the room is built from.
+#[allow(clippy::type_complexity)]
+pub async fn reader_history(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(Vec<(i64, String)>, Vec<(i64, String)>), StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT stream, type AS kind, content->>'membership' AS "membership?",
+                  content->>'history_visibility' AS "visibility?"
+           FROM events
+           WHERE room_id = $1
+             AND ((type = 'm.room.member' AND state_key = $2)
+                  OR (type = 'm.room.history_visibility' AND state_key = ''))
+           ORDER BY stream"#,
+        room_id,
+        user_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut memberships = Vec::new();
+    let mut visibilities = Vec::new();
+    for row in rows {
+        if row.kind == "m.room.member" {
+            memberships.push((row.stream, row.membership.unwrap_or_else(|| "leave".into())));
+        } else {
+            visibilities.push((
+                row.stream,
+                row.visibility.unwrap_or_else(|| "shared".into()),
+            ));
+        }
+    }
+    Ok((memberships, visibilities))
+}
+
 /// The room's history visibility changes, oldest first.
 pub async fn visibility_history(
     conn: &mut PgConnection,

@@ -22,16 +22,18 @@
 
 use std::collections::HashSet;
 
+use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::filter::SyncFilter;
 use crate::auth::requester::Requester;
 use crate::rooms::RoomError;
+use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
-use crate::rooms::service::Rooms;
+use crate::rooms::service::{Rooms, now_ms};
 use crate::rooms::visibility::Reader;
-use crate::store::{self, events::EventWithPrev, rooms::UserRoom};
+use crate::store::{self, StoreError, events::EventWithPrev, rooms::UserRoom};
 
 /// Timeline events per room when the filter sets no limit (Synapse's default).
 const DEFAULT_TIMELINE_LIMIT: i64 = 10;
@@ -78,37 +80,90 @@ pub struct LocalRequest<'a> {
     pub filter: &'a SyncFilter,
 }
 
+/// Rooms built at once, each on a pooled connection of its own.
+const CONCURRENT_ROOMS: usize = 4;
+
+/// Which section a room goes to.
+enum Section {
+    Join,
+    Invite,
+    Leave,
+}
+
 /// Builds the local part of a sync.
 pub async fn build(
     rooms: &Rooms,
-    conn: &mut PgConnection,
+    db: &PgPool,
     request: &LocalRequest<'_>,
 ) -> Result<LocalSync, RoomError> {
     let user = request.requester.user_id.as_str();
-    let mut sync = LocalSync::default();
-    for room in store::rooms::user_rooms(conn, user, request.since, request.upto).await? {
-        sync.rooms.push(room.room_id.clone());
-        if !request.filter.room.allows_room(&room.room_id) {
-            continue;
+    let user_rooms = {
+        let mut conn = db.acquire().await.map_err(StoreError::from)?;
+        store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?
+    };
+    let mut sync = LocalSync {
+        rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
+        ..LocalSync::default()
+    };
+    let shown: Vec<&UserRoom> = user_rooms
+        .iter()
+        .filter(|room| request.filter.room.allows_room(&room.room_id))
+        .collect();
+    let mut entries = Vec::with_capacity(shown.len());
+    for group in shown.chunks(CONCURRENT_ROOMS) {
+        let mut pending = Vec::with_capacity(group.len());
+        for room in group {
+            pending.push(pooled_room_entry(rooms, db, request, room));
         }
-        match room.membership.as_str() {
-            "join" => {
-                if let Some(value) = joined_room(rooms, conn, request, &room).await? {
-                    sync.join.insert(room.room_id.clone(), value);
-                }
-            }
-            "invite" if request.since == 0 || room.member_stream > request.since => {
-                let value = invited_room(conn, &room, user).await?;
-                sync.invite.insert(room.room_id.clone(), value);
-            }
-            "leave" | "ban" if shows_leave(request, &room) => {
-                let value = left_room(rooms, conn, request, &room).await?;
-                sync.leave.insert(room.room_id.clone(), value);
-            }
-            _ => {}
-        }
+        entries.extend(try_join_all(pending).await?);
+    }
+    for (room, entry) in entries {
+        let (section, value) = match entry {
+            Some(entry) => entry,
+            None => continue,
+        };
+        let target = match section {
+            Section::Join => &mut sync.join,
+            Section::Invite => &mut sync.invite,
+            Section::Leave => &mut sync.leave,
+        };
+        target.insert(room.room_id.clone(), value);
     }
     Ok(sync)
+}
+
+/// [`room_entry`] on a connection of its own.
+async fn pooled_room_entry<'a>(
+    rooms: &Rooms,
+    db: &PgPool,
+    request: &LocalRequest<'_>,
+    room: &'a UserRoom,
+) -> Result<(&'a UserRoom, Option<(Section, Value)>), RoomError> {
+    let mut conn = db.acquire().await.map_err(StoreError::from)?;
+    let entry = room_entry(rooms, &mut conn, request, room).await?;
+    Ok((room, entry))
+}
+
+/// One room's entry, if the sync shows it.
+async fn room_entry(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room: &UserRoom,
+) -> Result<Option<(Section, Value)>, RoomError> {
+    let user = request.requester.user_id.as_str();
+    Ok(match room.membership.as_str() {
+        "join" => joined_room(rooms, conn, request, room)
+            .await?
+            .map(|value| (Section::Join, value)),
+        "invite" if request.since == 0 || room.member_stream > request.since => {
+            Some((Section::Invite, invited_room(conn, room, user).await?))
+        }
+        "leave" | "ban" if shows_leave(request, room) => {
+            Some((Section::Leave, left_room(rooms, conn, request, room).await?))
+        }
+        _ => None,
+    })
 }
 
 fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
@@ -239,16 +294,16 @@ async fn room_part(
 ) -> Result<RoomPart, RoomError> {
     let requester = request.requester;
     let room_id = room.room_id.as_str();
+    let (memberships, visibilities) =
+        store::events::reader_history(conn, room_id, requester.user_id.as_str()).await?;
     let reader = Reader {
-        memberships: store::events::membership_history(conn, room_id, requester.user_id.as_str())
-            .await?
+        memberships: memberships
             .into_iter()
-            .filter(|(stream, _)| *stream <= upto)
+            .filter(|(s, _)| *s <= upto)
             .collect(),
-        visibilities: store::events::visibility_history(conn, room_id)
-            .await?
+        visibilities: visibilities
             .into_iter()
-            .filter(|(stream, _)| *stream <= upto)
+            .filter(|(s, _)| *s <= upto)
             .collect(),
     };
     let timeline_filter = &request.filter.room.timeline;
@@ -332,7 +387,7 @@ async fn room_part(
             .into_iter()
             .filter(keep)
             .collect();
-        client_events(rooms, conn, requester, &reader, state).await?
+        state_events(rooms, conn, requester, &reader, state).await?
     } else {
         Vec::new()
     };
@@ -344,6 +399,39 @@ async fn room_part(
         state,
         summary,
     })
+}
+
+/// State events in client format. State rarely has relations or redactions, so the
+/// aggregation queries of [`client_events`] are skipped unless one is redacted.
+async fn state_events(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    requester: &Requester,
+    reader: &Reader,
+    events: Vec<EventWithPrev>,
+) -> Result<Vec<Value>, RoomError> {
+    if events.iter().any(|e| e.event.redacted_by.is_some()) {
+        return client_events(rooms, conn, requester, reader, events).await;
+    }
+    let scope = requester.txn_scope();
+    let viewer = Viewer {
+        txn_scope: Some(&scope),
+        now_ms: now_ms(),
+    };
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let related = Related {
+                prev: e.prev,
+                redacted_because: None,
+            };
+            let mut value = to_client(&e.event, &related, viewer);
+            if let Some(object) = value.as_object_mut() {
+                object.remove("room_id");
+            }
+            value
+        })
+        .collect())
 }
 
 /// Events in sync's client format (no `room_id`: the room is the key they are under).
