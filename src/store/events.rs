@@ -813,6 +813,17 @@ pub async fn aggregations(
     if event_ids.is_empty() {
         return Ok(Aggregations::default());
     }
+    // Most events have no relations: one cheap probe instead of the four queries below.
+    let related = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM events WHERE relates_to = ANY($1) AND room_id = $2) AS "exists!""#,
+        event_ids,
+        room_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !related {
+        return Ok(Aggregations::default());
+    }
     let edits = sqlx::query_as!(
         Row,
         r#"SELECT DISTINCT ON (e.relates_to)
