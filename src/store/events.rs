@@ -650,30 +650,33 @@ pub async fn membership_history(
         .collect())
 }
 
-/// [`membership_history`] and [`visibility_history`] in one query: what a reader's view of
-/// the room is built from.
-#[allow(clippy::type_complexity)]
-pub async fn reader_history(
+/// A user's membership history in a room and the room's visibility history, oldest first.
+pub type ReaderHistory = (Vec<(i64, String)>, Vec<(i64, String)>);
+
+/// [`membership_history`] and [`visibility_history`] of many rooms in one query: what a
+/// reader's view of each room is built from.
+pub async fn reader_histories(
     conn: &mut PgConnection,
-    room_id: &str,
+    room_ids: &[String],
     user_id: &str,
-) -> Result<(Vec<(i64, String)>, Vec<(i64, String)>), StoreError> {
+) -> Result<std::collections::HashMap<String, ReaderHistory>, StoreError> {
     let rows = sqlx::query!(
-        r#"SELECT stream, type AS kind, content->>'membership' AS "membership?",
+        r#"SELECT room_id, stream, type AS kind, content->>'membership' AS "membership?",
                   content->>'history_visibility' AS "visibility?"
            FROM events
-           WHERE room_id = $1
+           WHERE room_id = ANY($1)
              AND ((type = 'm.room.member' AND state_key = $2)
                   OR (type = 'm.room.history_visibility' AND state_key = ''))
            ORDER BY stream"#,
-        room_id,
+        room_ids,
         user_id,
     )
     .fetch_all(conn)
     .await?;
-    let mut memberships = Vec::new();
-    let mut visibilities = Vec::new();
+    let mut histories: std::collections::HashMap<String, ReaderHistory> =
+        std::collections::HashMap::new();
     for row in rows {
+        let (memberships, visibilities) = histories.entry(row.room_id).or_default();
         if row.kind == "m.room.member" {
             memberships.push((row.stream, row.membership.unwrap_or_else(|| "leave".into())));
         } else {
@@ -683,7 +686,7 @@ pub async fn reader_history(
             ));
         }
     }
-    Ok((memberships, visibilities))
+    Ok(histories)
 }
 
 /// The room's history visibility changes, oldest first.

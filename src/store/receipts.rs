@@ -1,5 +1,7 @@
 //! `receipts`: read receipts in local rooms, one per (room, user, type, thread).
 
+use std::collections::HashMap;
+
 use sqlx::PgConnection;
 
 use super::StoreError;
@@ -49,31 +51,34 @@ pub async fn upsert(conn: &mut PgConnection, receipts: &[Receipt]) -> Result<(),
     Ok(())
 }
 
-/// A room's receipts committed with a stream position in `(after, upto]`.
-pub async fn in_range(
+/// The receipts of some rooms committed at or before `upto`, by room, oldest first.
+pub async fn of_rooms(
     conn: &mut PgConnection,
-    room_id: &str,
-    after: i64,
+    room_ids: &[String],
     upto: i64,
-) -> Result<Vec<Receipt>, StoreError> {
-    Ok(sqlx::query!(
+) -> Result<HashMap<String, Vec<Receipt>>, StoreError> {
+    let rows = sqlx::query!(
         "SELECT room_id, user_id, type, thread_id, event_id, stream, ts FROM receipts
-         WHERE room_id = $1 AND stream > $2 AND stream <= $3 ORDER BY stream",
-        room_id,
-        after,
+         WHERE room_id = ANY($1) AND stream <= $2 ORDER BY stream",
+        room_ids,
         upto
     )
     .fetch_all(conn)
-    .await?
-    .into_iter()
-    .map(|row| Receipt {
-        room_id: row.room_id,
-        user_id: row.user_id,
-        kind: row.r#type,
-        thread_id: row.thread_id,
-        event_id: row.event_id,
-        stream: row.stream,
-        ts: row.ts,
-    })
-    .collect())
+    .await?;
+    let mut by_room: HashMap<String, Vec<Receipt>> = HashMap::new();
+    for row in rows {
+        by_room
+            .entry(row.room_id.clone())
+            .or_default()
+            .push(Receipt {
+                room_id: row.room_id,
+                user_id: row.user_id,
+                kind: row.r#type,
+                thread_id: row.thread_id,
+                event_id: row.event_id,
+                stream: row.stream,
+                ts: row.ts,
+            });
+    }
+    Ok(by_room)
 }

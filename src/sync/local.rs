@@ -20,7 +20,7 @@
 //! Every event passes the room's history visibility for the user, exactly as `/messages`
 //! applies it ([`crate::rooms::visibility`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
@@ -83,6 +83,14 @@ pub struct LocalRequest<'a> {
 /// Rooms built at once, each on a pooled connection of its own.
 const CONCURRENT_ROOMS: usize = 4;
 
+/// What every room of a sync needs, read for all of them at once.
+struct Prefetch {
+    /// Room → the user's membership history and the room's visibility history.
+    histories: HashMap<String, store::events::ReaderHistory>,
+    /// Room → receipts committed up to the sync's position.
+    receipts: HashMap<String, Vec<store::receipts::Receipt>>,
+}
+
 /// Which section a room goes to.
 enum Section {
     Join,
@@ -109,11 +117,19 @@ pub async fn build(
         .iter()
         .filter(|room| request.filter.room.allows_room(&room.room_id))
         .collect();
+    let pre = {
+        let ids: Vec<String> = shown.iter().map(|room| room.room_id.clone()).collect();
+        let mut conn = db.acquire().await.map_err(StoreError::from)?;
+        Prefetch {
+            histories: store::events::reader_histories(&mut conn, &ids, user).await?,
+            receipts: store::receipts::of_rooms(&mut conn, &ids, request.upto).await?,
+        }
+    };
     let mut entries = Vec::with_capacity(shown.len());
     for group in shown.chunks(CONCURRENT_ROOMS) {
         let mut pending = Vec::with_capacity(group.len());
         for room in group {
-            pending.push(pooled_room_entry(rooms, db, request, room));
+            pending.push(pooled_room_entry(rooms, db, request, &pre, room));
         }
         entries.extend(try_join_all(pending).await?);
     }
@@ -137,10 +153,11 @@ async fn pooled_room_entry<'a>(
     rooms: &Rooms,
     db: &PgPool,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &'a UserRoom,
 ) -> Result<(&'a UserRoom, Option<(Section, Value)>), RoomError> {
     let mut conn = db.acquire().await.map_err(StoreError::from)?;
-    let entry = room_entry(rooms, &mut conn, request, room).await?;
+    let entry = room_entry(rooms, &mut conn, request, pre, room).await?;
     Ok((room, entry))
 }
 
@@ -149,19 +166,21 @@ async fn room_entry(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Option<(Section, Value)>, RoomError> {
     let user = request.requester.user_id.as_str();
     Ok(match room.membership.as_str() {
-        "join" => joined_room(rooms, conn, request, room)
+        "join" => joined_room(rooms, conn, request, pre, room)
             .await?
             .map(|value| (Section::Join, value)),
         "invite" if request.since == 0 || room.member_stream > request.since => {
             Some((Section::Invite, invited_room(conn, room, user).await?))
         }
-        "leave" | "ban" if shows_leave(request, room) => {
-            Some((Section::Leave, left_room(rooms, conn, request, room).await?))
-        }
+        "leave" | "ban" if shows_leave(request, room) => Some((
+            Section::Leave,
+            left_room(rooms, conn, request, pre, room).await?,
+        )),
         _ => None,
     })
 }
@@ -178,15 +197,11 @@ fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
 
 /// The room's read receipts committed in `(after, upto]`, as one `m.receipt` event (private
 /// receipts only to their owner).
-async fn receipts(
-    conn: &mut PgConnection,
-    request: &LocalRequest<'_>,
-    room_id: &str,
-    after: i64,
-) -> Result<Vec<Value>, RoomError> {
+fn receipts(request: &LocalRequest<'_>, pre: &Prefetch, room_id: &str, after: i64) -> Vec<Value> {
     let user = request.requester.user_id.as_str();
     let mut content = Map::new();
-    for receipt in store::receipts::in_range(conn, room_id, after, request.upto).await? {
+    let room_receipts = pre.receipts.get(room_id).map_or(&[][..], Vec::as_slice);
+    for receipt in room_receipts.iter().filter(|r| r.stream > after) {
         if receipt.kind == "m.read.private" && receipt.user_id != user {
             continue;
         }
@@ -194,13 +209,15 @@ async fn receipts(
         if !receipt.thread_id.is_empty() {
             entry["thread_id"] = json!(receipt.thread_id);
         }
-        let by_type = content.entry(receipt.event_id).or_insert_with(|| json!({}));
+        let by_type = content
+            .entry(receipt.event_id.clone())
+            .or_insert_with(|| json!({}));
         by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = entry;
     }
     if content.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
-    Ok(vec![json!({ "type": "m.receipt", "content": content })])
+    vec![json!({ "type": "m.receipt", "content": content })]
 }
 
 /// One room's entry, before it is shaped for its section.
@@ -217,6 +234,7 @@ async fn joined_room(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Option<Value>, RoomError> {
     let newly = request.since == 0 || room.membership_before.as_deref() != Some("join");
@@ -230,13 +248,14 @@ async fn joined_room(
         rooms,
         conn,
         request,
+        pre,
         room,
         (after, request.upto),
         full,
         summary,
     )
     .await?;
-    let ephemeral = receipts(conn, request, &room.room_id, after).await?;
+    let ephemeral = receipts(request, pre, &room.room_id, after);
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -254,13 +273,14 @@ async fn left_room(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Value, RoomError> {
     let was_joined = request.since > 0 && room.membership_before.as_deref() == Some("join");
     let after = if was_joined { request.since } else { 0 };
     let full = !was_joined || request.full_state;
     let range = (after, room.member_stream);
-    let part = room_part(rooms, conn, request, room, range, full, Summary::None).await?;
+    let part = room_part(rooms, conn, request, pre, room, range, full, Summary::None).await?;
     Ok(json!({
         "timeline": {
             "events": part.timeline,
@@ -283,10 +303,12 @@ enum Summary {
 }
 
 /// Timeline, state and summary of a room for the range `(after, upto]`.
+#[allow(clippy::too_many_arguments)]
 async fn room_part(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
     (after, upto): (i64, i64),
     full: bool,
@@ -294,8 +316,7 @@ async fn room_part(
 ) -> Result<RoomPart, RoomError> {
     let requester = request.requester;
     let room_id = room.room_id.as_str();
-    let (memberships, visibilities) =
-        store::events::reader_history(conn, room_id, requester.user_id.as_str()).await?;
+    let (memberships, visibilities) = pre.histories.get(room_id).cloned().unwrap_or_default();
     let reader = Reader {
         memberships: memberships
             .into_iter()

@@ -36,9 +36,9 @@ pub struct Options {
 }
 
 /// One sender: a ghost and the room it writes to.
-struct Sender {
-    user_id: String,
-    room_id: String,
+pub struct Sender {
+    pub user_id: String,
+    pub room_id: String,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -110,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// Creates one room per ghost (local or federated), with the ghost joined.
-async fn rooms(
+pub async fn rooms(
     http: &Http,
     base: &str,
     token: &str,

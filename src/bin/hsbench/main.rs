@@ -5,9 +5,11 @@
 //! The load generator shares the machine with what it measures, equally for both targets.
 
 mod client;
+mod delivery;
 mod ingest;
 mod initial_sync;
 mod passthrough;
+mod receiver;
 mod stats;
 mod sync_latency;
 
@@ -33,6 +35,9 @@ enum Scenario {
     SyncLatency(sync_latency::Options),
     /// Initial sync: a user in R local rooms vs one in R Synapse rooms, E messages each.
     InitialSync(initial_sync::Options),
+    /// Appservice delivery: send → the bridge (hsbench's receiver) has the event, under ingest
+    /// load, Synapse rooms vs local rooms; then catch-up after a backlog built while it was down.
+    Delivery(delivery::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
             Scenario::Ingest(options) => ingest::run(options).await,
             Scenario::SyncLatency(options) => sync_latency::run(options).await,
             Scenario::InitialSync(options) => initial_sync::run(options).await,
+            Scenario::Delivery(options) => delivery::run(options).await,
         }
     });
     match result {
