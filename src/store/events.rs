@@ -624,6 +624,58 @@ pub async fn mark_backfilled(conn: &mut PgConnection, streams: &[i64]) -> Result
     Ok(())
 }
 
+/// [`recent`] for many rooms at once, each with its own lower bound: `(room, after)` pairs,
+/// one shared upper bound. Returns `(room, after, rows newest first)` for rooms with rows.
+pub async fn recent_of_rooms(
+    conn: &mut PgConnection,
+    windows: &[(String, i64)],
+    before: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64, Vec<EventWithPrev>)>, StoreError> {
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (rooms, afters): (Vec<String>, Vec<i64>) = windows.iter().cloned().unzip();
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state,
+                  e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
+                  p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM UNNEST($1::text[], $2::bigint[]) AS w(room_id, after)
+           CROSS JOIN LATERAL (
+               SELECT * FROM events x
+               WHERE x.room_id = w.room_id AND x.stream > w.after AND x.stream < $3
+                 AND NOT x.backfilled
+               ORDER BY x.stream DESC LIMIT $4) e
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           ORDER BY e.room_id, e.stream DESC"#,
+        &rooms,
+        &afters,
+        before,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    let after_of: std::collections::HashMap<&str, i64> = windows
+        .iter()
+        .map(|(room, after)| (room.as_str(), *after))
+        .collect();
+    let mut out: Vec<(String, i64, Vec<EventWithPrev>)> = Vec::new();
+    for row in parse_all(rows)? {
+        let room = row.event.room_id.as_str();
+        match out.last_mut() {
+            Some((last, _, events)) if last == room => events.push(row),
+            _ => {
+                let after = after_of.get(room).copied().unwrap_or_default();
+                out.push((room.to_owned(), after, vec![row]));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A user's member events in a room, oldest first: their membership history, for history
 /// visibility.
 pub async fn membership_history(

@@ -89,6 +89,29 @@ struct Prefetch {
     histories: HashMap<String, store::events::ReaderHistory>,
     /// Room → receipts committed up to the sync's position.
     receipts: HashMap<String, Vec<store::receipts::Receipt>>,
+    /// Joined room → the first chunk of its timeline scan, with the window it was read for
+    /// (`after`, `before`, limit): what [`room_part`] would read first.
+    timelines: HashMap<String, FirstChunk>,
+}
+
+/// The window a timeline chunk was read for (`after`, `before`, limit), and its rows.
+type FirstChunk = ((i64, i64, i64), Vec<EventWithPrev>);
+
+/// Whether a joined room appears to the client as new (initial sync, or joined since).
+fn newly_joined(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
+    request.since == 0 || room.membership_before.as_deref() != Some("join")
+}
+
+/// The timeline limit the filter asks for.
+fn timeline_limit(request: &LocalRequest<'_>) -> i64 {
+    request
+        .filter
+        .room
+        .timeline
+        .events
+        .limit
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(0, MAX_TIMELINE_LIMIT)
 }
 
 /// Which section a room goes to.
@@ -120,9 +143,33 @@ pub async fn build(
     let pre = {
         let ids: Vec<String> = shown.iter().map(|room| room.room_id.clone()).collect();
         let mut conn = db.acquire().await.map_err(StoreError::from)?;
+        // The timelines of the joined rooms that will be shown, as room_part reads them.
+        let chunk = timeline_limit(request) * 2 + 2;
+        let windows: Vec<(String, i64)> = shown
+            .iter()
+            .filter(|room| room.membership == "join")
+            .filter_map(|room| {
+                let newly = newly_joined(request, room);
+                let shown = newly || request.full_state || room.latest.is_some();
+                shown.then(|| (room.room_id.clone(), if newly { 0 } else { request.since }))
+            })
+            .collect();
+        let mut timelines: HashMap<String, FirstChunk> =
+            store::events::recent_of_rooms(&mut conn, &windows, request.upto + 1, chunk)
+                .await?
+                .into_iter()
+                .map(|(room, after, rows)| (room, ((after, request.upto + 1, chunk), rows)))
+                .collect();
+        // A room without rows in its window: known empty, no need to ask again.
+        for (room, after) in windows {
+            timelines
+                .entry(room)
+                .or_insert(((after, request.upto + 1, chunk), Vec::new()));
+        }
         Prefetch {
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
             receipts: store::receipts::of_rooms(&mut conn, &ids, request.upto).await?,
+            timelines,
         }
     };
     let mut entries = Vec::with_capacity(shown.len());
@@ -237,7 +284,7 @@ async fn joined_room(
     pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Option<Value>, RoomError> {
-    let newly = request.since == 0 || room.membership_before.as_deref() != Some("join");
+    let newly = newly_joined(request, room);
     if !newly && !request.full_state && room.latest.is_none() {
         return Ok(None);
     }
@@ -329,11 +376,7 @@ async fn room_part(
     };
     let timeline_filter = &request.filter.room.timeline;
     let shows_timeline = timeline_filter.allows_room(room_id);
-    let limit = timeline_filter
-        .events
-        .limit
-        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-        .clamp(0, MAX_TIMELINE_LIMIT);
+    let limit = timeline_limit(request);
     let wanted = usize::try_from(limit).unwrap_or(0);
 
     // Newest first, until one more than `limit` is found (that one only says `limited`).
@@ -345,7 +388,14 @@ async fn room_part(
         if !shows_timeline {
             break;
         }
-        let rows = store::events::recent(conn, room_id, after, before, limit * 2 + 2).await?;
+        let first_chunk = (before == upto + 1)
+            .then(|| pre.timelines.get(room_id))
+            .flatten()
+            .filter(|(window, _)| *window == (after, before, limit * 2 + 2));
+        let rows = match first_chunk {
+            Some((_, rows)) => rows.clone(),
+            None => store::events::recent(conn, room_id, after, before, limit * 2 + 2).await?,
+        };
         if rows.is_empty() {
             break;
         }
