@@ -142,6 +142,8 @@ impl Batch {
 struct Target {
     name: &'static str,
     base: String,
+    /// Who pushes this target's events.
+    source: Source,
     senders: Arc<Vec<Sender>>,
     samples: Vec<Sample>,
     sent: usize,
@@ -207,9 +209,19 @@ async fn measure(
     let mut targets = vec![];
     if !options.hungryserv_only {
         let remote = ingest::rooms(&http, &options.synapse, &token, &ghosts, true).await?;
-        targets.push(Target::new("synapse", &options.synapse, remote));
+        targets.push(Target::new(
+            "synapse",
+            &options.synapse,
+            Source::Synapse,
+            remote,
+        ));
     }
-    targets.push(Target::new("hungryserv", &options.hungryserv, local));
+    targets.push(Target::new(
+        "hungryserv",
+        &options.hungryserv,
+        Source::Hungryserv,
+        local,
+    ));
 
     let load = &options.load;
     println!(
@@ -263,10 +275,11 @@ async fn measure(
 }
 
 impl Target {
-    fn new(name: &'static str, base: &str, senders: Vec<Sender>) -> Self {
+    fn new(name: &'static str, base: &str, source: Source, senders: Vec<Sender>) -> Self {
         Self {
             name,
             base: base.to_owned(),
+            source,
             senders: Arc::new(senders),
             samples: Vec::new(),
             sent: 0,
@@ -433,7 +446,6 @@ impl Bench<'_> {
     /// before it has then been pushed too (both homeservers deliver in order). Reports what
     /// `target` pushed since `started`.
     async fn drain(&self, target: &Target, started: Instant) -> anyhow::Result<()> {
-        let source = source_of(target);
         let marker = self
             .send(&target.base, &target.senders, SEND_TIMEOUT, 1)
             .await;
@@ -459,7 +471,7 @@ impl Bench<'_> {
         let (txns, events) = self.receiver.with_log(|log| {
             log.txns
                 .iter()
-                .filter(|txn| txn.source == source)
+                .filter(|txn| txn.source == target.source)
                 .fold((0, 0), |(t, e), txn| (t + 1, e + txn.events))
         });
         println!(
@@ -575,14 +587,6 @@ impl Bench<'_> {
             ids.len()
         );
         Ok(())
-    }
-}
-
-fn source_of(target: &Target) -> Source {
-    if target.name == "synapse" {
-        Source::Synapse
-    } else {
-        Source::Hungryserv
     }
 }
 
