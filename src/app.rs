@@ -10,6 +10,7 @@ use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
 use crate::notify::Notifier;
+use crate::rooms::deletion::Deletions;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
 use crate::routing::RoomClasses;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub syncer: Arc<Syncer>,
     /// The appservice pushers.
     pub delivery: Arc<Delivery>,
+    /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
+    pub deletions: Arc<Deletions>,
 }
 
 impl AppState {
@@ -75,6 +78,8 @@ impl AppState {
             &db,
             &notifier,
         ));
+        // The purge task stops when the last clone of the state (holding its queue) is gone.
+        let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone());
         let state = Self {
             config: Arc::new(config),
             db,
@@ -85,6 +90,7 @@ impl AppState {
             notifier,
             syncer,
             delivery,
+            deletions,
         };
         (state, writer_task)
     }

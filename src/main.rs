@@ -103,6 +103,15 @@ async fn run(config: config::Config) -> ExitCode {
         }
     };
     let (state, writer) = AppState::new(config, db, current_stream);
+    // Deleted rooms must be refused from the first request on.
+    match state.deletions.resume().await {
+        Ok(0) => {}
+        Ok(purges) => tracing::info!(purges, "resuming interrupted room purges"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot load deleted rooms");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    }
     let served = server::serve(state, listener, shutdown_signal()).await;
     // The state is gone with the server: the writer finishes its queue, then stops.
     match tokio::time::timeout(std::time::Duration::from_secs(10), writer).await {

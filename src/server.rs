@@ -48,6 +48,8 @@ struct Handlers {
     ops: Router,
     /// The router for requests naming local rooms.
     local: Router,
+    /// The router for Synapse's admin room API naming local rooms.
+    admin_room: Router,
     /// Source of request ids (unique within this process, in arrival order).
     next_request_id: AtomicU64,
 }
@@ -63,6 +65,7 @@ pub async fn serve(
     let handlers = Arc::new(Handlers {
         ops: admin::router(state.clone()),
         local: api::local_router(state.clone()),
+        admin_room: api::admin_room_router(state.clone()),
         state,
         next_request_id: AtomicU64::new(1),
     });
@@ -157,7 +160,11 @@ async fn handle(
         let response = match route {
             Route::Forward => forward(&handlers.state, request, peer).await,
             Route::Ops => call(&handlers.ops, request).await,
-            Route::Local => call(&handlers.local, request).await,
+            Route::Local => match gone_room(&handlers.state, request.uri().path()) {
+                Some(refusal) => refusal.into_response(),
+                None => call(&handlers.local, request).await,
+            },
+            Route::AdminRoom => call(&handlers.admin_room, request).await,
             Route::Unavailable { class } => MatrixError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
@@ -187,6 +194,21 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// The answer for a request naming a deleted local room: 404, as for a room that never
+/// existed; joins and knocks of a blocked room get Synapse's 403 instead.
+fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
+    let room = routing::named_room(&state.classes, path)?;
+    let gone = state.deletions.gone(&room)?;
+    let joins = path
+        .split('/')
+        .any(|segment| segment == "join" || segment == "knock");
+    Some(if gone.blocked && joins {
+        MatrixError::forbidden("This room has been blocked on this server")
+    } else {
+        MatrixError::not_found("Unknown room")
+    })
 }
 
 /// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.

@@ -10,6 +10,7 @@ mod directory;
 mod extract;
 mod membership;
 mod read;
+mod room_admin;
 mod send;
 mod sync;
 
@@ -26,6 +27,7 @@ use crate::rooms::RoomError;
 
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
+pub use room_admin::router as admin_room_router;
 pub use sync::sync;
 
 /// Everything a handler can fail with.
@@ -170,6 +172,10 @@ pub fn local_router(state: AppState) -> Router {
         .route(
             &format!("{rooms}/timestamp_to_event"),
             get(read::timestamp_to_event),
+        )
+        .route(
+            "/_matrix/client/unstable/com.beeper.yeet/rooms/{room_id}/delete",
+            post(room_admin::yeet),
         )
         .fallback(unknown_local_endpoint)
         .with_state(state)

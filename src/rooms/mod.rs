@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod create;
+pub mod deletion;
 pub mod event;
 pub mod power;
 pub mod read;

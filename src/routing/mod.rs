@@ -43,6 +43,10 @@ pub enum Route {
         /// The decoded alias.
         alias: String,
     },
+    /// Synapse's admin room API (`/_synapse/admin/v1|v2/rooms/{roomId}…`) naming a local
+    /// room, or `delete_status` of one of our deletions: answered by hungryserv for server
+    /// admins, whatever the class's `serve` says.
+    AdminRoom,
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -55,6 +59,7 @@ impl Route {
         match self {
             Route::Forward => "forward",
             Route::Ops => "ops",
+            Route::AdminRoom => "admin_room",
             Route::Local => "local",
             Route::Unavailable { .. } => "unavailable",
             Route::CreateRoom => "create_room",
@@ -116,6 +121,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;
     }
+    if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
+        return admin_route(classes, rest);
+    }
     let Some(rest) = path.strip_prefix("/_matrix/client/") else {
         return Route::Forward;
     };
@@ -159,6 +167,42 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "sync"] if method == Method::GET => Route::Sync,
         _ => Route::Forward,
     }
+}
+
+/// How hungryserv's room deletion IDs start (`rooms::deletion` makes them; the same string
+/// there, checked by a test).
+const DELETE_ID_PREFIX: &str = "hsdel_";
+
+/// `/_synapse/admin/{rest}`: local when it names a local room or one of our deletions.
+fn admin_route(classes: &RoomClasses, rest: &str) -> Route {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let ours = match segments.as_slice() {
+        ["v2", "rooms", "delete_status", delete_id] => {
+            decode_segment(delete_id).starts_with(DELETE_ID_PREFIX)
+        }
+        ["v1" | "v2", "rooms", room, ..] => classes.class_of(&decode_segment(room)).is_some(),
+        _ => false,
+    };
+    if ours {
+        Route::AdminRoom
+    } else {
+        Route::Forward
+    }
+}
+
+/// The local-room ID a client request's path names (decoded), if any: what a deleted room's
+/// gate checks. Same positions as [`classify`] looks at.
+pub fn named_room<'a>(classes: &RoomClasses, path: &'a str) -> Option<Cow<'a, str>> {
+    let rest = path.strip_prefix("/_matrix/client/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let room = match segments.as_slice() {
+        [_, "rooms" | "room_summary", room, ..]
+        | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | [_, "join" | "knock", room] => *room,
+        _ => return None,
+    };
+    let room = decode_segment(room);
+    classes.class_of(&room).is_some().then_some(room)
 }
 
 /// The path with its variable parts replaced by placeholders, for logs and metric labels:
@@ -362,11 +406,76 @@ mod tests {
                 Route::JoinedRooms,
             ),
             (Method::GET, "/_synapse/admin/v1/rooms", Route::Forward),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v2/rooms/%21hs_abc%3Aexample.org",
+                Route::AdminRoom,
+            ),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v1/rooms/!old_x:example.org",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/rooms/!abc:example.org/members",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/delete_status/hsdel_abc",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/delete_status/abcdef",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/!hs_abc:example.org/delete_status",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/users/@a:example.org/admin",
+                Route::Forward,
+            ),
             (Method::GET, "/", Route::Forward),
         ];
         let classes = classes();
         for (method, path, want) in cases {
             assert_eq!(classify(&classes, &method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn delete_ids_are_recognised() {
+        assert_eq!(DELETE_ID_PREFIX, crate::rooms::deletion::DELETE_ID_PREFIX);
+    }
+
+    #[test]
+    fn named_rooms() {
+        let classes = classes();
+        let cases = [
+            (
+                "/_matrix/client/v3/rooms/%21hs_a%3Aexample.org/send/m.x/1",
+                Some("!hs_a:example.org"),
+            ),
+            (
+                "/_matrix/client/v3/join/!hs_a:example.org",
+                Some("!hs_a:example.org"),
+            ),
+            (
+                "/_matrix/client/unstable/com.beeper.yeet/rooms/!hs_a:example.org/delete",
+                Some("!hs_a:example.org"),
+            ),
+            ("/_matrix/client/v3/rooms/!abc:example.org/state", None),
+            ("/_matrix/client/v3/join/%23a%3Aexample.org", None),
+            ("/_matrix/client/v3/sync", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(named_room(&classes, path).as_deref(), want, "{path}");
         }
     }
 

@@ -1,0 +1,230 @@
+//! Room deletion endpoints for local rooms: Synapse's admin API
+//! (`DELETE /_synapse/admin/v1|v2/rooms/{roomId}`, `delete_status`) for server admins, and
+//! Beeper's `POST /_matrix/client/unstable/com.beeper.yeet/rooms/{roomId}/delete` for the
+//! room's creating appservice or a server admin. Answers are shaped as Synapse's.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{delete, get};
+use serde_json::{Map, Value, json};
+
+use super::ApiError;
+use super::extract::{Authed, JsonObject};
+use super::send::room_id;
+use crate::app::AppState;
+use crate::error::{ErrorCode, MatrixError};
+use crate::rooms::deletion::{DeleteOptions, Deleted};
+use crate::store::deletion::DeletionRow;
+
+/// The router for requests classified `AdminRoom`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/_synapse/admin/v1/rooms/{room_id}", delete(delete_v1))
+        .route("/_synapse/admin/v2/rooms/{room_id}", delete(delete_v2))
+        .route(
+            "/_synapse/admin/v2/rooms/{room_id}/delete_status",
+            get(status_of_room),
+        )
+        .route(
+            "/_synapse/admin/v2/rooms/delete_status/{delete_id}",
+            get(status_by_id),
+        )
+        .fallback(super::unknown_local_endpoint)
+        .with_state(state)
+}
+
+/// Refuses anyone but a Synapse server admin, in Synapse's words.
+async fn require_admin(state: &AppState, auth: &Authed) -> Result<(), ApiError> {
+    if state
+        .identity
+        .is_admin(&auth.token, &auth.requester)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(MatrixError::forbidden("You are not a server admin").into())
+    }
+}
+
+/// The body of Synapse's delete request: `purge` (default true) and `block` (default false)
+/// are honoured; `force_purge` is accepted (nothing can hold up our purge); `message` and
+/// `room_name` only matter for `new_room_user_id`, which local rooms do not support (their
+/// members cannot be moved to a new room), so it is refused.
+fn delete_options(body: &Map<String, Value>) -> Result<DeleteOptions, ApiError> {
+    let flag = |key: &str, default: bool| match body.get(key) {
+        None => Ok(default),
+        Some(Value::Bool(value)) => Ok(*value),
+        Some(_) => Err(ApiError::from(MatrixError::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson,
+            format!("Param '{key}' must be a boolean, if given"),
+        ))),
+    };
+    let options = DeleteOptions {
+        purge: flag("purge", true)?,
+        block: flag("block", false)?,
+    };
+    flag("force_purge", false)?;
+    if body.get("new_room_user_id").is_some_and(|v| !v.is_null()) {
+        return Err(MatrixError::invalid_param(
+            "new_room_user_id is not supported for this room: hungryserv's rooms are deleted, not replaced",
+        )
+        .into());
+    }
+    for key in ["message", "room_name"] {
+        if body
+            .get(key)
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+        {
+            return Err(MatrixError::bad_json(format!("'{key}' must be a string")).into());
+        }
+    }
+    Ok(options)
+}
+
+async fn delete_room(
+    state: &AppState,
+    raw_room: &str,
+    auth: &Authed,
+    body: &Map<String, Value>,
+) -> Result<Deleted, ApiError> {
+    let options = delete_options(body)?;
+    require_admin(state, auth).await?;
+    let room_id = room_id(raw_room)?;
+    state
+        .deletions
+        .delete(&room_id, &auth.requester.user_id, options)
+        .await
+        .map_err(|err| match err {
+            crate::rooms::RoomError::NotFound(_) => {
+                MatrixError::not_found(format!("Unknown room id {room_id}")).into()
+            }
+            other => other.into(),
+        })
+}
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}`: Synapse answers once the room is shut down;
+/// so do we (the purge continues in the background).
+async fn delete_v1(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = delete_room(&state, &room, &auth, &body).await?;
+    Ok(Json(json!({
+        "kicked_users": deleted.kicked_users,
+        "failed_to_kick_users": [],
+        "local_aliases": deleted.local_aliases,
+        "new_room_id": null,
+    })))
+}
+
+/// `DELETE /_synapse/admin/v2/rooms/{roomId}`: the `delete_id` to follow.
+async fn delete_v2(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = delete_room(&state, &room, &auth, &body).await?;
+    Ok(Json(json!({ "delete_id": deleted.delete_id })))
+}
+
+/// One deletion as Synapse's `delete_status` shows it.
+fn status_json(row: &DeletionRow) -> Value {
+    let mut value = json!({
+        "delete_id": row.delete_id,
+        "status": row.status,
+        "shutdown_room": {
+            "kicked_users": row.kicked_users,
+            "failed_to_kick_users": [],
+            "local_aliases": row.local_aliases,
+            "new_room_id": null,
+        },
+        // Not Synapse's: what hungryserv adds for operators.
+        "purge": row.purge,
+        "block": row.block,
+        "purged_events": row.purged_events,
+    });
+    if let (Some(error), Some(map)) = (&row.error, value.as_object_mut()) {
+        map.insert("error".into(), json!(error));
+    }
+    value
+}
+
+/// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`.
+async fn status_of_room(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    let rows = state.deletions.statuses_of(&room).await?;
+    if rows.is_empty() {
+        return Err(
+            MatrixError::not_found(format!("No delete task for room_id '{room}' found")).into(),
+        );
+    }
+    Ok(Json(json!({
+        "results": rows.iter().map(status_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`.
+async fn status_by_id(
+    State(state): State<AppState>,
+    Path(delete_id): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    let row = state
+        .deletions
+        .status(&delete_id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found(format!("delete id '{delete_id}' not found")))?;
+    let mut value = status_json(&row);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("delete_id");
+    }
+    Ok(Json(value))
+}
+
+/// `POST /_matrix/client/unstable/com.beeper.yeet/rooms/{roomId}/delete`: the appservice
+/// that created the room, or a server admin, deletes it (purged, not blocked).
+pub async fn yeet(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let creator = state.deletions.appservice_of(&room_id).await?;
+    let by_creator = matches!(
+        (&creator, &auth.requester.appservice),
+        (Some(creator), Some(appservice)) if *creator == appservice.id
+    );
+    if !by_creator
+        && !state
+            .identity
+            .is_admin(&auth.token, &auth.requester)
+            .await?
+    {
+        return Err(MatrixError::forbidden(
+            "Only the appservice that created this room or a server admin can delete it",
+        )
+        .into());
+    }
+    let deleted = state
+        .deletions
+        .delete(
+            &room_id,
+            &auth.requester.user_id,
+            DeleteOptions {
+                purge: true,
+                block: false,
+            },
+        )
+        .await?;
+    Ok(Json(json!({ "delete_id": deleted.delete_id })))
+}

@@ -1,0 +1,336 @@
+//! Deleting local rooms: gone at once for everyone, purged in the background.
+//!
+//! [`Deletions::delete`] marks the room deleted in one statement (migration 0007) and adds it
+//! to an in-memory set that the HTTP layer checks before any request naming a local room is
+//! served, so from then on every request about the room is answered 404 (joins of a blocked
+//! room 403). The members still joined or invited then leave (one writer job, each member
+//! the sender of their own leave, as Synapse's room shutdown does): their next sync shows
+//! the room under `leave`, and appservices get the leaves through their ordinary queues.
+//!
+//! The purge runs in one background task: it waits (briefly, bounded) until every
+//! appservice's delivery cursor has passed the leaves, then deletes the room's rows in
+//! batches of [`PURGE_BATCH`] events, each its own short transaction, so other rooms'
+//! writes never wait for it. Its progress is only the rows that are gone, so a purge
+//! interrupted by a restart simply starts again ([`Deletions::resume`]).
+//!
+//! This process's set of deleted rooms is authoritative for requests it serves; another
+//! hungryserv process sharing the database learns of a deletion at its next start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngCore;
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::{Map, json};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::RoomError;
+use super::auth::Proposal;
+use super::service::{Rooms, now_ms};
+use crate::store::{self, StoreError};
+
+/// Events deleted per purge statement: small enough that one batch takes a few
+/// milliseconds, large enough that a 10,000-event room is a handful of statements.
+pub const PURGE_BATCH: i64 = 2_000;
+/// Deletions waiting for the purge task at most (the rest wait in the database until the
+/// next start).
+const QUEUE: usize = 10_000;
+/// How long a purge waits for the appservices to receive the leaves before it removes them.
+const APPSERVICE_GRACE: Duration = Duration::from_secs(2);
+/// Prefix of our `delete_id`s: routes `delete_status/{delete_id}` to hungryserv.
+pub const DELETE_ID_PREFIX: &str = "hsdel_";
+
+/// What a deletion asks for (the fields of Synapse's delete request we honour).
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteOptions {
+    /// Remove the rows (else the room only disappears).
+    pub purge: bool,
+    /// Nobody may join the room again.
+    pub block: bool,
+}
+
+/// A deletion just made.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub delete_id: String,
+    /// The members made to leave.
+    pub kicked_users: Vec<String>,
+    /// The aliases removed.
+    pub local_aliases: Vec<String>,
+}
+
+/// A deleted room, as the request gate sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    pub blocked: bool,
+}
+
+/// Room deletion: the gate's set and the purge queue. Shared (`Arc`).
+pub struct Deletions {
+    db: PgPool,
+    rooms: Rooms,
+    /// Deleted or blocked rooms → blocked.
+    gone: RwLock<HashMap<String, bool>>,
+    /// `delete_id`s for the purge task.
+    queue: mpsc::Sender<String>,
+}
+
+impl Deletions {
+    /// Starts the purge task; it stops once the returned handle is dropped (after finishing
+    /// the batch it is on — the rest resumes at the next start).
+    pub fn start(db: PgPool, rooms: Rooms) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        let purger = Purger {
+            db: db.clone(),
+            rooms: rooms.clone(),
+        };
+        let task = tokio::spawn(purger.run(jobs));
+        let deletions = Arc::new(Self {
+            db,
+            rooms,
+            gone: RwLock::new(HashMap::new()),
+            queue,
+        });
+        (deletions, task)
+    }
+
+    /// Loads the deleted rooms and queues the purges a restart interrupted. Call before
+    /// serving requests.
+    pub async fn resume(&self) -> Result<usize, RoomError> {
+        let gone = store::deletion::gone_rooms(&self.db).await?;
+        if let Ok(mut set) = self.gone.write() {
+            set.extend(gone);
+        }
+        let unfinished = store::deletion::unfinished(&self.db).await?;
+        let count = unfinished.len();
+        for delete_id in unfinished {
+            self.enqueue(delete_id);
+        }
+        Ok(count)
+    }
+
+    /// Whether a room is deleted or blocked.
+    pub fn gone(&self, room_id: &str) -> Option<Gone> {
+        self.gone
+            .read()
+            .ok()
+            .and_then(|set| set.get(room_id).map(|&blocked| Gone { blocked }))
+    }
+
+    /// Deletes a local room: marks it deleted, makes its members leave, queues the purge.
+    /// `NotFound` when there is no such room (or it is deleted already).
+    pub async fn delete(
+        &self,
+        room_id: &OwnedRoomId,
+        requested_by: &OwnedUserId,
+        options: DeleteOptions,
+    ) -> Result<Deleted, RoomError> {
+        let delete_id = new_delete_id();
+        let aliases = {
+            let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
+            store::deletion::mark_deleted(
+                &mut conn,
+                &store::deletion::MarkDeleted {
+                    room_id: room_id.as_str(),
+                    delete_id: &delete_id,
+                    requested_by: requested_by.as_str(),
+                    purge: options.purge,
+                    block: options.block,
+                },
+            )
+            .await?
+        };
+        let Some(local_aliases) = aliases else {
+            return Err(RoomError::NotFound("Unknown room".into()));
+        };
+        if let Ok(mut set) = self.gone.write() {
+            set.insert(room_id.to_string(), options.block);
+        }
+        tracing::info!(%room_id, %delete_id, purge = options.purge, block = options.block, "room deleted");
+        // The room is gone for requests now; what follows only tidies up. A failure here is
+        // the purge task's to retry, not the caller's.
+        let kicked_users = match leave_all(&self.db, &self.rooms, room_id, &delete_id).await {
+            Ok(kicked) => kicked,
+            Err(err) => {
+                tracing::warn!(%room_id, error = %err, "members not made to leave yet; the purge task retries");
+                Vec::new()
+            }
+        };
+        self.enqueue(delete_id.clone());
+        Ok(Deleted {
+            delete_id,
+            kicked_users,
+            local_aliases,
+        })
+    }
+
+    fn enqueue(&self, delete_id: String) {
+        if let Err(err) = self.queue.try_send(delete_id) {
+            // Recorded in the database as unfinished: the next start picks it up.
+            tracing::warn!(error = %err, "purge queue full; the purge runs after the next restart");
+        }
+    }
+
+    /// The appservice whose token created a room (`None`: a user did); `NotFound` when there
+    /// is no such room.
+    pub async fn appservice_of(&self, room_id: &OwnedRoomId) -> Result<Option<String>, RoomError> {
+        let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
+        store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .map(|room| room.appservice_id)
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
+    }
+
+    /// A deletion by its ID.
+    pub async fn status(
+        &self,
+        delete_id: &str,
+    ) -> Result<Option<store::deletion::DeletionRow>, RoomError> {
+        Ok(store::deletion::get(&self.db, delete_id).await?)
+    }
+
+    /// Every deletion of a room.
+    pub async fn statuses_of(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<store::deletion::DeletionRow>, RoomError> {
+        Ok(store::deletion::of_room(&self.db, room_id).await?)
+    }
+}
+
+/// `hsdel_` and 24 random base62 characters.
+fn new_delete_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let random: String = (0..24)
+        .map(|_| {
+            let index = (rng.next_u32() as usize) % ALPHABET.len();
+            ALPHABET.get(index).copied().unwrap_or(b'A') as char
+        })
+        .collect();
+    format!("{DELETE_ID_PREFIX}{random}")
+}
+
+/// Makes every joined or invited member leave, all in one writer job (each the sender of
+/// their own leave: always allowed). Returns who left.
+async fn leave_all(
+    db: &PgPool,
+    rooms: &Rooms,
+    room_id: &OwnedRoomId,
+    delete_id: &str,
+) -> Result<Vec<String>, RoomError> {
+    let members = store::deletion::present_members(db, room_id.as_str()).await?;
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ts = now_ms();
+    let mut proposals = Vec::with_capacity(members.len());
+    let mut users = Vec::with_capacity(members.len());
+    for (user, _) in members {
+        let Ok(sender) = OwnedUserId::try_from(user.as_str()) else {
+            tracing::warn!(%room_id, %user, "member with an invalid user ID left in place");
+            continue;
+        };
+        let mut content = Map::new();
+        content.insert("membership".into(), json!("leave"));
+        proposals.push(Proposal {
+            sender,
+            kind: "m.room.member".into(),
+            state_key: Some(user.clone()),
+            content,
+            origin_server_ts: ts,
+            redacts: None,
+        });
+        users.push(user);
+    }
+    rooms.append_internal(room_id, proposals).await?;
+    store::deletion::add_kicked(db, delete_id, &users).await?;
+    Ok(users)
+}
+
+/// The background purge: one deletion at a time, in queue order.
+struct Purger {
+    db: PgPool,
+    rooms: Rooms,
+}
+
+impl Purger {
+    async fn run(self, mut jobs: mpsc::Receiver<String>) {
+        while let Some(delete_id) = jobs.recv().await {
+            if let Err(err) = self.purge(&delete_id).await {
+                tracing::error!(%delete_id, error = %err, "room purge failed");
+                let message = "Purge failed; it is retried at the next start";
+                if let Err(err) =
+                    store::deletion::set_status(&self.db, &delete_id, "failed", Some(message)).await
+                {
+                    tracing::error!(%delete_id, error = %err, "cannot record a failed purge");
+                }
+            }
+        }
+    }
+
+    async fn purge(&self, delete_id: &str) -> Result<(), RoomError> {
+        let Some(deletion) = store::deletion::get(&self.db, delete_id).await? else {
+            return Ok(());
+        };
+        let room_id = OwnedRoomId::try_from(deletion.room_id.as_str())
+            .map_err(|_| RoomError::Internal(format!("bad room ID {:?}", deletion.room_id)))?;
+        let started = std::time::Instant::now();
+        store::deletion::set_status(&self.db, delete_id, "active", None).await?;
+        // Members still present (the request's leaves failed, or a restart came between).
+        leave_all(&self.db, &self.rooms, &room_id, delete_id).await?;
+        if !deletion.purge {
+            store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
+            return Ok(());
+        }
+        self.wait_for_appservices().await?;
+        let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
+        store::deletion::purge_state(&mut conn, room_id.as_str()).await?;
+        let mut events = 0;
+        loop {
+            let n =
+                store::deletion::purge_events(&mut conn, room_id.as_str(), delete_id, PURGE_BATCH)
+                    .await?;
+            events += n;
+            if n == 0 {
+                break;
+            }
+            // Let other work on this connection pool and the database breathe between
+            // batches; the purge has no deadline.
+            tokio::task::yield_now().await;
+        }
+        let room_gone = store::deletion::purge_room(&mut conn, room_id.as_str()).await?;
+        drop(conn);
+        store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
+        tracing::info!(
+            %room_id, %delete_id, events, room_gone,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "room purged"
+        );
+        Ok(())
+    }
+
+    /// Waits until every appservice's delivery cursor has reached the newest event (the
+    /// leaves are older), for at most [`APPSERVICE_GRACE`]: a bridge that is down does not
+    /// hold up purges; it will not see those leaves.
+    async fn wait_for_appservices(&self) -> Result<(), RoomError> {
+        let target = {
+            let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
+            store::events::max_stream(&mut conn).await?
+        };
+        let deadline = tokio::time::Instant::now() + APPSERVICE_GRACE;
+        loop {
+            match store::deletion::slowest_appservice(&self.db).await? {
+                Some(cursor) if cursor < target => {}
+                _ => return Ok(()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!("an appservice is behind; purging without waiting for it");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
