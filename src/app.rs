@@ -79,7 +79,7 @@ impl AppState {
             &notifier,
         ));
         // The purge task stops when the last clone of the state (holding its queue) is gone.
-        let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone());
+        let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone(), &config.deletion);
         let state = Self {
             config: Arc::new(config),
             db,

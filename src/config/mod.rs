@@ -47,6 +47,16 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Transactions pushed to appservices.
     pub delivery: DeliveryConfig,
+    /// Room deletion.
+    pub deletion: DeletionConfig,
+}
+
+/// Room deletion.
+#[derive(Debug, Clone)]
+pub struct DeletionConfig {
+    /// How long a deleted room's final member events (its members' leaves) outlive the purge
+    /// of its history, so members who sync within that time see the room under `leave`.
+    pub leaves_kept: Duration,
 }
 
 /// Synapse's internal listener and the connection pool to it.
@@ -209,6 +219,15 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut delivery_section = top.table(&mut problems, "appservice");
     let delivery = read_delivery(&mut delivery_section, &mut problems);
     delivery_section.finish(&mut problems);
+    let mut deletion_section = top.table(&mut problems, "deletion");
+    let deletion = DeletionConfig {
+        leaves_kept: Duration::from_secs(deletion_section.integer(
+            &mut problems,
+            "leaves_kept_s",
+            600,
+        )),
+    };
+    deletion_section.finish(&mut problems);
     top.finish(&mut problems);
 
     let mut appservices = Vec::new();
@@ -241,6 +260,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 log,
                 shutdown,
                 delivery,
+                deletion,
             })
         }
         _ => Err(problems),

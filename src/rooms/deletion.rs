@@ -8,10 +8,13 @@
 //! the room under `leave`, and appservices get the leaves through their ordinary queues.
 //!
 //! The purge runs in one background task: it waits (briefly, bounded) until every
-//! appservice's delivery cursor has passed the leaves, then deletes the room's rows in
+//! appservice's delivery cursor has passed the leaves, then deletes the room's history in
 //! batches of [`PURGE_BATCH`] events, each its own short transaction, so other rooms'
-//! writes never wait for it. Its progress is only the rows that are gone, so a purge
-//! interrupted by a restart simply starts again ([`Deletions::resume`]).
+//! writes never wait for it. Each member's final member event (the leaves) and the
+//! `memberships` rows stay for `deletion.leaves_kept_s` more — that is what a member's later
+//! sync reads to show the room under `leave` — and are then removed with the room row. Its
+//! progress is only the rows that are gone, so a purge interrupted by a restart simply
+//! starts again ([`Deletions::resume`]).
 //!
 //! This process's set of deleted rooms is authoritative for requests it serves; another
 //! hungryserv process sharing the database learns of a deletion at its next start.
@@ -29,6 +32,7 @@ use tokio::sync::mpsc;
 use super::RoomError;
 use super::auth::Proposal;
 use super::service::{Rooms, now_ms};
+use crate::config::DeletionConfig;
 use crate::store::{self, StoreError};
 
 /// Events deleted per purge statement: small enough that one batch takes a few
@@ -39,6 +43,9 @@ pub const PURGE_BATCH: i64 = 2_000;
 const QUEUE: usize = 10_000;
 /// How long a purge waits for the appservices to receive the leaves before it removes them.
 const APPSERVICE_GRACE: Duration = Duration::from_secs(2);
+/// How soon a room whose last rows had to stay (they held the database's newest event) is
+/// tried again.
+const TOMBSTONE_RETRY: Duration = Duration::from_secs(1);
 /// Prefix of our `delete_id`s: routes `delete_status/{delete_id}` to hungryserv.
 pub const DELETE_ID_PREFIX: &str = "hsdel_";
 
@@ -80,11 +87,16 @@ pub struct Deletions {
 impl Deletions {
     /// Starts the purge task; it stops once the returned handle is dropped (after finishing
     /// the batch it is on — the rest resumes at the next start).
-    pub fn start(db: PgPool, rooms: Rooms) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        db: PgPool,
+        rooms: Rooms,
+        config: &DeletionConfig,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let purger = Purger {
             db: db.clone(),
             rooms: rooms.clone(),
+            leaves_kept: config.leaves_kept,
         };
         let task = tokio::spawn(purger.run(jobs));
         let deletions = Arc::new(Self {
@@ -254,62 +266,137 @@ async fn leave_all(
 struct Purger {
     db: PgPool,
     rooms: Rooms,
+    /// How long the members' final member events outlive the history.
+    leaves_kept: Duration,
+}
+
+/// A room whose history is purged and whose final member events (and row) are still there.
+struct Tombstone {
+    delete_id: String,
+    room_id: OwnedRoomId,
+    /// When to remove the rest.
+    due: tokio::time::Instant,
 }
 
 impl Purger {
     async fn run(self, mut jobs: mpsc::Receiver<String>) {
-        while let Some(delete_id) = jobs.recv().await {
-            if let Err(err) = self.purge(&delete_id).await {
-                tracing::error!(%delete_id, error = %err, "room purge failed");
-                let message = "Purge failed; it is retried at the next start";
-                if let Err(err) =
-                    store::deletion::set_status(&self.db, &delete_id, "failed", Some(message)).await
-                {
-                    tracing::error!(%delete_id, error = %err, "cannot record a failed purge");
+        let mut tombstones: Vec<Tombstone> = Vec::new();
+        loop {
+            let next_due = tombstones.iter().map(|t| t.due).min();
+            let job = match next_due {
+                None => jobs.recv().await,
+                Some(due) => match tokio::time::timeout_at(due, jobs.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        self.clear_tombstones(&mut tombstones).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(delete_id) = job else { break };
+            match self.run_deletion(&delete_id).await {
+                Ok(Some(room_id)) => tombstones.push(Tombstone {
+                    delete_id,
+                    room_id,
+                    due: tokio::time::Instant::now() + self.leaves_kept,
+                }),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(%delete_id, error = %err, "room purge failed");
+                    let message = "Purge failed; it is retried at the next start";
+                    if let Err(err) =
+                        store::deletion::set_status(&self.db, &delete_id, "failed", Some(message))
+                            .await
+                    {
+                        tracing::error!(%delete_id, error = %err, "cannot record a failed purge");
+                    }
                 }
             }
         }
     }
 
-    async fn purge(&self, delete_id: &str) -> Result<(), RoomError> {
+    /// Removes what is left of the rooms whose time has come. A room holding the database's
+    /// newest event keeps it (and its row) until a newer event exists: retried later.
+    async fn clear_tombstones(&self, tombstones: &mut Vec<Tombstone>) {
+        let now = tokio::time::Instant::now();
+        for tombstone in tombstones.iter_mut().filter(|t| t.due <= now) {
+            match self
+                .purge_rows(&tombstone.delete_id, &tombstone.room_id, false)
+                .await
+            {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(delete_id = %tombstone.delete_id, error = %err, "purge of a deleted room's last rows failed");
+                }
+            }
+            tombstone.due = now + TOMBSTONE_RETRY;
+        }
+        // Cleared ones were left with their old due time; drop them.
+        tombstones.retain(|t| t.due > now);
+    }
+
+    /// Runs (or resumes) one deletion: the leaves still missing, then the purge of the
+    /// history. Returns the room when rows remain for later (its members' final member
+    /// events, kept [`Purger::leaves_kept`]).
+    async fn run_deletion(&self, delete_id: &str) -> Result<Option<OwnedRoomId>, RoomError> {
         let Some(deletion) = store::deletion::get(&self.db, delete_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let room_id = OwnedRoomId::try_from(deletion.room_id.as_str())
             .map_err(|_| RoomError::Internal(format!("bad room ID {:?}", deletion.room_id)))?;
-        let started = std::time::Instant::now();
-        store::deletion::set_status(&self.db, delete_id, "active", None).await?;
-        // Members still present (the request's leaves failed, or a restart came between).
-        leave_all(&self.db, &self.rooms, &room_id, delete_id).await?;
+        if deletion.status != "complete" {
+            store::deletion::set_status(&self.db, delete_id, "active", None).await?;
+            // Members still present (the request's leaves failed, or a restart came between).
+            leave_all(&self.db, &self.rooms, &room_id, delete_id).await?;
+        }
         if !deletion.purge {
             store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
-            return Ok(());
+            return Ok(None);
         }
         self.wait_for_appservices().await?;
+        let room_gone = self.purge_rows(delete_id, &room_id, true).await?;
+        store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
+        Ok((!room_gone).then_some(room_id))
+    }
+
+    /// Deletes the room's rows, batch by batch: with `keep_members` its history only (the
+    /// members' final member events and memberships stay), else everything. Returns whether
+    /// the room row is gone.
+    async fn purge_rows(
+        &self,
+        delete_id: &str,
+        room_id: &OwnedRoomId,
+        keep_members: bool,
+    ) -> Result<bool, RoomError> {
+        let started = std::time::Instant::now();
         let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
         store::deletion::purge_state(&mut conn, room_id.as_str()).await?;
         let mut events = 0;
         loop {
-            let n =
-                store::deletion::purge_events(&mut conn, room_id.as_str(), delete_id, PURGE_BATCH)
-                    .await?;
+            let n = store::deletion::purge_events(
+                &mut conn,
+                room_id.as_str(),
+                delete_id,
+                PURGE_BATCH,
+                keep_members,
+            )
+            .await?;
             events += n;
             if n == 0 {
                 break;
             }
-            // Let other work on this connection pool and the database breathe between
-            // batches; the purge has no deadline.
+            // Each batch is its own transaction; between two, other tasks run.
             tokio::task::yield_now().await;
         }
-        let room_gone = store::deletion::purge_room(&mut conn, room_id.as_str()).await?;
-        drop(conn);
-        store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
+        let room_gone =
+            !keep_members && store::deletion::purge_room(&mut conn, room_id.as_str()).await?;
         tracing::info!(
-            %room_id, %delete_id, events, room_gone,
+            %room_id, %delete_id, events, keep_members, room_gone,
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "room purged"
         );
-        Ok(())
+        Ok(room_gone)
     }
 
     /// Waits until every appservice's delivery cursor has reached the newest event (the

@@ -78,12 +78,12 @@ pub async fn gone_rooms(pool: &PgPool) -> Result<Vec<(String, bool)>, StoreError
     .collect())
 }
 
-/// Deletions to (re)start after a restart: unfinished ones, and finished purges that had to
+/// Deletions to (re)start after a restart: unfinished or failed ones, and finished purges that had to
 /// leave the database's newest event behind (see migration 0007) — oldest first.
 pub async fn unfinished(pool: &PgPool) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT d.delete_id FROM room_deletions d
-           WHERE d.status IN ('scheduled', 'active')
+           WHERE d.status IN ('scheduled', 'active', 'failed')
               OR (d.purge AND d.status = 'complete'
                   AND EXISTS (SELECT 1 FROM rooms r WHERE r.room_id = d.room_id))
            ORDER BY d.created_at"#
@@ -187,20 +187,25 @@ pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), S
 }
 
 /// Deletes up to `limit` of the room's oldest events with their transaction IDs, never the
-/// database's newest event (migration 0007). Returns how many were deleted; 0 when nothing
-/// deletable is left. Counted into the deletion's `purged_events` in the same statement.
+/// database's newest event (migration 0007), and with `keep_members` not the member events
+/// `memberships` points at (each member's final membership: the leaves a deletion wrote).
+/// Returns how many were deleted; 0 when nothing deletable is left. Counted into the
+/// deletion's `purged_events` in the same statement.
 pub async fn purge_events(
     conn: &mut PgConnection,
     room_id: &str,
     delete_id: &str,
     limit: i64,
+    keep_members: bool,
 ) -> Result<i64, StoreError> {
     let row = sqlx::query!(
         r#"WITH gone AS (
                DELETE FROM events WHERE stream IN (
-                   SELECT stream FROM events
-                   WHERE room_id = $1 AND stream < (SELECT max(stream) FROM events)
-                   ORDER BY stream LIMIT $3)
+                   SELECT e.stream FROM events e
+                   WHERE e.room_id = $1 AND e.stream < (SELECT max(stream) FROM events)
+                     AND NOT ($4 AND EXISTS (
+                         SELECT 1 FROM memberships m WHERE m.room_id = $1 AND m.stream = e.stream))
+                   ORDER BY e.stream LIMIT $3)
                RETURNING txn_scope, txn_id),
            t AS (
                DELETE FROM transaction_ids x USING gone g
@@ -213,7 +218,8 @@ pub async fn purge_events(
            SELECT n AS "n!" FROM n"#,
         room_id,
         delete_id,
-        limit
+        limit,
+        keep_members,
     )
     .fetch_one(conn)
     .await?;
@@ -221,19 +227,22 @@ pub async fn purge_events(
 }
 
 /// Last purge step: memberships, and the room row once no event of it is left. Returns
-/// whether the room row is gone.
+/// whether the room row is gone (now or before).
 pub async fn purge_room(conn: &mut PgConnection, room_id: &str) -> Result<bool, StoreError> {
     sqlx::query!("DELETE FROM memberships WHERE room_id = $1", room_id)
         .execute(&mut *conn)
         .await?;
-    let deleted = sqlx::query!(
-        "DELETE FROM rooms WHERE room_id = $1
-         AND NOT EXISTS (SELECT 1 FROM events WHERE room_id = $1)",
+    // The outer NOT EXISTS sees the statement's snapshot (before `d`), hence the OR.
+    Ok(sqlx::query_scalar!(
+        r#"WITH d AS (
+               DELETE FROM rooms WHERE room_id = $1
+               AND NOT EXISTS (SELECT 1 FROM events WHERE room_id = $1) RETURNING 1)
+           SELECT (EXISTS (SELECT 1 FROM d)
+                   OR NOT EXISTS (SELECT 1 FROM rooms WHERE room_id = $1)) AS "gone!""#,
         room_id
     )
-    .execute(conn)
-    .await?;
-    Ok(deleted.rows_affected() > 0)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// How many rows of a room are left, over the tables a room has rows in (for tests and the
