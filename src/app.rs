@@ -13,7 +13,7 @@ use crate::notify::Notifier;
 use crate::rooms::deletion::Deletions;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
-use crate::routing::RoomClasses;
+use crate::routing::LiveClasses;
 use crate::sync::Syncer;
 use crate::upstream::Synapse;
 
@@ -28,8 +28,8 @@ pub struct AppState {
     pub synapse: Synapse,
     /// Access tokens → requesters.
     pub identity: Arc<Identity>,
-    /// The room classes, for classifying requests.
-    pub classes: Arc<RoomClasses>,
+    /// The room classes in force, for classifying requests; replaced by a reload.
+    pub classes: Arc<LiveClasses>,
     /// The room engine.
     pub rooms: Rooms,
     /// Wake-ups after each commit of local events.
@@ -53,7 +53,7 @@ impl AppState {
             synapse.clone(),
             &config.appservices,
         ));
-        let classes = Arc::new(RoomClasses::new(
+        let classes = Arc::new(LiveClasses::new(
             &config.routing,
             config.server_name.as_str(),
         ));
@@ -93,5 +93,25 @@ impl AppState {
             deletions,
         };
         (state, writer_task)
+    }
+}
+
+impl AppState {
+    /// Reads routing.toml again and puts it in force if it is valid; else keeps the routing
+    /// in force and returns every problem found. Requests in flight finish with the routing
+    /// they were classified under.
+    pub fn reload_routing(&self) -> Result<(), Vec<String>> {
+        let current = self.classes.config();
+        match crate::config::reload_routing(&self.config, &current) {
+            Ok(routing) => {
+                tracing::info!(classes = routing.classes.len(), "routing reloaded");
+                self.classes.replace(routing);
+                Ok(())
+            }
+            Err(problems) => {
+                tracing::warn!(problems = ?problems.lines, "routing reload refused; the old routing stays");
+                Err(problems.lines)
+            }
+        }
     }
 }

@@ -112,7 +112,11 @@ async fn run(config: config::Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     }
+    let reloader = tokio::spawn(reload_on_sighup(state.clone()));
     let served = server::serve(state, listener, shutdown_signal()).await;
+    // It holds a clone of the state: stop it so the writer can finish.
+    reloader.abort();
+    let _ = reloader.await;
     // The state is gone with the server: the writer finishes its queue, then stops.
     match tokio::time::timeout(std::time::Duration::from_secs(10), writer).await {
         Ok(Ok(())) => {}
@@ -125,6 +129,21 @@ async fn run(config: config::Config) -> ExitCode {
             tracing::error!(error = %err, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reloads routing.toml on every SIGHUP (a bad file is logged with its problems and the
+/// routing in force stays).
+async fn reload_on_sighup(state: AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload routing through the admin API");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading routing");
+        // Problems are logged by the reload itself.
+        let _ = state.reload_routing();
     }
 }
 

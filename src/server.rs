@@ -48,8 +48,8 @@ struct Handlers {
     ops: Router,
     /// The router for requests naming local rooms.
     local: Router,
-    /// The router for Synapse's admin room API naming local rooms.
-    admin_room: Router,
+    /// The router for hungryserv's admin API and Synapse's admin room API naming local rooms.
+    admin: Router,
     /// Source of request ids (unique within this process, in arrival order).
     next_request_id: AtomicU64,
 }
@@ -65,7 +65,7 @@ pub async fn serve(
     let handlers = Arc::new(Handlers {
         ops: admin::router(state.clone()),
         local: api::local_router(state.clone()),
-        admin_room: api::admin_room_router(state.clone()),
+        admin: api::admin_router(state.clone()),
         state,
         next_request_id: AtomicU64::new(1),
     });
@@ -143,7 +143,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = routing::classify(
-        &handlers.state.classes,
+        &handlers.state.classes.current(),
         request.method(),
         request.uri().path(),
     );
@@ -164,7 +164,11 @@ async fn handle(
                 Some(refusal) => refusal.into_response(),
                 None => call(&handlers.local, request).await,
             },
-            Route::AdminRoom => call(&handlers.admin_room, request).await,
+            Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
+            Route::ReadOnly { class } => MatrixError::forbidden(format!(
+                "Rooms of class {class} are read-only on this server"
+            ))
+            .into_response(),
             Route::Unavailable { class } => MatrixError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
@@ -199,7 +203,8 @@ async fn handle(
 /// The answer for a request naming a deleted local room: 404, as for a room that never
 /// existed; joins and knocks of a blocked room get Synapse's 403 instead.
 fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
-    let room = routing::named_room(&state.classes, path)?;
+    let classes = state.classes.current();
+    let room = routing::named_room(&classes, path)?;
     let gone = state.deletions.gone(&room)?;
     let joins = path
         .split('/')

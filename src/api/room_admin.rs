@@ -1,4 +1,5 @@
-//! Room deletion endpoints for local rooms: Synapse's admin API
+//! hungryserv's admin API (`/_hungryserv/admin/v1/…`: routing) and the room deletion
+//! endpoints for local rooms: Synapse's admin API
 //! (`DELETE /_synapse/admin/v1|v2/rooms/{roomId}`, `delete_status`) for server admins, and
 //! Beeper's `POST /_matrix/client/unstable/com.beeper.yeet/rooms/{roomId}/delete` for the
 //! room's creating appservice or a server admin. Answers are shaped as Synapse's.
@@ -30,8 +31,71 @@ pub fn router(state: AppState) -> Router {
             "/_synapse/admin/v2/rooms/delete_status/{delete_id}",
             get(status_by_id),
         )
+        .route("/_hungryserv/admin/v1/routing", get(routing))
+        .route(
+            "/_hungryserv/admin/v1/routing/reload",
+            axum::routing::post(reload_routing),
+        )
         .fallback(super::unknown_local_endpoint)
         .with_state(state)
+}
+
+/// The routing in force: each class with its settings and its rooms' and events' counts.
+async fn routing_state(state: &AppState) -> Result<Value, ApiError> {
+    let counts = state.deletions.class_counts().await?;
+    let config = state.classes.config();
+    let classes: Vec<Value> = config
+        .classes
+        .iter()
+        .map(|class| {
+            let (rooms, events) = counts
+                .iter()
+                .find(|(name, _, _)| *name == class.name)
+                .map_or((0, 0), |(_, rooms, events)| (*rooms, *events));
+            json!({
+                "name": class.name,
+                "prefix": class.prefix,
+                "serve": class.serve.as_str(),
+                "create": class.create.as_str(),
+                "match": {
+                    "appservices": class.matches.appservices,
+                    "unfederated": class.matches.unfederated,
+                    "all": class.matches.all,
+                },
+                "rooms": rooms,
+                "events": events,
+            })
+        })
+        .collect();
+    Ok(json!({ "classes": classes }))
+}
+
+/// `GET /_hungryserv/admin/v1/routing`.
+async fn routing(State(state): State<AppState>, auth: Authed) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    Ok(Json(routing_state(&state).await?))
+}
+
+/// `POST /_hungryserv/admin/v1/routing/reload`: as SIGHUP. A file with problems is refused
+/// with all of them listed, and the routing in force stays.
+async fn reload_routing(
+    State(state): State<AppState>,
+    auth: Authed,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    require_admin(&state, &auth).await?;
+    match state.reload_routing() {
+        Ok(()) => Ok(Json(routing_state(&state).await?).into_response()),
+        Err(problems) => Ok((
+            http::StatusCode::BAD_REQUEST,
+            Json(json!({
+                "errcode": "M_INVALID_PARAM",
+                "error": "routing.toml has problems; the routing in force is unchanged",
+                "problems": problems,
+            })),
+        )
+            .into_response()),
+    }
 }
 
 /// Refuses anyone but a Synapse server admin, in Synapse's words.

@@ -54,8 +54,8 @@ pub struct Config {
 /// Room deletion.
 #[derive(Debug, Clone)]
 pub struct DeletionConfig {
-    /// How long a deleted room's final member events (its members' leaves) outlive the purge
-    /// of its history, so members who sync within that time see the room under `leave`.
+    /// How long a deleted room's state events (with its members' leaves) outlive the purge of
+    /// its messages, so members who sync within that time see the room under `leave`.
     pub leaves_kept: Duration,
 }
 
@@ -263,6 +263,26 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 deletion,
             })
         }
+        _ => Err(problems),
+    }
+}
+
+/// Reads `routing.toml` again (from where it was read at start) for a live reload: the same
+/// validation as at start, plus [`RoutingConfig::check_replaces`] against the routing in
+/// force. On failure, every problem found.
+pub fn reload_routing(config: &Config, current: &RoutingConfig) -> Result<RoutingConfig, Problems> {
+    let mut problems = Problems::default();
+    let routing = routing::load(&config.routing_path, &mut problems);
+    if let Some(routing) = &routing {
+        routing.check_appservices(&config.routing_path, &config.appservices, &mut problems);
+        routing.check_replaces(
+            current,
+            &config.routing_path.display().to_string(),
+            &mut problems,
+        );
+    }
+    match routing {
+        Some(routing) if problems.is_empty() => Ok(routing),
         _ => Err(problems),
     }
 }

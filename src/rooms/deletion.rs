@@ -7,14 +7,14 @@
 //! the sender of their own leave, as Synapse's room shutdown does): their next sync shows
 //! the room under `leave`, and appservices get the leaves through their ordinary queues.
 //!
-//! The purge runs in one background task: it waits (briefly, bounded) until every
-//! appservice's delivery cursor has passed the leaves, then deletes the room's history in
-//! batches of [`PURGE_BATCH`] events, each its own short transaction, so other rooms'
-//! writes never wait for it. Each member's final member event (the leaves) and the
-//! `memberships` rows stay for `deletion.leaves_kept_s` more — that is what a member's later
-//! sync reads to show the room under `leave` — and are then removed with the room row. Its
-//! progress is only the rows that are gone, so a purge interrupted by a restart simply
-//! starts again ([`Deletions::resume`]).
+//! The purge runs in one background task: it deletes the room's messages in batches of
+//! [`PURGE_BATCH`] events, each its own short transaction, so other rooms' writes never wait
+//! for it. The room's state events (a few per member: their joins and the leaves), current
+//! state and memberships stay for `deletion.leaves_kept_s` more — that is what a member's
+//! later sync reads to show the room under `leave` (history visibility needs the join before
+//! the leave), and what an appservice that is behind still finds in its queue — and are then
+//! removed with the room row. Its progress is only the rows that are gone, so a purge
+//! interrupted by a restart simply starts again ([`Deletions::resume`]).
 //!
 //! This process's set of deleted rooms is authoritative for requests it serves; another
 //! hungryserv process sharing the database learns of a deletion at its next start.
@@ -41,8 +41,6 @@ pub const PURGE_BATCH: i64 = 2_000;
 /// Deletions waiting for the purge task at most (the rest wait in the database until the
 /// next start).
 const QUEUE: usize = 10_000;
-/// How long a purge waits for the appservices to receive the leaves before it removes them.
-const APPSERVICE_GRACE: Duration = Duration::from_secs(2);
 /// How soon a room whose last rows had to stay (they held the database's newest event) is
 /// tried again.
 const TOMBSTONE_RETRY: Duration = Duration::from_secs(1);
@@ -195,6 +193,11 @@ impl Deletions {
             .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
     }
 
+    /// Rooms and events per class (of rooms not deleted).
+    pub async fn class_counts(&self) -> Result<Vec<(String, i64, i64)>, RoomError> {
+        Ok(store::rooms::class_counts(&self.db).await?)
+    }
+
     /// A deletion by its ID.
     pub async fn status(
         &self,
@@ -266,11 +269,11 @@ async fn leave_all(
 struct Purger {
     db: PgPool,
     rooms: Rooms,
-    /// How long the members' final member events outlive the history.
+    /// How long the room's state events outlive its messages.
     leaves_kept: Duration,
 }
 
-/// A room whose history is purged and whose final member events (and row) are still there.
+/// A room whose messages are purged and whose state events (and row) are still there.
 struct Tombstone {
     delete_id: String,
     room_id: OwnedRoomId,
@@ -337,8 +340,8 @@ impl Purger {
     }
 
     /// Runs (or resumes) one deletion: the leaves still missing, then the purge of the
-    /// history. Returns the room when rows remain for later (its members' final member
-    /// events, kept [`Purger::leaves_kept`]).
+    /// messages. Returns the room when rows remain for later (its state events, kept
+    /// [`Purger::leaves_kept`]).
     async fn run_deletion(&self, delete_id: &str) -> Result<Option<OwnedRoomId>, RoomError> {
         let Some(deletion) = store::deletion::get(&self.db, delete_id).await? else {
             return Ok(None);
@@ -354,24 +357,25 @@ impl Purger {
             store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
             return Ok(None);
         }
-        self.wait_for_appservices().await?;
         let room_gone = self.purge_rows(delete_id, &room_id, true).await?;
         store::deletion::set_status(&self.db, delete_id, "complete", None).await?;
         Ok((!room_gone).then_some(room_id))
     }
 
-    /// Deletes the room's rows, batch by batch: with `keep_members` its history only (the
-    /// members' final member events and memberships stay), else everything. Returns whether
-    /// the room row is gone.
+    /// Deletes the room's rows, batch by batch: with `keep_state` its messages only (state
+    /// events, current state and memberships stay), else everything. Returns whether the
+    /// room row is gone.
     async fn purge_rows(
         &self,
         delete_id: &str,
         room_id: &OwnedRoomId,
-        keep_members: bool,
+        keep_state: bool,
     ) -> Result<bool, RoomError> {
         let started = std::time::Instant::now();
         let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
-        store::deletion::purge_state(&mut conn, room_id.as_str()).await?;
+        if !keep_state {
+            store::deletion::purge_state(&mut conn, room_id.as_str()).await?;
+        }
         let mut events = 0;
         loop {
             let n = store::deletion::purge_events(
@@ -379,7 +383,7 @@ impl Purger {
                 room_id.as_str(),
                 delete_id,
                 PURGE_BATCH,
-                keep_members,
+                keep_state,
             )
             .await?;
             events += n;
@@ -390,34 +394,12 @@ impl Purger {
             tokio::task::yield_now().await;
         }
         let room_gone =
-            !keep_members && store::deletion::purge_room(&mut conn, room_id.as_str()).await?;
+            !keep_state && store::deletion::purge_room(&mut conn, room_id.as_str()).await?;
         tracing::info!(
-            %room_id, %delete_id, events, keep_members, room_gone,
+            %room_id, %delete_id, events, keep_state, room_gone,
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "room purged"
         );
         Ok(room_gone)
-    }
-
-    /// Waits until every appservice's delivery cursor has reached the newest event (the
-    /// leaves are older), for at most [`APPSERVICE_GRACE`]: a bridge that is down does not
-    /// hold up purges; it will not see those leaves.
-    async fn wait_for_appservices(&self) -> Result<(), RoomError> {
-        let target = {
-            let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
-            store::events::max_stream(&mut conn).await?
-        };
-        let deadline = tokio::time::Instant::now() + APPSERVICE_GRACE;
-        loop {
-            match store::deletion::slowest_appservice(&self.db).await? {
-                Some(cursor) if cursor < target => {}
-                _ => return Ok(()),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::info!("an appservice is behind; purging without waiting for it");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }

@@ -10,6 +10,7 @@
 //! May import: `config`.
 
 use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
 
 use http::Method;
 
@@ -26,6 +27,12 @@ pub enum Route {
     Local,
     /// Names a local room of a class whose `serve` is `off`.
     Unavailable {
+        /// The class name.
+        class: String,
+    },
+    /// A write (any method but GET/HEAD/OPTIONS) naming a local room of a class whose
+    /// `serve` is `read_only`.
+    ReadOnly {
         /// The class name.
         class: String,
     },
@@ -47,6 +54,8 @@ pub enum Route {
     /// room, or `delete_status` of one of our deletions: answered by hungryserv for server
     /// admins, whatever the class's `serve` says.
     AdminRoom,
+    /// hungryserv's own admin API (`/_hungryserv/admin/…`), for server admins.
+    Admin,
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -60,8 +69,10 @@ impl Route {
             Route::Forward => "forward",
             Route::Ops => "ops",
             Route::AdminRoom => "admin_room",
+            Route::Admin => "admin",
             Route::Local => "local",
             Route::Unavailable { .. } => "unavailable",
+            Route::ReadOnly { .. } => "read_only",
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
@@ -101,13 +112,71 @@ impl RoomClasses {
         &self.classes
     }
 
-    fn room_route(&self, room_id: &str) -> Option<Route> {
+    fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
         self.class_of(room_id).map(|class| match class.serve {
             ServeMode::Local => Route::Local,
+            ServeMode::ReadOnly if is_read(method) => Route::Local,
+            ServeMode::ReadOnly => Route::ReadOnly {
+                class: class.name.clone(),
+            },
             ServeMode::Off => Route::Unavailable {
                 class: class.name.clone(),
             },
         })
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The room classes in force, replaced whole by a reload: a request classifies against one
+/// consistent snapshot ([`LiveClasses::current`]), never half an old and half a new file.
+#[derive(Debug)]
+pub struct LiveClasses {
+    current: RwLock<Arc<RoomClasses>>,
+    /// The routing configuration in force, for validating the next reload against.
+    config: RwLock<Arc<RoutingConfig>>,
+    server_name: String,
+}
+
+impl LiveClasses {
+    pub fn new(routing: &RoutingConfig, server_name: &str) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(RoomClasses::new(routing, server_name))),
+            config: RwLock::new(Arc::new(routing.clone())),
+            server_name: server_name.to_owned(),
+        }
+    }
+
+    /// The classes in force now.
+    pub fn current(&self) -> Arc<RoomClasses> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            // A writer panicked mid-swap; the value itself is a whole Arc either way.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The routing configuration in force now.
+    pub fn config(&self) -> Arc<RoutingConfig> {
+        match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a validated routing configuration in force.
+    pub fn replace(&self, routing: RoutingConfig) {
+        let classes = Arc::new(RoomClasses::new(&routing, &self.server_name));
+        match self.current.write() {
+            Ok(mut current) => *current = classes,
+            Err(poisoned) => *poisoned.into_inner() = classes,
+        }
+        match self.config.write() {
+            Ok(mut config) => *config = Arc::new(routing),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(routing),
+        }
     }
 }
 
@@ -118,6 +187,9 @@ pub fn decode_segment(segment: &str) -> Cow<'_, str> {
 
 /// Decides where a request goes from its method and raw (still percent-encoded) path.
 pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
+    if path.starts_with("/_hungryserv/admin/") {
+        return Route::Admin;
+    }
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;
     }
@@ -136,7 +208,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     let named_room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
         | ["unstable", _, "rooms" | "room_summary", room, ..] => {
-            classes.room_route(&decode_segment(room))
+            classes.room_route(method, &decode_segment(room))
         }
         _ => None,
     };
@@ -151,7 +223,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
                     alias: target.into_owned(),
                 }
             } else {
-                classes.room_route(&target).unwrap_or(Route::Forward)
+                classes
+                    .room_route(method, &target)
+                    .unwrap_or(Route::Forward)
             }
         }
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
@@ -264,6 +338,7 @@ mod tests {
                 classes: vec![
                     class("bridge", "hs_", ServeMode::Local),
                     class("old", "old_", ServeMode::Off),
+                    class("ro", "ro_", ServeMode::ReadOnly),
                 ],
             },
             "example.org",
@@ -277,6 +352,26 @@ mod tests {
         };
         let cases = [
             (Method::GET, "/_hungryserv/health", Route::Ops),
+            (
+                Method::POST,
+                "/_hungryserv/admin/v1/routing/reload",
+                Route::Admin,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/rooms/!ro_x:example.org/messages",
+                Route::Local,
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/rooms/!ro_x:example.org/send/m.room.message/1",
+                Route::ReadOnly { class: "ro".into() },
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/join/!ro_x:example.org",
+                Route::ReadOnly { class: "ro".into() },
+            ),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
             (Method::GET, "/_matrix/client/versions", Route::Forward),

@@ -168,17 +168,7 @@ pub async fn present_members(
     .collect())
 }
 
-/// The lowest delivery cursor of any appservice (`None` without appservices): events at or
-/// below it reached every appservice that wanted them.
-pub async fn slowest_appservice(pool: &PgPool) -> Result<Option<i64>, StoreError> {
-    Ok(
-        sqlx::query_scalar!(r#"SELECT min(stream) AS "min" FROM appservice_cursors"#)
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-/// First purge step: the rows that point at the room's events (current state). Small.
+/// Before the last events go: the rows that point at them (current state). Small.
 pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
     sqlx::query!("DELETE FROM current_state WHERE room_id = $1", room_id)
         .execute(conn)
@@ -187,8 +177,8 @@ pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), S
 }
 
 /// Deletes up to `limit` of the room's oldest events with their transaction IDs, never the
-/// database's newest event (migration 0007), and with `keep_members` not the member events
-/// `memberships` points at (each member's final membership: the leaves a deletion wrote).
+/// database's newest event (migration 0007), and with `keep_state` no state event (the
+/// room's state history, with the members' leaves, is what a late sync reads).
 /// Returns how many were deleted; 0 when nothing deletable is left. Counted into the
 /// deletion's `purged_events` in the same statement.
 pub async fn purge_events(
@@ -196,15 +186,14 @@ pub async fn purge_events(
     room_id: &str,
     delete_id: &str,
     limit: i64,
-    keep_members: bool,
+    keep_state: bool,
 ) -> Result<i64, StoreError> {
     let row = sqlx::query!(
         r#"WITH gone AS (
                DELETE FROM events WHERE stream IN (
                    SELECT e.stream FROM events e
                    WHERE e.room_id = $1 AND e.stream < (SELECT max(stream) FROM events)
-                     AND NOT ($4 AND EXISTS (
-                         SELECT 1 FROM memberships m WHERE m.room_id = $1 AND m.stream = e.stream))
+                     AND NOT ($4 AND e.state_key IS NOT NULL)
                    ORDER BY e.stream LIMIT $3)
                RETURNING txn_scope, txn_id),
            t AS (
@@ -219,7 +208,7 @@ pub async fn purge_events(
         room_id,
         delete_id,
         limit,
-        keep_members,
+        keep_state,
     )
     .fetch_one(conn)
     .await?;

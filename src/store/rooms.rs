@@ -302,3 +302,17 @@ pub async fn member_summary(
     .await?;
     Ok((counts, heroes))
 }
+
+/// Rooms and events per class, of rooms not deleted. Events are counted from each room's
+/// topological range (every event takes one position), so no event row is read.
+pub async fn class_counts(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    Ok(sqlx::query!(
+        r#"SELECT class, count(*) AS "rooms!", COALESCE(sum(max_topo - min_topo + 1), 0)::BIGINT AS "events!"
+           FROM rooms WHERE deleted_at IS NULL GROUP BY class ORDER BY class"#
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| (row.class, row.rooms, row.events))
+    .collect())
+}
