@@ -311,3 +311,56 @@ def test_bridge_gets_the_leaves_of_a_yeeted_room():
             return room_id, ghosts
 
     asyncio.run(scenario())
+
+
+def test_admin_room_api_for_local_rooms(admin, user):
+    room_id = create_room(user.access_token, name="admin view")
+    send(user.access_token, room_id, "hello")
+    base = f"/_synapse/admin/v1/rooms/{q(room_id)}"
+    for suffix in ("", "/members", "/state"):
+        resp = call(user.access_token, "GET", base + suffix)
+        assert (resp.status_code, resp.json()["errcode"]) == (403, "M_FORBIDDEN"), resp.text
+    details = ok(admin.access_token, "GET", base)
+    assert details["room_id"] == room_id and details["name"] == "admin view"
+    assert details["joined_members"] == 1 and details["creator"] == user.user_id
+    assert details["version"] == "10" and details["federatable"] is False
+    assert ok(admin.access_token, "GET", base + "/members") == {"total": 1, "members": [user.user_id]}
+    state = ok(admin.access_token, "GET", base + "/state")["state"]
+    assert {e["type"] for e in state} >= {"m.room.create", "m.room.member", "m.room.name", "m.room.power_levels"}
+    ok(admin.access_token, "DELETE", base, {})
+    resp = call(admin.access_token, "GET", base)
+    assert (resp.status_code, resp.json()["errcode"]) == (404, "M_NOT_FOUND")
+
+
+def test_delete_every_room_of_an_appservice(admin):
+    example = stack.example_appservice()
+    user = stack.register_user()
+    clean = [create_room(example.as_token) for _ in range(2)]
+    for room_id in clean:
+        ok(example.as_token, "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite", {"user_id": user.user_id})
+        assert join(user.access_token, room_id).status_code == 200
+    mixed = create_room(example.as_token)
+    # A member from another server (local rooms do not federate; an operator's import
+    # could still have put one there): the bridge reset must leave this room alone.
+    sql(
+        "INSERT INTO memberships (room_id, user_id, membership, stream) "
+        f"VALUES ('{mixed}', '@stranger:elsewhere.example', 'join', 0)"
+    )
+    listed = ok(admin.access_token, "GET", f"/_hungryserv/admin/v1/appservices/{q(example.id)}/rooms")["rooms"]
+    assert set(clean) | {mixed} <= set(listed)
+
+    resp = call(user.access_token, "POST", f"/_hungryserv/admin/v1/appservices/{q(example.id)}/delete_rooms", {})
+    assert resp.status_code == 403
+    result = ok(admin.access_token, "POST", f"/_hungryserv/admin/v1/appservices/{q(example.id)}/delete_rooms", {})
+    deleted = {d["room_id"] for d in result["deleted"]}
+    refused = {r["room_id"]: r["reason"] for r in result["refused"]}
+    assert set(clean) <= deleted and mixed not in deleted
+    assert "@stranger:elsewhere.example" in refused[mixed]
+    for room_id in clean:
+        resp = call(user.access_token, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state")
+        assert resp.status_code == 404
+    send(example.as_token, mixed, "still bridged")
+    listed = ok(admin.access_token, "GET", f"/_hungryserv/admin/v1/appservices/{q(example.id)}/rooms")["rooms"]
+    assert mixed in listed and not set(clean) & set(listed)
+    resp = call(admin.access_token, "GET", "/_hungryserv/admin/v1/appservices/nonesuch/rooms")
+    assert resp.status_code == 404

@@ -21,7 +21,10 @@ use crate::store::deletion::DeletionRow;
 /// The router for requests classified `AdminRoom`.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/_synapse/admin/v1/rooms/{room_id}", delete(delete_v1))
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}",
+            delete(delete_v1).get(room_details),
+        )
         .route("/_synapse/admin/v2/rooms/{room_id}", delete(delete_v2))
         .route(
             "/_synapse/admin/v2/rooms/{room_id}/delete_status",
@@ -30,6 +33,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_synapse/admin/v2/rooms/delete_status/{delete_id}",
             get(status_by_id),
+        )
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}/members",
+            get(room_members),
+        )
+        .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
+        .route(
+            "/_hungryserv/admin/v1/appservices/{appservice_id}/rooms",
+            get(appservice_rooms),
+        )
+        .route(
+            "/_hungryserv/admin/v1/appservices/{appservice_id}/delete_rooms",
+            axum::routing::post(delete_appservice_rooms),
         )
         .route("/_hungryserv/admin/v1/routing", get(routing))
         .route(
@@ -291,4 +307,167 @@ pub async fn yeet(
         )
         .await?;
     Ok(Json(json!({ "delete_id": deleted.delete_id })))
+}
+
+/// A local room for Synapse's admin room API; 404 as Synapse words it otherwise.
+async fn admin_room(
+    state: &AppState,
+    room: &str,
+) -> Result<crate::rooms::admin::AdminRoom, ApiError> {
+    state
+        .deletions
+        .admin_room(room)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Room not found").into())
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}`, with Synapse's fields.
+async fn room_details(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    use crate::rooms::admin::state_str;
+    require_admin(&state, &auth).await?;
+    let found = admin_room(&state, &room).await?;
+    let joined: Vec<&String> = found
+        .members
+        .iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(u, _)| u)
+        .collect();
+    let suffix = format!(":{}", state.config.server_name);
+    let s = &found.state;
+    Ok(Json(json!({
+        "room_id": found.room.room_id,
+        "name": state_str(s, "m.room.name", "name"),
+        "topic": state_str(s, "m.room.topic", "topic"),
+        "avatar": state_str(s, "m.room.avatar", "url"),
+        "canonical_alias": state_str(s, "m.room.canonical_alias", "alias"),
+        "joined_members": joined.len(),
+        "joined_local_members": joined.iter().filter(|u| u.ends_with(&suffix)).count(),
+        "joined_local_devices": null,
+        "version": found.room.room_version,
+        "creator": found.room.creator,
+        "encryption": state_str(s, "m.room.encryption", "algorithm"),
+        "federatable": false,
+        "public": false,
+        "join_rules": state_str(s, "m.room.join_rules", "join_rule"),
+        "guest_access": state_str(s, "m.room.guest_access", "guest_access"),
+        "history_visibility": state_str(s, "m.room.history_visibility", "history_visibility"),
+        "state_events": found.state.len(),
+        "room_type": found.state.iter()
+            .find(|e| e.event.kind == "m.room.create")
+            .and_then(|e| e.event.content.get("type").cloned()),
+        "forgotten": false,
+        // Not Synapse's: what hungryserv adds.
+        "hungryserv": {
+            "class": found.room.class,
+            "appservice_id": found.room.appservice_id,
+            "events": found.room.max_topo - found.room.min_topo + 1,
+        },
+    })))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/members`: the joined members.
+async fn room_members(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    let found = admin_room(&state, &room).await?;
+    let members: Vec<&String> = found
+        .members
+        .iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(u, _)| u)
+        .collect();
+    Ok(Json(json!({ "total": members.len(), "members": members })))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the current state, in the client format.
+async fn room_state(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    use crate::rooms::event::{Related, Viewer, to_client};
+    require_admin(&state, &auth).await?;
+    let found = admin_room(&state, &room).await?;
+    let viewer = Viewer {
+        txn_scope: None,
+        now_ms: crate::rooms::service::now_ms(),
+    };
+    let events: Vec<Value> = found
+        .state
+        .iter()
+        .map(|e| {
+            let related = Related {
+                prev: e.prev.clone(),
+                redacted_because: None,
+            };
+            to_client(&e.event, &related, viewer)
+        })
+        .collect();
+    Ok(Json(json!({ "state": events })))
+}
+
+/// The registration named in the path; 404 when there is none.
+fn registration<'a>(
+    state: &'a AppState,
+    appservice_id: &str,
+) -> Result<&'a crate::config::Registration, ApiError> {
+    state
+        .config
+        .appservices
+        .iter()
+        .find(|r| r.id == appservice_id)
+        .ok_or_else(|| MatrixError::not_found(format!("Unknown appservice {appservice_id}")).into())
+}
+
+/// `GET /_hungryserv/admin/v1/appservices/{id}/rooms`: the local rooms its token created.
+async fn appservice_rooms(
+    State(state): State<AppState>,
+    Path(appservice_id): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    registration(&state, &appservice_id)?;
+    let rooms = state.deletions.appservice_rooms(&appservice_id).await?;
+    Ok(Json(json!({ "total": rooms.len(), "rooms": rooms })))
+}
+
+/// `POST /_hungryserv/admin/v1/appservices/{id}/delete_rooms`: deletes every local room the
+/// appservice created whose members are all its bot, its ghosts and users of this server
+/// (what a bridge reset needs); lists the rooms refused and why.
+async fn delete_appservice_rooms(
+    State(state): State<AppState>,
+    Path(appservice_id): Path<String>,
+    auth: Authed,
+) -> Result<Json<Value>, ApiError> {
+    use crate::rooms::admin::BulkOutcome;
+    require_admin(&state, &auth).await?;
+    let registration = registration(&state, &appservice_id)?;
+    let outcomes = state
+        .deletions
+        .delete_appservice_rooms(
+            registration,
+            state.config.server_name.as_str(),
+            &auth.requester.user_id,
+        )
+        .await?;
+    let mut deleted = Vec::new();
+    let mut refused = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            BulkOutcome::Deleted { room_id, delete_id } => {
+                deleted.push(json!({ "room_id": room_id, "delete_id": delete_id }));
+            }
+            BulkOutcome::Refused { room_id, reason } => {
+                refused.push(json!({ "room_id": room_id, "reason": reason }));
+            }
+        }
+    }
+    Ok(Json(json!({ "deleted": deleted, "refused": refused })))
 }

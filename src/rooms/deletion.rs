@@ -193,6 +193,10 @@ impl Deletions {
             .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
     }
 
+    pub(super) fn db(&self) -> &PgPool {
+        &self.db
+    }
+
     /// Rooms and events per class (of rooms not deleted).
     pub async fn class_counts(&self) -> Result<Vec<(String, i64, i64)>, RoomError> {
         Ok(store::rooms::class_counts(&self.db).await?)

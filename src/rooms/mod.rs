@@ -6,6 +6,7 @@
 //!
 //! May import: `store`, `upstream`, `auth`, `config`, `notify`.
 
+pub mod admin;
 pub mod auth;
 pub mod create;
 pub mod deletion;

@@ -248,3 +248,33 @@ pub async fn rows_left(pool: &PgPool, room_id: &str) -> Result<i64, StoreError> 
     .fetch_one(pool)
     .await?)
 }
+
+/// Everyone with a membership in a room: `(user, membership)`.
+pub async fn all_members(
+    conn: &mut PgConnection,
+    room_id: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query!(
+        "SELECT user_id, membership FROM memberships WHERE room_id = $1 ORDER BY stream",
+        room_id
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.user_id, row.membership))
+    .collect())
+}
+
+/// The rooms an appservice's token created that are not deleted, oldest first.
+pub async fn rooms_of_appservice(
+    pool: &PgPool,
+    appservice_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT room_id FROM rooms WHERE appservice_id = $1 AND deleted_at IS NULL
+         ORDER BY created_at",
+        appservice_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
