@@ -40,6 +40,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
     pub deletions: Arc<Deletions>,
+    /// Requests answered, for `/_hungryserv/metrics`.
+    pub requests: Arc<crate::metrics::RequestMetrics>,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             syncer,
             delivery,
             deletions,
+            requests: Arc::default(),
         };
         (state, writer_task)
     }

@@ -155,6 +155,7 @@ async fn handle(
         path = %routing::path_template(request.uri().path()),
         route = route.label(),
     );
+    let label = route.label();
     async move {
         let request = request.map(Body::new);
         let response = match route {
@@ -189,9 +190,14 @@ async fn handle(
                 }
             }
         };
+        let latency = started.elapsed();
+        handlers
+            .state
+            .requests
+            .observe(label, response.status().as_u16(), latency);
         tracing::info!(
             status = response.status().as_u16(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             "request answered"
         );
         Ok(response)

@@ -20,6 +20,7 @@
 //! hungryserv process sharing the database learns of a deletion at its next start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ pub struct Deletions {
     gone: RwLock<HashMap<String, bool>>,
     /// `delete_id`s for the purge task.
     queue: mpsc::Sender<String>,
+    /// Deletions queued or being purged (shared with the purge task).
+    in_progress: Arc<AtomicI64>,
 }
 
 impl Deletions {
@@ -91,7 +94,9 @@ impl Deletions {
         config: &DeletionConfig,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(QUEUE);
+        let in_progress = Arc::new(AtomicI64::new(0));
         let purger = Purger {
+            in_progress: in_progress.clone(),
             db: db.clone(),
             rooms: rooms.clone(),
             leaves_kept: config.leaves_kept,
@@ -102,6 +107,7 @@ impl Deletions {
             rooms,
             gone: RwLock::new(HashMap::new()),
             queue,
+            in_progress,
         });
         (deletions, task)
     }
@@ -177,7 +183,9 @@ impl Deletions {
     }
 
     fn enqueue(&self, delete_id: String) {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = self.queue.try_send(delete_id) {
+            self.in_progress.fetch_sub(1, Ordering::Relaxed);
             // Recorded in the database as unfinished: the next start picks it up.
             tracing::warn!(error = %err, "purge queue full; the purge runs after the next restart");
         }
@@ -191,6 +199,20 @@ impl Deletions {
             .await?
             .map(|room| room.appservice_id)
             .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
+    }
+
+    /// Prometheus text: deletions in progress, deleted rooms known.
+    pub fn metrics(&self) -> String {
+        let gone = self.gone.read().map(|set| set.len()).unwrap_or(0);
+        format!(
+            "# HELP hungryserv_room_deletions_in_progress Room deletions queued or being purged.\n\
+             # TYPE hungryserv_room_deletions_in_progress gauge\n\
+             hungryserv_room_deletions_in_progress {}\n\
+             # HELP hungryserv_deleted_rooms Deleted or blocked rooms requests are refused for.\n\
+             # TYPE hungryserv_deleted_rooms gauge\n\
+             hungryserv_deleted_rooms {gone}\n",
+            self.in_progress.load(Ordering::Relaxed)
+        )
     }
 
     pub(super) fn db(&self) -> &PgPool {
@@ -275,6 +297,8 @@ struct Purger {
     rooms: Rooms,
     /// How long the room's state events outlive its messages.
     leaves_kept: Duration,
+    /// Deletions queued or being purged.
+    in_progress: Arc<AtomicI64>,
 }
 
 /// A room whose messages are purged and whose state events (and row) are still there.
@@ -301,7 +325,9 @@ impl Purger {
                 },
             };
             let Some(delete_id) = job else { break };
-            match self.run_deletion(&delete_id).await {
+            let outcome = self.run_deletion(&delete_id).await;
+            self.in_progress.fetch_sub(1, Ordering::Relaxed);
+            match outcome {
                 Ok(Some(room_id)) => tombstones.push(Tombstone {
                     delete_id,
                     room_id,
