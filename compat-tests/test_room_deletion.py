@@ -364,3 +364,18 @@ def test_delete_every_room_of_an_appservice(admin):
     assert mixed in listed and not set(clean) & set(listed)
     resp = call(admin.access_token, "GET", "/_hungryserv/admin/v1/appservices/nonesuch/rooms")
     assert resp.status_code == 404
+
+
+def test_admin_room_list_has_synapse_and_local_rooms(admin, user):
+    tag = secrets.token_hex(4)
+    local = create_room(user.access_token, name=f"listed {tag}")
+    synapse_room = create_room(user.access_token, federate=True, name=f"listed {tag}")
+    body = ok(admin.access_token, "GET", "/_synapse/admin/v1/rooms", params={"limit": "1000000"})
+    rooms = {r["room_id"]: r for r in body["rooms"]}
+    assert local in rooms and synapse_room in rooms
+    assert body["total_rooms"] >= len(rooms)
+    assert rooms[local]["name"] == f"listed {tag}" and rooms[local]["joined_members"] == 1
+    found = ok(admin.access_token, "GET", "/_synapse/admin/v1/rooms", params={"search_term": tag})["rooms"]
+    assert {r["room_id"] for r in found} == {local, synapse_room}
+    resp = call(user.access_token, "GET", "/_synapse/admin/v1/rooms")
+    assert (resp.status_code, resp.json()["errcode"]) == (403, "M_FORBIDDEN")

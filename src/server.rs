@@ -166,6 +166,7 @@ async fn handle(
                 None => call(&handlers.local, request).await,
             },
             Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
+            Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
             Route::ReadOnly { class } => MatrixError::forbidden(format!(
                 "Rooms of class {class} are read-only on this server"
             ))

@@ -27,7 +27,7 @@ use crate::rooms::RoomError;
 
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
-pub use room_admin::router as admin_router;
+pub use room_admin::{room_list as admin_room_list, router as admin_router};
 pub use sync::sync;
 
 /// Everything a handler can fail with.

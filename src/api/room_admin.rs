@@ -471,3 +471,98 @@ async fn delete_appservice_rooms(
     }
     Ok(Json(json!({ "deleted": deleted, "refused": refused })))
 }
+
+/// Largest answer of Synapse's room list read (it is JSON about rooms, not events).
+const MAX_ROOM_LIST: usize = 64 * 1024 * 1024;
+
+/// `GET /_synapse/admin/v1/rooms`: Synapse answers (and refuses non-admins, in its words);
+/// the local rooms are added to `total_rooms` and, on Synapse's last page (no
+/// `next_batch`), to `rooms` — filtered by `search_term` like Synapse (room ID, name or
+/// canonical alias, case-insensitive), not sorted by `order_by`.
+pub async fn room_list(
+    state: &AppState,
+    request: http::Request<axum::body::Body>,
+    peer: std::net::SocketAddr,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let search = super::extract::Query::parse(request.uri().query())
+        .get("search_term")
+        .map(str::to_lowercase);
+    let response = match state.synapse.forward(request, peer).await {
+        Ok(response) => response,
+        Err(err) => return err.into_response(),
+    };
+    if !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_ROOM_LIST)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return MatrixError::bad_gateway("Synapse's room list could not be read")
+                .into_response();
+        }
+    };
+    let Ok(Value::Object(mut list)) = serde_json::from_slice::<Value>(&bytes) else {
+        return http::Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let local = match state.deletions.list_rooms().await {
+        Ok(rooms) => rooms,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    let matches = |room: &crate::store::rooms::ListedRoom| {
+        search.as_deref().is_none_or(|term| {
+            [
+                Some(&room.room_id),
+                room.name.as_ref(),
+                room.canonical_alias.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|field| field.to_lowercase().contains(term))
+        })
+    };
+    let local: Vec<Value> = local
+        .iter()
+        .filter(|room| matches(room))
+        .map(|room| {
+            json!({
+                "room_id": room.room_id,
+                "name": room.name,
+                "canonical_alias": room.canonical_alias,
+                "joined_members": room.joined_members,
+                "joined_local_members": room.joined_members,
+                "version": room.room_version,
+                "creator": room.creator,
+                "encryption": null,
+                "federatable": false,
+                "public": false,
+                "join_rules": room.join_rules,
+                "guest_access": null,
+                "history_visibility": room.history_visibility,
+                "state_events": room.state_events,
+                "room_type": null,
+            })
+        })
+        .collect();
+    let count = local.len();
+    if let Some(total) = list.get_mut("total_rooms")
+        && let Some(n) = total.as_u64()
+    {
+        *total = json!(n + count as u64);
+    }
+    if !list.contains_key("next_batch")
+        && let Some(Value::Array(rooms)) = list.get_mut("rooms")
+    {
+        rooms.extend(local);
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    http::Response::from_parts(
+        parts,
+        axum::body::Body::from(Value::Object(list).to_string()),
+    )
+}

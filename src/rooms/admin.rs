@@ -48,6 +48,15 @@ impl Deletions {
         }))
     }
 
+    /// Every local room not deleted, for Synapse's admin room list.
+    pub async fn list_rooms(&self) -> Result<Vec<store::rooms::ListedRoom>, RoomError> {
+        let rooms = store::rooms::list(self.db()).await?;
+        Ok(rooms
+            .into_iter()
+            .filter(|room| self.gone(&room.room_id).is_none())
+            .collect())
+    }
+
     /// The rooms an appservice's token created (not deleted), oldest first.
     pub async fn appservice_rooms(&self, appservice_id: &str) -> Result<Vec<String>, RoomError> {
         let rooms = store::deletion::rooms_of_appservice(self.db(), appservice_id).await?;

@@ -56,6 +56,8 @@ pub enum Route {
     AdminRoom,
     /// hungryserv's own admin API (`/_hungryserv/admin/…`), for server admins.
     Admin,
+    /// `GET /_synapse/admin/v1/rooms`: Synapse's list with the local rooms added.
+    AdminRoomList,
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -70,6 +72,7 @@ impl Route {
             Route::Ops => "ops",
             Route::AdminRoom => "admin_room",
             Route::Admin => "admin",
+            Route::AdminRoomList => "merge",
             Route::Local => "local",
             Route::Unavailable { .. } => "unavailable",
             Route::ReadOnly { .. } => "read_only",
@@ -192,6 +195,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     }
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;
+    }
+    if path == "/_synapse/admin/v1/rooms" && method == Method::GET {
+        return Route::AdminRoomList;
     }
     if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
         return admin_route(classes, rest);
@@ -500,7 +506,12 @@ mod tests {
                 "/_matrix/client/v3/joined_rooms",
                 Route::JoinedRooms,
             ),
-            (Method::GET, "/_synapse/admin/v1/rooms", Route::Forward),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/rooms",
+                Route::AdminRoomList,
+            ),
+            (Method::POST, "/_synapse/admin/v1/rooms", Route::Forward),
             (
                 Method::DELETE,
                 "/_synapse/admin/v2/rooms/%21hs_abc%3Aexample.org",
