@@ -342,6 +342,8 @@ SYNAPSE_ONLY_UNSIGNED = {
     "prev_sender",
     "redacted_by",
 }
+# Ours, not Synapse's: Beeper's stream order for bridges (test_bridge_extensions checks it).
+HUNGRYSERV_ONLY_UNSIGNED = {"com.beeper.hs.order"}
 
 
 class Normaliser:
@@ -391,7 +393,11 @@ class Normaliser:
                     # Stamped by the server's clock; a massaged ts is compared as is.
                     out[k] = "<server time>"
                 elif is_event and k == "unsigned":
-                    out[k] = self.walk({uk: uv for uk, uv in v.items() if uk not in SYNAPSE_ONLY_UNSIGNED})
+                    out[k] = self.walk({
+                            uk: uv
+                            for uk, uv in v.items()
+                            if uk not in SYNAPSE_ONLY_UNSIGNED | HUNGRYSERV_ONLY_UNSIGNED
+                        })
                 else:
                     out[self.text(k)] = self.walk(v)
             return out

@@ -180,6 +180,7 @@ async fn handle(
             Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
+            Route::Versions => api::versions(&handlers.state, request).await,
             Route::AliasWrite { alias } => {
                 api::alias_write(handlers.state.clone(), request, peer, &alias).await
             }

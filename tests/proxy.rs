@@ -345,9 +345,12 @@ async fn h2c_prior_knowledge_is_served() {
         .build_http();
     let response = client
         .request(
-            Request::get(format!("http://{}/_matrix/client/versions", server.addr))
-                .body(Full::default())
-                .unwrap(),
+            Request::get(format!(
+                "http://{}/_matrix/client/v3/capabilities",
+                server.addr
+            ))
+            .body(Full::default())
+            .unwrap(),
         )
         .await
         .unwrap();
@@ -372,7 +375,7 @@ async fn a_request_sent_as_shutdown_begins_is_answered() {
         .await
         .unwrap();
     stream
-        .write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nhost: hs\r\n\r\n")
+        .write_all(b"GET /_matrix/client/v3/capabilities HTTP/1.1\r\nhost: hs\r\n\r\n")
         .await
         .unwrap();
     let db = hungryserv::store::pool(&config.database).unwrap();

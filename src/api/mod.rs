@@ -13,6 +13,7 @@ mod read;
 mod room_admin;
 mod send;
 mod sync;
+mod versions;
 
 use axum::Router;
 use axum::body::Body;
@@ -29,6 +30,7 @@ pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
 pub use sync::sync;
+pub use versions::versions;
 
 /// Everything a handler can fail with.
 #[derive(Debug)]
@@ -134,6 +136,10 @@ pub fn local_router(state: AppState) -> Router {
             put(send::redact),
         )
         .route(&format!("{rooms}/join"), post(membership::join_room))
+        .route(
+            "/_matrix/client/unstable/com.beeper.backfill/rooms/{room_id}/batch_send",
+            post(send::batch_send),
+        )
         .route(
             "/_matrix/client/{v}/join/{room_id}",
             post(membership::join_room),

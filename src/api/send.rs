@@ -10,7 +10,7 @@ use super::ApiError;
 use super::extract::{Authed, JsonObject, optional_str};
 use crate::app::AppState;
 use crate::error::MatrixError;
-use crate::rooms::service::origin_ts;
+use crate::rooms::service::{BatchSend, origin_ts};
 
 pub(super) fn room_id(raw: &str) -> Result<OwnedRoomId, ApiError> {
     OwnedRoomId::try_from(raw)
@@ -152,4 +152,43 @@ pub async fn redact(
         )
         .await?;
     Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `POST /_matrix/client/unstable/com.beeper.backfill/rooms/{roomId}/batch_send`.
+pub async fn batch_send(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let flag = |key: &str, default: bool| -> Result<bool, ApiError> {
+        match body.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(value)) => Ok(*value),
+            Some(_) => Err(MatrixError::bad_json(format!("'{key}' must be a boolean")).into()),
+        }
+    };
+    let mark_read_by = optional_str(&body, "mark_read_by")?
+        .map(|user| {
+            ruma::OwnedUserId::try_from(user.as_str())
+                .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {user}")))
+        })
+        .transpose()?;
+    let events = match body.get("events") {
+        Some(Value::Array(events)) => events.clone(),
+        _ => return Err(MatrixError::bad_json("'events' must be an array").into()),
+    };
+    let request = BatchSend {
+        forward: flag("forward", false)?,
+        forward_if_no_messages: flag("forward_if_no_messages", false)?,
+        send_notification: flag("send_notification", false)?,
+        mark_read_by,
+        events,
+    };
+    let event_ids = state
+        .rooms
+        .batch_send(&auth.requester, &room_id, request)
+        .await?;
+    Ok(Json(json!({ "event_ids": event_ids })))
 }

@@ -34,6 +34,12 @@ pub struct CreateRoomRequest {
     pub power_level_content_override: Option<Map<String, Value>>,
     #[serde(default)]
     pub room_alias_name: Option<String>,
+    /// Beeper extension: everyone in `invite` is joined at creation.
+    #[serde(default, rename = "com.beeper.auto_join_invites")]
+    pub auto_join_invites: bool,
+    /// Beeper extension (newer form): these users are joined at creation.
+    #[serde(default, rename = "com.beeper.initial_members")]
+    pub initial_members: Vec<String>,
 }
 
 /// One entry of `initial_state`.
@@ -109,6 +115,29 @@ pub fn invitees(request: &CreateRoomRequest) -> Result<Vec<OwnedUserId>, RoomErr
                 .map_err(|_| RoomError::InvalidParam(format!("Invalid user_id: {user}")))
         })
         .collect()
+}
+
+/// The users joined at creation (Beeper's `com.beeper.auto_join_invites` and
+/// `com.beeper.initial_members`), in request order, without the creator or repeats.
+/// `com.beeper.local_room_id` is ignored: the class prefix decides local room IDs.
+pub fn initial_members(
+    request: &CreateRoomRequest,
+    creator: &OwnedUserId,
+) -> Result<Vec<OwnedUserId>, RoomError> {
+    let invited = if request.auto_join_invites {
+        request.invite.as_slice()
+    } else {
+        &[]
+    };
+    let mut members: Vec<OwnedUserId> = Vec::new();
+    for user in invited.iter().chain(&request.initial_members) {
+        let user = OwnedUserId::try_from(user.as_str())
+            .map_err(|_| RoomError::InvalidParam(format!("Invalid user_id: {user}")))?;
+        if &user != creator && !members.contains(&user) {
+            members.push(user);
+        }
+    }
+    Ok(members)
 }
 
 /// Everything [`initial_events`] needs besides the request.

@@ -70,6 +70,8 @@ pub fn to_client(event: &StoredEvent, related: &Related, viewer: Viewer<'_>) -> 
     if let Some(because) = &related.redacted_because {
         unsigned.insert("redacted_because".into(), because.clone());
     }
+    // The stream position, as Beeper's hungryserv exposes it (bridges order by it).
+    unsigned.insert("com.beeper.hs.order".into(), json!(event.stream));
     let mut object = Map::new();
     object.insert("type".into(), json!(event.kind));
     object.insert("room_id".into(), json!(event.room_id));

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::RoomError;
 use super::auth::Proposal;
 use super::create::{self, CreateRoomRequest, Plan};
-use super::writer::{NewRoom, Outcome, Txn, Writer};
+use super::writer::{BatchJob, NewRoom, Outcome, Placement, Txn, Writer};
 use crate::auth::requester::Requester;
 use crate::config::RoomClass;
 use crate::store;
@@ -95,6 +95,7 @@ impl Rooms {
             return Err(RoomError::RoomInUse("Room alias already taken".into()));
         }
         let invitees = create::invitees(&request)?;
+        let joined_at_once = create::initial_members(&request, &requester.user_id)?;
         let creator_member = self.member_content(token, &requester.user_id, "join").await;
         let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
         let events = create::initial_events(
@@ -107,6 +108,26 @@ impl Rooms {
                 now_ms: ts,
             },
         )?;
+        let mut events = events;
+        // Members joined at creation: an invite by the creator, then their join, each in the
+        // creation's own commit, so the room never exists without them.
+        for member in &joined_at_once {
+            let mut invite = self.member_content(token, member, "invite").await;
+            if request.is_direct == Some(true) {
+                invite.insert("is_direct".into(), json!(true));
+            }
+            let join = self.member_content(token, member, "join").await;
+            for (sender, content) in [(&requester.user_id, invite), (member, join)] {
+                events.push(Proposal {
+                    sender: sender.clone(),
+                    kind: "m.room.member".into(),
+                    state_key: Some(member.to_string()),
+                    content,
+                    origin_server_ts: ts,
+                    redacts: None,
+                });
+            }
+        }
         for event in &events {
             check_size(event)?;
         }
@@ -124,7 +145,7 @@ impl Rooms {
             .await?;
         // Invites are ordinary membership changes after creation, as in Synapse; a failed
         // invite does not undo the room (Synapse behaves the same).
-        for invitee in invitees {
+        for invitee in invitees.into_iter().filter(|u| !joined_at_once.contains(u)) {
             let mut content = self.member_content(token, &invitee, "invite").await;
             if request.is_direct == Some(true) {
                 content.insert("is_direct".into(), json!(true));
@@ -215,6 +236,7 @@ impl Rooms {
                 .map(|event| event.event_id)
                 .ok_or_else(|| RoomError::Internal("append wrote nothing".into())),
             Outcome::Repeated(event_id) => Ok(event_id),
+            Outcome::Existing(_) => Err(RoomError::Internal("append reported a batch".into())),
         }
     }
 
@@ -300,6 +322,21 @@ fn check_canonical(value: &Value) -> Result<(), RoomError> {
 
 /// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
 /// content that is not canonical JSON.
+/// Most events in one batch send.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// A `com.beeper.backfill` batch send, as parsed from its body.
+#[derive(Debug, Clone)]
+pub struct BatchSend {
+    pub forward: bool,
+    pub forward_if_no_messages: bool,
+    /// Whether the events may notify. Nothing of hungryserv pushes or counts unreads yet, so
+    /// `false` is honoured trivially; kept for when push exists.
+    pub send_notification: bool,
+    pub mark_read_by: Option<OwnedUserId>,
+    pub events: Vec<Value>,
+}
+
 fn check_size(event: &Proposal) -> Result<(), RoomError> {
     event.content.values().try_for_each(check_canonical)?;
     let size = serde_json::to_vec(&event.content).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
@@ -315,6 +352,120 @@ fn check_size(event: &Proposal) -> Result<(), RoomError> {
 }
 
 impl Rooms {
+    /// `POST /_matrix/client/unstable/com.beeper.backfill/rooms/{roomId}/batch_send`, by an
+    /// appservice user joined to the room. Every event's sender must be the appservice's bot
+    /// or in its user namespaces; events carry their own `event_id` (optional),
+    /// `origin_server_ts` and content; state events and redactions are refused. All or none.
+    /// A repeat of a whole earlier batch (same event IDs) returns the same IDs and writes
+    /// nothing; a batch that reuses some existing ID is refused (`M_INVALID_PARAM`).
+    pub async fn batch_send(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        request: BatchSend,
+    ) -> Result<Vec<OwnedEventId>, RoomError> {
+        let Some(appservice) = &requester.appservice else {
+            return Err(RoomError::Forbidden(
+                "Only application services can batch send".into(),
+            ));
+        };
+        if request.events.len() > MAX_BATCH_EVENTS {
+            return Err(RoomError::BadJson(format!(
+                "At most {MAX_BATCH_EVENTS} events per batch"
+            )));
+        }
+        let bot = format!("@{}:{}", appservice.sender_localpart, self.server_name);
+        let now = now_ms();
+        let mut events = Vec::with_capacity(request.events.len());
+        for (index, value) in request.events.iter().enumerate() {
+            let bad = |what: &str| RoomError::BadJson(format!("events[{index}]: {what}"));
+            let event = value.as_object().ok_or_else(|| bad("not an object"))?;
+            let kind = event
+                .get("type")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| bad("'type' must be a non-empty string"))?;
+            if event.contains_key("state_key") {
+                return Err(bad("state events cannot be batch sent"));
+            }
+            if kind == "m.room.redaction" {
+                return Err(bad("redactions cannot be batch sent"));
+            }
+            if let Some(other) = event.get("room_id")
+                && other.as_str() != Some(room_id.as_str())
+            {
+                return Err(bad("'room_id' names another room"));
+            }
+            let sender = event
+                .get("sender")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("'sender' must be a string"))?;
+            let sender = OwnedUserId::try_from(sender).map_err(|_| {
+                RoomError::InvalidParam(format!("events[{index}]: invalid sender {sender:?}"))
+            })?;
+            let claimed = sender.as_str() == bot
+                || appservice
+                    .users
+                    .iter()
+                    .any(|ns| ns.matches(sender.as_str()));
+            if !claimed {
+                return Err(RoomError::Forbidden(format!(
+                    "Application service cannot masquerade as this user ({sender})."
+                )));
+            }
+            let content = match event.get("content") {
+                Some(Value::Object(content)) => content.clone(),
+                _ => return Err(bad("'content' must be an object")),
+            };
+            let origin_server_ts = match event.get("origin_server_ts") {
+                None => now,
+                Some(ts) => ts
+                    .as_i64()
+                    .ok_or_else(|| bad("'origin_server_ts' must be an integer"))?,
+            };
+            let event_id = match event.get("event_id") {
+                None => None,
+                Some(id) => Some(
+                    id.as_str()
+                        .and_then(|id| OwnedEventId::try_from(id).ok())
+                        .ok_or_else(|| {
+                            RoomError::InvalidParam(format!("events[{index}]: invalid event_id"))
+                        })?,
+                ),
+            };
+            let proposal = Proposal {
+                sender,
+                kind: kind.to_owned(),
+                state_key: None,
+                content,
+                origin_server_ts,
+                redacts: None,
+            };
+            check_size(&proposal)?;
+            events.push((proposal, event_id));
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placement = match (request.forward, request.forward_if_no_messages) {
+            (true, _) => Placement::Forward,
+            (false, true) => Placement::ForwardIfEmpty,
+            (false, false) => Placement::Backward,
+        };
+        let job = BatchJob {
+            room_id: room_id.clone(),
+            by: requester.user_id.clone(),
+            events,
+            placement,
+            mark_read_by: request.mark_read_by,
+        };
+        match self.writer.batch(job).await? {
+            Outcome::Written(written) => Ok(written.into_iter().map(|e| e.event_id).collect()),
+            Outcome::Existing(ids) => Ok(ids),
+            Outcome::Repeated(_) => Err(RoomError::Internal("batch reported a repeat".into())),
+        }
+    }
+
     /// After a profile change passed through to Synapse: every local room the user is joined
     /// to gets a new member event with the new displayname and avatar, as Synapse does for
     /// its own rooms. Rooms where nothing changed are left alone.

@@ -104,6 +104,32 @@ pub enum Outcome {
     Written(Vec<StoredEvent>),
     /// The transaction was already used: the event it produced then.
     Repeated(OwnedEventId),
+    /// A batch whose events all exist already (a retried batch send): their IDs.
+    Existing(Vec<OwnedEventId>),
+}
+
+/// Where a batch send puts its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// After the room's newest event (new messages: sync shows them).
+    Forward,
+    /// Before the room's oldest event (history: sync does not show them as new).
+    Backward,
+    /// Forward if the room has no messages yet, else backward.
+    ForwardIfEmpty,
+}
+
+/// A batch send: events with bridge-chosen IDs, written all or nothing.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    pub room_id: OwnedRoomId,
+    /// The appservice user sending the batch; must be joined.
+    pub by: OwnedUserId,
+    /// Events in request order, each with its chosen ID (or none: we pick one).
+    pub events: Vec<(Proposal, Option<OwnedEventId>)>,
+    pub placement: Placement,
+    /// A user whose read receipt moves to the batch's last event, in the same commit.
+    pub mark_read_by: Option<OwnedUserId>,
 }
 
 enum Job {
@@ -116,6 +142,7 @@ enum Job {
         events: Vec<Proposal>,
         txn: Option<Txn>,
     },
+    Batch(BatchJob),
 }
 
 struct Pending {
@@ -153,7 +180,9 @@ impl Writer {
     ) -> Result<Vec<StoredEvent>, RoomError> {
         match self.submit(Job::Create { room, events }).await? {
             Outcome::Written(events) => Ok(events),
-            Outcome::Repeated(_) => Err(RoomError::Internal("create reported a repeat".into())),
+            Outcome::Repeated(_) | Outcome::Existing(_) => {
+                Err(RoomError::Internal("create reported a repeat".into()))
+            }
         }
     }
 
@@ -170,6 +199,11 @@ impl Writer {
             txn,
         })
         .await
+    }
+
+    /// Writes a batch send (see [`BatchJob`]), all or none.
+    pub async fn batch(&self, job: BatchJob) -> Result<Outcome, RoomError> {
+        self.submit(Job::Batch(job)).await
     }
 
     async fn submit(&self, job: Job) -> Result<Outcome, RoomError> {
@@ -211,6 +245,10 @@ struct Batch {
     /// Contents of this batch's events before a redaction in it pruned them, so a failing
     /// all-or-nothing job can put them back: `(index in events, content)`.
     pruned: Vec<(usize, serde_json::Map<String, Value>)>,
+    /// Stream positions of events inserted as history (backward batch sends).
+    backfilled: Vec<i64>,
+    /// Read receipts to write with the events.
+    receipts: Vec<store::receipts::Receipt>,
 }
 
 /// What a batch wrote, for the notifier.
@@ -309,6 +347,7 @@ impl WriterTask {
             .iter()
             .filter_map(|job| match job {
                 Job::Append { room_id, .. } => Some(room_id.to_string()),
+                Job::Batch(batch) => Some(batch.room_id.to_string()),
                 Job::Create { .. } => None,
             })
             .collect();
@@ -339,6 +378,7 @@ impl WriterTask {
                     txn,
                 } => append(&mut tx, &mut batch, room_id, events, txn.as_ref()).await?,
                 Job::Create { room, events } => create(&mut tx, &mut batch, room, events).await?,
+                Job::Batch(job) => batch_send(&mut tx, &mut batch, job).await?,
             };
             outcomes.push(outcome);
         }
@@ -373,6 +413,12 @@ impl WriterTask {
         for (target, redaction, pruned) in &batch.redactions {
             store::events::redact(&mut tx, target, redaction, pruned).await?;
         }
+        if !batch.backfilled.is_empty() {
+            store::events::mark_backfilled(&mut tx, &batch.backfilled).await?;
+        }
+        if !batch.receipts.is_empty() {
+            store::receipts::upsert(&mut tx, &batch.receipts).await?;
+        }
         tx.commit().await?;
         let max_stream = batch.next_stream - 1;
         Ok((outcomes, batch.rooms, max_stream))
@@ -405,7 +451,7 @@ impl WriterTask {
                         e.state_key.is_none() && e.redacts.is_none() && e.kind != "m.room.redaction"
                     })
             }
-            Job::Create { .. } => false,
+            Job::Create { .. } | Job::Batch(_) => false,
         });
         if !eligible {
             return Ok(None);
@@ -748,10 +794,22 @@ fn push_event(
     proposal: &Proposal,
     txn: Option<&Txn>,
 ) -> OwnedEventId {
-    let event_id = new_event_id();
+    state.max_topo += 1;
+    let topo = state.max_topo;
+    push_event_at(batch, state, proposal, txn, new_event_id(), topo)
+}
+
+/// [`push_event`] with a given event ID and topological position.
+fn push_event_at(
+    batch: &mut Batch,
+    state: &mut RoomState,
+    proposal: &Proposal,
+    txn: Option<&Txn>,
+    event_id: OwnedEventId,
+    topo: i64,
+) -> OwnedEventId {
     let stream = batch.next_stream;
     batch.next_stream += 1;
-    state.max_topo += 1;
     state.latest_stream = stream;
     let replaces_state = proposal
         .state_key
@@ -771,7 +829,7 @@ fn push_event(
     }
     batch.events.push(StoredEvent {
         stream,
-        topo: state.max_topo,
+        topo,
         event_id: event_id.clone(),
         room_id: state.room_id.clone(),
         sender: proposal.sender.clone(),
@@ -814,4 +872,115 @@ fn redact(
     batch
         .redactions
         .push((target.to_string(), redaction.to_string(), pruned.clone()));
+}
+
+/// A batch send: bridge-chosen event IDs, placed after the newest or before the oldest event,
+/// all or nothing. Senders are the appservice's users and need not be joined (bridges backfill
+/// history of people who left); the requesting appservice user must be joined.
+async fn batch_send(
+    conn: &mut PgConnection,
+    batch: &mut Batch,
+    job: &BatchJob,
+) -> Result<Result<Outcome, RoomError>, store::StoreError> {
+    let room_id = &job.room_id;
+    let Some(state) = batch.rooms.get(room_id) else {
+        return Ok(Err(RoomError::Forbidden(format!(
+            "User {} not in room {room_id}",
+            job.by
+        ))));
+    };
+    if state.membership(job.by.as_str()) != Some("join") {
+        return Ok(Err(RoomError::Forbidden(format!(
+            "User {} not in room {room_id}",
+            job.by
+        ))));
+    }
+    // Chosen IDs: a repeat of a whole earlier batch is answered with its IDs; any other
+    // clash is refused.
+    let chosen: Vec<String> = job
+        .events
+        .iter()
+        .filter_map(|(_, id)| id.as_ref().map(ToString::to_string))
+        .collect();
+    let mut unique = std::collections::HashSet::new();
+    if let Some(dup) = chosen.iter().find(|id| !unique.insert(id.as_str())) {
+        return Ok(Err(RoomError::InvalidParam(format!(
+            "Event ID {dup} appears twice in the batch"
+        ))));
+    }
+    let mut existing = store::events::existing_ids(conn, &chosen).await?;
+    existing.extend(
+        batch
+            .events
+            .iter()
+            .filter(|e| unique.contains(e.event_id.as_str()))
+            .map(|e| (e.event_id.to_string(), e.room_id.to_string())),
+    );
+    if !existing.is_empty() {
+        let all_here = existing.len() == job.events.len()
+            && chosen.len() == job.events.len()
+            && existing.iter().all(|(_, room)| room == room_id.as_str());
+        if all_here {
+            let ids = chosen
+                .iter()
+                .filter_map(|id| OwnedEventId::try_from(id.as_str()).ok())
+                .collect();
+            return Ok(Ok(Outcome::Existing(ids)));
+        }
+        let (id, _) = &existing[0];
+        return Ok(Err(RoomError::InvalidParam(format!(
+            "Event ID {id} already exists"
+        ))));
+    }
+    let forward = match job.placement {
+        Placement::Forward => true,
+        Placement::Backward => false,
+        Placement::ForwardIfEmpty => {
+            let in_batch = batch
+                .events
+                .iter()
+                .any(|e| &e.room_id == room_id && e.state_key.is_none());
+            !in_batch && !store::events::room_has_messages(conn, room_id.as_str()).await?
+        }
+    };
+    let Some(mut state) = batch.rooms.remove(room_id) else {
+        return Ok(Err(RoomError::Internal("room state vanished".into())));
+    };
+    let count = i64::try_from(job.events.len()).unwrap_or(i64::MAX);
+    let first_topo = if forward {
+        state.max_topo + 1
+    } else {
+        state.min_topo - count
+    };
+    let mut written = Vec::with_capacity(job.events.len());
+    for (offset, (proposal, chosen_id)) in (0_i64..).zip(&job.events) {
+        let event_id = chosen_id.clone().unwrap_or_else(new_event_id);
+        let topo = first_topo + offset;
+        push_event_at(batch, &mut state, proposal, None, event_id, topo);
+        let event = batch.events.last().cloned();
+        if let Some(event) = event {
+            if !forward {
+                batch.backfilled.push(event.stream);
+            }
+            written.push(event);
+        }
+    }
+    if forward {
+        state.max_topo = first_topo + count - 1;
+    } else {
+        state.min_topo = first_topo;
+    }
+    if let (Some(user), Some(last)) = (&job.mark_read_by, written.last()) {
+        batch.receipts.push(store::receipts::Receipt {
+            room_id: room_id.to_string(),
+            user_id: user.to_string(),
+            kind: "m.read".into(),
+            thread_id: String::new(),
+            event_id: last.event_id.to_string(),
+            stream: last.stream,
+            ts: super::service::now_ms(),
+        });
+    }
+    batch.rooms.insert(room_id.clone(), state);
+    Ok(Ok(Outcome::Written(written)))
 }

@@ -62,6 +62,8 @@ pub enum Route {
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
     Sync,
+    /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
+    Versions,
 }
 
 impl Route {
@@ -79,7 +81,7 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms | Route::Sync => "merge",
+            Route::JoinedRooms | Route::Sync | Route::Versions => "merge",
         }
     }
 }
@@ -245,6 +247,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
+        ["versions"] if method == Method::GET => Route::Versions,
         _ => Route::Forward,
     }
 }
@@ -380,7 +383,7 @@ mod tests {
             ),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
-            (Method::GET, "/_matrix/client/versions", Route::Forward),
+            (Method::GET, "/_matrix/client/versions", Route::Versions),
             (
                 Method::PUT,
                 "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/1",

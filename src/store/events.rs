@@ -514,7 +514,7 @@ pub async fn page(
 }
 
 /// Up to `limit` events of a room with `stream` in `(after, before)` (exclusive bounds), newest
-/// first: the end of a sync timeline.
+/// first, leaving out backfilled history: the end of a sync timeline.
 pub async fn recent(
     conn: &mut PgConnection,
     room_id: &str,
@@ -528,7 +528,7 @@ pub async fn recent(
                   e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
                   e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
            FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
-           WHERE e.room_id = $1 AND e.stream > $2 AND e.stream < $3
+           WHERE e.room_id = $1 AND e.stream > $2 AND e.stream < $3 AND NOT e.backfilled
            ORDER BY e.stream DESC
            LIMIT $4"#,
         room_id,
@@ -557,8 +557,9 @@ pub async fn topo_at(
     .await?)
 }
 
-/// Up to `limit` events of every room with `stream` in `(after, upto]`, in stream order: the
-/// appservice delivery queue.
+/// Up to `limit` events of every room with `stream` in `(after, upto]`, in stream order,
+/// leaving out backfilled history: the appservice delivery queue. Fewer than `limit` rows
+/// does not mean the range is exhausted (backfilled events are skipped).
 pub async fn stream_range(
     conn: &mut PgConnection,
     after: i64,
@@ -571,7 +572,7 @@ pub async fn stream_range(
                   e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
                   e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
            FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
-           WHERE e.stream > $1 AND e.stream <= $2
+           WHERE e.stream > $1 AND e.stream <= $2 AND NOT e.backfilled
            ORDER BY e.stream
            LIMIT $3"#,
         after,
@@ -581,6 +582,46 @@ pub async fn stream_range(
     .fetch_all(conn)
     .await?;
     parse_all(rows)
+}
+
+/// Which of `event_ids` exist, with their rooms.
+pub async fn existing_ids(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query!(
+        "SELECT event_id, room_id FROM events WHERE event_id = ANY($1)",
+        event_ids
+    )
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.event_id, row.room_id))
+    .collect())
+}
+
+/// Whether a room has any message (non-state) event.
+pub async fn room_has_messages(conn: &mut PgConnection, room_id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM events WHERE room_id = $1 AND state_key IS NULL) AS "exists!""#,
+        room_id
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Marks events as backfilled history.
+pub async fn mark_backfilled(conn: &mut PgConnection, streams: &[i64]) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE events SET backfilled = true WHERE stream = ANY($1)",
+        streams
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A user's member events in a room, oldest first: their membership history, for history
@@ -607,6 +648,45 @@ pub async fn membership_history(
             )
         })
         .collect())
+}
+
+/// A user's membership history in a room and the room's visibility history, oldest first.
+pub type ReaderHistory = (Vec<(i64, String)>, Vec<(i64, String)>);
+
+/// [`membership_history`] and [`visibility_history`] of many rooms in one query: what a
+/// reader's view of each room is built from.
+pub async fn reader_histories(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    user_id: &str,
+) -> Result<std::collections::HashMap<String, ReaderHistory>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT room_id, stream, type AS kind, content->>'membership' AS "membership?",
+                  content->>'history_visibility' AS "visibility?"
+           FROM events
+           WHERE room_id = ANY($1)
+             AND ((type = 'm.room.member' AND state_key = $2)
+                  OR (type = 'm.room.history_visibility' AND state_key = ''))
+           ORDER BY stream"#,
+        room_ids,
+        user_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut histories: std::collections::HashMap<String, ReaderHistory> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let (memberships, visibilities) = histories.entry(row.room_id).or_default();
+        if row.kind == "m.room.member" {
+            memberships.push((row.stream, row.membership.unwrap_or_else(|| "leave".into())));
+        } else {
+            visibilities.push((
+                row.stream,
+                row.visibility.unwrap_or_else(|| "shared".into()),
+            ));
+        }
+    }
+    Ok(histories)
 }
 
 /// The room's history visibility changes, oldest first.
@@ -734,6 +814,17 @@ pub async fn aggregations(
     viewer: &str,
 ) -> Result<Aggregations, StoreError> {
     if event_ids.is_empty() {
+        return Ok(Aggregations::default());
+    }
+    // Most events have no relations: one cheap probe instead of the four queries below.
+    let related = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM events WHERE relates_to = ANY($1) AND room_id = $2) AS "exists!""#,
+        event_ids,
+        room_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !related {
         return Ok(Aggregations::default());
     }
     let edits = sqlx::query_as!(

@@ -20,18 +20,20 @@
 //! Every event passes the room's history visibility for the user, exactly as `/messages`
 //! applies it ([`crate::rooms::visibility`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::filter::SyncFilter;
 use crate::auth::requester::Requester;
 use crate::rooms::RoomError;
+use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
-use crate::rooms::service::Rooms;
+use crate::rooms::service::{Rooms, now_ms};
 use crate::rooms::visibility::Reader;
-use crate::store::{self, events::EventWithPrev, rooms::UserRoom};
+use crate::store::{self, StoreError, events::EventWithPrev, rooms::UserRoom};
 
 /// Timeline events per room when the filter sets no limit (Synapse's default).
 const DEFAULT_TIMELINE_LIMIT: i64 = 10;
@@ -78,37 +80,109 @@ pub struct LocalRequest<'a> {
     pub filter: &'a SyncFilter,
 }
 
+/// Rooms built at once, each on a pooled connection of its own.
+const CONCURRENT_ROOMS: usize = 4;
+
+/// What every room of a sync needs, read for all of them at once.
+struct Prefetch {
+    /// Room → the user's membership history and the room's visibility history.
+    histories: HashMap<String, store::events::ReaderHistory>,
+    /// Room → receipts committed up to the sync's position.
+    receipts: HashMap<String, Vec<store::receipts::Receipt>>,
+}
+
+/// Which section a room goes to.
+enum Section {
+    Join,
+    Invite,
+    Leave,
+}
+
 /// Builds the local part of a sync.
 pub async fn build(
     rooms: &Rooms,
-    conn: &mut PgConnection,
+    db: &PgPool,
     request: &LocalRequest<'_>,
 ) -> Result<LocalSync, RoomError> {
     let user = request.requester.user_id.as_str();
-    let mut sync = LocalSync::default();
-    for room in store::rooms::user_rooms(conn, user, request.since, request.upto).await? {
-        sync.rooms.push(room.room_id.clone());
-        if !request.filter.room.allows_room(&room.room_id) {
-            continue;
+    let user_rooms = {
+        let mut conn = db.acquire().await.map_err(StoreError::from)?;
+        store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?
+    };
+    let mut sync = LocalSync {
+        rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
+        ..LocalSync::default()
+    };
+    let shown: Vec<&UserRoom> = user_rooms
+        .iter()
+        .filter(|room| request.filter.room.allows_room(&room.room_id))
+        .collect();
+    let pre = {
+        let ids: Vec<String> = shown.iter().map(|room| room.room_id.clone()).collect();
+        let mut conn = db.acquire().await.map_err(StoreError::from)?;
+        Prefetch {
+            histories: store::events::reader_histories(&mut conn, &ids, user).await?,
+            receipts: store::receipts::of_rooms(&mut conn, &ids, request.upto).await?,
         }
-        match room.membership.as_str() {
-            "join" => {
-                if let Some(value) = joined_room(rooms, conn, request, &room).await? {
-                    sync.join.insert(room.room_id.clone(), value);
-                }
-            }
-            "invite" if request.since == 0 || room.member_stream > request.since => {
-                let value = invited_room(conn, &room, user).await?;
-                sync.invite.insert(room.room_id.clone(), value);
-            }
-            "leave" | "ban" if shows_leave(request, &room) => {
-                let value = left_room(rooms, conn, request, &room).await?;
-                sync.leave.insert(room.room_id.clone(), value);
-            }
-            _ => {}
+    };
+    let mut entries = Vec::with_capacity(shown.len());
+    for group in shown.chunks(CONCURRENT_ROOMS) {
+        let mut pending = Vec::with_capacity(group.len());
+        for room in group {
+            pending.push(pooled_room_entry(rooms, db, request, &pre, room));
         }
+        entries.extend(try_join_all(pending).await?);
+    }
+    for (room, entry) in entries {
+        let (section, value) = match entry {
+            Some(entry) => entry,
+            None => continue,
+        };
+        let target = match section {
+            Section::Join => &mut sync.join,
+            Section::Invite => &mut sync.invite,
+            Section::Leave => &mut sync.leave,
+        };
+        target.insert(room.room_id.clone(), value);
     }
     Ok(sync)
+}
+
+/// [`room_entry`] on a connection of its own.
+async fn pooled_room_entry<'a>(
+    rooms: &Rooms,
+    db: &PgPool,
+    request: &LocalRequest<'_>,
+    pre: &Prefetch,
+    room: &'a UserRoom,
+) -> Result<(&'a UserRoom, Option<(Section, Value)>), RoomError> {
+    let mut conn = db.acquire().await.map_err(StoreError::from)?;
+    let entry = room_entry(rooms, &mut conn, request, pre, room).await?;
+    Ok((room, entry))
+}
+
+/// One room's entry, if the sync shows it.
+async fn room_entry(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    pre: &Prefetch,
+    room: &UserRoom,
+) -> Result<Option<(Section, Value)>, RoomError> {
+    let user = request.requester.user_id.as_str();
+    Ok(match room.membership.as_str() {
+        "join" => joined_room(rooms, conn, request, pre, room)
+            .await?
+            .map(|value| (Section::Join, value)),
+        "invite" if request.since == 0 || room.member_stream > request.since => {
+            Some((Section::Invite, invited_room(conn, room, user).await?))
+        }
+        "leave" | "ban" if shows_leave(request, room) => Some((
+            Section::Leave,
+            left_room(rooms, conn, request, pre, room).await?,
+        )),
+        _ => None,
+    })
 }
 
 fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
@@ -119,6 +193,31 @@ fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
     } else {
         room.member_stream > request.since
     }
+}
+
+/// The room's read receipts committed in `(after, upto]`, as one `m.receipt` event (private
+/// receipts only to their owner).
+fn receipts(request: &LocalRequest<'_>, pre: &Prefetch, room_id: &str, after: i64) -> Vec<Value> {
+    let user = request.requester.user_id.as_str();
+    let mut content = Map::new();
+    let room_receipts = pre.receipts.get(room_id).map_or(&[][..], Vec::as_slice);
+    for receipt in room_receipts.iter().filter(|r| r.stream > after) {
+        if receipt.kind == "m.read.private" && receipt.user_id != user {
+            continue;
+        }
+        let mut entry = json!({ "ts": receipt.ts });
+        if !receipt.thread_id.is_empty() {
+            entry["thread_id"] = json!(receipt.thread_id);
+        }
+        let by_type = content
+            .entry(receipt.event_id.clone())
+            .or_insert_with(|| json!({}));
+        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = entry;
+    }
+    if content.is_empty() {
+        return Vec::new();
+    }
+    vec![json!({ "type": "m.receipt", "content": content })]
 }
 
 /// One room's entry, before it is shaped for its section.
@@ -135,6 +234,7 @@ async fn joined_room(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Option<Value>, RoomError> {
     let newly = request.since == 0 || room.membership_before.as_deref() != Some("join");
@@ -148,12 +248,14 @@ async fn joined_room(
         rooms,
         conn,
         request,
+        pre,
         room,
         (after, request.upto),
         full,
         summary,
     )
     .await?;
+    let ephemeral = receipts(request, pre, &room.room_id, after);
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -162,7 +264,7 @@ async fn joined_room(
         },
         "state": { "events": part.state },
         "summary": part.summary,
-        "ephemeral": { "events": [] },
+        "ephemeral": { "events": ephemeral },
         "account_data": { "events": [] },
     })))
 }
@@ -171,13 +273,14 @@ async fn left_room(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
 ) -> Result<Value, RoomError> {
     let was_joined = request.since > 0 && room.membership_before.as_deref() == Some("join");
     let after = if was_joined { request.since } else { 0 };
     let full = !was_joined || request.full_state;
     let range = (after, room.member_stream);
-    let part = room_part(rooms, conn, request, room, range, full, Summary::None).await?;
+    let part = room_part(rooms, conn, request, pre, room, range, full, Summary::None).await?;
     Ok(json!({
         "timeline": {
             "events": part.timeline,
@@ -200,10 +303,12 @@ enum Summary {
 }
 
 /// Timeline, state and summary of a room for the range `(after, upto]`.
+#[allow(clippy::too_many_arguments)]
 async fn room_part(
     rooms: &Rooms,
     conn: &mut PgConnection,
     request: &LocalRequest<'_>,
+    pre: &Prefetch,
     room: &UserRoom,
     (after, upto): (i64, i64),
     full: bool,
@@ -211,16 +316,15 @@ async fn room_part(
 ) -> Result<RoomPart, RoomError> {
     let requester = request.requester;
     let room_id = room.room_id.as_str();
+    let (memberships, visibilities) = pre.histories.get(room_id).cloned().unwrap_or_default();
     let reader = Reader {
-        memberships: store::events::membership_history(conn, room_id, requester.user_id.as_str())
-            .await?
+        memberships: memberships
             .into_iter()
-            .filter(|(stream, _)| *stream <= upto)
+            .filter(|(s, _)| *s <= upto)
             .collect(),
-        visibilities: store::events::visibility_history(conn, room_id)
-            .await?
+        visibilities: visibilities
             .into_iter()
-            .filter(|(stream, _)| *stream <= upto)
+            .filter(|(s, _)| *s <= upto)
             .collect(),
     };
     let timeline_filter = &request.filter.room.timeline;
@@ -304,7 +408,7 @@ async fn room_part(
             .into_iter()
             .filter(keep)
             .collect();
-        client_events(rooms, conn, requester, &reader, state).await?
+        state_events(rooms, conn, requester, &reader, state).await?
     } else {
         Vec::new()
     };
@@ -316,6 +420,39 @@ async fn room_part(
         state,
         summary,
     })
+}
+
+/// State events in client format. State rarely has relations or redactions, so the
+/// aggregation queries of [`client_events`] are skipped unless one is redacted.
+async fn state_events(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    requester: &Requester,
+    reader: &Reader,
+    events: Vec<EventWithPrev>,
+) -> Result<Vec<Value>, RoomError> {
+    if events.iter().any(|e| e.event.redacted_by.is_some()) {
+        return client_events(rooms, conn, requester, reader, events).await;
+    }
+    let scope = requester.txn_scope();
+    let viewer = Viewer {
+        txn_scope: Some(&scope),
+        now_ms: now_ms(),
+    };
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let related = Related {
+                prev: e.prev,
+                redacted_because: None,
+            };
+            let mut value = to_client(&e.event, &related, viewer);
+            if let Some(object) = value.as_object_mut() {
+                object.remove("room_id");
+            }
+            value
+        })
+        .collect())
 }
 
 /// Events in sync's client format (no `room_id`: the room is the key they are under).

@@ -7,7 +7,8 @@
 //!    filter. **Subscribe to local wake-ups, then** take the committed position `upto` and
 //!    build the local part for `(since.local, upto]` — a commit after the read still wakes us.
 //! 2. If there is something to return already (initial sync, `full_state`, local news, or
-//!    `timeout=0`), ask Synapse with `timeout=0` and return both. Asking Synapse on every such
+//!    `timeout=0`), ask Synapse with `timeout=0` and return both (when the answer is due at
+//!    once anyway, Synapse is asked while the local part is built). Asking Synapse on every such
 //!    answer is what keeps busy local rooms from starving Synapse's news.
 //! 3. Otherwise long-poll: Synapse's `/sync` with the client's own timeout runs while we wait
 //!    for a local commit that concerns the user ([`Notifier::news_for`], from memory).
@@ -128,9 +129,16 @@ impl Syncer {
         // Subscribe before reading, so no commit after the read goes unnoticed.
         let mut wake = self.notifier.subscribe();
         let upto = self.notifier.current();
+        if initial || request.full_state || request.timeout.is_zero() {
+            // Answering at once whatever happens: both sides at the same time.
+            let (local, synapse) = tokio::join!(
+                self.local(request, &filter, local_since, upto),
+                self.synapse_sync(request, synapse_since.as_deref(), Duration::ZERO),
+            );
+            return answer(synapse, synapse_since.as_deref(), local?, upto);
+        }
         let local = self.local(request, &filter, local_since, upto).await?;
-
-        if initial || request.full_state || !local.is_empty() || request.timeout.is_zero() {
+        if !local.is_empty() {
             let synapse = self
                 .synapse_sync(request, synapse_since.as_deref(), Duration::ZERO)
                 .await;
@@ -205,11 +213,6 @@ impl Syncer {
         since: i64,
         upto: i64,
     ) -> Result<LocalSync, SyncError> {
-        let mut conn = self
-            .db
-            .acquire()
-            .await
-            .map_err(|err| RoomError::Store(crate::store::StoreError::from(err).to_string()))?;
         let local_request = LocalRequest {
             requester: &request.requester,
             since,
@@ -217,7 +220,7 @@ impl Syncer {
             full_state: request.full_state,
             filter,
         };
-        Ok(local::build(&self.rooms, &mut conn, &local_request).await?)
+        Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }
 
     /// The client's own `/sync` on Synapse, from `since` (Synapse's half), waiting at most

@@ -54,6 +54,29 @@ pub struct Profile {
 }
 
 impl Synapse {
+    /// Synapse's `/versions`, asked with the client's token if it sent one (some of
+    /// Synapse's unstable features are per user). While Synapse is unreachable, its last
+    /// anonymous answer stands in, so clients and bridges can still start.
+    pub async fn versions(&self, token: Option<&str>) -> Result<Value, CallError> {
+        let path = "/_matrix/client/versions";
+        let answer = self
+            .call(Method::GET, path, token.unwrap_or_default())
+            .await;
+        let mut last = self.last_versions.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(value) => {
+                if token.is_none() {
+                    *last = Some(value.clone());
+                }
+                Ok(value)
+            }
+            Err(CallError::Unavailable(reason)) => {
+                last.clone().ok_or(CallError::Unavailable(reason))
+            }
+            Err(refused) => Err(refused),
+        }
+    }
+
     /// Sends a bodiless request with `token` and returns the JSON answer.
     async fn call(
         &self,
@@ -79,8 +102,10 @@ impl Synapse {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::HOST, self.base.as_str());
+        if !token.is_empty() {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         for (name, value) in headers {
             builder = builder.header(name, value);
         }

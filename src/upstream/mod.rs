@@ -33,6 +33,8 @@ pub struct Synapse {
     response_timeout: Duration,
     /// Largest request body forwarded, if we enforce one.
     max_body: Option<u64>,
+    /// Synapse's last `/versions` answer to an anonymous request, served while it is down.
+    last_versions: std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 /// What went wrong reaching Synapse, for the readiness endpoint.
@@ -74,6 +76,7 @@ impl Synapse {
             base: config.base.clone(),
             response_timeout: config.response_timeout,
             max_body: limits.max_forward_body_bytes,
+            last_versions: std::sync::Arc::default(),
         }
     }
 

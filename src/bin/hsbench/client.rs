@@ -1,6 +1,7 @@
 //! A minimal Matrix client for the benchmarks: log in, create a room, and run a closed-loop
 //! load of one request shape against one target.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +36,19 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<(http::StatusCode, Value)> {
+    let (status, bytes) = call_raw(http, method, url, token, body).await?;
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+/// Sends one JSON request and returns the status and the whole body, unparsed.
+pub async fn call_raw(
+    http: &Http,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(http::StatusCode, Bytes)> {
     let mut builder = Request::builder().method(method).uri(url);
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
@@ -52,8 +66,108 @@ pub async fn call(
         .with_context(|| format!("request to {url}"))?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok((status, value))
+    Ok((status, bytes))
+}
+
+/// The URL of a `GET /sync` with the given parameters.
+pub fn sync_url(base: &str, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(since) = since {
+        query.append_pair("since", since);
+    }
+    query.append_pair("timeout", &timeout_ms.to_string());
+    if let Some(filter) = filter {
+        query.append_pair("filter", filter);
+    }
+    format!("{base}/_matrix/client/v3/sync?{}", query.finish())
+}
+
+/// An appservice as the benchmarks use it: its token and server name.
+pub struct Appservice {
+    /// The registration's `as_token`.
+    pub token: String,
+    /// The server name, from the bot's (`sender_localpart`) user ID.
+    pub server: String,
+}
+
+impl Appservice {
+    /// Reads the registration and checks that `base` accepts its token.
+    pub async fn load(http: &Http, base: &str, registration: &Path) -> anyhow::Result<Self> {
+        let registration = hungryserv::config::registration::load(registration)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", registration.display()))?;
+        let token = registration.as_token;
+        let (status, whoami) = call(
+            http,
+            Method::GET,
+            &format!("{base}/_matrix/client/v3/account/whoami"),
+            Some(&token),
+            None,
+        )
+        .await?;
+        if !status.is_success() {
+            bail!("the appservice token is not accepted: {status} {whoami}");
+        }
+        let server = whoami["user_id"]
+            .as_str()
+            .and_then(|bot| bot.split_once(':'))
+            .map(|(_, server)| server.to_owned())
+            .context("whoami has no user_id with a server")?;
+        Ok(Self { token, server })
+    }
+
+    /// Registers the ghost `@{localpart}:{server}` (an existing one is fine) and returns its ID.
+    pub async fn ghost(&self, http: &Http, base: &str, localpart: &str) -> anyhow::Result<String> {
+        // Already registered on an earlier run: M_USER_IN_USE, which is fine.
+        call(
+            http,
+            Method::POST,
+            &format!("{base}/_matrix/client/v3/register"),
+            Some(&self.token),
+            Some(&json!({"type": "m.login.application_service", "username": localpart})),
+        )
+        .await?;
+        Ok(format!("@{localpart}:{}", self.server))
+    }
+
+    /// Logs a ghost in (`m.login.application_service`) and returns an ordinary access token
+    /// of a new device: the ghost then syncs like any client.
+    pub async fn login(&self, http: &Http, base: &str, localpart: &str) -> anyhow::Result<String> {
+        let (status, body) = call(
+            http,
+            Method::POST,
+            &format!("{base}/_matrix/client/v3/login"),
+            Some(&self.token),
+            Some(&json!({
+                "type": "m.login.application_service",
+                "identifier": {"type": "m.id.user", "user": localpart},
+                "initial_device_display_name": "hsbench",
+            })),
+        )
+        .await?;
+        if !status.is_success() {
+            bail!("appservice login as {localpart} failed: {status} {body}");
+        }
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("login answer has no access_token")
+    }
+}
+
+/// Logs a token out, dropping its device (so benchmark runs do not pile devices up).
+pub async fn logout(http: &Http, base: &str, token: &str) -> anyhow::Result<()> {
+    let (status, body) = call(
+        http,
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/logout"),
+        Some(token),
+        Some(&json!({})),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("logout failed: {status} {body}");
+    }
+    Ok(())
 }
 
 /// Logs in with a password and returns the access token.
@@ -137,7 +251,7 @@ pub async fn compare(
 /// Waits (at most 30 s) until the machine is quiet: Synapse keeps working for seconds after a
 /// burst of sends (persisting, push rules, appservice queues), and that work must not be
 /// counted against whichever target is measured next.
-async fn settle() {
+pub async fn settle() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let Some(before) = cpu_times() else {

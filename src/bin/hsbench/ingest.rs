@@ -36,50 +36,26 @@ pub struct Options {
 }
 
 /// One sender: a ghost and the room it writes to.
-struct Sender {
-    user_id: String,
-    room_id: String,
+pub struct Sender {
+    pub user_id: String,
+    pub room_id: String,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let registration = hungryserv::config::registration::load(&options.registration)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", options.registration.display()))?;
-    let token = registration.as_token.clone();
     let http = client::http();
-    let (status, whoami) = client::call(
-        &http,
-        Method::GET,
-        &format!("{}/_matrix/client/v3/account/whoami", options.hungryserv),
-        Some(&token),
-        None,
-    )
-    .await?;
-    if !status.is_success() {
-        bail!("the appservice token is not accepted: {status} {whoami}");
-    }
-    let bot = whoami["user_id"]
-        .as_str()
-        .context("whoami has no user_id")?
-        .to_owned();
-    let server = bot
-        .split_once(':')
-        .map(|(_, server)| server.to_owned())
-        .context("bot user id has no server")?;
+    let appservice =
+        client::Appservice::load(&http, &options.hungryserv, &options.registration).await?;
+    let token = appservice.token.clone();
 
     let clients = options.load.clients;
     let mut ghosts = Vec::with_capacity(clients);
     for n in 0..clients {
         let localpart = format!("{}{n}", options.ghost_prefix);
-        // Already registered on an earlier run: M_USER_IN_USE, which is fine.
-        client::call(
-            &http,
-            Method::POST,
-            &format!("{}/_matrix/client/v3/register", options.hungryserv),
-            Some(&token),
-            Some(&json!({"type": "m.login.application_service", "username": localpart})),
-        )
-        .await?;
-        ghosts.push(format!("@{localpart}:{server}"));
+        ghosts.push(
+            appservice
+                .ghost(&http, &options.hungryserv, &localpart)
+                .await?,
+        );
     }
     let local = rooms(&http, &options.hungryserv, &token, &ghosts, false).await?;
     let remote = rooms(&http, &options.synapse, &token, &ghosts, true).await?;
@@ -134,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// Creates one room per ghost (local or federated), with the ghost joined.
-async fn rooms(
+pub async fn rooms(
     http: &Http,
     base: &str,
     token: &str,

@@ -5,9 +5,13 @@
 //! The load generator shares the machine with what it measures, equally for both targets.
 
 mod client;
+mod delivery;
 mod ingest;
+mod initial_sync;
 mod passthrough;
+mod receiver;
 mod stats;
+mod sync_latency;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +31,13 @@ enum Scenario {
     Passthrough(passthrough::Options),
     /// Bridge ingest: concurrent appservice senders into local rooms vs Synapse rooms.
     Ingest(ingest::Options),
+    /// Sync latency: send 200 to a waiting /sync's answer, Synapse room vs local room.
+    SyncLatency(sync_latency::Options),
+    /// Initial sync: a user in R local rooms vs one in R Synapse rooms, E messages each.
+    InitialSync(initial_sync::Options),
+    /// Appservice delivery: send → the bridge (hsbench's receiver) has the event, under ingest
+    /// load, Synapse rooms vs local rooms; then catch-up after a backlog built while it was down.
+    Delivery(delivery::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -90,6 +101,9 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Passthrough(options) => passthrough::run(options).await,
             Scenario::Ingest(options) => ingest::run(options).await,
+            Scenario::SyncLatency(options) => sync_latency::run(options).await,
+            Scenario::InitialSync(options) => initial_sync::run(options).await,
+            Scenario::Delivery(options) => delivery::run(options).await,
         }
     });
     match result {

@@ -27,13 +27,33 @@ impl Phase {
 
     /// The `q` quantile (0..=1) in milliseconds, nearest-rank.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1].as_secs_f64() * 1000.0
+        let ms: Vec<f64> = self
+            .latencies
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        quantile(&ms, q)
+    }
+}
+
+/// The `q` quantile (0..=1) of `samples`, nearest-rank; NaN when there are none. Samples may
+/// be negative (a difference of two clocks' readings).
+pub fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Milliseconds from `earlier` to `later`, negative when `later` came first.
+pub fn signed_ms(earlier: std::time::Instant, later: std::time::Instant) -> f64 {
+    if later >= earlier {
+        (later - earlier).as_secs_f64() * 1000.0
+    } else {
+        -((earlier - later).as_secs_f64() * 1000.0)
     }
 }
 
@@ -77,5 +97,17 @@ mod tests {
         assert_eq!(phase.quantile_ms(0.5), 50.0);
         assert_eq!(phase.quantile_ms(0.99), 99.0);
         assert_eq!(phase.throughput(), 100.0);
+    }
+
+    #[test]
+    fn quantiles_of_signed_samples() {
+        let samples: Vec<f64> = (-50..50).map(f64::from).collect();
+        assert_eq!(quantile(&samples, 0.5), -1.0);
+        assert_eq!(quantile(&samples, 0.99), 48.0);
+        assert!(quantile(&[], 0.5).is_nan());
+        let now = std::time::Instant::now();
+        let later = now + Duration::from_millis(3);
+        assert!((signed_ms(now, later) - 3.0).abs() < 1e-9);
+        assert!((signed_ms(later, now) + 3.0).abs() < 1e-9);
     }
 }
