@@ -82,6 +82,7 @@ def rows_left(room_id: str) -> int:
             f" + (SELECT count(*) FROM current_state WHERE room_id = '{r}')"
             f" + (SELECT count(*) FROM memberships WHERE room_id = '{r}')"
             f" + (SELECT count(*) FROM room_aliases WHERE room_id = '{r}')"
+            f" + (SELECT count(*) FROM receipts WHERE room_id = '{r}')"
             f" + (SELECT count(*) FROM rooms WHERE room_id = '{r}')"
         )
     )

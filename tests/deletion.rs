@@ -72,6 +72,15 @@ async fn room(pool: &PgPool, room_id: &str, first: i64, messages: i64) -> i64 {
     .execute(pool)
     .await
     .unwrap();
+    sqlx::query(
+        "INSERT INTO receipts (room_id, user_id, type, event_id, stream, ts)
+         VALUES ($1, '@a:test.local', 'm.read', '$' || $1 || '1', $2 + 1, 0)",
+    )
+    .bind(room_id)
+    .bind(first)
+    .execute(pool)
+    .await
+    .unwrap();
     first + messages + 2
 }
 
