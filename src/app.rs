@@ -10,9 +10,10 @@ use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
 use crate::notify::Notifier;
+use crate::rooms::deletion::Deletions;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
-use crate::routing::RoomClasses;
+use crate::routing::LiveClasses;
 use crate::sync::Syncer;
 use crate::upstream::Synapse;
 
@@ -27,8 +28,8 @@ pub struct AppState {
     pub synapse: Synapse,
     /// Access tokens → requesters.
     pub identity: Arc<Identity>,
-    /// The room classes, for classifying requests.
-    pub classes: Arc<RoomClasses>,
+    /// The room classes in force, for classifying requests; replaced by a reload.
+    pub classes: Arc<LiveClasses>,
     /// The room engine.
     pub rooms: Rooms,
     /// Wake-ups after each commit of local events.
@@ -37,6 +38,10 @@ pub struct AppState {
     pub syncer: Arc<Syncer>,
     /// The appservice pushers.
     pub delivery: Arc<Delivery>,
+    /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
+    pub deletions: Arc<Deletions>,
+    /// Requests answered, for `/_hungryserv/metrics`.
+    pub requests: Arc<crate::metrics::RequestMetrics>,
 }
 
 impl AppState {
@@ -50,7 +55,7 @@ impl AppState {
             synapse.clone(),
             &config.appservices,
         ));
-        let classes = Arc::new(RoomClasses::new(
+        let classes = Arc::new(LiveClasses::new(
             &config.routing,
             config.server_name.as_str(),
         ));
@@ -75,6 +80,8 @@ impl AppState {
             &db,
             &notifier,
         ));
+        // The purge task stops when the last clone of the state (holding its queue) is gone.
+        let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone(), &config.deletion);
         let state = Self {
             config: Arc::new(config),
             db,
@@ -85,7 +92,29 @@ impl AppState {
             notifier,
             syncer,
             delivery,
+            deletions,
+            requests: Arc::default(),
         };
         (state, writer_task)
+    }
+}
+
+impl AppState {
+    /// Reads routing.toml again and puts it in force if it is valid; else keeps the routing
+    /// in force and returns every problem found. Requests in flight finish with the routing
+    /// they were classified under.
+    pub fn reload_routing(&self) -> Result<(), Vec<String>> {
+        let current = self.classes.config();
+        match crate::config::reload_routing(&self.config, &current) {
+            Ok(routing) => {
+                tracing::info!(classes = routing.classes.len(), "routing reloaded");
+                self.classes.replace(routing);
+                Ok(())
+            }
+            Err(problems) => {
+                tracing::warn!(problems = ?problems.lines, "routing reload refused; the old routing stays");
+                Err(problems.lines)
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod appservice;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod notify;
 pub mod rooms;
 pub mod routing;

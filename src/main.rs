@@ -103,7 +103,20 @@ async fn run(config: config::Config) -> ExitCode {
         }
     };
     let (state, writer) = AppState::new(config, db, current_stream);
+    // Deleted rooms must be refused from the first request on.
+    match state.deletions.resume().await {
+        Ok(0) => {}
+        Ok(purges) => tracing::info!(purges, "resuming interrupted room purges"),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot load deleted rooms");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    }
+    let reloader = tokio::spawn(reload_on_sighup(state.clone()));
     let served = server::serve(state, listener, shutdown_signal()).await;
+    // It holds a clone of the state: stop it so the writer can finish.
+    reloader.abort();
+    let _ = reloader.await;
     // The state is gone with the server: the writer finishes its queue, then stops.
     match tokio::time::timeout(std::time::Duration::from_secs(10), writer).await {
         Ok(Ok(())) => {}
@@ -116,6 +129,21 @@ async fn run(config: config::Config) -> ExitCode {
             tracing::error!(error = %err, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reloads routing.toml on every SIGHUP (a bad file is logged with its problems and the
+/// routing in force stays).
+async fn reload_on_sighup(state: AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload routing through the admin API");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading routing");
+        // Problems are logged by the reload itself.
+        let _ = state.reload_routing();
     }
 }
 

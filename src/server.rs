@@ -48,6 +48,8 @@ struct Handlers {
     ops: Router,
     /// The router for requests naming local rooms.
     local: Router,
+    /// The router for hungryserv's admin API and Synapse's admin room API naming local rooms.
+    admin: Router,
     /// Source of request ids (unique within this process, in arrival order).
     next_request_id: AtomicU64,
 }
@@ -63,6 +65,7 @@ pub async fn serve(
     let handlers = Arc::new(Handlers {
         ops: admin::router(state.clone()),
         local: api::local_router(state.clone()),
+        admin: api::admin_router(state.clone()),
         state,
         next_request_id: AtomicU64::new(1),
     });
@@ -140,7 +143,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = routing::classify(
-        &handlers.state.classes,
+        &handlers.state.classes.current(),
         request.method(),
         request.uri().path(),
     );
@@ -152,12 +155,22 @@ async fn handle(
         path = %routing::path_template(request.uri().path()),
         route = route.label(),
     );
+    let label = route.label();
     async move {
         let request = request.map(Body::new);
         let response = match route {
             Route::Forward => forward(&handlers.state, request, peer).await,
             Route::Ops => call(&handlers.ops, request).await,
-            Route::Local => call(&handlers.local, request).await,
+            Route::Local => match gone_room(&handlers.state, request.uri().path()) {
+                Some(refusal) => refusal.into_response(),
+                None => call(&handlers.local, request).await,
+            },
+            Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
+            Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
+            Route::ReadOnly { class } => MatrixError::forbidden(format!(
+                "Rooms of class {class} are read-only on this server"
+            ))
+            .into_response(),
             Route::Unavailable { class } => MatrixError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
@@ -179,15 +192,36 @@ async fn handle(
                 }
             }
         };
+        let latency = started.elapsed();
+        handlers
+            .state
+            .requests
+            .observe(label, response.status().as_u16(), latency);
         tracing::info!(
             status = response.status().as_u16(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             "request answered"
         );
         Ok(response)
     }
     .instrument(span)
     .await
+}
+
+/// The answer for a request naming a deleted local room: 404, as for a room that never
+/// existed; joins and knocks of a blocked room get Synapse's 403 instead.
+fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
+    let classes = state.classes.current();
+    let room = routing::named_room(&classes, path)?;
+    let gone = state.deletions.gone(&room)?;
+    let joins = path
+        .split('/')
+        .any(|segment| segment == "join" || segment == "knock");
+    Some(if gone.blocked && joins {
+        MatrixError::forbidden("This room has been blocked on this server")
+    } else {
+        MatrixError::not_found("Unknown room")
+    })
 }
 
 /// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.

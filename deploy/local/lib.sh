@@ -504,6 +504,10 @@ filter = "info"
 
 [shutdown]
 grace_period_s = 10
+
+[deletion]
+# Short, so tests and benchmarks see a deleted room's last rows go.
+leaves_kept_s = 3
 EOF
 }
 

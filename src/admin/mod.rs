@@ -1,5 +1,5 @@
-//! Operations endpoints under `/_hungryserv/`: liveness, readiness and metrics now; routing
-//! toggles and room deletion later.
+//! Operations endpoints under `/_hungryserv/` that need no authentication: liveness,
+//! readiness and metrics. (The admin API under `/_hungryserv/admin/` is `api::room_admin`.)
 //!
 //! May import: `app`, `store`, `upstream`, `error`.
 
@@ -21,13 +21,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /_hungryserv/metrics`: Prometheus text (appservice delivery for now).
+/// `GET /_hungryserv/metrics`: Prometheus text: requests, room deletions, appservice
+/// delivery.
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.delivery.metrics(state.notifier.current()),
+        format!(
+            "{}{}{}",
+            state.requests.render(),
+            state.deletions.metrics(),
+            state.delivery.metrics(state.notifier.current())
+        ),
     )
 }
 

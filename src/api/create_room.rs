@@ -65,7 +65,8 @@ async fn handle(
         .and_then(|t| state.identity.appservice(t))
         .map(|a| a.id.clone());
 
-    let class = matching_class(state.classes.classes(), appservice_id.as_deref(), &body);
+    let classes = state.classes.current();
+    let class = matching_class(classes.classes(), appservice_id.as_deref(), &body);
     let Some(class) = class.filter(|class| class.create == CreateTarget::Local) else {
         // Not ours: Synapse gets the request exactly as sent.
         let request = Request::from_parts(parts, Body::from(bytes));

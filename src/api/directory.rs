@@ -159,7 +159,7 @@ async fn handle_alias_write(
         .to_bytes();
     let object = super::extract::parse_object(&bytes)?;
     let room_id = super::extract::required_str(&object, "room_id")?.to_owned();
-    if state.classes.class_of(&room_id).is_none() {
+    if state.classes.current().class_of(&room_id).is_none() {
         return forward(state, parts, Body::from(bytes)).await;
     }
     let room_id = super::send::room_id(&room_id)?;

@@ -10,6 +10,7 @@ mod directory;
 mod extract;
 mod membership;
 mod read;
+mod room_admin;
 mod send;
 mod sync;
 mod versions;
@@ -27,6 +28,7 @@ use crate::rooms::RoomError;
 
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
+pub use room_admin::{room_list as admin_room_list, router as admin_router};
 pub use sync::sync;
 pub use versions::versions;
 
@@ -176,6 +178,10 @@ pub fn local_router(state: AppState) -> Router {
         .route(
             &format!("{rooms}/timestamp_to_event"),
             get(read::timestamp_to_event),
+        )
+        .route(
+            "/_matrix/client/unstable/com.beeper.yeet/rooms/{room_id}/delete",
+            post(room_admin::yeet),
         )
         .fallback(unknown_local_endpoint)
         .with_state(state)

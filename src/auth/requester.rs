@@ -24,6 +24,8 @@ use crate::upstream::client::{CallError, Refusal};
 pub const POSITIVE_TTL: Duration = Duration::from_secs(60);
 /// How long a refused token is refused without asking Synapse again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// How long "is (not) a server admin" is trusted without asking Synapse again.
+pub const ADMIN_TTL: Duration = Duration::from_secs(30);
 /// Cache entries kept at most (tokens, and users known to be registered).
 const MAX_ENTRIES: usize = 100_000;
 
@@ -82,6 +84,8 @@ pub struct Identity {
     tokens: Mutex<HashMap<[u8; 32], Cached>>,
     /// Users an appservice may act as, seen registered on Synapse.
     registered: Mutex<HashSet<OwnedUserId>>,
+    /// `sha256(token) → (is a server admin, until)`.
+    admins: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
     /// Bumped by every forget: a whoami answer that was in flight across a forget (a logout
     /// passing through meanwhile) is not cached, or it would resurrect the token.
     generation: std::sync::atomic::AtomicU64,
@@ -111,6 +115,7 @@ impl Identity {
                 .collect(),
             tokens: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashSet::new()),
+            admins: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -257,8 +262,50 @@ impl Identity {
         })
     }
 
+    /// Whether the requester of `token` is a Synapse server admin (Synapse is asked with the
+    /// requester's own token; the answer is cached for [`ADMIN_TTL`]).
+    pub async fn is_admin(&self, token: &str, requester: &Requester) -> Result<bool, AuthFailure> {
+        let key = digest(token);
+        let cached = self.admins.lock().ok().and_then(|admins| {
+            admins
+                .get(&key)
+                .filter(|(_, until)| *until > Instant::now())
+                .map(|(admin, _)| *admin)
+        });
+        if let Some(admin) = cached {
+            return Ok(admin);
+        }
+        let admin = match self
+            .synapse
+            .is_admin(token, requester.user_id.as_str())
+            .await
+        {
+            Ok(admin) => admin,
+            Err(CallError::Refused(refusal)) if refusal.status.is_client_error() => {
+                return Err(AuthFailure::Refused(refusal));
+            }
+            Err(CallError::Refused(refusal)) => {
+                return Err(AuthFailure::Unavailable(format!(
+                    "admin check answered {}",
+                    refusal.status
+                )));
+            }
+            Err(CallError::Unavailable(reason)) => return Err(AuthFailure::Unavailable(reason)),
+        };
+        if let Ok(mut admins) = self.admins.lock() {
+            if admins.len() >= MAX_ENTRIES {
+                admins.clear();
+            }
+            admins.insert(key, (admin, Instant::now() + ADMIN_TTL));
+        }
+        Ok(admin)
+    }
+
     /// Drops the cached resolution of `token` (after `/logout` passed through).
     pub fn forget_token(&self, token: &str) {
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.remove(&digest(token));
+        }
         if let Ok(mut tokens) = self.tokens.lock() {
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -269,6 +316,9 @@ impl Identity {
     /// Drops every cached token of the user owning `token` (after `/logout/all`, a password
     /// change or a deactivation passed through).
     pub fn forget_user_of(&self, token: &str) {
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.clear();
+        }
         let Ok(mut tokens) = self.tokens.lock() else {
             return;
         };

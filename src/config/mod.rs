@@ -47,6 +47,16 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Transactions pushed to appservices.
     pub delivery: DeliveryConfig,
+    /// Room deletion.
+    pub deletion: DeletionConfig,
+}
+
+/// Room deletion.
+#[derive(Debug, Clone)]
+pub struct DeletionConfig {
+    /// How long a deleted room's state events (with its members' leaves) outlive the purge of
+    /// its messages, so members who sync within that time see the room under `leave`.
+    pub leaves_kept: Duration,
 }
 
 /// Synapse's internal listener and the connection pool to it.
@@ -209,6 +219,15 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut delivery_section = top.table(&mut problems, "appservice");
     let delivery = read_delivery(&mut delivery_section, &mut problems);
     delivery_section.finish(&mut problems);
+    let mut deletion_section = top.table(&mut problems, "deletion");
+    let deletion = DeletionConfig {
+        leaves_kept: Duration::from_secs(deletion_section.integer(
+            &mut problems,
+            "leaves_kept_s",
+            600,
+        )),
+    };
+    deletion_section.finish(&mut problems);
     top.finish(&mut problems);
 
     let mut appservices = Vec::new();
@@ -241,8 +260,29 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 log,
                 shutdown,
                 delivery,
+                deletion,
             })
         }
+        _ => Err(problems),
+    }
+}
+
+/// Reads `routing.toml` again (from where it was read at start) for a live reload: the same
+/// validation as at start, plus [`RoutingConfig::check_replaces`] against the routing in
+/// force. On failure, every problem found.
+pub fn reload_routing(config: &Config, current: &RoutingConfig) -> Result<RoutingConfig, Problems> {
+    let mut problems = Problems::default();
+    let routing = routing::load(&config.routing_path, &mut problems);
+    if let Some(routing) = &routing {
+        routing.check_appservices(&config.routing_path, &config.appservices, &mut problems);
+        routing.check_replaces(
+            current,
+            &config.routing_path.display().to_string(),
+            &mut problems,
+        );
+    }
+    match routing {
+        Some(routing) if problems.is_empty() => Ok(routing),
         _ => Err(problems),
     }
 }

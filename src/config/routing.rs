@@ -39,6 +39,8 @@ pub struct RoomClass {
 pub enum ServeMode {
     /// hungryserv serves them.
     Local,
+    /// Reads are served; writes get 403.
+    ReadOnly,
     /// Requests naming them get 503.
     Off,
 }
@@ -100,12 +102,13 @@ fn parse(mut top: Section, problems: &mut Problems) -> RoutingConfig {
         }
         let serve = match section.string(problems, "serve").as_deref() {
             None | Some("local") => ServeMode::Local,
+            Some("read_only") => ServeMode::ReadOnly,
             Some("off") => ServeMode::Off,
             Some(other) => {
                 section.problem(
                     problems,
                     "serve",
-                    format!("must be \"local\" or \"off\" (got {other:?})"),
+                    format!("must be \"local\", \"read_only\" or \"off\" (got {other:?})"),
                 );
                 ServeMode::Local
             }
@@ -152,7 +155,46 @@ fn parse(mut top: Section, problems: &mut Problems) -> RoutingConfig {
     config
 }
 
+impl ServeMode {
+    /// The name routing.toml uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServeMode::Local => "local",
+            ServeMode::ReadOnly => "read_only",
+            ServeMode::Off => "off",
+        }
+    }
+}
+
+impl CreateTarget {
+    /// The name routing.toml uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateTarget::Local => "local",
+            CreateTarget::Synapse => "synapse",
+        }
+    }
+}
+
 impl RoutingConfig {
+    /// A reload may change how classes are served and created, and add classes, but never
+    /// drop a class or change its prefix: rooms of it may exist, and they must keep being
+    /// routed to hungryserv by their prefix (`serve = "off"` is how to stop serving them).
+    pub fn check_replaces(&self, old: &RoutingConfig, label: &str, problems: &mut Problems) {
+        for class in &old.classes {
+            match self.classes.iter().find(|c| c.name == class.name) {
+                None => problems.push(format!(
+                    "{label}: class {:?} is missing; classes cannot be removed while the server runs (set serve = \"off\" instead)",
+                    class.name
+                )),
+                Some(new) if new.prefix != class.prefix => problems.push(format!(
+                    "{label}: class {:?} changes its prefix from {:?} to {:?}; prefixes are permanent",
+                    class.name, class.prefix, new.prefix
+                )),
+                Some(_) => {}
+            }
+        }
+    }
     /// Names and prefixes must be unique, and no prefix may start another class's prefix
     /// (otherwise one room ID would belong to two classes).
     fn check_overlaps(&self, label: &str, problems: &mut Problems) {
@@ -285,7 +327,7 @@ mod tests {
         for needle in [
             "class[2].name: must be 1-64 characters",
             "class[2].prefix: must contain a character that is not a letter",
-            "class[2].serve: must be \"local\" or \"off\"",
+            "class[2].serve: must be \"local\", \"read_only\" or \"off\"",
             "class[3].match: create = \"local\" but no createRoom request can match",
             "class[3].colour: unknown key",
             "two classes are named \"a\"",

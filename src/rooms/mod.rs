@@ -6,8 +6,10 @@
 //!
 //! May import: `store`, `upstream`, `auth`, `config`, `notify`.
 
+pub mod admin;
 pub mod auth;
 pub mod create;
+pub mod deletion;
 pub mod event;
 pub mod power;
 pub mod read;

@@ -282,6 +282,17 @@ impl Rooms {
         .await
     }
 
+    /// Appends events the server itself decided on (the leaves of a room deletion), all or
+    /// none, without a transaction ID.
+    pub(super) async fn append_internal(
+        &self,
+        room_id: &OwnedRoomId,
+        events: Vec<Proposal>,
+    ) -> Result<(), RoomError> {
+        self.writer.append(room_id.clone(), events, None).await?;
+        Ok(())
+    }
+
     /// The local room an alias names, if any.
     pub async fn resolve_alias(&self, alias: &str) -> Result<Option<OwnedRoomId>, RoomError> {
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;

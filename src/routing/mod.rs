@@ -10,6 +10,7 @@
 //! May import: `config`.
 
 use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
 
 use http::Method;
 
@@ -29,6 +30,12 @@ pub enum Route {
         /// The class name.
         class: String,
     },
+    /// A write (any method but GET/HEAD/OPTIONS) naming a local room of a class whose
+    /// `serve` is `read_only`.
+    ReadOnly {
+        /// The class name.
+        class: String,
+    },
     /// `POST /createRoom`: local or Synapse by body and requester.
     CreateRoom,
     /// Names a room alias (`/join/#a`, `/knock/#a`, `GET /directory/room/#a`): local if the
@@ -43,6 +50,14 @@ pub enum Route {
         /// The decoded alias.
         alias: String,
     },
+    /// Synapse's admin room API (`/_synapse/admin/v1|v2/rooms/{roomId}…`) naming a local
+    /// room, or `delete_status` of one of our deletions: answered by hungryserv for server
+    /// admins, whatever the class's `serve` says.
+    AdminRoom,
+    /// hungryserv's own admin API (`/_hungryserv/admin/…`), for server admins.
+    Admin,
+    /// `GET /_synapse/admin/v1/rooms`: Synapse's list with the local rooms added.
+    AdminRoomList,
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -57,8 +72,12 @@ impl Route {
         match self {
             Route::Forward => "forward",
             Route::Ops => "ops",
+            Route::AdminRoom => "admin_room",
+            Route::Admin => "admin",
+            Route::AdminRoomList => "merge",
             Route::Local => "local",
             Route::Unavailable { .. } => "unavailable",
+            Route::ReadOnly { .. } => "read_only",
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
@@ -98,13 +117,71 @@ impl RoomClasses {
         &self.classes
     }
 
-    fn room_route(&self, room_id: &str) -> Option<Route> {
+    fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
         self.class_of(room_id).map(|class| match class.serve {
             ServeMode::Local => Route::Local,
+            ServeMode::ReadOnly if is_read(method) => Route::Local,
+            ServeMode::ReadOnly => Route::ReadOnly {
+                class: class.name.clone(),
+            },
             ServeMode::Off => Route::Unavailable {
                 class: class.name.clone(),
             },
         })
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The room classes in force, replaced whole by a reload: a request classifies against one
+/// consistent snapshot ([`LiveClasses::current`]), never half an old and half a new file.
+#[derive(Debug)]
+pub struct LiveClasses {
+    current: RwLock<Arc<RoomClasses>>,
+    /// The routing configuration in force, for validating the next reload against.
+    config: RwLock<Arc<RoutingConfig>>,
+    server_name: String,
+}
+
+impl LiveClasses {
+    pub fn new(routing: &RoutingConfig, server_name: &str) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(RoomClasses::new(routing, server_name))),
+            config: RwLock::new(Arc::new(routing.clone())),
+            server_name: server_name.to_owned(),
+        }
+    }
+
+    /// The classes in force now.
+    pub fn current(&self) -> Arc<RoomClasses> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            // A writer panicked mid-swap; the value itself is a whole Arc either way.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The routing configuration in force now.
+    pub fn config(&self) -> Arc<RoutingConfig> {
+        match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a validated routing configuration in force.
+    pub fn replace(&self, routing: RoutingConfig) {
+        let classes = Arc::new(RoomClasses::new(&routing, &self.server_name));
+        match self.current.write() {
+            Ok(mut current) => *current = classes,
+            Err(poisoned) => *poisoned.into_inner() = classes,
+        }
+        match self.config.write() {
+            Ok(mut config) => *config = Arc::new(routing),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(routing),
+        }
     }
 }
 
@@ -115,8 +192,17 @@ pub fn decode_segment(segment: &str) -> Cow<'_, str> {
 
 /// Decides where a request goes from its method and raw (still percent-encoded) path.
 pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
+    if path.starts_with("/_hungryserv/admin/") {
+        return Route::Admin;
+    }
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;
+    }
+    if path == "/_synapse/admin/v1/rooms" && method == Method::GET {
+        return Route::AdminRoomList;
+    }
+    if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
+        return admin_route(classes, rest);
     }
     let Some(rest) = path.strip_prefix("/_matrix/client/") else {
         return Route::Forward;
@@ -130,7 +216,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     let named_room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
         | ["unstable", _, "rooms" | "room_summary", room, ..] => {
-            classes.room_route(&decode_segment(room))
+            classes.room_route(method, &decode_segment(room))
         }
         _ => None,
     };
@@ -145,7 +231,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
                     alias: target.into_owned(),
                 }
             } else {
-                classes.room_route(&target).unwrap_or(Route::Forward)
+                classes
+                    .room_route(method, &target)
+                    .unwrap_or(Route::Forward)
             }
         }
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
@@ -162,6 +250,42 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         ["versions"] if method == Method::GET => Route::Versions,
         _ => Route::Forward,
     }
+}
+
+/// How hungryserv's room deletion IDs start (`rooms::deletion` makes them; the same string
+/// there, checked by a test).
+const DELETE_ID_PREFIX: &str = "hsdel_";
+
+/// `/_synapse/admin/{rest}`: local when it names a local room or one of our deletions.
+fn admin_route(classes: &RoomClasses, rest: &str) -> Route {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let ours = match segments.as_slice() {
+        ["v2", "rooms", "delete_status", delete_id] => {
+            decode_segment(delete_id).starts_with(DELETE_ID_PREFIX)
+        }
+        ["v1" | "v2", "rooms", room, ..] => classes.class_of(&decode_segment(room)).is_some(),
+        _ => false,
+    };
+    if ours {
+        Route::AdminRoom
+    } else {
+        Route::Forward
+    }
+}
+
+/// The local-room ID a client request's path names (decoded), if any: what a deleted room's
+/// gate checks. Same positions as [`classify`] looks at.
+pub fn named_room<'a>(classes: &RoomClasses, path: &'a str) -> Option<Cow<'a, str>> {
+    let rest = path.strip_prefix("/_matrix/client/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let room = match segments.as_slice() {
+        [_, "rooms" | "room_summary", room, ..]
+        | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | [_, "join" | "knock", room] => *room,
+        _ => return None,
+    };
+    let room = decode_segment(room);
+    classes.class_of(&room).is_some().then_some(room)
 }
 
 /// The path with its variable parts replaced by placeholders, for logs and metric labels:
@@ -223,6 +347,7 @@ mod tests {
                 classes: vec![
                     class("bridge", "hs_", ServeMode::Local),
                     class("old", "old_", ServeMode::Off),
+                    class("ro", "ro_", ServeMode::ReadOnly),
                 ],
             },
             "example.org",
@@ -236,6 +361,26 @@ mod tests {
         };
         let cases = [
             (Method::GET, "/_hungryserv/health", Route::Ops),
+            (
+                Method::POST,
+                "/_hungryserv/admin/v1/routing/reload",
+                Route::Admin,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/rooms/!ro_x:example.org/messages",
+                Route::Local,
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/rooms/!ro_x:example.org/send/m.room.message/1",
+                Route::ReadOnly { class: "ro".into() },
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/join/!ro_x:example.org",
+                Route::ReadOnly { class: "ro".into() },
+            ),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
             (Method::GET, "/_matrix/client/versions", Route::Versions),
@@ -364,12 +509,82 @@ mod tests {
                 "/_matrix/client/v3/joined_rooms",
                 Route::JoinedRooms,
             ),
-            (Method::GET, "/_synapse/admin/v1/rooms", Route::Forward),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/rooms",
+                Route::AdminRoomList,
+            ),
+            (Method::POST, "/_synapse/admin/v1/rooms", Route::Forward),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v2/rooms/%21hs_abc%3Aexample.org",
+                Route::AdminRoom,
+            ),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v1/rooms/!old_x:example.org",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/rooms/!abc:example.org/members",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/delete_status/hsdel_abc",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/delete_status/abcdef",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v2/rooms/!hs_abc:example.org/delete_status",
+                Route::AdminRoom,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/users/@a:example.org/admin",
+                Route::Forward,
+            ),
             (Method::GET, "/", Route::Forward),
         ];
         let classes = classes();
         for (method, path, want) in cases {
             assert_eq!(classify(&classes, &method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn delete_ids_are_recognised() {
+        assert_eq!(DELETE_ID_PREFIX, crate::rooms::deletion::DELETE_ID_PREFIX);
+    }
+
+    #[test]
+    fn named_rooms() {
+        let classes = classes();
+        let cases = [
+            (
+                "/_matrix/client/v3/rooms/%21hs_a%3Aexample.org/send/m.x/1",
+                Some("!hs_a:example.org"),
+            ),
+            (
+                "/_matrix/client/v3/join/!hs_a:example.org",
+                Some("!hs_a:example.org"),
+            ),
+            (
+                "/_matrix/client/unstable/com.beeper.yeet/rooms/!hs_a:example.org/delete",
+                Some("!hs_a:example.org"),
+            ),
+            ("/_matrix/client/v3/rooms/!abc:example.org/state", None),
+            ("/_matrix/client/v3/join/%23a%3Aexample.org", None),
+            ("/_matrix/client/v3/sync", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(named_room(&classes, path).as_deref(), want, "{path}");
         }
     }
 

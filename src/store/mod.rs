@@ -7,6 +7,7 @@
 //! May import: `config`.
 
 pub mod appservice;
+pub mod deletion;
 pub mod events;
 pub mod identity;
 pub mod receipts;

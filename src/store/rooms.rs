@@ -302,3 +302,56 @@ pub async fn member_summary(
     .await?;
     Ok((counts, heroes))
 }
+
+/// Rooms and events per class, of rooms not deleted. Events are counted from each room's
+/// topological range (every event takes one position), so no event row is read.
+pub async fn class_counts(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    Ok(sqlx::query!(
+        r#"SELECT class, count(*) AS "rooms!", COALESCE(sum(max_topo - min_topo + 1), 0)::BIGINT AS "events!"
+           FROM rooms WHERE deleted_at IS NULL GROUP BY class ORDER BY class"#
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| (row.class, row.rooms, row.events))
+    .collect())
+}
+
+/// One local room as Synapse's admin room list shows it.
+#[derive(Debug, Clone)]
+pub struct ListedRoom {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub name: Option<String>,
+    pub canonical_alias: Option<String>,
+    pub join_rules: Option<String>,
+    pub history_visibility: Option<String>,
+    pub joined_members: i64,
+    pub state_events: i64,
+}
+
+/// Every local room not deleted, oldest first, with what Synapse's admin room list shows.
+pub async fn list(pool: &sqlx::PgPool) -> Result<Vec<ListedRoom>, StoreError> {
+    Ok(sqlx::query_as!(
+        ListedRoom,
+        r#"SELECT r.room_id, r.room_version, r.creator,
+                  s.name, s.canonical_alias, s.join_rules, s.history_visibility,
+                  (SELECT count(*) FROM memberships m
+                   WHERE m.room_id = r.room_id AND m.membership = 'join') AS "joined_members!",
+                  (SELECT count(*) FROM current_state c WHERE c.room_id = r.room_id) AS "state_events!"
+           FROM rooms r
+           CROSS JOIN LATERAL (
+               SELECT max(e.content->>'name') FILTER (WHERE e.type = 'm.room.name') AS name,
+                      max(e.content->>'alias') FILTER (WHERE e.type = 'm.room.canonical_alias') AS canonical_alias,
+                      max(e.content->>'join_rule') FILTER (WHERE e.type = 'm.room.join_rules') AS join_rules,
+                      max(e.content->>'history_visibility') FILTER (WHERE e.type = 'm.room.history_visibility') AS history_visibility
+               FROM current_state c JOIN events e ON e.stream = c.stream
+               WHERE c.room_id = r.room_id AND c.state_key = ''
+                 AND c.type IN ('m.room.name', 'm.room.canonical_alias', 'm.room.join_rules', 'm.room.history_visibility')) s
+           WHERE r.deleted_at IS NULL
+           ORDER BY r.created_at"#
+    )
+    .fetch_all(pool)
+    .await?)
+}

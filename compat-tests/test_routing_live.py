@@ -1,0 +1,191 @@
+"""Room classes changed while hungryserv runs: routing.toml reloaded on SIGHUP
+and through POST /_hungryserv/admin/v1/routing/reload (server admins only),
+atomically (a broken file is refused with every problem listed and the old
+routing keeps working); `serve = "read_only"` refuses writes with 403 and
+`serve = "off"` answers 503; `create` decides where the next createRoom goes.
+
+hungryserv is pointed at a copy of routing.toml in the stack directory for
+these tests, and back at the repository's file afterwards.
+"""
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import httpx
+import pytest
+
+import stack
+
+LIVE = Path(stack.STACK_DIR) / "routing-live.toml"
+
+
+def q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def routing_toml(serve: str = "local", create: str = "local", extra: str = "") -> str:
+    return f"""
+[[class]]
+name = "bridge"
+prefix = "hs_"
+serve = "{serve}"
+create = "{create}"
+[class.match]
+appservices = []
+unfederated = true
+all = false
+{extra}"""
+
+
+def restart_with_routing(path: Path) -> None:
+    text = stack.HUNGRYSERV_CONFIG.read_text()
+    text = re.sub(r'(?m)^routing = ".*"$', f'routing = "{path}"', text)
+    stack.HUNGRYSERV_CONFIG.write_text(text)
+    stack.stack_lib("hungryserv_stop")
+    subprocess.run(["bash", stack.STACK_LIB, "hungryserv_start", stack.STACK_DIR, stack.HUNGRYSERV_BIN], check=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def live_routing():
+    LIVE.write_text(routing_toml())
+    restart_with_routing(LIVE)
+    try:
+        yield
+    finally:
+        restart_with_routing(stack.REPO / "routing.toml")
+
+
+def write(text: str) -> None:
+    # Replace, never truncate in place: a reload must not read half a file.
+    tmp = LIVE.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, LIVE)
+
+
+def sighup() -> None:
+    os.kill(stack.hungryserv_pid(), signal.SIGHUP)
+    time.sleep(0.3)
+
+
+def call(token: str, method: str, path: str, body=None, params=None) -> httpx.Response:
+    return httpx.request(
+        method, f"{stack.HS_URL}{path}", json=body, params=params,
+        headers={"Authorization": f"Bearer {token}"}, timeout=30,
+    )
+
+
+def create(token: str) -> str:
+    resp = call(token, "POST", "/_matrix/client/v3/createRoom",
+                {"preset": "private_chat", "room_version": "10", "creation_content": {"m.federate": False}})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["room_id"]
+
+
+def send(token: str, room_id: str) -> httpx.Response:
+    return call(token, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/{secrets.token_hex(6)}",
+                {"msgtype": "m.text", "body": "hi"})
+
+
+def reload(token: str) -> httpx.Response:
+    return call(token, "POST", "/_hungryserv/admin/v1/routing/reload", {})
+
+
+@pytest.fixture
+def admin() -> stack.User:
+    return stack.register_user(admin=True)
+
+
+def test_create_follows_the_reloaded_file(admin, user):
+    assert create(user.access_token).startswith("!hs_")
+    write(routing_toml(create="synapse"))
+    sighup()
+    assert not create(user.access_token).startswith("!hs_")
+    write(routing_toml(create="local"))
+    assert reload(admin.access_token).status_code == 200
+    assert create(user.access_token).startswith("!hs_")
+
+
+def test_reload_is_for_admins_only(user):
+    resp = reload(user.access_token)
+    assert resp.status_code == 403
+    assert resp.json() == {"errcode": "M_FORBIDDEN", "error": "You are not a server admin"}
+    resp = call(user.access_token, "GET", "/_hungryserv/admin/v1/routing")
+    assert resp.status_code == 403
+
+
+def test_read_only_and_off(admin, user):
+    room_id = create(user.access_token)
+    assert send(user.access_token, room_id).status_code == 200
+    try:
+        write(routing_toml(serve="read_only"))
+        assert reload(admin.access_token).status_code == 200
+        assert call(user.access_token, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages",
+                    params={"dir": "b"}).status_code == 200
+        resp = send(user.access_token, room_id)
+        assert (resp.status_code, resp.json()["errcode"]) == (403, "M_FORBIDDEN")
+        assert "read-only" in resp.json()["error"]
+
+        write(routing_toml(serve="off"))
+        sighup()
+        resp = call(user.access_token, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages", params={"dir": "b"})
+        assert (resp.status_code, resp.json()["errcode"]) == (503, "M_UNAVAILABLE")
+    finally:
+        write(routing_toml())
+        assert reload(admin.access_token).status_code == 200
+    assert send(user.access_token, room_id).status_code == 200
+
+
+def test_broken_file_is_refused_whole(admin, user):
+    room_id = create(user.access_token)
+    broken = routing_toml(serve="maybe").replace('name = "bridge"', 'name = "renamed"')
+    write(broken)
+    resp = reload(admin.access_token)
+    assert resp.status_code == 400, resp.text
+    problems = resp.json()["problems"]
+    assert any("serve" in p for p in problems), problems
+    assert any('"bridge" is missing' in p for p in problems), problems
+    sighup()  # logged, refused
+    assert send(user.access_token, room_id).status_code == 200
+    assert create(user.access_token).startswith("!hs_")
+    write(routing_toml())
+    assert reload(admin.access_token).status_code == 200
+
+
+def test_routing_state_counts_rooms_and_events(admin, user):
+    room_id = create(user.access_token)
+    send(user.access_token, room_id)
+    state = call(admin.access_token, "GET", "/_hungryserv/admin/v1/routing").json()
+    [bridge] = [c for c in state["classes"] if c["name"] == "bridge"]
+    assert bridge["serve"] == "local" and bridge["create"] == "local"
+    assert bridge["rooms"] >= 1 and bridge["events"] >= bridge["rooms"] * 5
+
+
+def test_no_request_is_dropped_across_reloads(admin, user):
+    room_id = create(user.access_token)
+    failures, stop = [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            resp = send(user.access_token, room_id)
+            if resp.status_code != 200:
+                failures.append(resp.status_code)
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for create_target in ["synapse", "local"] * 3:
+            write(routing_toml(create=create_target))
+            sighup()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
