@@ -483,6 +483,45 @@ pub async fn state_at(
     parse_all(rows)
 }
 
+/// [`state_at`] for many rooms at the same position, by room.
+pub async fn state_of_rooms(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    at: i64,
+) -> Result<std::collections::HashMap<String, Vec<EventWithPrev>>, StoreError> {
+    let mut by_room: std::collections::HashMap<String, Vec<EventWithPrev>> =
+        std::collections::HashMap::new();
+    if room_ids.is_empty() {
+        return Ok(by_room);
+    }
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!", e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM UNNEST($1::text[]) AS r(room_id)
+           CROSS JOIN LATERAL (
+               SELECT DISTINCT ON (type, state_key) stream FROM events
+               WHERE room_id = r.room_id AND state_key IS NOT NULL AND stream <= $2
+               ORDER BY type, state_key, stream DESC) latest
+           JOIN events e ON e.stream = latest.stream
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           ORDER BY e.stream"#,
+        room_ids,
+        at,
+    )
+    .fetch_all(conn)
+    .await?;
+    for row in parse_all(rows)? {
+        by_room
+            .entry(row.event.room_id.to_string())
+            .or_default()
+            .push(row);
+    }
+    Ok(by_room)
+}
+
 /// Up to `limit` events of a room with `topo` in `(after, before)` (exclusive bounds), in
 /// ascending order when `forwards`, else descending.
 pub async fn page(

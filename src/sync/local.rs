@@ -92,6 +92,9 @@ struct Prefetch {
     /// Joined room → the first chunk of its timeline scan, with the window it was read for
     /// (`after`, `before`, limit): what [`room_part`] would read first.
     timelines: HashMap<String, FirstChunk>,
+    /// Room → its state at the sync's position, for the rooms that send state (new rooms,
+    /// `full_state`, lazy-loaded members).
+    states: HashMap<String, Vec<EventWithPrev>>,
 }
 
 /// The window a timeline chunk was read for (`after`, `before`, limit), and its rows.
@@ -166,7 +169,17 @@ pub async fn build(
                 .entry(room)
                 .or_insert(((after, request.upto + 1, chunk), Vec::new()));
         }
+        let lazy = request.filter.room.state.events.lazy_load_members;
+        let stateful: Vec<String> = shown
+            .iter()
+            .filter(|room| {
+                room.membership == "join"
+                    && (newly_joined(request, room) || request.full_state || lazy)
+            })
+            .map(|room| room.room_id.clone())
+            .collect();
         Prefetch {
+            states: store::events::state_of_rooms(&mut conn, &stateful, request.upto).await?,
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
             receipts: store::receipts::of_rooms(&mut conn, &ids, request.upto).await?,
             timelines,
@@ -453,11 +466,13 @@ async fn room_part(
             // A new room gets all state; a gap, what changed in it.
             full || (limited && event.stream > request.since)
         };
-        let state: Vec<EventWithPrev> = store::events::state_at(conn, room_id, at)
-            .await?
-            .into_iter()
-            .filter(keep)
-            .collect();
+        // The state at the sync's position equals the state at `at` when none of it is newer
+        // than `at` (a newer state event would be the latest of its key).
+        let state_rows = match pre.states.get(room_id) {
+            Some(rows) if rows.iter().all(|e| e.event.stream <= at) => rows.clone(),
+            _ => store::events::state_at(conn, room_id, at).await?,
+        };
+        let state: Vec<EventWithPrev> = state_rows.into_iter().filter(keep).collect();
         state_events(rooms, conn, requester, &reader, state).await?
     } else {
         Vec::new()
