@@ -144,7 +144,19 @@ pub async fn build(
         .filter(|room| request.filter.room.allows_room(&room.room_id))
         .collect();
     let pre = {
-        let ids: Vec<String> = shown.iter().map(|room| room.room_id.clone()).collect();
+        // Only the rooms that will have an entry: an incremental sync of a user in many rooms
+        // reads nothing about the quiet ones.
+        let ids: Vec<String> = shown
+            .iter()
+            .filter(|room| match room.membership.as_str() {
+                "join" => {
+                    newly_joined(request, room) || request.full_state || room.latest.is_some()
+                }
+                "leave" | "ban" => shows_leave(request, room),
+                _ => false,
+            })
+            .map(|room| room.room_id.clone())
+            .collect();
         let mut conn = db.acquire().await.map_err(StoreError::from)?;
         // The timelines of the joined rooms that will be shown, as room_part reads them.
         let chunk = timeline_limit(request) * 2 + 2;
@@ -173,8 +185,10 @@ pub async fn build(
         let stateful: Vec<String> = shown
             .iter()
             .filter(|room| {
+                let newly = newly_joined(request, room);
                 room.membership == "join"
-                    && (newly_joined(request, room) || request.full_state || lazy)
+                    && (newly || request.full_state || room.latest.is_some())
+                    && (newly || request.full_state || lazy)
             })
             .map(|room| room.room_id.clone())
             .collect();
