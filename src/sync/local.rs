@@ -80,6 +80,9 @@ pub struct LocalRequest<'a> {
     pub filter: &'a SyncFilter,
 }
 
+/// From this many rooms on, their timelines and state are read in bulk first.
+const BULK_FROM: usize = 4;
+
 /// Rooms built at once, each on a pooled connection of its own.
 const CONCURRENT_ROOMS: usize = 4;
 
@@ -143,30 +146,38 @@ pub async fn build(
         .iter()
         .filter(|room| request.filter.room.allows_room(&room.room_id))
         .collect();
+    // Only the rooms that will have an entry: an incremental sync of a user in many rooms
+    // reads nothing about the quiet ones.
+    let active: Vec<&UserRoom> = shown
+        .into_iter()
+        .filter(|room| match room.membership.as_str() {
+            "join" => newly_joined(request, room) || request.full_state || room.latest.is_some(),
+            "invite" => request.since == 0 || room.member_stream > request.since,
+            "leave" | "ban" => shows_leave(request, room),
+            _ => false,
+        })
+        .collect();
     let pre = {
-        // Only the rooms that will have an entry: an incremental sync of a user in many rooms
-        // reads nothing about the quiet ones.
-        let ids: Vec<String> = shown
+        let ids: Vec<String> = active
             .iter()
-            .filter(|room| match room.membership.as_str() {
-                "join" => {
-                    newly_joined(request, room) || request.full_state || room.latest.is_some()
-                }
-                "leave" | "ban" => shows_leave(request, room),
-                _ => false,
-            })
+            .filter(|room| room.membership != "invite")
             .map(|room| room.room_id.clone())
             .collect();
         let mut conn = db.acquire().await.map_err(StoreError::from)?;
         // The timelines of the joined rooms that will be shown, as room_part reads them.
         let chunk = timeline_limit(request) * 2 + 2;
-        let windows: Vec<(String, i64)> = shown
+        // A few rooms are quicker with their own queries (room_part falls back to them).
+        let bulk = active.len() >= BULK_FROM;
+        let windows: Vec<(String, i64)> = active
             .iter()
-            .filter(|room| room.membership == "join")
-            .filter_map(|room| {
-                let newly = newly_joined(request, room);
-                let shown = newly || request.full_state || room.latest.is_some();
-                shown.then(|| (room.room_id.clone(), if newly { 0 } else { request.since }))
+            .filter(|room| bulk && room.membership == "join")
+            .map(|room| {
+                let after = if newly_joined(request, room) {
+                    0
+                } else {
+                    request.since
+                };
+                (room.room_id.clone(), after)
             })
             .collect();
         let mut timelines: HashMap<String, FirstChunk> =
@@ -182,13 +193,11 @@ pub async fn build(
                 .or_insert(((after, request.upto + 1, chunk), Vec::new()));
         }
         let lazy = request.filter.room.state.events.lazy_load_members;
-        let stateful: Vec<String> = shown
+        let stateful: Vec<String> = active
             .iter()
             .filter(|room| {
-                let newly = newly_joined(request, room);
-                room.membership == "join"
-                    && (newly || request.full_state || room.latest.is_some())
-                    && (newly || request.full_state || lazy)
+                bulk && room.membership == "join"
+                    && (newly_joined(request, room) || request.full_state || lazy)
             })
             .map(|room| room.room_id.clone())
             .collect();
@@ -199,8 +208,8 @@ pub async fn build(
             timelines,
         }
     };
-    let mut entries = Vec::with_capacity(shown.len());
-    for group in shown.chunks(CONCURRENT_ROOMS) {
+    let mut entries = Vec::with_capacity(active.len());
+    for group in active.chunks(CONCURRENT_ROOMS) {
         let mut pending = Vec::with_capacity(group.len());
         for room in group {
             pending.push(pooled_room_entry(rooms, db, request, &pre, room));
