@@ -134,10 +134,10 @@ pub async fn build(
     request: &LocalRequest<'_>,
 ) -> Result<LocalSync, RoomError> {
     let user = request.requester.user_id.as_str();
-    let user_rooms = {
-        let mut conn = db.acquire().await.map_err(StoreError::from)?;
-        store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?
-    };
+    // One connection for the room list and the bulk reads (each pooled acquire costs a round
+    // trip), and for the rooms themselves when there are only a few.
+    let mut conn = db.acquire().await.map_err(StoreError::from)?;
+    let user_rooms = store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?;
     let mut sync = LocalSync {
         rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
         ..LocalSync::default()
@@ -163,7 +163,6 @@ pub async fn build(
             .filter(|room| room.membership != "invite")
             .map(|room| room.room_id.clone())
             .collect();
-        let mut conn = db.acquire().await.map_err(StoreError::from)?;
         // The timelines of the joined rooms that will be shown, as room_part reads them.
         let chunk = timeline_limit(request) * 2 + 2;
         // A few rooms are quicker with their own queries (room_part falls back to them).
@@ -209,12 +208,22 @@ pub async fn build(
         }
     };
     let mut entries = Vec::with_capacity(active.len());
-    for group in active.chunks(CONCURRENT_ROOMS) {
-        let mut pending = Vec::with_capacity(group.len());
-        for room in group {
-            pending.push(pooled_room_entry(rooms, db, request, &pre, room));
+    if active.len() < BULK_FROM {
+        for room in active {
+            entries.push((
+                room,
+                room_entry(rooms, &mut conn, request, &pre, room).await?,
+            ));
         }
-        entries.extend(try_join_all(pending).await?);
+    } else {
+        drop(conn);
+        for group in active.chunks(CONCURRENT_ROOMS) {
+            let mut pending = Vec::with_capacity(group.len());
+            for room in group {
+                pending.push(pooled_room_entry(rooms, db, request, &pre, room));
+            }
+            entries.extend(try_join_all(pending).await?);
+        }
     }
     for (room, entry) in entries {
         let (section, value) = match entry {
