@@ -24,7 +24,7 @@ async fn token(
     let Some(text) = query.get(key) else {
         return Ok(None);
     };
-    if text.starts_with("h1_") {
+    if SyncToken::is_envelope(text) {
         let sync = SyncToken::parse(text)
             .map_err(|_| MatrixError::invalid_param(format!("Invalid token {text:?}")))?;
         return Ok(Some(state.rooms.position_at(room, sync.local).await?));

@@ -330,12 +330,7 @@ async fn room_details(
     use crate::rooms::admin::state_str;
     require_admin(&state, &auth).await?;
     let found = admin_room(&state, &room).await?;
-    let joined: Vec<&String> = found
-        .members
-        .iter()
-        .filter(|(_, m)| m == "join")
-        .map(|(u, _)| u)
-        .collect();
+    let joined: Vec<&String> = found.joined();
     let suffix = format!(":{}", state.config.server_name);
     let s = &found.state;
     Ok(Json(json!({
@@ -377,12 +372,7 @@ async fn room_members(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &auth).await?;
     let found = admin_room(&state, &room).await?;
-    let members: Vec<&String> = found
-        .members
-        .iter()
-        .filter(|(_, m)| m == "join")
-        .map(|(u, _)| u)
-        .collect();
+    let members: Vec<&String> = found.joined();
     Ok(Json(json!({ "total": members.len(), "members": members })))
 }
 

@@ -103,8 +103,11 @@ impl Pusher {
         self.stats.cursor.store(position, Ordering::Relaxed);
         let mut interest = Interest::new(self.registration.clone(), &self.server_name);
         let mut wake = self.notifier.subscribe();
+        // A transaction left in flight by an earlier run goes first; after that, the only one
+        // in flight is the one this loop just stored, kept in memory (no re-read).
+        let mut in_flight = store::appservice::pending(&self.db, id).await?;
         loop {
-            if let Some(pending) = store::appservice::pending(&self.db, id).await? {
+            if let Some(pending) = in_flight.take() {
                 self.deliver(&pending).await;
                 store::appservice::acknowledge(&self.db, id, &pending.txn_id).await?;
                 position = position.max(pending.last_stream);
@@ -146,15 +149,15 @@ impl Pusher {
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let txn_id = format!("hungryserv.{}.{next_txn}", cursor.txn_prefix);
             next_txn += 1;
-            store::appservice::store_txn(
-                &self.db,
-                id,
-                &txn_id,
-                built.last,
-                &body,
-                i32::try_from(count).unwrap_or(i32::MAX),
-            )
-            .await?;
+            let events = i32::try_from(count).unwrap_or(i32::MAX);
+            store::appservice::store_txn(&self.db, id, &txn_id, built.last, &body, events).await?;
+            in_flight = Some(PendingTxn {
+                txn_id,
+                last_stream: built.last,
+                body,
+                events,
+                age_s: 0.0,
+            });
         }
     }
 

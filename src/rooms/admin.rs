@@ -22,6 +22,17 @@ pub struct AdminRoom {
     pub members: Vec<(String, String)>,
 }
 
+impl AdminRoom {
+    /// The joined members.
+    pub fn joined(&self) -> Vec<&String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect()
+    }
+}
+
 /// The outcome for one room of an appservice-wide delete.
 #[derive(Debug, Clone)]
 pub enum BulkOutcome {

@@ -52,6 +52,12 @@ impl SyncToken {
         format!("{V1}{}", URL_SAFE_NO_PAD.encode(json))
     }
 
+    /// Whether `text` is one of our envelopes (well-formed or not), rather than a Synapse
+    /// token or a pagination token.
+    pub fn is_envelope(text: &str) -> bool {
+        text.starts_with(V1)
+    }
+
     /// Reads a `since` parameter: our envelope or a bare Synapse token.
     pub fn parse(text: &str) -> Result<Self, InvalidToken> {
         if let Some(payload) = text.strip_prefix(V1) {
