@@ -9,11 +9,12 @@ use tokio::task::JoinHandle;
 use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, SidePositions};
 use crate::rooms::deletion::Deletions;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
 use crate::routing::LiveClasses;
+use crate::store::Positions;
 use crate::sync::Syncer;
 use crate::upstream::Synapse;
 
@@ -45,10 +46,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state and starts the room writer and the appservice pushers. `current_stream` is the highest stream
-    /// position already in the database. The returned task ends once every clone of the
+    /// Builds the state and starts the room writer and the appservice pushers. `start` holds
+    /// the highest positions already in the database. The returned task ends once every clone of the
     /// state is dropped and the writer has finished its queue.
-    pub fn new(config: Config, db: PgPool, current_stream: i64) -> (Self, JoinHandle<()>) {
+    pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, JoinHandle<()>) {
         let synapse = Synapse::new(&config.synapse, &config.limits);
         let identity = Arc::new(Identity::new(
             config.server_name.clone(),
@@ -59,13 +60,21 @@ impl AppState {
             &config.routing,
             config.server_name.as_str(),
         ));
-        let notifier = Notifier::new(current_stream);
+        let notifier = Notifier::with_side(
+            start.stream,
+            SidePositions {
+                room_data: start.room_data,
+                // Typing serials start at the clock (rooms::typing).
+                typing: 0,
+            },
+        );
         let (writer, writer_task) = Writer::start(db.clone(), notifier.clone());
         let rooms = Rooms::new(
             db.clone(),
             writer,
             synapse.clone(),
             config.server_name.clone(),
+            notifier.clone(),
         );
         let syncer = Arc::new(Syncer::new(
             db.clone(),

@@ -95,14 +95,14 @@ async fn run(config: config::Config) -> ExitCode {
         synapse = %config.synapse.base,
         "hungryserv listening"
     );
-    let current_stream = match store::current_stream(&db).await {
+    let start = match store::current_positions(&db).await {
         Ok(position) => position,
         Err(err) => {
-            tracing::error!(error = %err, "cannot read the event stream position");
+            tracing::error!(error = %err, "cannot read the stream positions");
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let (state, writer) = AppState::new(config, db, current_stream);
+    let (state, writer) = AppState::new(config, db, start);
     // Deleted rooms must be refused from the first request on.
     match state.deletions.resume().await {
         Ok(0) => {}

@@ -7,6 +7,11 @@
 //! *before* the position is published, so a woken reader can decide from memory whether the
 //! commit concerns it ([`Notifier::news_for`]) instead of asking the database on every commit
 //! of every room.
+//!
+//! Room data (receipts, read markers, room account data) and typing are not events: they have
+//! positions of their own ([`SidePositions`]: the room data stream of migration 0008 and the
+//! typing serial of [`crate::rooms::typing`]), published on a second channel with the same
+//! subscribe-then-read rule.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +23,8 @@ use tokio::sync::watch;
 pub struct Notifier {
     /// The latest committed position.
     tx: watch::Sender<i64>,
+    /// The latest room data position and typing serial.
+    side: watch::Sender<SidePositions>,
     /// Latest stream position per room and per member, for committed positions only.
     touched: Arc<RwLock<Touched>>,
 }
@@ -28,6 +35,21 @@ struct Touched {
     rooms: HashMap<String, i64>,
     /// User ID → stream position of the latest committed member event about them.
     members: HashMap<String, i64>,
+    /// Room ID → room data position of its latest receipt.
+    data_rooms: HashMap<String, i64>,
+    /// User ID → room data position of their latest private room data (account data).
+    data_users: HashMap<String, i64>,
+    /// Room ID → typing serial of its latest typing change.
+    typing_rooms: HashMap<String, i64>,
+}
+
+/// Positions of what is not an event: a sync token holds them next to the stream position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SidePositions {
+    /// The room data stream (receipts, read markers, room account data).
+    pub room_data: i64,
+    /// The typing serial.
+    pub typing: i64,
 }
 
 /// What one commit wrote: `(room, stream)` per event, and `(user, stream)` per member event.
@@ -39,8 +61,14 @@ pub struct Commit {
 
 impl Notifier {
     pub fn new(current: i64) -> Self {
+        Self::with_side(current, SidePositions::default())
+    }
+
+    /// A notifier starting from known positions of both channels.
+    pub fn with_side(current: i64, side: SidePositions) -> Self {
         Self {
             tx: watch::Sender::new(current),
+            side: watch::Sender::new(side),
             touched: Arc::default(),
         }
     }
@@ -75,6 +103,83 @@ impl Notifier {
     /// A receiver that is woken by every later commit.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.tx.subscribe()
+    }
+
+    /// Called after room data is committed at `position`: receipts in `rooms` (everyone in
+    /// them may see them), private data of `users`.
+    pub fn room_data_committed(&self, position: i64, rooms: &[String], users: &[String]) {
+        {
+            let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+            for room in rooms {
+                let latest = touched.data_rooms.entry(room.clone()).or_insert(position);
+                *latest = (*latest).max(position);
+            }
+            for user in users {
+                let latest = touched.data_users.entry(user.clone()).or_insert(position);
+                *latest = (*latest).max(position);
+            }
+        }
+        self.side.send_if_modified(|current| {
+            let advanced = position > current.room_data;
+            if advanced {
+                current.room_data = position;
+            }
+            advanced
+        });
+    }
+
+    /// Called when who is typing in `room` changed, with the new serial.
+    pub fn typing_changed(&self, room: &str, serial: i64) {
+        {
+            let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+            let latest = touched
+                .typing_rooms
+                .entry(room.to_owned())
+                .or_insert(serial);
+            *latest = (*latest).max(serial);
+        }
+        self.side.send_if_modified(|current| {
+            let advanced = serial > current.typing;
+            if advanced {
+                current.typing = serial;
+            }
+            advanced
+        });
+    }
+
+    /// The side positions now.
+    pub fn side_current(&self) -> SidePositions {
+        *self.side.borrow()
+    }
+
+    /// A receiver woken by every later room data commit or typing change.
+    pub fn subscribe_side(&self) -> watch::Receiver<SidePositions> {
+        self.side.subscribe()
+    }
+
+    /// Whether room data or typing changed after `since` in one of `rooms`, or `user`'s
+    /// private room data changed.
+    pub fn side_news_for<'a>(
+        &self,
+        user: &str,
+        rooms: impl IntoIterator<Item = &'a str>,
+        since: SidePositions,
+    ) -> bool {
+        let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
+        touched
+            .data_users
+            .get(user)
+            .is_some_and(|p| *p > since.room_data)
+            || rooms.into_iter().any(|room| {
+                touched
+                    .data_rooms
+                    .get(room)
+                    .is_some_and(|p| *p > since.room_data)
+                    || touched
+                        .typing_rooms
+                        .get(room)
+                        .is_some_and(|s| *s > since.typing)
+            })
     }
 
     /// Whether a commit seen by this process after `since` wrote into one of `rooms` or
@@ -125,5 +230,30 @@ mod tests {
         notifier.committed(6, Commit::default());
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow(), 6);
+    }
+
+    #[tokio::test]
+    async fn room_data_and_typing_wake_their_own_subscribers() {
+        let notifier = Notifier::new(0);
+        let events = notifier.subscribe();
+        let mut side = notifier.subscribe_side();
+        let start = notifier.side_current();
+        notifier.room_data_committed(4, &["!a:x".into()], &["@u:x".into()]);
+        side.changed().await.unwrap();
+        assert_eq!(side.borrow_and_update().room_data, 4);
+        assert!(!events.has_changed().unwrap(), "room data is not an event");
+        assert!(notifier.side_news_for("@v:x", ["!a:x"], start));
+        assert!(
+            notifier.side_news_for("@u:x", ["!b:x"], start),
+            "private data"
+        );
+        assert!(!notifier.side_news_for("@v:x", ["!b:x"], start));
+        let now = notifier.side_current();
+        assert!(!notifier.side_news_for("@u:x", ["!a:x"], now));
+        notifier.typing_changed("!b:x", 100);
+        side.changed().await.unwrap();
+        assert_eq!(side.borrow().typing, 100);
+        assert!(notifier.side_news_for("@v:x", ["!b:x"], now));
+        assert!(!notifier.side_news_for("@v:x", ["!a:x"], now));
     }
 }

@@ -11,6 +11,7 @@ mod extract;
 mod membership;
 mod read;
 mod room_admin;
+mod room_data;
 mod send;
 mod sync;
 mod versions;
@@ -58,6 +59,8 @@ impl From<RoomError> for ApiError {
             RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
             RoomError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unknown),
             RoomError::BadState(_) => (StatusCode::FORBIDDEN, ErrorCode::BadState),
+            RoomError::NotYours(_) => (StatusCode::BAD_REQUEST, ErrorCode::Forbidden),
+            RoomError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadJson),
             RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),
             RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             RoomError::Store(_) | RoomError::Internal(_) => {
@@ -113,6 +116,7 @@ impl IntoResponse for ApiError {
 /// The router for requests classified Local (they name a local room).
 pub fn local_router(state: AppState) -> Router {
     let rooms = "/_matrix/client/{v}/rooms/{room_id}";
+    let user_rooms = "/_matrix/client/{v}/user/{user_id}/rooms/{room_id}";
     Router::new()
         .route(
             &format!("{rooms}/send/{{event_type}}/{{txn_id}}"),
@@ -154,6 +158,27 @@ pub fn local_router(state: AppState) -> Router {
         .route(&format!("{rooms}/kick"), post(targeted("kick")))
         .route(&format!("{rooms}/ban"), post(targeted("ban")))
         .route(&format!("{rooms}/unban"), post(targeted("unban")))
+        .route(
+            &format!("{rooms}/receipt/{{receipt_type}}/{{event_id}}"),
+            post(room_data::receipt),
+        )
+        .route(
+            &format!("{rooms}/read_markers"),
+            post(room_data::read_markers),
+        )
+        .route(
+            &format!("{rooms}/typing/{{user_id}}"),
+            put(room_data::typing),
+        )
+        .route(
+            &format!("{user_rooms}/account_data/{{event_type}}"),
+            get(room_data::get_account_data).put(room_data::put_account_data),
+        )
+        .route(&format!("{user_rooms}/tags"), get(room_data::tags))
+        .route(
+            &format!("{user_rooms}/tags/{{tag}}"),
+            put(room_data::put_tag).delete(room_data::delete_tag),
+        )
         .route(&format!("{rooms}/event/{{event_id}}"), get(read::event))
         .route(&format!("{rooms}/members"), get(read::members))
         .route(

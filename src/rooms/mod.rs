@@ -13,8 +13,10 @@ pub mod deletion;
 pub mod event;
 pub mod power;
 pub mod read;
+pub mod room_data;
 pub mod service;
 pub mod state;
+pub mod typing;
 pub mod visibility;
 pub mod writer;
 
@@ -45,6 +47,12 @@ pub enum RoomError {
     /// 400 M_EXCLUSIVE: an appservice namespace is in the way.
     #[error("{0}")]
     Exclusive(String),
+    /// 400 M_FORBIDDEN: acting for another user where Synapse answers 400 (typing).
+    #[error("{0}")]
+    NotYours(String),
+    /// 405 M_BAD_JSON: the data cannot be set through this endpoint.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: the thing exists already.
     #[error("{0}")]
     Conflict(String),

@@ -71,13 +71,18 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 }
 
 impl EventFilter {
-    pub fn allows(&self, event: &StoredEvent) -> bool {
-        let kind = event.kind.as_str();
-        let sender = event.sender.as_str();
+    /// Whether the filter's `types`/`not_types` allow an event type (for what has no sender:
+    /// receipts, typing, account data).
+    pub fn allows_kind(&self, kind: &str) -> bool {
         self.types
             .as_ref()
             .is_none_or(|types| types.iter().any(|t| type_matches(t, kind)))
             && !self.not_types.iter().any(|t| type_matches(t, kind))
+    }
+
+    pub fn allows(&self, event: &StoredEvent) -> bool {
+        let sender = event.sender.as_str();
+        self.allows_kind(&event.kind)
             && self
                 .senders
                 .as_ref()
@@ -111,12 +116,14 @@ pub struct Page {
 }
 
 impl Rooms {
-    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, RoomError> {
+    pub(super) async fn conn(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, RoomError> {
         Ok(self.db.acquire().await.map_err(store::StoreError::from)?)
     }
 
     /// The reader's view of the room, or the error Synapse gives a non-member.
-    async fn reader(
+    pub(super) async fn reader(
         &self,
         conn: &mut PgConnection,
         requester: &Requester,

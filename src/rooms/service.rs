@@ -2,6 +2,8 @@
 //! change membership, redact. Each fetches what it needs from Synapse first (profiles), then
 //! hands events to the writer; no network call happens inside a transaction.
 
+use std::sync::Arc;
+
 use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
@@ -9,9 +11,11 @@ use sqlx::PgPool;
 use super::RoomError;
 use super::auth::Proposal;
 use super::create::{self, CreateRoomRequest, Plan};
+use super::typing::Typing;
 use super::writer::{BatchJob, NewRoom, Outcome, Placement, Txn, Writer};
 use crate::auth::requester::Requester;
 use crate::config::RoomClass;
+use crate::notify::Notifier;
 use crate::store;
 use crate::upstream::Synapse;
 
@@ -25,6 +29,10 @@ pub struct Rooms {
     writer: Writer,
     synapse: Synapse,
     server_name: OwnedServerName,
+    /// Publishes room data commits.
+    pub(super) notifier: Notifier,
+    /// Who is typing.
+    pub typing: Arc<Typing>,
 }
 
 /// Milliseconds since the epoch.
@@ -44,12 +52,21 @@ pub fn origin_ts(requester: &Requester, ts_param: Option<i64>) -> i64 {
 }
 
 impl Rooms {
-    pub fn new(db: PgPool, writer: Writer, synapse: Synapse, server_name: OwnedServerName) -> Self {
+    pub fn new(
+        db: PgPool,
+        writer: Writer,
+        synapse: Synapse,
+        server_name: OwnedServerName,
+        notifier: Notifier,
+    ) -> Self {
+        let typing = Typing::start(notifier.clone());
         Self {
             db,
             writer,
             synapse,
             server_name,
+            notifier,
+            typing,
         }
     }
 

@@ -416,10 +416,22 @@ impl WriterTask {
         if !batch.backfilled.is_empty() {
             store::events::mark_backfilled(&mut tx, &batch.backfilled).await?;
         }
+        // Receipts (batch send's `mark_read_by`) go on the room data stream, in this same
+        // transaction: all or nothing with the events.
+        let mut receipts_at = None;
         if !batch.receipts.is_empty() {
+            let position = store::room_data::next_position(&mut tx).await?;
+            for receipt in &mut batch.receipts {
+                receipt.stream = position;
+            }
             store::receipts::upsert(&mut tx, &batch.receipts).await?;
+            let rooms: Vec<String> = batch.receipts.iter().map(|r| r.room_id.clone()).collect();
+            receipts_at = Some((position, rooms));
         }
         tx.commit().await?;
+        if let Some((position, rooms)) = receipts_at {
+            self.notifier.room_data_committed(position, &rooms, &[]);
+        }
         let max_stream = batch.next_stream - 1;
         Ok((outcomes, batch.rooms, max_stream))
     }
@@ -977,8 +989,10 @@ async fn batch_send(
             kind: "m.read".into(),
             thread_id: String::new(),
             event_id: last.event_id.to_string(),
-            stream: last.stream,
+            // Set when written: a room data position.
+            stream: 0,
             ts: super::service::now_ms(),
+            extra: None,
         });
     }
     batch.rooms.insert(room_id.clone(), state);

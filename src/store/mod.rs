@@ -11,6 +11,7 @@ pub mod deletion;
 pub mod events;
 pub mod identity;
 pub mod receipts;
+pub mod room_data;
 pub mod rooms;
 
 use sqlx::PgPool;
@@ -53,10 +54,20 @@ pub async fn connect(config: &DatabaseConfig, server_name: &str) -> Result<PgPoo
     Ok(pool)
 }
 
-/// The highest stream position committed so far.
-pub async fn current_stream(pool: &PgPool) -> Result<i64, StoreError> {
+/// The highest positions committed so far.
+pub async fn current_positions(pool: &PgPool) -> Result<Positions, StoreError> {
     let mut conn = pool.acquire().await?;
-    events::max_stream(&mut conn).await
+    Ok(Positions {
+        stream: events::max_stream(&mut conn).await?,
+        room_data: room_data::current_position(&mut conn).await?,
+    })
+}
+
+/// The highest committed positions of the event stream and the room data stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Positions {
+    pub stream: i64,
+    pub room_data: i64,
 }
 
 /// A cheap round trip, for readiness.

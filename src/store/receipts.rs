@@ -1,7 +1,10 @@
-//! `receipts`: read receipts in local rooms, one per (room, user, type, thread).
+//! `receipts`: read receipts in local rooms, one per (room, user, type, thread). A receipt
+//! only moves forward (to an event later in the room), as in Synapse; `stream` is a room data
+//! stream position (migration 0008).
 
 use std::collections::HashMap;
 
+use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::StoreError;
@@ -20,10 +23,13 @@ pub struct Receipt {
     pub stream: i64,
     /// When it was made, in ms since the epoch.
     pub ts: i64,
+    /// Extra fields sent with it (Beeper's `com.beeper.read.extra`), returned verbatim.
+    pub extra: Option<Value>,
 }
 
-/// Writes receipts, replacing each user's earlier one of the same type and thread.
-pub async fn upsert(conn: &mut PgConnection, receipts: &[Receipt]) -> Result<(), StoreError> {
+/// Writes receipts, replacing each user's earlier one of the same type and thread when the new
+/// one is for a later event of the room. Returns how many were written (0: all were behind).
+pub async fn upsert(conn: &mut PgConnection, receipts: &[Receipt]) -> Result<u64, StoreError> {
     let column = |f: fn(&Receipt) -> String| receipts.iter().map(f).collect::<Vec<String>>();
     let rooms = column(|r| r.room_id.clone());
     let users = column(|r| r.user_id.clone());
@@ -32,12 +38,17 @@ pub async fn upsert(conn: &mut PgConnection, receipts: &[Receipt]) -> Result<(),
     let events = column(|r| r.event_id.clone());
     let streams: Vec<i64> = receipts.iter().map(|r| r.stream).collect();
     let ts: Vec<i64> = receipts.iter().map(|r| r.ts).collect();
-    sqlx::query!(
-        "INSERT INTO receipts (room_id, user_id, type, thread_id, event_id, stream, ts)
+    let extras: Vec<Option<Value>> = receipts.iter().map(|r| r.extra.clone()).collect();
+    let done = sqlx::query!(
+        "INSERT INTO receipts (room_id, user_id, type, thread_id, event_id, stream, ts, extra)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::bigint[], $7::bigint[])
+                              $6::bigint[], $7::bigint[], $8::jsonb[])
          ON CONFLICT (room_id, user_id, type, thread_id) DO UPDATE
-         SET event_id = EXCLUDED.event_id, stream = EXCLUDED.stream, ts = EXCLUDED.ts",
+         SET event_id = EXCLUDED.event_id, stream = EXCLUDED.stream, ts = EXCLUDED.ts,
+             extra = EXCLUDED.extra
+         WHERE (SELECT topo FROM events WHERE event_id = EXCLUDED.event_id)
+             > COALESCE((SELECT topo FROM events WHERE event_id = receipts.event_id),
+                        -9223372036854775808)",
         &rooms,
         &users,
         &kinds,
@@ -45,22 +56,33 @@ pub async fn upsert(conn: &mut PgConnection, receipts: &[Receipt]) -> Result<(),
         &events,
         &streams,
         &ts,
+        &extras as &[Option<Value>],
     )
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
-/// The receipts of some rooms committed at or before `upto`, by room, oldest first.
+/// The receipts of some rooms committed in `(after, upto]`, `after` per room, by room, oldest
+/// first.
 pub async fn of_rooms(
     conn: &mut PgConnection,
-    room_ids: &[String],
+    rooms: &[(String, i64)],
     upto: i64,
 ) -> Result<HashMap<String, Vec<Receipt>>, StoreError> {
+    if rooms.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (room_ids, afters): (Vec<String>, Vec<i64>) = rooms.iter().cloned().unzip();
     let rows = sqlx::query!(
-        "SELECT room_id, user_id, type, thread_id, event_id, stream, ts FROM receipts
-         WHERE room_id = ANY($1) AND stream <= $2 ORDER BY stream",
-        room_ids,
+        r#"SELECT r.room_id AS "room_id!", r.user_id AS "user_id!", r.type AS "type!",
+                  r.thread_id AS "thread_id!", r.event_id AS "event_id!", r.stream AS "stream!",
+                  r.ts AS "ts!", r.extra
+           FROM UNNEST($1::text[], $2::bigint[]) AS w(room_id, after)
+           JOIN receipts r ON r.room_id = w.room_id AND r.stream > w.after AND r.stream <= $3
+           ORDER BY r.stream"#,
+        &room_ids,
+        &afters,
         upto
     )
     .fetch_all(conn)
@@ -78,6 +100,7 @@ pub async fn of_rooms(
                 event_id: row.event_id,
                 stream: row.stream,
                 ts: row.ts,
+                extra: row.extra,
             });
     }
     Ok(by_room)

@@ -39,6 +39,10 @@ pub struct RoomFilter {
     pub timeline: SectionFilter,
     #[serde(default)]
     pub state: SectionFilter,
+    #[serde(default)]
+    pub ephemeral: SectionFilter,
+    #[serde(default)]
+    pub account_data: SectionFilter,
 }
 
 /// A `RoomEventFilter` of one section (timeline, state).

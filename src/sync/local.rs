@@ -19,6 +19,12 @@
 //!
 //! Every event passes the room's history visibility for the user, exactly as `/messages`
 //! applies it ([`crate::rooms::visibility`]).
+//!
+//! Room data and typing (not events) have positions of their own, `(side_since, side_upto]`:
+//! a joined room also gets an entry when a receipt in it, the user's room account data for it
+//! (tags, `m.fully_read`, …) or its typing list changed in that range. Its `ephemeral` then
+//! holds the new receipts (private ones only to their owner) and the current typing list, its
+//! `account_data` the changed entries; a room new to the client gets all of them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,6 +34,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::filter::SyncFilter;
 use crate::auth::requester::Requester;
+use crate::notify::SidePositions;
 use crate::rooms::RoomError;
 use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
@@ -76,6 +83,10 @@ pub struct LocalRequest<'a> {
     pub since: i64,
     /// The committed position to read up to.
     pub upto: i64,
+    /// The client's room data position and typing serial.
+    pub side_since: SidePositions,
+    /// The committed room data position and typing serial to read up to.
+    pub side_upto: SidePositions,
     pub full_state: bool,
     pub filter: &'a SyncFilter,
 }
@@ -90,14 +101,72 @@ const CONCURRENT_ROOMS: usize = 4;
 struct Prefetch {
     /// Room → the user's membership history and the room's visibility history.
     histories: HashMap<String, store::events::ReaderHistory>,
-    /// Room → receipts committed up to the sync's position.
-    receipts: HashMap<String, Vec<store::receipts::Receipt>>,
+    /// Room data and typing per joined room, for those that have something to show.
+    side: HashMap<String, Side>,
     /// Joined room → the first chunk of its timeline scan, with the window it was read for
     /// (`after`, `before`, limit): what [`room_part`] would read first.
     timelines: HashMap<String, FirstChunk>,
     /// Room → its state at the sync's position, for the rooms that send state (new rooms,
     /// `full_state`, lazy-loaded members).
     states: HashMap<String, Vec<EventWithPrev>>,
+}
+
+/// What a joined room shows besides events.
+#[derive(Default)]
+struct Side {
+    /// Receipts committed in the room's room data window, oldest first.
+    receipts: Vec<store::receipts::Receipt>,
+    /// The user's room account data written in the window: `(type, content)`.
+    account_data: Vec<(String, Value)>,
+    /// The users typing, when the list is to be shown.
+    typing: Option<Vec<String>>,
+}
+
+/// Room data and typing of the joined rooms (`newly` when the room appears as new).
+async fn side_of_rooms(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    joined: &[(String, bool)],
+) -> Result<HashMap<String, Side>, RoomError> {
+    let user = request.requester.user_id.as_str();
+    let (since, upto) = (request.side_since, request.side_upto);
+    // Only rooms whose window is not empty.
+    let windows: Vec<(String, i64)> = joined
+        .iter()
+        .map(|(room, newly)| (room.clone(), if *newly { 0 } else { since.room_data }))
+        .filter(|(_, after)| *after < upto.room_data)
+        .collect();
+    let mut receipts = store::receipts::of_rooms(conn, &windows, upto.room_data).await?;
+    let mut account_data =
+        store::room_data::account_data_of_rooms(conn, user, &windows, upto.room_data).await?;
+    let mut side = HashMap::new();
+    for (room, newly) in joined {
+        let typing = rooms
+            .typing
+            .of_room(room)
+            .filter(|(serial, users)| {
+                if *newly {
+                    !users.is_empty()
+                } else {
+                    *serial > since.typing
+                }
+            })
+            .map(|(_, users)| users);
+        let entry = Side {
+            receipts: receipts.remove(room).unwrap_or_default(),
+            account_data: account_data.remove(room).unwrap_or_default(),
+            typing,
+        };
+        let private_only = entry
+            .receipts
+            .iter()
+            .all(|r| r.kind == "m.read.private" && r.user_id != user);
+        if !(private_only && entry.account_data.is_empty() && entry.typing.is_none()) {
+            side.insert(room.clone(), entry);
+        }
+    }
+    Ok(side)
 }
 
 /// The window a timeline chunk was read for (`after`, `before`, limit), and its rows.
@@ -146,12 +215,23 @@ pub async fn build(
         .iter()
         .filter(|room| request.filter.room.allows_room(&room.room_id))
         .collect();
+    let joined: Vec<(String, bool)> = shown
+        .iter()
+        .filter(|room| room.membership == "join")
+        .map(|room| (room.room_id.clone(), newly_joined(request, room)))
+        .collect();
+    let side = side_of_rooms(rooms, &mut conn, request, &joined).await?;
     // Only the rooms that will have an entry: an incremental sync of a user in many rooms
     // reads nothing about the quiet ones.
     let active: Vec<&UserRoom> = shown
         .into_iter()
         .filter(|room| match room.membership.as_str() {
-            "join" => newly_joined(request, room) || request.full_state || room.latest.is_some(),
+            "join" => {
+                newly_joined(request, room)
+                    || request.full_state
+                    || room.latest.is_some()
+                    || side.contains_key(&room.room_id)
+            }
             "invite" => request.since == 0 || room.member_stream > request.since,
             "leave" | "ban" => shows_leave(request, room),
             _ => false,
@@ -203,7 +283,7 @@ pub async fn build(
         Prefetch {
             states: store::events::state_of_rooms(&mut conn, &stateful, request.upto).await?,
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
-            receipts: store::receipts::of_rooms(&mut conn, &ids, request.upto).await?,
+            side,
             timelines,
         }
     };
@@ -287,29 +367,52 @@ fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
     }
 }
 
-/// The room's read receipts committed in `(after, upto]`, as one `m.receipt` event (private
-/// receipts only to their owner).
-fn receipts(request: &LocalRequest<'_>, pre: &Prefetch, room_id: &str, after: i64) -> Vec<Value> {
+/// The room's `ephemeral` events: new receipts as one `m.receipt` (private receipts only to
+/// their owner; a receipt's Beeper extras merged into its data) and the typing list.
+fn ephemeral(request: &LocalRequest<'_>, side: Option<&Side>) -> Vec<Value> {
+    let Some(side) = side else {
+        return Vec::new();
+    };
     let user = request.requester.user_id.as_str();
+    let filter = &request.filter.room.ephemeral.events;
+    let mut events = Vec::new();
     let mut content = Map::new();
-    let room_receipts = pre.receipts.get(room_id).map_or(&[][..], Vec::as_slice);
-    for receipt in room_receipts.iter().filter(|r| r.stream > after) {
+    for receipt in &side.receipts {
         if receipt.kind == "m.read.private" && receipt.user_id != user {
             continue;
         }
-        let mut entry = json!({ "ts": receipt.ts });
+        let mut entry = Map::new();
+        entry.insert("ts".into(), json!(receipt.ts));
+        if let Some(Value::Object(extra)) = &receipt.extra {
+            entry.extend(extra.clone());
+        }
         if !receipt.thread_id.is_empty() {
-            entry["thread_id"] = json!(receipt.thread_id);
+            entry.insert("thread_id".into(), json!(receipt.thread_id));
         }
         let by_type = content
             .entry(receipt.event_id.clone())
             .or_insert_with(|| json!({}));
-        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = entry;
+        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = Value::Object(entry);
     }
-    if content.is_empty() {
-        return Vec::new();
+    if !content.is_empty() && filter.allows_kind("m.receipt") {
+        events.push(json!({ "type": "m.receipt", "content": content }));
     }
-    vec![json!({ "type": "m.receipt", "content": content })]
+    if let Some(users) = &side.typing
+        && filter.allows_kind("m.typing")
+    {
+        events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+    }
+    events
+}
+
+/// The room's `account_data` events: the user's entries written in the window.
+fn account_data(request: &LocalRequest<'_>, side: Option<&Side>) -> Vec<Value> {
+    let filter = &request.filter.room.account_data.events;
+    side.map_or(&[][..], |side| side.account_data.as_slice())
+        .iter()
+        .filter(|(kind, _)| filter.allows_kind(kind))
+        .map(|(kind, content)| json!({ "type": kind, "content": content }))
+        .collect()
 }
 
 /// One room's entry, before it is shaped for its section.
@@ -330,7 +433,8 @@ async fn joined_room(
     room: &UserRoom,
 ) -> Result<Option<Value>, RoomError> {
     let newly = newly_joined(request, room);
-    if !newly && !request.full_state && room.latest.is_none() {
+    let side = pre.side.get(&room.room_id);
+    if !newly && !request.full_state && room.latest.is_none() && side.is_none() {
         return Ok(None);
     }
     let after = if newly { 0 } else { request.since };
@@ -347,7 +451,6 @@ async fn joined_room(
         summary,
     )
     .await?;
-    let ephemeral = receipts(request, pre, &room.room_id, after);
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -356,8 +459,8 @@ async fn joined_room(
         },
         "state": { "events": part.state },
         "summary": part.summary,
-        "ephemeral": { "events": ephemeral },
-        "account_data": { "events": [] },
+        "ephemeral": { "events": ephemeral(request, side) },
+        "account_data": { "events": account_data(request, side) },
     })))
 }
 

@@ -36,7 +36,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
 use crate::auth::requester::Requester;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, SidePositions};
 use crate::rooms::RoomError;
 use crate::rooms::service::Rooms;
 use crate::upstream::Synapse;
@@ -108,7 +108,10 @@ impl Syncer {
             .transpose()
             .map_err(|_| SyncError::InvalidToken)?;
         let initial = since.is_none();
-        let (synapse_since, local_since) = since.map_or((None, 0), |t| (t.synapse, t.local));
+        let (synapse_since, local_since, side_since) = since
+            .map_or((None, 0, SidePositions::default()), |t| {
+                (t.synapse, t.local, t.side)
+            });
         let filter = self
             .filters
             .resolve(
@@ -125,19 +128,24 @@ impl Syncer {
                 }
                 other => SyncError::Filter(other),
             })?;
+        let since = Since {
+            stream: local_since,
+            side: side_since,
+        };
 
         // Subscribe before reading, so no commit after the read goes unnoticed.
         let mut wake = self.notifier.subscribe();
-        let upto = self.notifier.current();
+        let mut side_wake = self.notifier.subscribe_side();
+        let upto = self.upto();
         if initial || request.full_state || request.timeout.is_zero() {
             // Answering at once whatever happens: both sides at the same time.
             let (local, synapse) = tokio::join!(
-                self.local(request, &filter, local_since, upto),
+                self.local(request, &filter, since, upto),
                 self.synapse_sync(request, synapse_since.as_deref(), Duration::ZERO),
             );
             return answer(synapse, synapse_since.as_deref(), local?, upto);
         }
-        let local = self.local(request, &filter, local_since, upto).await?;
+        let local = self.local(request, &filter, since, upto).await?;
         if !local.is_empty() {
             let synapse = self
                 .synapse_sync(request, synapse_since.as_deref(), Duration::ZERO)
@@ -151,18 +159,14 @@ impl Syncer {
         let mut synapse_down = false;
         let mut rooms = local.rooms;
         let mut checked = upto;
+        let user = request.requester.user_id.as_str();
         loop {
             tokio::select! {
                 result = &mut synapse_call, if !synapse_down => match result {
                     Ok(value) => {
-                        let upto = self.notifier.current();
-                        let local = if upto > checked
-                            && self.notifier.news_for(
-                                request.requester.user_id.as_str(),
-                                rooms.iter().map(String::as_str),
-                                checked,
-                            ) {
-                            self.local(request, &filter, local_since, upto).await?
+                        let upto = self.upto();
+                        let local = if self.news(user, &rooms, checked) {
+                            self.local(request, &filter, since, upto).await?
                         } else {
                             LocalSync::default()
                         };
@@ -179,20 +183,31 @@ impl Syncer {
                         // The writer is gone: shutting down.
                         break;
                     }
-                    let now = *wake.borrow_and_update();
-                    let news = self.notifier.news_for(
-                        request.requester.user_id.as_str(),
-                        rooms.iter().map(String::as_str),
-                        checked,
-                    );
-                    if news {
-                        let local = self.local(request, &filter, local_since, now).await?;
-                        if !local.is_empty() {
+                    wake.borrow_and_update();
+                    match self.woken(request, &filter, since, checked, &rooms).await? {
+                        Woken::Answer(local, now) => {
                             return answer(Err(Pending), synapse_since.as_deref(), local, now);
                         }
-                        rooms = local.rooms;
+                        Woken::Checked(now, now_rooms) => {
+                            checked = now;
+                            rooms = now_rooms.unwrap_or(rooms);
+                        }
                     }
-                    checked = now;
+                },
+                changed = side_wake.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    side_wake.borrow_and_update();
+                    match self.woken(request, &filter, since, checked, &rooms).await? {
+                        Woken::Answer(local, now) => {
+                            return answer(Err(Pending), synapse_since.as_deref(), local, now);
+                        }
+                        Woken::Checked(now, now_rooms) => {
+                            checked = now;
+                            rooms = now_rooms.unwrap_or(rooms);
+                        }
+                    }
                 },
                 () = tokio::time::sleep_until(deadline), if synapse_down => break,
             }
@@ -206,17 +221,57 @@ impl Syncer {
         )
     }
 
+    /// The committed positions now.
+    fn upto(&self) -> Since {
+        Since {
+            stream: self.notifier.current(),
+            side: self.notifier.side_current(),
+        }
+    }
+
+    /// Whether anything committed after `checked` concerns the user (from memory).
+    fn news(&self, user: &str, rooms: &[String], checked: Since) -> bool {
+        let rooms = || rooms.iter().map(String::as_str);
+        let now = self.upto();
+        (now.stream > checked.stream && self.notifier.news_for(user, rooms(), checked.stream))
+            || (now.side != checked.side
+                && self.notifier.side_news_for(user, rooms(), checked.side))
+    }
+
+    /// After a wake-up: the local part when there is news for the user, else the positions
+    /// now checked (and the user's rooms, when they were read again).
+    async fn woken(
+        &self,
+        request: &SyncRequest,
+        filter: &SyncFilter,
+        since: Since,
+        checked: Since,
+        rooms: &[String],
+    ) -> Result<Woken, SyncError> {
+        let now = self.upto();
+        if !self.news(request.requester.user_id.as_str(), rooms, checked) {
+            return Ok(Woken::Checked(now, None));
+        }
+        let local = self.local(request, filter, since, now).await?;
+        if local.is_empty() {
+            return Ok(Woken::Checked(now, Some(local.rooms)));
+        }
+        Ok(Woken::Answer(local, now))
+    }
+
     async fn local(
         &self,
         request: &SyncRequest,
         filter: &SyncFilter,
-        since: i64,
-        upto: i64,
+        since: Since,
+        upto: Since,
     ) -> Result<LocalSync, SyncError> {
         let local_request = LocalRequest {
             requester: &request.requester,
-            since,
-            upto,
+            since: since.stream,
+            upto: upto.stream,
+            side_since: since.side,
+            side_upto: upto.side,
             full_state: request.full_state,
             filter,
         };
@@ -248,6 +303,21 @@ impl Syncer {
     }
 }
 
+/// Positions in our streams: what a client has seen, or what is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Since {
+    stream: i64,
+    side: SidePositions,
+}
+
+/// What a wake-up found.
+enum Woken {
+    /// News for the client, built up to these positions.
+    Answer(LocalSync, Since),
+    /// Nothing to tell yet; checked up to these positions (and the user's rooms, re-read).
+    Checked(Since, Option<Vec<String>>),
+}
+
 /// Synapse's answer was not awaited (the local side won, or Synapse is down).
 struct Pending;
 
@@ -256,7 +326,7 @@ fn answer(
     synapse: Result<Value, impl Into<Absent>>,
     synapse_since: Option<&str>,
     local: LocalSync,
-    upto: i64,
+    upto: Since,
 ) -> Result<Value, SyncError> {
     let (mut body, synapse_next) = match synapse {
         Ok(Value::Object(mut body)) => {
@@ -302,7 +372,8 @@ fn answer(
     }
     let next_batch = SyncToken {
         synapse: synapse_next,
-        local: upto,
+        local: upto.stream,
+        side: upto.side,
     }
     .encode();
     body.insert("next_batch".into(), Value::String(next_batch));
@@ -336,6 +407,16 @@ impl From<CallError> for Absent {
 mod tests {
     use super::*;
 
+    fn at(stream: i64) -> Since {
+        Since {
+            stream,
+            side: SidePositions {
+                room_data: 2,
+                typing: 3,
+            },
+        }
+    }
+
     fn local_with_room() -> LocalSync {
         let mut local = LocalSync::default();
         local
@@ -351,7 +432,7 @@ mod tests {
             "rooms": {"join": {"!abc:x": {}}},
             "to_device": {"events": [1]},
         });
-        let body = answer(Ok::<_, Pending>(synapse), None, local_with_room(), 7).unwrap();
+        let body = answer(Ok::<_, Pending>(synapse), None, local_with_room(), at(7)).unwrap();
         assert_eq!(body["to_device"]["events"][0], 1);
         assert!(body["rooms"]["join"]["!abc:x"].is_object());
         assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
@@ -360,14 +441,15 @@ mod tests {
             token,
             SyncToken {
                 synapse: Some("s5_1".into()),
-                local: 7
+                local: 7,
+                side: at(7).side,
             }
         );
     }
 
     #[test]
     fn a_local_win_keeps_synapse_half() {
-        let body = answer(Err(Pending), Some("s5_1"), local_with_room(), 9).unwrap();
+        let body = answer(Err(Pending), Some("s5_1"), local_with_room(), at(9)).unwrap();
         let token = SyncToken::parse(body["next_batch"].as_str().unwrap()).unwrap();
         assert_eq!(token.synapse.as_deref(), Some("s5_1"));
         assert_eq!(token.local, 9);
@@ -377,10 +459,10 @@ mod tests {
     fn synapse_down_fails_an_initial_sync_only() {
         let down = || CallError::Unavailable("refused".into());
         assert!(matches!(
-            answer(Err(down()), None, local_with_room(), 3),
+            answer(Err(down()), None, local_with_room(), at(3)),
             Err(SyncError::SynapseDown(_))
         ));
-        let body = answer(Err(down()), Some("s1"), local_with_room(), 3).unwrap();
+        let body = answer(Err(down()), Some("s1"), local_with_room(), at(3)).unwrap();
         assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
     }
 }

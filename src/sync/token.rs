@@ -1,10 +1,12 @@
 //! The `/sync` token envelope: one opaque `since`/`next_batch` holding Synapse's half and ours.
 //!
 //! Shape: `h1_` followed by unpadded base64url of a small JSON object
-//! `{"s": <Synapse's token or absent>, "l": <our stream position>}`. The leading `h` cannot
-//! start a Synapse token (those start with `s`, `t`, `m` or a digit), so the two are never
-//! confused; the digit after it is the format version, so a later format can add halves
-//! (receipts, typing) and still read this one.
+//! `{"s": <Synapse's token or absent>, "l": <our stream position>, "r": <room data position>,
+//! "t": <typing serial>}` (`r` and `t` absent mean 0: tokens from before they existed still
+//! read, and their owners get receipts and typing as new). The leading `h` cannot start a
+//! Synapse token (those start with `s`, `t`, `m` or a digit), so the two are never confused;
+//! the digit after it is the format version, so a later format can change shape and still read
+//! this one.
 //!
 //! Parsing accepts three things: our envelope; a bare Synapse token (a client that synced
 //! against Synapse before hungryserv was deployed — our half is then 0, so its local rooms
@@ -15,16 +17,20 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use crate::notify::SidePositions;
+
 /// The prefix of version 1 of the envelope.
 const V1: &str = "h1_";
 
 /// A decoded `since` token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncToken {
     /// Synapse's half; `None` when Synapse has not answered this client yet.
     pub synapse: Option<String>,
     /// Our half: the highest local stream position the client has been given.
     pub local: i64,
+    /// The room data position and typing serial the client has been given.
+    pub side: SidePositions,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -33,6 +39,10 @@ struct Wire {
     synapse: Option<String>,
     #[serde(rename = "l")]
     local: i64,
+    #[serde(rename = "r", default)]
+    room_data: i64,
+    #[serde(rename = "t", default)]
+    typing: i64,
 }
 
 /// The token could not be read.
@@ -46,6 +56,8 @@ impl SyncToken {
         let wire = Wire {
             synapse: self.synapse.clone(),
             local: self.local,
+            room_data: self.side.room_data,
+            typing: self.side.typing,
         };
         // Serialising two plain fields cannot fail.
         let json = serde_json::to_vec(&wire).unwrap_or_default();
@@ -63,18 +75,23 @@ impl SyncToken {
         if let Some(payload) = text.strip_prefix(V1) {
             let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidToken)?;
             let wire: Wire = serde_json::from_slice(&json).map_err(|_| InvalidToken)?;
-            if wire.local < 0 || wire.synapse.as_deref().is_some_and(|s| !is_synapse(s)) {
+            let negative = wire.local < 0 || wire.room_data < 0 || wire.typing < 0;
+            if negative || wire.synapse.as_deref().is_some_and(|s| !is_synapse(s)) {
                 return Err(InvalidToken);
             }
             return Ok(SyncToken {
                 synapse: wire.synapse,
                 local: wire.local,
+                side: SidePositions {
+                    room_data: wire.room_data,
+                    typing: wire.typing,
+                },
             });
         }
         if is_synapse(text) {
             return Ok(SyncToken {
                 synapse: Some(text.to_owned()),
-                local: 0,
+                ..SyncToken::default()
             });
         }
         Err(InvalidToken)
@@ -138,15 +155,20 @@ mod tests {
 
     proptest! {
         #[test]
-        fn envelopes_round_trip(synapse in proptest::option::of(synapse_token()), local in 0..i64::MAX) {
-            let token = SyncToken { synapse, local };
+        fn envelopes_round_trip(
+            synapse in proptest::option::of(synapse_token()),
+            local in 0..i64::MAX,
+            room_data in 0..i64::MAX,
+            typing in 0..i64::MAX,
+        ) {
+            let token = SyncToken { synapse, local, side: SidePositions { room_data, typing } };
             let text = token.encode();
             prop_assert_eq!(SyncToken::parse(&text), Ok(token));
         }
 
         #[test]
         fn an_envelope_never_looks_like_a_synapse_token(synapse in proptest::option::of(synapse_token()), local in 0..i64::MAX) {
-            let text = SyncToken { synapse, local }.encode();
+            let text = SyncToken { synapse, local, ..SyncToken::default() }.encode();
             prop_assert!(!is_synapse(&text));
             prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
         }
@@ -155,7 +177,7 @@ mod tests {
         fn bare_synapse_tokens_start_our_half_at_zero(text in synapse_token()) {
             prop_assert_eq!(
                 SyncToken::parse(&text),
-                Ok(SyncToken { synapse: Some(text.clone()), local: 0 })
+                Ok(SyncToken { synapse: Some(text.clone()), ..SyncToken::default() })
             );
         }
 
@@ -170,10 +192,10 @@ mod tests {
             cut in 0usize..40,
             junk in "[A-Za-z0-9_-]{0,4}",
         ) {
-            let text = SyncToken { synapse: Some("s12_3".into()), local }.encode();
+            let text = SyncToken { synapse: Some("s12_3".into()), local, ..SyncToken::default() }.encode();
             let damaged = format!("{}{junk}", &text[..cut.min(text.len())]);
             if let Ok(token) = SyncToken::parse(&damaged) {
-                prop_assert!(token.local >= 0);
+                prop_assert!(token.local >= 0 && token.side.room_data >= 0 && token.side.typing >= 0);
             }
         }
     }
@@ -196,6 +218,21 @@ mod tests {
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
         let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"s":"h1_x","l":1}"#));
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+        let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"l":1,"t":-5}"#));
+        assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+    }
+
+    #[test]
+    fn tokens_from_before_room_data_still_read() {
+        let old = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"s":"s5_1","l":7}"#));
+        assert_eq!(
+            SyncToken::parse(&old),
+            Ok(SyncToken {
+                synapse: Some("s5_1".into()),
+                local: 7,
+                side: SidePositions::default(),
+            })
+        );
     }
 
     #[test]
@@ -203,6 +240,7 @@ mod tests {
         let ours = SyncToken {
             synapse: Some("s9_2".into()),
             local: 4,
+            ..SyncToken::default()
         }
         .encode();
         assert_eq!(query_for_synapse("dir=b&from=s1_1"), None);
@@ -217,6 +255,7 @@ mod tests {
         let no_synapse = SyncToken {
             synapse: None,
             local: 4,
+            ..SyncToken::default()
         }
         .encode();
         assert_eq!(

@@ -51,7 +51,7 @@ pub async fn start(config: Config) -> Running {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
-    let (state, _writer) = AppState::new(config, db, 0);
+    let (state, _writer) = AppState::new(config, db, Default::default());
     let task = tokio::spawn(server::serve(state, listener, async {
         let _ = rx.await;
     }));
