@@ -59,6 +59,7 @@ impl From<RoomError> for ApiError {
             RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
             RoomError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unknown),
             RoomError::BadState(_) => (StatusCode::FORBIDDEN, ErrorCode::BadState),
+            RoomError::UnknownEvent(_) => (StatusCode::NOT_FOUND, ErrorCode::Unknown),
             RoomError::NotYours(_) => (StatusCode::BAD_REQUEST, ErrorCode::Forbidden),
             RoomError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadJson),
             RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),

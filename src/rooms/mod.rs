@@ -47,6 +47,9 @@ pub enum RoomError {
     /// 400 M_EXCLUSIVE: an appservice namespace is in the way.
     #[error("{0}")]
     Exclusive(String),
+    /// 404 M_UNKNOWN: Synapse's answer for an event it cannot place (read markers).
+    #[error("{0}")]
+    UnknownEvent(String),
     /// 400 M_FORBIDDEN: acting for another user where Synapse answers 400 (typing).
     #[error("{0}")]
     NotYours(String),

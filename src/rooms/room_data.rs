@@ -60,7 +60,8 @@ impl Rooms {
 
     /// Stores read markers and receipts, each moving only forward (`m.fully_read` may move
     /// back with `allow_backward`, MSC4446). As in Synapse, a receipt for an event the user
-    /// cannot see is dropped without an error; an event that is not in the room is 404.
+    /// cannot see (or that is not in the room) is dropped without an error; a read marker for
+    /// an event that is not in the room is 404.
     pub async fn read_markers(
         &self,
         requester: &Requester,
@@ -83,11 +84,17 @@ impl Rooms {
         let mut receipts = Vec::new();
         let mut fully_read = None;
         for marker in markers {
-            let event = store::events::by_id(&mut conn, room_id.as_str(), &marker.event_id)
-                .await?
-                .ok_or_else(|| {
-                    RoomError::NotFound(format!("Could not find event {}", marker.event_id))
-                })?;
+            let event = store::events::by_id(&mut conn, room_id.as_str(), &marker.event_id).await?;
+            let Some(event) = event else {
+                if marker.kind == FULLY_READ {
+                    return Err(RoomError::UnknownEvent(format!(
+                        "Event {} not found",
+                        marker.event_id
+                    )));
+                }
+                // Synapse answers 200 and stores nothing for a receipt of an unknown event.
+                continue;
+            };
             if marker.kind == FULLY_READ {
                 fully_read = Some((marker, event.event.topo));
                 continue;

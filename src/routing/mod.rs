@@ -211,13 +211,12 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     // segments[0] is the version (r0, v1, v3, unstable, unstable/<feature> prefixes…).
     // A room named right after the version (`/v3/rooms/{id}/…`, `/v1/room_summary/{id}`) or
     // after an unstable feature (`/unstable/com.beeper.backfill/rooms/{id}/…`) makes the
-    // request local when the room is ours. (`/user/{id}/rooms/{id}/…` — room account data —
-    // is not matched: it keeps going to Synapse until local rooms serve it.)
+    // request local when the room is ours, as does `/user/{id}/rooms/{id}/…` (room account
+    // data and tags).
     let named_room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
-        | ["unstable", _, "rooms" | "room_summary", room, ..] => {
-            classes.room_route(method, &decode_segment(room))
-        }
+        | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | [_, "user", _, "rooms", room, ..] => classes.room_route(method, &decode_segment(room)),
         _ => None,
     };
     if let Some(route) = named_room {
@@ -433,6 +432,21 @@ mod tests {
             (
                 Method::PUT,
                 "/_matrix/client/v3/user/@a:example.org/rooms/!hs_abc:example.org/account_data/m.x",
+                Route::Local,
+            ),
+            (
+                Method::DELETE,
+                "/_matrix/client/v3/user/%40a%3Aexample.org/rooms/%21hs_abc%3Aexample.org/tags/u.x",
+                Route::Local,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/user/@a:example.org/rooms/!abc:example.org/tags",
+                Route::Forward,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/user/@a:example.org/account_data/m.direct",
                 Route::Forward,
             ),
             (
