@@ -88,6 +88,7 @@ impl AppState {
             &config.delivery,
             &db,
             &notifier,
+            &rooms.typing,
         ));
         // The purge task stops when the last clone of the state (holding its queue) is gone.
         let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone(), &config.deletion);

@@ -357,6 +357,8 @@ as_token: "$STACK_AS_TOKEN"
 hs_token: "$STACK_HS_TOKEN"
 sender_localpart: examplebot
 rate_limited: false
+# MSC2409 under its stable name (the other bridge uses the unstable one).
+receive_ephemeral: true
 namespaces:
   users:
     - exclusive: true
@@ -371,6 +373,7 @@ as_token: "$STACK_AS2_TOKEN"
 hs_token: "$STACK_HS2_TOKEN"
 sender_localpart: otherbot
 rate_limited: false
+de.sorunome.msc2409.push_ephemeral: true
 namespaces:
   users:
     - exclusive: true

@@ -63,13 +63,7 @@ impl Interest {
         event: &StoredEvent,
     ) -> Result<bool, StoreError> {
         let room_id = event.room_id.as_str();
-        if !self.rooms.contains_key(room_id) {
-            let facts = self.load(conn, room_id).await?;
-            if self.rooms.len() >= MAX_ROOMS {
-                self.rooms.clear();
-            }
-            self.rooms.insert(room_id.to_owned(), facts);
-        }
+        self.know(conn, room_id).await?;
         let direct = self.claims_user(event.sender.as_str())
             || (event.kind == "m.room.member"
                 && event
@@ -83,6 +77,32 @@ impl Interest {
         let wanted = direct || facts.named || !facts.members.is_empty();
         self.observe(event);
         Ok(wanted)
+    }
+
+    /// Whether the appservice is interested in a room as a whole (its ID or an alias is in the
+    /// namespaces, or one of its users is joined): who gets the room's ephemeral events.
+    pub async fn wants_room(
+        &mut self,
+        conn: &mut PgConnection,
+        room_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.know(conn, room_id).await?;
+        Ok(self
+            .rooms
+            .get(room_id)
+            .is_some_and(|facts| facts.named || !facts.members.is_empty()))
+    }
+
+    /// Loads what is known about a room on first sight.
+    async fn know(&mut self, conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
+        if !self.rooms.contains_key(room_id) {
+            let facts = self.load(conn, room_id).await?;
+            if self.rooms.len() >= MAX_ROOMS {
+                self.rooms.clear();
+            }
+            self.rooms.insert(room_id.to_owned(), facts);
+        }
+        Ok(())
     }
 
     /// Keeps the member list current with a member event.

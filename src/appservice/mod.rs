@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
+use crate::rooms::typing::Typing;
 use pusher::{Pusher, Stats};
 
 /// The running pushers. Cheap to share.
@@ -43,6 +44,7 @@ impl Delivery {
         config: &DeliveryConfig,
         db: &PgPool,
         notifier: &Notifier,
+        typing: &Arc<Typing>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -65,6 +67,7 @@ impl Delivery {
                 server_name: server_name.to_owned(),
                 db: db.clone(),
                 notifier: notifier.clone(),
+                typing: typing.clone(),
                 http: http.clone(),
                 config: config.clone(),
                 poke: handle.poke.clone(),

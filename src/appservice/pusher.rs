@@ -8,10 +8,17 @@
 //!   deletes it after the appservice's 2xx, so every event is delivered at least once and the
 //!   only repeats are repeats of a whole transaction under its txnId.
 //! * Events go out in stream order, so per-room order holds.
+//! * Appservices that ask for ephemeral events (MSC2409: `receive_ephemeral` or
+//!   `de.sorunome.msc2409.push_ephemeral`) also get, under both `ephemeral` and
+//!   `de.sorunome.msc2409.ephemeral`, the public read receipts (`m.receipt`) and typing lists
+//!   (`m.typing`) of local rooms they are interested in. Receipts follow a room data cursor
+//!   stored and acknowledged with the event cursor (at least once, like events); typing is
+//!   sent as it changes and not kept across restarts (as in Synapse).
 //! * Failures back off exponentially (1 s doubling, capped by `max_retry_interval_s`); a
 //!   successful `/appservice/{id}/ping` through hungryserv retries at once. Each appservice
 //!   has its own task, so one that fails never delays another.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,9 +36,13 @@ use super::interest::Interest;
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::event::{Related, Viewer, to_client};
+use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::now_ms;
+use crate::rooms::typing::Typing;
 use crate::store::{self, StoreError, appservice::PendingTxn};
 
+/// Receipts read at once for one transaction.
+const RECEIPTS_CHUNK: i64 = 1_000;
 /// Events read from the store at once while building a transaction.
 const SCAN_CHUNK: i64 = 500;
 /// Most events examined for one transaction (so a long run of uninteresting events still
@@ -64,6 +75,7 @@ pub struct Pusher {
     pub server_name: String,
     pub db: PgPool,
     pub notifier: Notifier,
+    pub typing: Arc<Typing>,
     pub http: PushClient,
     pub config: DeliveryConfig,
     pub poke: Arc<Notify>,
@@ -75,6 +87,14 @@ struct Built {
     events: Vec<Value>,
     /// The last position examined: the cursor may move here once these events are delivered.
     last: i64,
+}
+
+/// Ephemeral events for one transaction.
+#[derive(Default)]
+struct Ephemeral {
+    events: Vec<Value>,
+    /// The room data position the receipts go up to.
+    last_room_data: i64,
 }
 
 impl Pusher {
@@ -93,16 +113,25 @@ impl Pusher {
 
     async fn run_once(&self) -> Result<std::convert::Infallible, StoreError> {
         let id = self.registration.id.as_str();
+        let ephemeral = self.registration.receive_ephemeral;
         let prefix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         // Delivery starts with events after the first start with this registration.
         let cursor =
             store::appservice::cursor(&self.db, id, self.notifier.current(), &prefix).await?;
         let mut position = cursor.stream;
         let mut persisted = position;
+        // Receipts start with those after the first start that asked for them.
+        let mut room_data = cursor
+            .room_data
+            .unwrap_or_else(|| self.notifier.side_current().room_data);
+        let mut room_data_persisted = cursor.room_data;
+        // Typing changes from now on (in memory, as Synapse keeps typing).
+        let mut typing_seen = self.typing.current();
         let mut next_txn = cursor.next_txn;
         self.stats.cursor.store(position, Ordering::Relaxed);
         let mut interest = Interest::new(self.registration.clone(), &self.server_name);
         let mut wake = self.notifier.subscribe();
+        let mut side_wake = self.notifier.subscribe_side();
         // A transaction left in flight by an earlier run goes first; after that, the only one
         // in flight is the one this loop just stored, kept in memory (no re-read).
         let mut in_flight = store::appservice::pending(&self.db, id).await?;
@@ -112,53 +141,132 @@ impl Pusher {
                 store::appservice::acknowledge(&self.db, id, &pending.txn_id).await?;
                 position = position.max(pending.last_stream);
                 persisted = position;
+                if let Some(last) = pending.last_room_data {
+                    room_data = room_data.max(last);
+                    room_data_persisted = Some(room_data);
+                }
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 self.stats.in_flight_events.store(0, Ordering::Relaxed);
                 self.stats.in_flight_since_ms.store(0, Ordering::Relaxed);
                 continue;
             }
             let committed = *wake.borrow_and_update();
-            if position >= committed {
-                if persisted < position {
-                    store::appservice::skip_to(&self.db, id, position).await?;
+            let side = *side_wake.borrow_and_update();
+            let side_news =
+                ephemeral && (side.room_data > room_data || self.typing.current() > typing_seen);
+            if position >= committed && !side_news {
+                let room_data_behind = ephemeral && room_data_persisted < Some(room_data);
+                if persisted < position || room_data_behind {
+                    let room_data = ephemeral.then_some(room_data);
+                    store::appservice::skip_to(&self.db, id, position, room_data).await?;
                     persisted = position;
+                    room_data_persisted = room_data.or(room_data_persisted);
                 }
                 tokio::select! {
                     _ = wake.changed() => {}
+                    _ = side_wake.changed(), if ephemeral => {}
                     () = self.poke.notified() => {}
                 }
                 continue;
             }
             let built = self.build(&mut interest, position, committed).await?;
-            if built.events.is_empty() {
+            let extra = if side_news {
+                let typing_now = self.typing.current();
+                let extra = self
+                    .ephemeral(&mut interest, room_data, side.room_data, typing_seen)
+                    .await?;
+                typing_seen = typing_now;
+                extra
+            } else {
+                Ephemeral {
+                    last_room_data: room_data,
+                    ..Ephemeral::default()
+                }
+            };
+            if built.events.is_empty() && extra.events.is_empty() {
                 position = built.last;
+                room_data = extra.last_room_data;
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 if position - persisted >= SKIP_PERSIST_EVERY {
-                    store::appservice::skip_to(&self.db, id, position).await?;
+                    let room_data = ephemeral.then_some(room_data);
+                    store::appservice::skip_to(&self.db, id, position, room_data).await?;
                     persisted = position;
+                    room_data_persisted = room_data.or(room_data_persisted);
                 }
                 continue;
             }
             let count = built.events.len();
             let body = json!({
                 "events": built.events,
-                // MSC2409 ephemeral events (typing, receipts) of local rooms: none yet.
-                "ephemeral": [],
-                "de.sorunome.msc2409.ephemeral": [],
+                "ephemeral": extra.events,
+                "de.sorunome.msc2409.ephemeral": extra.events,
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            let txn_id = format!("hungryserv.{}.{next_txn}", cursor.txn_prefix);
-            next_txn += 1;
-            let events = i32::try_from(count).unwrap_or(i32::MAX);
-            store::appservice::store_txn(&self.db, id, &txn_id, built.last, &body, events).await?;
-            in_flight = Some(PendingTxn {
-                txn_id,
+            let txn = PendingTxn {
+                txn_id: format!("hungryserv.{}.{next_txn}", cursor.txn_prefix),
                 last_stream: built.last,
+                last_room_data: ephemeral.then_some(extra.last_room_data),
                 body,
-                events,
+                events: i32::try_from(count).unwrap_or(i32::MAX),
                 age_s: 0.0,
-            });
+            };
+            next_txn += 1;
+            store::appservice::store_txn(&self.db, id, &txn).await?;
+            in_flight = Some(txn);
         }
+    }
+
+    /// The ephemeral events of rooms the appservice is interested in: public receipts in
+    /// `(after, upto]` (at most [`RECEIPTS_CHUNK`], cut at a position boundary) and the typing
+    /// lists changed after serial `typing_since`.
+    async fn ephemeral(
+        &self,
+        interest: &mut Interest,
+        after: i64,
+        upto: i64,
+        typing_since: i64,
+    ) -> Result<Ephemeral, StoreError> {
+        let mut conn = self.db.acquire().await?;
+        let mut receipts =
+            store::receipts::public_range(&mut conn, after, upto, RECEIPTS_CHUNK).await?;
+        let mut last = upto;
+        if receipts.len() == usize::try_from(RECEIPTS_CHUNK).unwrap_or(usize::MAX)
+            && let Some(cut) = receipts.last().map(|r| r.stream)
+        {
+            // The chunk may end inside a position: leave that position for the next one.
+            receipts.retain(|r| r.stream < cut);
+            last = cut - 1;
+        }
+        let mut by_room: BTreeMap<String, Vec<store::receipts::Receipt>> = BTreeMap::new();
+        for receipt in receipts {
+            by_room
+                .entry(receipt.room_id.clone())
+                .or_default()
+                .push(receipt);
+        }
+        let mut events = Vec::new();
+        for (room_id, receipts) in by_room {
+            if interest.wants_room(&mut conn, &room_id).await? {
+                events.push(json!({
+                    "type": "m.receipt",
+                    "room_id": room_id,
+                    "content": receipt_content(&receipts),
+                }));
+            }
+        }
+        for (room_id, users) in self.typing.changed_since(typing_since) {
+            if interest.wants_room(&mut conn, &room_id).await? {
+                events.push(json!({
+                    "type": "m.typing",
+                    "room_id": room_id,
+                    "content": { "user_ids": users },
+                }));
+            }
+        }
+        Ok(Ephemeral {
+            events,
+            last_room_data: last,
+        })
     }
 
     /// Collects the next transaction's events from `(after, committed]`.

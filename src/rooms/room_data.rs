@@ -45,6 +45,27 @@ pub struct Marker {
     pub extra: Option<Value>,
 }
 
+/// The content of an `m.receipt` event: event ID → receipt type → user → data (`ts`, the
+/// thread, and the receipt's Beeper extras merged in).
+pub fn receipt_content<'a>(receipts: impl IntoIterator<Item = &'a Receipt>) -> Map<String, Value> {
+    let mut content = Map::new();
+    for receipt in receipts {
+        let mut entry = Map::new();
+        entry.insert("ts".into(), json!(receipt.ts));
+        if let Some(Value::Object(extra)) = &receipt.extra {
+            entry.extend(extra.clone());
+        }
+        if !receipt.thread_id.is_empty() {
+            entry.insert("thread_id".into(), json!(receipt.thread_id));
+        }
+        let by_type = content
+            .entry(receipt.event_id.clone())
+            .or_insert_with(|| json!({}));
+        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = Value::Object(entry);
+    }
+    content
+}
+
 impl Rooms {
     /// The room exists (and is not deleted), or 404 as Synapse answers for an unknown room.
     async fn known_room(

@@ -143,6 +143,21 @@ impl Typing {
         Some((r.serial, users))
     }
 
+    /// Every room whose typing list changed after serial `since`, with its list now.
+    pub fn changed_since(&self, since: i64) -> Vec<(String, Vec<String>)> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.serial > since)
+            .map(|(room, r)| {
+                let mut users: Vec<String> = r.until.keys().cloned().collect();
+                users.sort();
+                (room.clone(), users)
+            })
+            .collect()
+    }
+
     /// Drops the notices that expired by `now` and publishes the changed rooms.
     fn expire(&self, now: Instant) {
         let changed: Vec<(String, i64)> = {

@@ -9,6 +9,9 @@ use super::StoreError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub stream: i64,
+    /// Room data position of the receipts delivered (MSC2409); `None` until the appservice
+    /// first gets ephemeral events.
+    pub room_data: Option<i64>,
     pub txn_prefix: String,
     pub next_txn: i64,
 }
@@ -18,6 +21,8 @@ pub struct Cursor {
 pub struct PendingTxn {
     pub txn_id: String,
     pub last_stream: i64,
+    /// The room data cursor once it is acknowledged (for appservices getting receipts).
+    pub last_room_data: Option<i64>,
     pub body: Vec<u8>,
     pub events: i32,
     /// Seconds since it was built.
@@ -42,13 +47,15 @@ pub async fn cursor(
     .execute(pool)
     .await?;
     let row = sqlx::query!(
-        "SELECT stream, txn_prefix, next_txn FROM appservice_cursors WHERE appservice_id = $1",
+        "SELECT stream, room_data, txn_prefix, next_txn FROM appservice_cursors
+         WHERE appservice_id = $1",
         appservice_id
     )
     .fetch_one(pool)
     .await?;
     Ok(Cursor {
         stream: row.stream,
+        room_data: row.room_data,
         txn_prefix: row.txn_prefix,
         next_txn: row.next_txn,
     })
@@ -57,7 +64,7 @@ pub async fn cursor(
 /// The transaction in flight, if any.
 pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<PendingTxn>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT txn_id, last_stream, body, events,
+        r#"SELECT txn_id, last_stream, last_room_data, body, events,
                   EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_s!"
            FROM appservice_transactions WHERE appservice_id = $1"#,
         appservice_id
@@ -67,6 +74,7 @@ pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<Pendin
     Ok(row.map(|row| PendingTxn {
         txn_id: row.txn_id,
         last_stream: row.last_stream,
+        last_room_data: row.last_room_data,
         body: row.body,
         events: row.events,
         age_s: row.age_s,
@@ -77,20 +85,19 @@ pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<Pendin
 pub async fn store_txn(
     pool: &PgPool,
     appservice_id: &str,
-    txn_id: &str,
-    last_stream: i64,
-    body: &[u8],
-    events: i32,
+    txn: &PendingTxn,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
-        "INSERT INTO appservice_transactions (appservice_id, txn_id, last_stream, body, events)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO appservice_transactions
+             (appservice_id, txn_id, last_stream, last_room_data, body, events)
+         VALUES ($1, $2, $3, $4, $5, $6)",
         appservice_id,
-        txn_id,
-        last_stream,
-        body,
-        events
+        txn.txn_id,
+        txn.last_stream,
+        txn.last_room_data,
+        txn.body,
+        txn.events
     )
     .execute(&mut *tx)
     .await?;
@@ -111,36 +118,54 @@ pub async fn acknowledge(
     txn_id: &str,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let last = sqlx::query_scalar!(
+    let last = sqlx::query!(
         "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2
-         RETURNING last_stream",
+         RETURNING last_stream, last_room_data",
         appservice_id,
         txn_id
     )
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(last) = last {
-        advance(&mut tx, appservice_id, last).await?;
+        advance(
+            &mut tx,
+            appservice_id,
+            last.last_stream,
+            last.last_room_data,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// Moves the cursor forward over events of no interest (never backwards).
-pub async fn skip_to(pool: &PgPool, appservice_id: &str, stream: i64) -> Result<(), StoreError> {
+/// Moves the cursors forward over what is of no interest (never backwards; a `None` room
+/// data position leaves that cursor as it is).
+pub async fn skip_to(
+    pool: &PgPool,
+    appservice_id: &str,
+    stream: i64,
+    room_data: Option<i64>,
+) -> Result<(), StoreError> {
     let mut conn = pool.acquire().await?;
-    advance(&mut conn, appservice_id, stream).await
+    advance(&mut conn, appservice_id, stream, room_data).await
 }
 
 async fn advance(
     conn: &mut PgConnection,
     appservice_id: &str,
     stream: i64,
+    room_data: Option<i64>,
 ) -> Result<(), StoreError> {
     sqlx::query!(
-        "UPDATE appservice_cursors SET stream = GREATEST(stream, $2) WHERE appservice_id = $1",
+        "UPDATE appservice_cursors
+         SET stream = GREATEST(stream, $2),
+             room_data = CASE WHEN $3::bigint IS NULL THEN room_data
+                              ELSE GREATEST(COALESCE(room_data, $3), $3) END
+         WHERE appservice_id = $1",
         appservice_id,
-        stream
+        stream,
+        room_data
     )
     .execute(conn)
     .await?;

@@ -74,8 +74,9 @@ pub async fn of_rooms(
         return Ok(HashMap::new());
     }
     let (room_ids, afters): (Vec<String>, Vec<i64>) = rooms.iter().cloned().unzip();
-    let rows = sqlx::query!(
-        r#"SELECT r.room_id AS "room_id!", r.user_id AS "user_id!", r.type AS "type!",
+    let rows = sqlx::query_as!(
+        Receipt,
+        r#"SELECT r.room_id AS "room_id!", r.user_id AS "user_id!", r.type AS "kind!",
                   r.thread_id AS "thread_id!", r.event_id AS "event_id!", r.stream AS "stream!",
                   r.ts AS "ts!", r.extra
            FROM UNNEST($1::text[], $2::bigint[]) AS w(room_id, after)
@@ -88,20 +89,33 @@ pub async fn of_rooms(
     .fetch_all(conn)
     .await?;
     let mut by_room: HashMap<String, Vec<Receipt>> = HashMap::new();
-    for row in rows {
+    for receipt in rows {
         by_room
-            .entry(row.room_id.clone())
+            .entry(receipt.room_id.clone())
             .or_default()
-            .push(Receipt {
-                room_id: row.room_id,
-                user_id: row.user_id,
-                kind: row.r#type,
-                thread_id: row.thread_id,
-                event_id: row.event_id,
-                stream: row.stream,
-                ts: row.ts,
-                extra: row.extra,
-            });
+            .push(receipt);
     }
     Ok(by_room)
+}
+
+/// Public (`m.read`) receipts of all rooms committed in `(after, upto]`, in room data order, at
+/// most `limit` (for appservice delivery).
+pub async fn public_range(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Receipt>, StoreError> {
+    Ok(sqlx::query_as!(
+        Receipt,
+        r#"SELECT room_id, user_id, type AS kind, thread_id, event_id, stream, ts, extra
+           FROM receipts
+           WHERE stream > $1 AND stream <= $2 AND type = 'm.read'
+           ORDER BY stream LIMIT $3"#,
+        after,
+        upto,
+        limit
+    )
+    .fetch_all(conn)
+    .await?)
 }

@@ -38,6 +38,7 @@ use crate::notify::SidePositions;
 use crate::rooms::RoomError;
 use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
+use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::{Rooms, now_ms};
 use crate::rooms::visibility::Reader;
 use crate::store::{self, StoreError, events::EventWithPrev, rooms::UserRoom};
@@ -376,24 +377,11 @@ fn ephemeral(request: &LocalRequest<'_>, side: Option<&Side>) -> Vec<Value> {
     let user = request.requester.user_id.as_str();
     let filter = &request.filter.room.ephemeral.events;
     let mut events = Vec::new();
-    let mut content = Map::new();
-    for receipt in &side.receipts {
-        if receipt.kind == "m.read.private" && receipt.user_id != user {
-            continue;
-        }
-        let mut entry = Map::new();
-        entry.insert("ts".into(), json!(receipt.ts));
-        if let Some(Value::Object(extra)) = &receipt.extra {
-            entry.extend(extra.clone());
-        }
-        if !receipt.thread_id.is_empty() {
-            entry.insert("thread_id".into(), json!(receipt.thread_id));
-        }
-        let by_type = content
-            .entry(receipt.event_id.clone())
-            .or_insert_with(|| json!({}));
-        by_type[receipt.kind.as_str()][receipt.user_id.as_str()] = Value::Object(entry);
-    }
+    let visible = side
+        .receipts
+        .iter()
+        .filter(|r| r.kind != "m.read.private" || r.user_id == user);
+    let content = receipt_content(visible);
     if !content.is_empty() && filter.allows_kind("m.receipt") {
         events.push(json!({ "type": "m.receipt", "content": content }));
     }
