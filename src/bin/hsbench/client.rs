@@ -88,6 +88,8 @@ pub struct Appservice {
     pub token: String,
     /// The server name, from the bot's (`sender_localpart`) user ID.
     pub server: String,
+    /// The bot's user ID.
+    pub bot: String,
 }
 
 impl Appservice {
@@ -107,12 +109,15 @@ impl Appservice {
         if !status.is_success() {
             bail!("the appservice token is not accepted: {status} {whoami}");
         }
-        let server = whoami["user_id"]
+        let bot = whoami["user_id"]
             .as_str()
-            .and_then(|bot| bot.split_once(':'))
+            .context("whoami has no user_id")?
+            .to_owned();
+        let server = bot
+            .split_once(':')
             .map(|(_, server)| server.to_owned())
-            .context("whoami has no user_id with a server")?;
-        Ok(Self { token, server })
+            .context("whoami's user_id has no server")?;
+        Ok(Self { token, server, bot })
     }
 
     /// Registers the ghost `@{localpart}:{server}` (an existing one is fine) and returns its ID.

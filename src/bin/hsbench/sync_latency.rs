@@ -1,7 +1,11 @@
 //! `sync-latency`: how soon a waiting `/sync` hands a client a new event. The bench user has
 //! a long-poll open (`timeout=30000`, `since` its last `next_batch`); the appservice bot sends
 //! one `m.room.message`; we measure from the send's 200 (and from its start) to the sync's
-//! answer that carries the event. Three rows, in alternating rounds:
+//! answer that carries the event. With `--what receipt` the bot instead posts a read receipt
+//! on its latest message (sent, and synced past, before the measured step) and the answer must
+//! carry the receipt in `ephemeral`; with `--what typing` the bot starts or stops typing
+//! (alternately) and the answer must carry the new `m.typing` list. Three rows, in
+//! alternating rounds:
 //!
 //! * `synapse`: a Synapse room, sync and send directly at Synapse;
 //! * `hungryserv local`: a local room (`!hs_…`), sync and send through hungryserv (the merged
@@ -51,6 +55,30 @@ pub struct Options {
     /// How long a sync request runs before the send, in milliseconds (so it is waiting).
     #[arg(long, default_value_t = 30)]
     head_start_ms: u64,
+    /// What the bot does that the waiting sync must show.
+    #[arg(long, value_enum, default_value_t = What::Message)]
+    what: What,
+}
+
+/// The measured step.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    /// A new `m.room.message` in the timeline.
+    Message,
+    /// A read receipt (`m.receipt` in `ephemeral`).
+    Receipt,
+    /// A typing start or stop (`m.typing` in `ephemeral`).
+    Typing,
+}
+
+/// What the waiting sync must carry.
+enum Awaited {
+    /// This event in the timeline.
+    Event(String),
+    /// A receipt for this event in `ephemeral`.
+    Receipt(String),
+    /// An `m.typing` with (`true`) or without the bot.
+    Typing(bool),
 }
 
 /// The sync long-poll timeout, as clients use it.
@@ -95,6 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         warmup,
         rounds,
         head_start_ms,
+        what,
     } = options;
     let http = client::http();
     let appservice = Appservice::load(&http, &targets.hungryserv, &registration).await?;
@@ -116,6 +145,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             warmup,
             rounds,
             head_start: Duration::from_millis(head_start_ms),
+            what,
         },
     )
     .await;
@@ -137,6 +167,7 @@ struct Plan {
     warmup: u32,
     rounds: u32,
     head_start: Duration,
+    what: What,
 }
 
 async fn measure(
@@ -214,8 +245,13 @@ async fn measure(
         }
         row.since = next_batch(&body)?;
     }
+    let step = match plan.what {
+        What::Message => "one send",
+        What::Receipt => "one read receipt",
+        What::Typing => "one typing start/stop",
+    };
     println!(
-        "sync-latency: one waiting /sync (timeout={SYNC_TIMEOUT_MS}), one send by the appservice bot; per row at most {} iterations or {} s in {} alternating rounds (after {} warm-up), {} ms head start",
+        "sync-latency: one waiting /sync (timeout={SYNC_TIMEOUT_MS}), {step} by the appservice bot; per row at most {} iterations or {} s in {} alternating rounds (after {} warm-up), {} ms head start",
         plan.iterations,
         plan.seconds,
         plan.rounds,
@@ -230,7 +266,7 @@ async fn measure(
         catch_up(http, row).await?;
         for _ in 0..plan.warmup {
             n += 1;
-            iterate(http, appservice, row, &run_id, n, plan.head_start).await?;
+            iterate(http, appservice, row, &run_id, n, &plan).await?;
         }
     }
     // Setup (room creation, joins) leaves Synapse busy for a while. The measured load itself
@@ -252,7 +288,7 @@ async fn measure(
                 && started.elapsed() < share
             {
                 n += 1;
-                match iterate(http, appservice, row, &run_id, n, plan.head_start).await {
+                match iterate(http, appservice, row, &run_id, n, &plan).await {
                     Ok(sample) => row.samples.push(sample),
                     Err(err) => {
                         eprintln!("hsbench: {}: {err:#}", row.name);
@@ -275,27 +311,55 @@ async fn iterate(
     row: &mut Row,
     run_id: &str,
     n: u64,
-    head_start: Duration,
+    plan: &Plan,
 ) -> anyhow::Result<Sample> {
+    // A receipt needs a newer event each time (receipts only move forward): sent and synced
+    // past before the measured step.
+    let read = match plan.what {
+        What::Receipt => {
+            let (event_id, _) = send(http, appservice, row, run_id, n).await?;
+            catch_up(http, row).await?;
+            Some(event_id)
+        }
+        What::Message | What::Typing => None,
+    };
     let waiting = tokio::spawn(timed_sync(
         http.clone(),
         client::sync_url(&row.sync_base, Some(&row.since), SYNC_TIMEOUT_MS, None),
         row.user_token.clone(),
     ));
-    tokio::time::sleep(head_start).await;
+    tokio::time::sleep(plan.head_start).await;
     let send_start = Instant::now();
-    let (event_id, send_done) = match send(http, appservice, row, run_id, n).await {
-        Ok(sent) => sent,
+    let acted = match (plan.what, read) {
+        (What::Receipt, Some(event_id)) => receipt(http, appservice, row, &event_id)
+            .await
+            .map(|done| (Awaited::Receipt(event_id), done)),
+        (What::Typing, _) => {
+            let typing = n % 2 == 1;
+            typing_step(http, appservice, row, typing)
+                .await
+                .map(|done| (Awaited::Typing(typing), done))
+        }
+        _ => send(http, appservice, row, run_id, n)
+            .await
+            .map(|(event_id, done)| (Awaited::Event(event_id), done)),
+    };
+    let (awaited, send_done) = match acted {
+        Ok(acted) => acted,
         Err(err) => {
             waiting.abort();
             return Err(err);
         }
     };
+    let event_id = match &awaited {
+        Awaited::Event(id) | Awaited::Receipt(id) => id.clone(),
+        Awaited::Typing(typing) => format!("typing={typing}"),
+    };
     let (mut answer, mut answered) = waiting.await.context("sync task")??;
     let mut follow_ups = 0;
     loop {
         row.since = next_batch(&answer)?;
-        if contains(&answer, &row.room_id, &event_id) {
+        if carries(&answer, &row.room_id, &awaited, &appservice.bot) {
             break;
         }
         follow_ups += 1;
@@ -426,10 +490,74 @@ fn next_batch(answer: &Value) -> anyhow::Result<String> {
         .context("sync answer has no next_batch")
 }
 
-fn contains(answer: &Value, room_id: &str, event_id: &str) -> bool {
-    answer["rooms"]["join"][room_id]["timeline"]["events"]
-        .as_array()
-        .is_some_and(|events| events.iter().any(|e| e["event_id"] == event_id))
+/// Whether a sync answer carries what the iteration waits for.
+fn carries(answer: &Value, room_id: &str, awaited: &Awaited, bot: &str) -> bool {
+    let room = &answer["rooms"]["join"][room_id];
+    let events = |part: &str| room[part]["events"].as_array().cloned().unwrap_or_default();
+    match awaited {
+        Awaited::Event(event_id) => events("timeline")
+            .iter()
+            .any(|e| e["event_id"] == *event_id),
+        Awaited::Receipt(event_id) => events("ephemeral")
+            .iter()
+            .any(|e| e["type"] == "m.receipt" && e["content"].get(event_id.as_str()).is_some()),
+        Awaited::Typing(typing) => events("ephemeral").iter().any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|users| users.iter().any(|u| u == bot) == *typing)
+        }),
+    }
+}
+
+/// The bot's read receipt on `event_id`; returns when the 200 was read.
+async fn receipt(
+    http: &Http,
+    appservice: &Appservice,
+    row: &Row,
+    event_id: &str,
+) -> anyhow::Result<Instant> {
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+        row.send_base,
+        encode_segment(&row.room_id),
+        encode_segment(event_id)
+    );
+    acted(http, appservice, Method::POST, &url, &json!({})).await
+}
+
+/// The bot starts or stops typing; returns when the 200 was read.
+async fn typing_step(
+    http: &Http,
+    appservice: &Appservice,
+    row: &Row,
+    typing: bool,
+) -> anyhow::Result<Instant> {
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/typing/{}",
+        row.send_base,
+        encode_segment(&row.room_id),
+        encode_segment(&appservice.bot)
+    );
+    let body = json!({"typing": typing, "timeout": 30_000});
+    acted(http, appservice, Method::PUT, &url, &body).await
+}
+
+/// One request by the bot that must succeed; returns when its answer was read.
+async fn acted(
+    http: &Http,
+    appservice: &Appservice,
+    method: Method,
+    url: &str,
+    body: &Value,
+) -> anyhow::Result<Instant> {
+    let (status, answer) =
+        client::call(http, method, url, Some(&appservice.token), Some(body)).await?;
+    let done = Instant::now();
+    if !status.is_success() {
+        bail!("{url}: {status} {answer}");
+    }
+    Ok(done)
 }
 
 async fn whoami(http: &Http, base: &str, token: &str) -> anyhow::Result<String> {
@@ -499,9 +627,7 @@ async fn join(http: &Http, base: &str, token: &str, room_id: &str) -> anyhow::Re
 }
 
 fn report(rows: &[Row; 3]) {
-    println!(
-        "\nsend 200 → waiting /sync answers with the event (ms; negative: the sync came first)"
-    );
+    println!("\nstep's 200 → waiting /sync answers with it (ms; negative: the sync came first)");
     println!(
         "  {:<24} {:>5} {:>6} {:>4} {:>8} {:>8} {:>10} {:>10} {:>4} {:>12} {:>12}",
         "row",
