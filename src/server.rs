@@ -87,7 +87,8 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         connections.spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // With upgrades: the appservice websocket (`fi.mau.as_sync`).
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
@@ -181,6 +182,7 @@ async fn handle(
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
             Route::Versions => api::versions(&handlers.state, request).await,
+            Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::AliasWrite { alias } => {
                 api::alias_write(handlers.state.clone(), request, peer, &alias).await
             }

@@ -5,6 +5,7 @@
 //!
 //! May import: `rooms`, `auth`, `routing`, `upstream`, `app`, `error`.
 
+mod appservice_socket;
 mod create_room;
 mod directory;
 mod extract;
@@ -27,6 +28,7 @@ use crate::auth::requester::AuthFailure;
 use crate::error::{ErrorCode, MatrixError};
 use crate::rooms::RoomError;
 
+pub use appservice_socket::appservice_socket;
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
 pub use room_admin::{room_list as admin_room_list, router as admin_router};

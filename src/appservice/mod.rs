@@ -6,6 +6,7 @@
 
 pub mod interest;
 pub mod pusher;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,6 +24,7 @@ use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
 use pusher::{Pusher, Stats};
+use websocket::Slot;
 
 /// The running pushers. Cheap to share.
 #[derive(Default)]
@@ -33,11 +35,13 @@ pub struct Delivery {
 struct Handle {
     poke: Arc<Notify>,
     stats: Arc<Stats>,
+    socket: Arc<Slot>,
 }
 
 impl Delivery {
-    /// Starts one pusher per registration that has a `url` (appservices without one only
-    /// send). Must be called inside the runtime.
+    /// Starts one pusher per registration: it pushes to the `url` over HTTP, or over the
+    /// appservice's websocket while one is connected (a registration without `url` waits for
+    /// one). Must be called inside the runtime.
     pub fn start(
         registrations: &[Registration],
         server_name: &str,
@@ -51,15 +55,17 @@ impl Delivery {
         let http = Client::builder(TokioExecutor::new()).build(connector);
         let mut pushers = BTreeMap::new();
         for registration in registrations {
-            let Some(url) = registration.url.as_deref() else {
-                continue;
-            };
-            if !url.starts_with("http://") {
+            // Without a url the appservice gets its transactions over the websocket only.
+            if let Some(url) = registration.url.as_deref()
+                && !url.starts_with("http://")
+            {
                 tracing::error!(appservice = %registration.id, "only http:// appservice URLs are supported; events of local rooms are not pushed to it");
                 continue;
             }
+            let poke = Arc::new(Notify::new());
             let handle = Handle {
-                poke: Arc::new(Notify::new()),
+                socket: Arc::new(Slot::new(&registration.id, poke.clone())),
+                poke,
                 stats: Arc::new(Stats::default()),
             };
             let pusher = Pusher {
@@ -72,11 +78,19 @@ impl Delivery {
                 config: config.clone(),
                 poke: handle.poke.clone(),
                 stats: handle.stats.clone(),
+                socket: handle.socket.clone(),
             };
             tokio::spawn(pusher.run());
             pushers.insert(registration.id.clone(), handle);
         }
         Self { pushers }
+    }
+
+    /// The appservice's websocket slot (for `fi.mau.as_sync`), if it has a pusher.
+    pub fn socket(&self, appservice_id: &str) -> Option<Arc<Slot>> {
+        self.pushers
+            .get(appservice_id)
+            .map(|handle| handle.socket.clone())
     }
 
     /// Retries the appservice's transaction in flight at once (Synapse does the same after a

@@ -14,6 +14,9 @@
 //!   (`m.typing`) of local rooms they are interested in. Receipts follow a room data cursor
 //!   stored and acknowledged with the event cursor (at least once, like events); typing is
 //!   sent as it changes and not kept across restarts (as in Synapse).
+//! * While the appservice holds a websocket ([`super::websocket`]) transactions go over it,
+//!   with the same guarantees (acknowledged by the bridge, else sent again); otherwise over
+//!   HTTP to the registration's `url`.
 //! * Failures back off exponentially (1 s doubling, capped by `max_retry_interval_s`); a
 //!   successful `/appservice/{id}/ping` through hungryserv retries at once. Each appservice
 //!   has its own task, so one that fails never delays another.
@@ -33,6 +36,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::interest::Interest;
+use super::websocket::Slot;
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::event::{Related, Viewer, to_client};
@@ -80,6 +84,8 @@ pub struct Pusher {
     pub config: DeliveryConfig,
     pub poke: Arc<Notify>,
     pub stats: Arc<Stats>,
+    /// The appservice's websocket, used instead of HTTP while connected.
+    pub socket: Arc<Slot>,
 }
 
 /// What a scan of the queue produced.
@@ -360,8 +366,15 @@ impl Pusher {
     }
 
     async fn send(&self, pending: &PendingTxn) -> Result<(), String> {
+        let over_socket = self
+            .socket
+            .transact(&pending.txn_id, &pending.body, self.config.request_timeout)
+            .await;
+        if let Some(result) = over_socket {
+            return result;
+        }
         let Some(url) = self.registration.url.as_deref() else {
-            return Err("the registration has no url".into());
+            return Err("no websocket is connected and the registration has no url".into());
         };
         let uri = format!(
             "{}/_matrix/app/v1/transactions/{}",

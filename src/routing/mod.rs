@@ -64,6 +64,8 @@ pub enum Route {
     Sync,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
+    /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
+    AppserviceSocket,
 }
 
 impl Route {
@@ -82,6 +84,7 @@ impl Route {
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
             Route::JoinedRooms | Route::Sync | Route::Versions => "merge",
+            Route::AppserviceSocket => "appservice_socket",
         }
     }
 }
@@ -247,6 +250,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
         ["versions"] if method == Method::GET => Route::Versions,
+        ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => Route::Forward,
     }
 }
@@ -280,6 +284,7 @@ pub fn named_room<'a>(classes: &RoomClasses, path: &'a str) -> Option<Cow<'a, st
     let room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
         | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | [_, "user", _, "rooms", room, ..]
         | [_, "join" | "knock", room] => *room,
         _ => return None,
     };
