@@ -145,6 +145,17 @@ def _appservice(file: str, ghost_prefix: str) -> AppService:
     )
 
 
+def relay_appservice() -> AppService:
+    """The bridge in relay mode: Synapse's registration points at hungryserv; the bridge
+    listens on STACK_AS3_PORT (hungryserv.toml [[appservice.relay]])."""
+    reg = _appservice("appservice-relay.yaml", "@relay_")
+    env = dict(
+        line.split("=", 1) for line in (Path(STACK_DIR) / "stack.env").read_text().splitlines() if "=" in line
+    )
+    reg.port = int(env["STACK_AS3_PORT"])
+    return reg
+
+
 def example_appservice() -> AppService:
     return _appservice("appservice-example.yaml", "@example_")
 

@@ -109,6 +109,22 @@ def received(record: list, rooms: set[str]) -> list[tuple[str, dict]]:
     return [(txn, e) for txn, events in record for e in events if e.get("room_id") in rooms]
 
 
+async def ping_through_synapse(http: httpx.AsyncClient, reg: stack.AppService) -> None:
+    """`POST /appservice/{id}/ping` through hungryserv: Synapse pings the registration's url.
+    Synapse's HTTP pool may first try a connection the previous bridge instance on the same
+    port closed (a 502 "AlreadyCalled"), so a failed ping is tried again a few times."""
+    for attempt in range(5):
+        ping = await http.post(
+            f"/_matrix/client/v1/appservice/{q(reg.id)}/ping",
+            json={"transaction_id": f"ping-{secrets.token_hex(3)}"},
+            headers={"Authorization": f"Bearer {reg.as_token}"},
+        )
+        if ping.status_code == 200:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"ping failed: {ping.status_code} {ping.text}")
+
+
 async def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -368,12 +384,7 @@ def test_bridges_get_receipts_and_typing_of_their_rooms():
             bridge = EphemeralBridge(regs[0], records[0])
             await bridge.serve()
             try:
-                ping = await http.post(
-                    f"/_matrix/client/v1/appservice/{q(regs[0].id)}/ping",
-                    json={"transaction_id": "ping-" + secrets.token_hex(3)},
-                    headers={"Authorization": f"Bearer {regs[0].as_token}"},
-                )
-                assert ping.status_code == 200, ping.text
+                await ping_through_synapse(http, regs[0])
                 await wait_for(
                     lambda: any(late in e["content"] for e in ephemera(records[0], rooms[0], "m.receipt")),
                     30,
@@ -401,3 +412,47 @@ def test_bridges_get_receipts_and_typing_of_their_rooms():
         for _, events, unstable in record:
             if events:
                 assert unstable == events
+
+
+def test_relay_mode_delivers_synapse_and_local_events_in_one_stream():
+    """Relay mode over HTTP: Synapse's registration points at hungryserv; a mautrix bridge on
+    its own port gets Synapse's events and local events, each room in order, all under
+    hungryserv's transaction IDs; Synapse's ping reaches the bridge through the relay."""
+    reg = stack.relay_appservice()
+    record: list = []
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http:
+            bot = Api(http, reg.as_token)
+            ghost = reg.ghost(f"rl_{secrets.token_hex(3)}")
+            await register_ghost(bot, ghost[1:].split(":")[0])
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                local_room = await portal(bot, [ghost])
+                synapse_room = (
+                    await bot.call("POST", "/v3/createRoom", body={"preset": "public_chat", "creation_content": {"m.federate": True}})
+                )["room_id"]
+                assert not synapse_room.startswith("!hs_"), synapse_room
+                await bot.call("POST", f"/v3/join/{q(synapse_room)}", {"user_id": ghost})
+                sent: dict[str, list[str]] = {local_room: [], synapse_room: []}
+                for i in range(6):
+                    for room_id in sent:
+                        sent[room_id].append(await bot.send(room_id, f"relay {i}", user_id=ghost))
+                want = {e for events in sent.values() for e in events}
+                await wait_for(
+                    lambda: want <= {e["event_id"] for _, e in received(record, set(sent))},
+                    30,
+                    "local and relayed events at the bridge",
+                )
+                await ping_through_synapse(http, reg)
+            finally:
+                await bridge.stop()
+            return sent
+
+    sent = asyncio.run(scenario())
+    got = received(record, set(sent))
+    for room_id, events in sent.items():
+        seen = list(dict.fromkeys(e["event_id"] for _, e in got if e["room_id"] == room_id and e["event_id"] in events))
+        assert seen == events, room_id
+    assert all(txn.startswith("hungryserv.") for txn, _ in record), [t for t, _ in record]

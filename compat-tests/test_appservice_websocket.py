@@ -5,6 +5,10 @@ mode): transactions arrive on the socket as top-level fields with `command:
 come again under the same txn_id after a dropped connection or a hungryserv
 restart; a newer connection replaces an older one with close code 4001; `ping` is
 answered with a timestamp.
+
+The bridge is the stack's relay-mode appservice (Synapse's registration points at
+hungryserv), so one socket carries a local room's events and a Synapse room's,
+relayed, under hungryserv's transaction IDs only.
 """
 
 import asyncio
@@ -76,8 +80,8 @@ def events_of(bridges: list[Bridge], room_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def test_websocket_delivers_every_event_across_reconnects_and_a_restart():
-    reg = stack.example_appservice()
+def test_websocket_delivers_local_and_relayed_events_across_reconnects_and_a_restart():
+    reg = stack.relay_appservice()
 
     async def scenario():
         async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http, aiohttp.ClientSession() as session:
@@ -91,14 +95,33 @@ def test_websocket_delivers_every_event_across_reconnects_and_a_restart():
             assert pong["command"] == "response" and isinstance(pong["data"]["timestamp"], int), pong
 
             room_id = await portal(bot, [ghost])
+            synapse_room = (
+                await bot.call("POST", "/v3/createRoom", body={"preset": "public_chat", "creation_content": {"m.federate": True}})
+            )["room_id"]
+            assert not synapse_room.startswith("!hs_"), synapse_room
+            await bot.call("POST", f"/v3/join/{q(synapse_room)}", {"user_id": ghost})
             sent: list[str] = []
+            sent_synapse: list[str] = []
 
             async def send(n: int) -> None:
                 for i in range(n):
                     sent.append(await bot.send(room_id, f"ws {len(sent)}", user_id=ghost))
+                    sent_synapse.append(await bot.send(synapse_room, f"ws {len(sent)}", user_id=ghost))
 
             def all_arrived() -> bool:
-                return set(sent) <= {e for _, e in events_of(bridges, room_id)}
+                return set(sent) <= {e for _, e in events_of(bridges, room_id)} and set(sent_synapse) <= {
+                    e for _, e in events_of(bridges, synapse_room)
+                }
+
+            async def ping() -> None:
+                # Through hungryserv to Synapse, which pings its registration's url —
+                # hungryserv's relay endpoint — and retries its queue at once (PR 18521).
+                resp = await http.post(
+                    f"/_matrix/client/v1/appservice/{q(reg.id)}/ping",
+                    json={},
+                    headers={"Authorization": f"Bearer {reg.as_token}"},
+                )
+                assert resp.status_code == 200, resp.text
 
             await send(5)
             await wait_for(all_arrived, 20, "the first events over the socket")
@@ -122,7 +145,8 @@ def test_websocket_delivers_every_event_across_reconnects_and_a_restart():
             await send(4)
             bridges.append(Bridge(reg.as_token))
             await bridges[2].connect(session)
-            await wait_for(all_arrived, 30, "every event after the restart")
+            await ping()
+            await wait_for(all_arrived, 60, "every event after the restart")
 
             # A second connection replaces the first: 4001 conn_replaced.
             newer = Bridge(reg.as_token)
@@ -130,17 +154,20 @@ def test_websocket_delivers_every_event_across_reconnects_and_a_restart():
             await asyncio.wait_for(bridges[2].reader, 10)
             replaced = (bridges[2].close_code, bridges[2].ws.close_code)
             await newer.close()
-            return room_id, sent, bridges, replaced
+            return (room_id, sent), (synapse_room, sent_synapse), bridges, replaced
 
-    room_id, sent, bridges, replaced = asyncio.run(scenario())
-    got = events_of(bridges, room_id)
-    # Every event, in order (first sight of each), repeats only under one txn_id.
-    first_seen = list(dict.fromkeys(e for _, e in got if e in set(sent)))
-    assert first_seen == sent
-    txn_of: dict[str, set[str]] = {}
-    for txn, event_id in got:
-        txn_of.setdefault(event_id, set()).add(txn)
-    assert all(len(txns) == 1 for txns in txn_of.values()), {e: t for e, t in txn_of.items() if len(t) > 1}
+    local, relayed, bridges, replaced = asyncio.run(scenario())
+    for room_id, sent in (local, relayed):
+        got = events_of(bridges, room_id)
+        # Every event, in order (first sight of each), repeats only under one txn_id.
+        first_seen = list(dict.fromkeys(e for _, e in got if e in set(sent)))
+        assert first_seen == sent, room_id
+        txn_of: dict[str, set[str]] = {}
+        for txn, event_id in got:
+            txn_of.setdefault(event_id, set()).add(txn)
+        assert all(len(txns) == 1 for txns in txn_of.values()), {e: t for e, t in txn_of.items() if len(t) > 1}
+    # One namespace of transaction IDs: hungryserv's (never Synapse's integers).
+    assert all(txn.startswith("hungryserv.") for b in bridges for txn, _ in b.transactions)
     assert 4001 in replaced, replaced
 
 

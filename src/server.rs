@@ -183,6 +183,7 @@ async fn handle(
             Route::Sync => api::sync(&handlers.state, request, peer).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
+            Route::Relay => api::relay(&handlers.state, request).await,
             Route::AliasWrite { alias } => {
                 api::alias_write(handlers.state.clone(), request, peer, &alias).await
             }

@@ -113,13 +113,14 @@ start_background() {
 }
 
 # stack_configure STACK SERVER_NAME PG_PORT SYNAPSE_PORT HS_PORT: also picks the
-# ports the two example appservices' registrations point at (nothing listens there
-# unless a test or benchmark starts a bridge on them).
+# ports the three example appservices listen on (nothing listens there unless a test
+# or benchmark starts a bridge on them; the third is in relay mode: Synapse pushes
+# to hungryserv, hungryserv to that port).
 stack_configure() {
     local stack=$1 as_ports
     require_commands curl
     mkdir -p "$stack"
-    mapfile -t as_ports < <(free_ports 2)
+    mapfile -t as_ports < <(free_ports 3)
     cat >"$stack/stack.env" <<EOF
 STACK_SERVER_NAME=$2
 STACK_PG_PORT=$3
@@ -127,6 +128,7 @@ STACK_SYNAPSE_PORT=$4
 STACK_HS_PORT=$5
 STACK_AS_PORT=${as_ports[0]}
 STACK_AS2_PORT=${as_ports[1]}
+STACK_AS3_PORT=${as_ports[2]}
 EOF
     if [[ ! -s $stack/secrets.env ]]; then
         (
@@ -146,6 +148,10 @@ EOF
     # Added after the first stacks were made: complete an older secrets.env.
     if ! grep -q '^STACK_AS2_TOKEN=' "$stack/secrets.env"; then
         printf 'STACK_AS2_TOKEN=%s\nSTACK_HS2_TOKEN=%s\n' "$(random_secret)" "$(random_secret)" \
+            >>"$stack/secrets.env"
+    fi
+    if ! grep -q '^STACK_AS3_TOKEN=' "$stack/secrets.env"; then
+        printf 'STACK_AS3_TOKEN=%s\nSTACK_HS3_TOKEN=%s\n' "$(random_secret)" "$(random_secret)" \
             >>"$stack/secrets.env"
     fi
 }
@@ -381,6 +387,23 @@ namespaces:
   aliases: []
   rooms: []
 EOF
+    # Relay mode: Synapse pushes to hungryserv, which relays to the bridge (port AS3,
+    # hungryserv.toml [[appservice.relay]]) together with local events.
+    cat >"$dir/appservice-relay.yaml" <<EOF
+id: relay-bridge
+url: "http://127.0.0.1:$STACK_HS_PORT/_hungryserv/appservice/relay-bridge"
+as_token: "$STACK_AS3_TOKEN"
+hs_token: "$STACK_HS3_TOKEN"
+sender_localpart: relaybot
+rate_limited: false
+receive_ephemeral: true
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@relay_.*:${STACK_SERVER_NAME//./\\\\.}"
+  aliases: []
+  rooms: []
+EOF
     # Rate limits are raised far beyond anything a test does: a throttled test
     # fails for a reason that has nothing to do with hungryserv.
     local fast='{per_second: 10000, burst_count: 100000}'
@@ -425,6 +448,7 @@ form_secret: "$STACK_FORM_SECRET"
 app_service_config_files:
   - "$dir/appservice-example.yaml"
   - "$dir/appservice-other.yaml"
+  - "$dir/appservice-relay.yaml"
 rc_message: $fast
 rc_registration: $fast
 rc_registration_token_validity: $fast
@@ -493,6 +517,7 @@ routing = "$HUNGRYSERV_REPO/routing.toml"
 appservice_registrations = [
     "$stack/synapse/appservice-example.yaml",
     "$stack/synapse/appservice-other.yaml",
+    "$stack/synapse/appservice-relay.yaml",
 ]
 
 [synapse]
@@ -511,6 +536,11 @@ grace_period_s = 10
 [deletion]
 # Short, so tests and benchmarks see a deleted room's last rows go.
 leaves_kept_s = 3
+
+# Synapse's registration of relay-bridge points at hungryserv; this is the bridge itself.
+[[appservice.relay]]
+appservice = "relay-bridge"
+url = "http://127.0.0.1:${STACK_AS3_PORT:-9}"
 EOF
 }
 

@@ -16,11 +16,17 @@ use crate::error::MatrixError;
 use crate::upstream::client::CallError;
 
 /// Unstable features of hungryserv, added to Synapse's.
-pub const FEATURES: [&str; 2] = [
+pub const FEATURES: [&str; 4] = [
+    // A hungryserv: the fi.mau.as_sync websocket and relay mode (appservice::websocket,
+    // appservice::relay) carry a bridge's whole stream; mautrix bridges configured with
+    // `software: hungry` refuse to start without it.
+    "com.beeper.hungry",
     // POST /_matrix/client/unstable/com.beeper.backfill/rooms/{roomId}/batch_send
     "com.beeper.batch_sending",
     // createRoom with com.beeper.auto_join_invites / com.beeper.initial_members
     "com.beeper.room_create_autojoin_invites",
+    // POST /_matrix/client/unstable/com.beeper.yeet/rooms/{roomId}/delete
+    "com.beeper.room_yeeting",
 ];
 
 pub async fn versions(state: &AppState, request: Request<Body>) -> Response {

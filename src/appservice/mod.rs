@@ -6,12 +6,13 @@
 
 pub mod interest;
 pub mod pusher;
+pub mod relay;
 pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,12 +31,26 @@ use websocket::Slot;
 #[derive(Default)]
 pub struct Delivery {
     pushers: BTreeMap<String, Handle>,
+    /// The HTTP client of the pushers, also for requests relayed to bridges.
+    http: Option<pusher::PushClient>,
 }
 
 struct Handle {
     poke: Arc<Notify>,
     stats: Arc<Stats>,
     socket: Arc<Slot>,
+    relay: Option<Relay>,
+}
+
+/// An appservice in relay mode.
+#[derive(Clone)]
+pub struct Relay {
+    /// Set after a transaction from Synapse is stored (the pusher is poked too).
+    relayed: Arc<AtomicBool>,
+    /// The bridge's own address, if it listens (else websocket only).
+    pub url: Option<String>,
+    /// The token Synapse presents (the registration's `hs_token`).
+    pub hs_token: String,
 }
 
 impl Delivery {
@@ -55,8 +70,18 @@ impl Delivery {
         let http = Client::builder(TokioExecutor::new()).build(connector);
         let mut pushers = BTreeMap::new();
         for registration in registrations {
-            // Without a url the appservice gets its transactions over the websocket only.
-            if let Some(url) = registration.url.as_deref()
+            // In relay mode the registration's url is hungryserv itself; the bridge's own
+            // address is in the relay's configuration. Without a url the appservice gets its
+            // transactions over the websocket only.
+            let relay = config
+                .relays
+                .iter()
+                .find(|relay| relay.appservice == registration.id);
+            let url = match relay {
+                Some(relay) => relay.url.clone(),
+                None => registration.url.clone(),
+            };
+            if let Some(url) = url.as_deref()
                 && !url.starts_with("http://")
             {
                 tracing::error!(appservice = %registration.id, "only http:// appservice URLs are supported; events of local rooms are not pushed to it");
@@ -67,6 +92,11 @@ impl Delivery {
                 socket: Arc::new(Slot::new(&registration.id, poke.clone())),
                 poke,
                 stats: Arc::new(Stats::default()),
+                relay: relay.map(|relay| Relay {
+                    relayed: Arc::new(AtomicBool::new(false)),
+                    url: relay.url.clone(),
+                    hs_token: registration.hs_token.clone(),
+                }),
             };
             let pusher = Pusher {
                 registration: Arc::new(registration.clone()),
@@ -79,11 +109,36 @@ impl Delivery {
                 poke: handle.poke.clone(),
                 stats: handle.stats.clone(),
                 socket: handle.socket.clone(),
+                url,
+                relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
             };
             tokio::spawn(pusher.run());
             pushers.insert(registration.id.clone(), handle);
         }
-        Self { pushers }
+        Self {
+            pushers,
+            http: Some(http),
+        }
+    }
+
+    /// The appservice's relay, if it is in relay mode.
+    pub fn relay(&self, appservice_id: &str) -> Option<&Relay> {
+        self.pushers.get(appservice_id)?.relay.as_ref()
+    }
+
+    /// The HTTP client for requests to bridges.
+    pub fn http(&self) -> Option<&pusher::PushClient> {
+        self.http.as_ref()
+    }
+
+    /// A transaction from Synapse was stored for the appservice: deliver it.
+    pub fn relayed(&self, appservice_id: &str) {
+        if let Some(handle) = self.pushers.get(appservice_id) {
+            if let Some(relay) = &handle.relay {
+                relay.relayed.store(true, Ordering::Release);
+            }
+            handle.poke.notify_one();
+        }
     }
 
     /// The appservice's websocket slot (for `fi.mau.as_sync`), if it has a pusher.

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::interest::Interest;
+use super::relay::{self, Relayed};
 use super::websocket::Slot;
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
@@ -86,6 +87,10 @@ pub struct Pusher {
     pub stats: Arc<Stats>,
     /// The appservice's websocket, used instead of HTTP while connected.
     pub socket: Arc<Slot>,
+    /// Where to push over HTTP: the registration's `url`, or in relay mode the bridge's own.
+    pub url: Option<String>,
+    /// Relay mode: set (then the pusher poked) after a transaction from Synapse is stored.
+    pub relayed: Option<Arc<AtomicBool>>,
 }
 
 /// What a scan of the queue produced.
@@ -134,6 +139,10 @@ impl Pusher {
         // Typing changes from now on (in memory, as Synapse keeps typing).
         let mut typing_seen = self.typing.current();
         let mut next_txn = cursor.next_txn;
+        // Relay mode: Synapse's transactions after this one are still to be delivered.
+        let mut relay_seq = cursor.relay_seq;
+        let mut relay_pending =
+            self.relayed.is_some() && store::relay::any_after(&self.db, id, relay_seq).await?;
         self.stats.cursor.store(position, Ordering::Relaxed);
         let mut interest = Interest::new(self.registration.clone(), &self.server_name);
         let mut wake = self.notifier.subscribe();
@@ -151,6 +160,9 @@ impl Pusher {
                     room_data = room_data.max(last);
                     room_data_persisted = Some(room_data);
                 }
+                if let Some(last) = pending.last_relay_seq {
+                    relay_seq = relay_seq.max(last);
+                }
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 self.stats.in_flight_events.store(0, Ordering::Relaxed);
                 self.stats.in_flight_since_ms.store(0, Ordering::Relaxed);
@@ -160,7 +172,10 @@ impl Pusher {
             let side = *side_wake.borrow_and_update();
             let side_news =
                 ephemeral && (side.room_data > room_data || self.typing.current() > typing_seen);
-            if position >= committed && !side_news {
+            if let Some(flag) = &self.relayed {
+                relay_pending |= flag.swap(false, Ordering::AcqRel);
+            }
+            if position >= committed && !side_news && !relay_pending {
                 let room_data_behind = ephemeral && room_data_persisted < Some(room_data);
                 if persisted < position || room_data_behind {
                     let room_data = ephemeral.then_some(room_data);
@@ -189,7 +204,16 @@ impl Pusher {
                     ..Ephemeral::default()
                 }
             };
-            if built.events.is_empty() && extra.events.is_empty() {
+            let mut relayed_upto = None;
+            let mut relayed = Relayed::default();
+            if relay_pending {
+                let mut conn = self.db.acquire().await?;
+                let rows = store::relay::after(&mut conn, id, relay_seq, relay::MAX_MERGED).await?;
+                relay_pending = rows.len() as i64 == relay::MAX_MERGED;
+                relayed_upto = rows.last().map(|(seq, _)| *seq);
+                relayed = Relayed::merge(rows.iter().map(|(_, body)| body));
+            }
+            if built.events.is_empty() && extra.events.is_empty() && relayed_upto.is_none() {
                 position = built.last;
                 room_data = extra.last_room_data;
                 self.stats.cursor.store(position, Ordering::Relaxed);
@@ -201,17 +225,19 @@ impl Pusher {
                 }
                 continue;
             }
-            let count = built.events.len();
-            let body = json!({
-                "events": built.events,
-                "ephemeral": extra.events,
-                "de.sorunome.msc2409.ephemeral": extra.events,
-            });
+            let mut events = built.events;
+            events.append(&mut relayed.events);
+            let count = events.len();
+            let mut body = serde_json::Map::new();
+            body.insert("events".into(), Value::Array(events));
+            body.insert("ephemeral".into(), Value::Array(extra.events));
+            relayed.add_to(&mut body);
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let txn = PendingTxn {
                 txn_id: format!("hungryserv.{}.{next_txn}", cursor.txn_prefix),
                 last_stream: built.last,
                 last_room_data: ephemeral.then_some(extra.last_room_data),
+                last_relay_seq: relayed_upto,
                 body,
                 events: i32::try_from(count).unwrap_or(i32::MAX),
                 age_s: 0.0,
@@ -373,7 +399,7 @@ impl Pusher {
         if let Some(result) = over_socket {
             return result;
         }
-        let Some(url) = self.registration.url.as_deref() else {
+        let Some(url) = self.url.as_deref() else {
             return Err("no websocket is connected and the registration has no url".into());
         };
         let uri = format!(

@@ -140,6 +140,20 @@ pub struct DeliveryConfig {
     pub max_backoff: Duration,
     /// Time allowed for the appservice to answer one transaction.
     pub request_timeout: Duration,
+    /// Appservices in relay mode (`[[appservice.relay]]`).
+    pub relays: Vec<RelayConfig>,
+}
+
+/// Relay mode for one appservice: Synapse's registration for it points at
+/// `/_hungryserv/appservice/{id}`; hungryserv passes Synapse's transactions on to the bridge
+/// with its own (see `appservice::relay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The registration's `id`.
+    pub appservice: String,
+    /// Where the bridge itself listens (`http://…`); `None`: it connects by websocket only.
+    /// (The registration's `url` is hungryserv's relay endpoint in this mode.)
+    pub url: Option<String>,
 }
 
 /// Reads and validates `path` and the files it names. On failure, every problem found.
@@ -238,6 +252,14 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         }
     }
     registration::check_unique(&appservices, &mut problems);
+    for relay in &delivery.relays {
+        if !appservices.iter().any(|r| r.id == relay.appservice) {
+            problems.push(format!(
+                "[[appservice.relay]] names appservice {:?}, but no registration has that id",
+                relay.appservice
+            ));
+        }
+    }
 
     let routing = routing::load(&routing_path, &mut problems);
     if let Some(routing) = &routing {
@@ -321,7 +343,27 @@ fn read_delivery(section: &mut Section, problems: &mut Problems) -> DeliveryConf
     let max_bytes = positive("max_transaction_bytes", 1024 * 1024);
     let max_backoff = positive("max_retry_interval_s", 30);
     let request_timeout = positive("request_timeout_s", 60);
+    let relays = section
+        .tables(problems, "relay")
+        .into_iter()
+        .filter_map(|mut relay| {
+            let appservice = relay.required_string(problems, "appservice");
+            let url = relay.string(problems, "url");
+            if let Some(url) = &url
+                && !url.starts_with("http://")
+            {
+                relay.problem(
+                    problems,
+                    "url",
+                    format!("must be an http:// URL (got {url:?})"),
+                );
+            }
+            relay.finish(problems);
+            appservice.map(|appservice| RelayConfig { appservice, url })
+        })
+        .collect();
     DeliveryConfig {
+        relays,
         max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
         max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         max_backoff: Duration::from_secs(max_backoff),

@@ -66,6 +66,8 @@ pub enum Route {
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
     AppserviceSocket,
+    /// `/_hungryserv/appservice/{id}/…`: Synapse talking to an appservice in relay mode.
+    Relay,
 }
 
 impl Route {
@@ -85,6 +87,7 @@ impl Route {
             Route::AliasWrite { .. } => "alias_write",
             Route::JoinedRooms | Route::Sync | Route::Versions => "merge",
             Route::AppserviceSocket => "appservice_socket",
+            Route::Relay => "relay",
         }
     }
 }
@@ -197,6 +200,9 @@ pub fn decode_segment(segment: &str) -> Cow<'_, str> {
 pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path.starts_with("/_hungryserv/admin/") {
         return Route::Admin;
+    }
+    if path.starts_with("/_hungryserv/appservice/") {
+        return Route::Relay;
     }
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;

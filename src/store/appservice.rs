@@ -12,6 +12,8 @@ pub struct Cursor {
     /// Room data position of the receipts delivered (MSC2409); `None` until the appservice
     /// first gets ephemeral events.
     pub room_data: Option<i64>,
+    /// Relayed Synapse transactions delivered (relay mode).
+    pub relay_seq: i64,
     pub txn_prefix: String,
     pub next_txn: i64,
 }
@@ -23,6 +25,8 @@ pub struct PendingTxn {
     pub last_stream: i64,
     /// The room data cursor once it is acknowledged (for appservices getting receipts).
     pub last_room_data: Option<i64>,
+    /// The relay cursor once it is acknowledged (relay mode).
+    pub last_relay_seq: Option<i64>,
     pub body: Vec<u8>,
     pub events: i32,
     /// Seconds since it was built.
@@ -47,7 +51,7 @@ pub async fn cursor(
     .execute(pool)
     .await?;
     let row = sqlx::query!(
-        "SELECT stream, room_data, txn_prefix, next_txn FROM appservice_cursors
+        "SELECT stream, room_data, relay_seq, txn_prefix, next_txn FROM appservice_cursors
          WHERE appservice_id = $1",
         appservice_id
     )
@@ -56,6 +60,7 @@ pub async fn cursor(
     Ok(Cursor {
         stream: row.stream,
         room_data: row.room_data,
+        relay_seq: row.relay_seq,
         txn_prefix: row.txn_prefix,
         next_txn: row.next_txn,
     })
@@ -64,7 +69,7 @@ pub async fn cursor(
 /// The transaction in flight, if any.
 pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<PendingTxn>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT txn_id, last_stream, last_room_data, body, events,
+        r#"SELECT txn_id, last_stream, last_room_data, last_relay_seq, body, events,
                   EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_s!"
            FROM appservice_transactions WHERE appservice_id = $1"#,
         appservice_id
@@ -75,6 +80,7 @@ pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<Pendin
         txn_id: row.txn_id,
         last_stream: row.last_stream,
         last_room_data: row.last_room_data,
+        last_relay_seq: row.last_relay_seq,
         body: row.body,
         events: row.events,
         age_s: row.age_s,
@@ -90,12 +96,13 @@ pub async fn store_txn(
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO appservice_transactions
-             (appservice_id, txn_id, last_stream, last_room_data, body, events)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+             (appservice_id, txn_id, last_stream, last_room_data, last_relay_seq, body, events)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         appservice_id,
         txn.txn_id,
         txn.last_stream,
         txn.last_room_data,
+        txn.last_relay_seq,
         txn.body,
         txn.events
     )
@@ -120,7 +127,7 @@ pub async fn acknowledge(
     let mut tx = pool.begin().await?;
     let last = sqlx::query!(
         "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2
-         RETURNING last_stream, last_room_data",
+         RETURNING last_stream, last_room_data, last_relay_seq",
         appservice_id,
         txn_id
     )
@@ -134,6 +141,26 @@ pub async fn acknowledge(
             last.last_room_data,
         )
         .await?;
+        if let Some(relay_seq) = last.last_relay_seq {
+            // Delivered: the bodies go, the txnIds stay (a late retry by Synapse is still
+            // recognised as a repeat).
+            sqlx::query!(
+                "UPDATE appservice_cursors SET relay_seq = GREATEST(relay_seq, $2)
+                 WHERE appservice_id = $1",
+                appservice_id,
+                relay_seq
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "UPDATE relayed_transactions SET body = 'null'::jsonb
+                 WHERE appservice_id = $1 AND seq <= $2 AND body <> 'null'::jsonb",
+                appservice_id,
+                relay_seq
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     tx.commit().await?;
     Ok(())

@@ -11,6 +11,7 @@ pub mod deletion;
 pub mod events;
 pub mod identity;
 pub mod receipts;
+pub mod relay;
 pub mod room_data;
 pub mod rooms;
 

@@ -1,0 +1,168 @@
+//! `/_hungryserv/appservice/{id}/…`: where Synapse's registration of an appservice in relay
+//! mode points ([`crate::appservice::relay`]). Synapse authenticates with the registration's
+//! `hs_token`.
+//!
+//! * `PUT …/_matrix/app/v1/transactions/{txnId}`: stored durably, then 200 (a repeated txnId
+//!   is stored once); the pusher delivers the contents with local events.
+//! * Everything else (user and alias queries, `ping`, third-party lookups) goes on to the
+//!   bridge's own address with the same token and comes back unchanged. A bridge that only
+//!   connects by websocket has no address: `ping` is answered by hungryserv (it is the
+//!   endpoint Synapse reaches, and delivers over the socket; also while a socket is
+//!   connected), queries get 404, as from a bridge that knows nothing.
+
+use axum::body::{Body, to_bytes};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::requester::access_token;
+use crate::error::{ErrorCode, MatrixError};
+use crate::routing::decode_segment;
+
+/// Largest transaction body Synapse may send (100 events of up to 64 KiB, with room to spare).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
+    let path = request.uri().path().to_owned();
+    let rest = path
+        .strip_prefix("/_hungryserv/appservice/")
+        .unwrap_or_default();
+    let (id, inner) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = decode_segment(id).into_owned();
+    let Some(relay) = state.delivery.relay(&id).cloned() else {
+        return MatrixError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "No appservice in relay mode has this id",
+        )
+        .into_response();
+    };
+    let token = access_token(request.headers(), request.uri().query()).map(|t| t.into_owned());
+    if token.as_deref() != Some(relay.hs_token.as_str()) {
+        return MatrixError::forbidden("Invalid hs_token").into_response();
+    }
+    let segments: Vec<&str> = inner.split('/').collect();
+    let method = request.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::PUT, ["_matrix", "app", "v1", "transactions", txn_id]) => {
+            let txn_id = decode_segment(txn_id).into_owned();
+            let bytes = match to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+                Ok(bytes) => bytes,
+                Err(_) => {
+                    return MatrixError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
+                        "Transaction too large",
+                    )
+                    .into_response();
+                }
+            };
+            let body: Value = match serde_json::from_slice(&bytes) {
+                Ok(body @ Value::Object(_)) => body,
+                _ => {
+                    return MatrixError::bad_json("Transaction is not a JSON object")
+                        .into_response();
+                }
+            };
+            if let Err(err) = crate::store::relay::store(&state.db, &id, &txn_id, &body).await {
+                tracing::error!(appservice = %id, error = %err, "cannot store a relayed transaction");
+                return MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Unknown,
+                    "Internal server error",
+                )
+                .into_response();
+            }
+            state.delivery.relayed(&id);
+            axum::Json(json!({})).into_response()
+        }
+        (&Method::POST, ["_matrix", "app", "v1", "ping"])
+            if relay.url.is_none() || state.delivery.socket(&id).is_some_and(|s| s.connected()) =>
+        {
+            axum::Json(json!({})).into_response()
+        }
+        _ => match &relay.url {
+            Some(url) => to_bridge(state, url, &relay.hs_token, inner, request).await,
+            None => MatrixError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "The bridge has no address to ask",
+            )
+            .into_response(),
+        },
+    }
+}
+
+/// Sends Synapse's request on to the bridge and its answer back.
+async fn to_bridge(
+    state: &AppState,
+    url: &str,
+    hs_token: &str,
+    inner: &str,
+    request: Request<Body>,
+) -> Response {
+    let unreachable = |reason: String| {
+        tracing::warn!(%reason, "relayed request to a bridge failed");
+        MatrixError::bad_gateway("The bridge is unreachable").into_response()
+    };
+    let Some(http) = state.delivery.http() else {
+        return unreachable("no HTTP client".into());
+    };
+    let (parts, body) = request.into_parts();
+    // The token goes in the header only, whatever way Synapse sent it.
+    let query = parts
+        .uri
+        .query()
+        .map(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .filter(|(key, _)| key != "access_token")
+                .fold(
+                    form_urlencoded::Serializer::new(String::new()),
+                    |mut s, (k, v)| {
+                        s.append_pair(&k, &v);
+                        s
+                    },
+                )
+                .finish()
+        })
+        .filter(|query| !query.is_empty())
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
+    let uri = format!("{}/{inner}{query}", url.trim_end_matches('/'));
+    let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => return unreachable(format!("reading the request: {err}")),
+    };
+    let mut builder = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {hs_token}"));
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    let Ok(outgoing) = builder.body(Full::new(bytes)) else {
+        return unreachable("cannot build the request".into());
+    };
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(60), http.request(outgoing)).await;
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => return unreachable(err.to_string()),
+        Err(_) => return unreachable("timed out".into()),
+    };
+    let (parts, body) = response.into_parts();
+    let bytes: Bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => return unreachable(err.to_string()),
+    };
+    let mut out = Response::new(Body::from(bytes));
+    *out.status_mut() = parts.status;
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        out.headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    out
+}
