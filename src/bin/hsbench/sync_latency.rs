@@ -101,6 +101,8 @@ struct Row {
     samples: Vec<Sample>,
     /// Syncs that answered without the awaited event.
     follow_ups: u64,
+    /// Whether the bot is typing in this row's room (`--what typing` alternates it).
+    typing: bool,
     errors: u64,
 }
 
@@ -200,6 +202,7 @@ async fn measure(
         samples: Vec::new(),
         follow_ups: 0,
         errors: 0,
+        typing: false,
     };
     let mut rows = [
         make_row(
@@ -335,7 +338,8 @@ async fn iterate(
             .await
             .map(|done| (Awaited::Receipt(event_id), done)),
         (What::Typing, _) => {
-            let typing = n % 2 == 1;
+            // Alternating per room: a stop while not typing would change nothing.
+            let typing = !row.typing;
             typing_step(http, appservice, row, typing)
                 .await
                 .map(|done| (Awaited::Typing(typing), done))
@@ -345,7 +349,12 @@ async fn iterate(
             .map(|(event_id, done)| (Awaited::Event(event_id), done)),
     };
     let (awaited, send_done) = match acted {
-        Ok(acted) => acted,
+        Ok(acted) => {
+            if let Awaited::Typing(typing) = acted.0 {
+                row.typing = typing;
+            }
+            acted
+        }
         Err(err) => {
             waiting.abort();
             return Err(err);
