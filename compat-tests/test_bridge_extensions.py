@@ -211,3 +211,93 @@ def test_batch_send_is_idempotent_and_all_or_nothing(bridge):
     # Nothing of the refused batches was written.
     assert bodies() == ["m0", "m1", "m2"]
     assert json.dumps(first)
+
+
+def test_mautrix_beeper_batch_send_seen_by_nio(bridge):
+    """The same flows through mautrix-python's own `IntentAPI.beeper_batch_send`, read back
+    by matrix-nio: history before the room's messages, forward messages with mark_read_by in
+    /sync, an idempotent repeat, and a batch with one bad event refused whole."""
+    import asyncio
+    import logging
+
+    import aiohttp
+    from mautrix.appservice import AppServiceAPI
+    from mautrix.appservice.state_store import ASStateStore
+    from mautrix.client.state_store.memory import MemoryStateStore
+    from mautrix.errors import MatrixRequestError
+    from mautrix.types import BatchSendEvent, EventType, MessageType, TextMessageEventContent
+    from nio import AsyncClient, MessageDirection, ReceiptEvent, RoomMessagesResponse, SyncResponse
+
+    class Store(ASStateStore, MemoryStateStore):
+        pass
+
+    bot_http = As(bridge.as_token)
+    tag = secrets.token_hex(3)
+    alice = register(bot_http, f"example_mb_{tag}")
+    room_id, user = portal_with_user(bridge, [alice])
+
+    def batch(prefix: str, n: int, ts0: int, sender: str = alice) -> list[BatchSendEvent]:
+        return [
+            BatchSendEvent(
+                type=EventType.ROOM_MESSAGE,
+                sender=sender,
+                timestamp=ts0 + i,
+                event_id=deterministic_id(room_id, f"{prefix}{i}"),
+                content=TextMessageEventContent(msgtype=MessageType.TEXT, body=f"{prefix}{i}"),
+            )
+            for i in range(n)
+        ]
+
+    async def scenario():
+        client = AsyncClient(stack.HS_URL, user.user_id)
+        client.access_token, client.user_id = user.access_token, user.user_id
+        async with aiohttp.ClientSession() as session:
+            api = AppServiceAPI(
+                base_url=stack.HS_URL,
+                bot_mxid=bridge.bot,
+                token=bridge.as_token,
+                log=logging.getLogger("batch"),
+                state_store=Store(),
+                client_session=session,
+            )
+            intent = api.bot_intent()
+            try:
+                first = await client.sync(timeout=0)
+                assert isinstance(first, SyncResponse), first
+                send_text(As(bridge.as_token, alice), room_id, "live")
+                history = batch("old", 3, 1_500_000_000_000)
+                resp = await intent.beeper_batch_send(room_id, history, forward_if_no_messages=True)
+                assert resp.event_ids == [e.event_id for e in history]
+                news = batch("new", 2, 1_700_000_000_000)
+                resp = await intent.beeper_batch_send(
+                    room_id, news, forward=True, send_notification=True, mark_read_by=user.user_id
+                )
+                assert resp.event_ids == [e.event_id for e in news]
+                again = await intent.beeper_batch_send(
+                    room_id, news, forward=True, send_notification=True, mark_read_by=user.user_id
+                )
+                assert again.event_ids == resp.event_ids
+                # One event whose sender is outside the namespace: the whole batch is refused.
+                bad = batch("bad", 2, 1_800_000_000_000) + batch("bad", 1, 1_800_000_000_100, user.user_id)
+                try:
+                    await intent.beeper_batch_send(room_id, bad, forward=True)
+                    raise AssertionError("a batch with a foreign sender was accepted")
+                except MatrixRequestError as err:
+                    assert err.http_status in (400, 403), err
+
+                page = await client.room_messages(room_id, start="", direction=MessageDirection.front, limit=100)
+                assert isinstance(page, RoomMessagesResponse), page
+                bodies = [getattr(e, "body", None) for e in page.chunk if getattr(e, "body", None)]
+                synced = await client.sync(timeout=0)
+                assert isinstance(synced, SyncResponse), synced
+                room = synced.rooms.join[room_id]
+                timeline = [getattr(e, "body", None) for e in room.timeline.events if getattr(e, "body", None)]
+                receipts = [r for e in room.ephemeral if isinstance(e, ReceiptEvent) for r in e.receipts]
+                return bodies, timeline, receipts, news
+            finally:
+                await client.close()
+
+    bodies, timeline, receipts, news = asyncio.run(scenario())
+    assert bodies == ["old0", "old1", "old2", "live", "new0", "new1"]
+    assert timeline == ["live", "new0", "new1"], "history is not news; the bad batch wrote nothing"
+    assert any(r.event_id == news[-1].event_id and r.user_id == user.user_id for r in receipts), receipts
