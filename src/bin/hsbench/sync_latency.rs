@@ -266,7 +266,7 @@ async fn measure(
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut n = 0u64;
     for row in &mut rows {
-        catch_up(http, row).await?;
+        start_row(http, appservice, row, plan.what).await?;
         for _ in 0..plan.warmup {
             n += 1;
             iterate(http, appservice, row, &run_id, n, &plan).await?;
@@ -283,7 +283,7 @@ async fn measure(
         for k in 0..rows.len() {
             let row = &mut rows[(k + round as usize) % rows.len()];
             // Other rows' sends are news on this chain too; start from the present.
-            catch_up(http, row).await?;
+            start_row(http, appservice, row, plan.what).await?;
             let started = Instant::now();
             let mut done = 0;
             while done < per_round
@@ -444,6 +444,22 @@ async fn timed_sync(http: Http, url: String, token: String) -> anyhow::Result<(V
         bail!("sync failed: {status} {}", String::from_utf8_lossy(&bytes));
     }
     Ok((serde_json::from_slice(&bytes)?, answered))
+}
+
+/// Before a row's turn: with `--what typing` the bot stops typing in the row's room (two rows
+/// share the Synapse room, and a start while already typing changes nothing), then the row's
+/// position moves to the present.
+async fn start_row(
+    http: &Http,
+    appservice: &Appservice,
+    row: &mut Row,
+    what: What,
+) -> anyhow::Result<()> {
+    if what == What::Typing {
+        typing_step(http, appservice, row, false).await?;
+        row.typing = false;
+    }
+    catch_up(http, row).await
 }
 
 /// Moves a row's position to the present (`timeout=0`), so the next sync waits for news.
