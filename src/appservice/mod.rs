@@ -4,6 +4,7 @@
 //!
 //! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
 
+pub mod client;
 pub mod interest;
 pub mod pusher;
 pub mod relay;
@@ -14,9 +15,6 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -32,7 +30,7 @@ use websocket::Slot;
 pub struct Delivery {
     pushers: BTreeMap<String, Handle>,
     /// The HTTP client of the pushers, also for requests relayed to bridges.
-    http: Option<pusher::PushClient>,
+    http: Option<client::PushClient>,
 }
 
 struct Handle {
@@ -54,9 +52,9 @@ pub struct Relay {
 }
 
 impl Delivery {
-    /// Starts one pusher per registration: it pushes to the `url` over HTTP, or over the
-    /// appservice's websocket while one is connected (a registration without `url` waits for
-    /// one). Must be called inside the runtime.
+    /// Starts one pusher per registration: it pushes to the `url` over HTTP or HTTPS, or over
+    /// the appservice's websocket while one is connected (a registration without `url` waits
+    /// for one). Must be called inside the runtime.
     pub fn start(
         registrations: &[Registration],
         server_name: &str,
@@ -65,9 +63,13 @@ impl Delivery {
         notifier: &Notifier,
         typing: &Arc<Typing>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let http = match client::build(config) {
+            Ok(http) => http,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot set up TLS for appservice delivery; events of local rooms are not pushed to appservices");
+                return Self::default();
+            }
+        };
         let mut pushers = BTreeMap::new();
         for registration in registrations {
             // In relay mode the registration's url is hungryserv itself; the bridge's own
@@ -82,9 +84,9 @@ impl Delivery {
                 None => registration.url.clone(),
             };
             if let Some(url) = url.as_deref()
-                && !url.starts_with("http://")
+                && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                tracing::error!(appservice = %registration.id, "only http:// appservice URLs are supported; events of local rooms are not pushed to it");
+                tracing::error!(appservice = %registration.id, "only http:// and https:// appservice URLs are supported; events of local rooms are not pushed to it");
                 continue;
             }
             let poke = Arc::new(Notify::new());
@@ -127,7 +129,7 @@ impl Delivery {
     }
 
     /// The HTTP client for requests to bridges.
-    pub fn http(&self) -> Option<&pusher::PushClient> {
+    pub fn http(&self) -> Option<&client::PushClient> {
         self.http.as_ref()
     }
 

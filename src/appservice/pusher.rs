@@ -29,12 +29,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use super::client::PushClient;
 use super::interest::Interest;
 use super::relay::{self, Relayed};
 use super::websocket::Slot;
@@ -58,8 +57,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The cursor is written after skipping this many positions of uninteresting events (it is
 /// also written with every acknowledged transaction).
 const SKIP_PERSIST_EVERY: i64 = 1_000;
-
-pub type PushClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Counters of one pusher, read by the metrics endpoint.
 #[derive(Default)]
@@ -418,11 +415,10 @@ impl Pusher {
             .body(Full::new(Bytes::from(pending.body.clone())))
             .map_err(|err| format!("bad request: {err}"))?;
         let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|err| format!("unreachable: {err}"))?;
+            let response =
+                self.http.request(request).await.map_err(|err| {
+                    format!("unreachable: {}", crate::upstream::error_chain(&err))
+                })?;
             let status = response.status();
             // Read the answer to the end so the connection can be reused.
             let _ = response.into_body().collect().await;

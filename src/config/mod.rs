@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ruma::OwnedServerName;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 pub use fields::Problems;
 use fields::Section;
@@ -142,6 +144,9 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
     /// Appservices in relay mode (`[[appservice.relay]]`).
     pub relays: Vec<RelayConfig>,
+    /// CA certificates trusted for `https://` appservice URLs besides the built-in public
+    /// roots (a bridge with a private CA).
+    pub extra_ca: Option<CaBundle>,
 }
 
 /// Relay mode for one appservice: Synapse's registration for it points at
@@ -151,9 +156,59 @@ pub struct DeliveryConfig {
 pub struct RelayConfig {
     /// The registration's `id`.
     pub appservice: String,
-    /// Where the bridge itself listens (`http://…`); `None`: it connects by websocket only.
+    /// Where the bridge itself listens (`http://…` or `https://…`); `None`: it connects by websocket only.
     /// (The registration's `url` is hungryserv's relay endpoint in this mode.)
     pub url: Option<String>,
+}
+
+/// CA certificates read from a PEM file, each checked to be usable as a trust anchor.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// Where they were read from, for messages.
+    pub path: PathBuf,
+    /// The certificates, DER-encoded.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaBundle")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
+impl CaBundle {
+    /// Reads every certificate of a PEM file; a file without one, or with one that cannot be
+    /// a trust anchor, is refused (a silently empty bundle would only show up as failing
+    /// deliveries).
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| format!("{}: not a PEM certificate file: {err}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "{}: contains no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (index, certificate) in certificates.iter().enumerate() {
+            roots.add(certificate.clone()).map_err(|err| {
+                format!(
+                    "{}: certificate {} cannot be a trust anchor: {err}",
+                    path.display(),
+                    index + 1
+                )
+            })?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            certificates,
+        })
+    }
 }
 
 /// Reads and validates `path` and the files it names. On failure, every problem found.
@@ -231,7 +286,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     };
     shutdown_section.finish(&mut problems);
     let mut delivery_section = top.table(&mut problems, "appservice");
-    let delivery = read_delivery(&mut delivery_section, &mut problems);
+    let delivery = read_delivery(&mut delivery_section, base_dir, &mut problems);
     delivery_section.finish(&mut problems);
     let mut deletion_section = top.table(&mut problems, "deletion");
     let deletion = DeletionConfig {
@@ -330,7 +385,11 @@ pub(crate) fn read_toml(path: &Path, label: &str, problems: &mut Problems) -> Op
     }
 }
 
-fn read_delivery(section: &mut Section, problems: &mut Problems) -> DeliveryConfig {
+fn read_delivery(
+    section: &mut Section,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> DeliveryConfig {
     let mut positive = |key: &str, default: u64| {
         let value = section.integer(problems, key, default);
         if value == 0 {
@@ -350,24 +409,34 @@ fn read_delivery(section: &mut Section, problems: &mut Problems) -> DeliveryConf
             let appservice = relay.required_string(problems, "appservice");
             let url = relay.string(problems, "url");
             if let Some(url) = &url
-                && !url.starts_with("http://")
+                && !(url.starts_with("http://") || url.starts_with("https://"))
             {
                 relay.problem(
                     problems,
                     "url",
-                    format!("must be an http:// URL (got {url:?})"),
+                    format!("must be an http:// or https:// URL (got {url:?})"),
                 );
             }
             relay.finish(problems);
             appservice.map(|appservice| RelayConfig { appservice, url })
         })
         .collect();
+    let extra_ca = section
+        .string(problems, "extra_ca_file")
+        .and_then(|file| match CaBundle::read(&base_dir.join(file)) {
+            Ok(bundle) => Some(bundle),
+            Err(message) => {
+                section.problem(problems, "extra_ca_file", message);
+                None
+            }
+        });
     DeliveryConfig {
         relays,
         max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
         max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         max_backoff: Duration::from_secs(max_backoff),
         request_timeout: Duration::from_secs(request_timeout),
+        extra_ca,
     }
 }
 
@@ -541,6 +610,48 @@ mod tests {
         assert!(
             !problems.contains("mysql://x"),
             "a database URL may hold a password: {problems}"
+        );
+    }
+
+    #[test]
+    fn extra_ca_file_is_read_relative_to_the_config_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("routing.toml"), "").unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "no certificates here\n").unwrap();
+        let write = |ca_file: &str| {
+            let path = dir.path().join("hungryserv.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "server_name = \"test.local\"\n[synapse]\nurl = \"http://127.0.0.1:1\"\n\
+                     [database]\nurl = \"postgres://x@127.0.0.1/x\"\n\
+                     [appservice]\nextra_ca_file = \"{ca_file}\"\n"
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let config = load(&write("ca.pem")).unwrap_or_else(|p| panic!("{:?}", p.lines));
+        let bundle = config.delivery.extra_ca.unwrap();
+        assert_eq!(bundle.certificates, vec![ca.der().clone()]);
+        assert_eq!(bundle.path, dir.path().join("ca.pem"));
+        for (file, needle) in [
+            ("missing.pem", "appservice.extra_ca_file: cannot read"),
+            ("empty.pem", "appservice.extra_ca_file: "),
+        ] {
+            let problems = load(&write(file)).unwrap_err().lines.join("\n");
+            assert!(problems.contains(needle), "{file}: {problems}");
+        }
+        let problems = load(&write("empty.pem")).unwrap_err().lines.join("\n");
+        assert!(
+            problems.contains("contains no PEM certificate"),
+            "{problems}"
         );
     }
 

@@ -178,8 +178,9 @@ impl Synapse {
     }
 }
 
-/// An error with its sources, `a: b: c`, for operators.
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error with its sources, `a: b: c`, for operators (hyper's own text is often just
+/// "client error (Connect)"; the reason, such as an untrusted certificate, is in the sources).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -223,6 +223,30 @@ pub async fn create_room(
         .context("createRoom answer has no room_id")
 }
 
+/// Joins a room as the token's user, or (an appservice token) as `ghost` with `?user_id=`.
+pub async fn join(
+    http: &Http,
+    base: &str,
+    token: &str,
+    room_id: &str,
+    ghost: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut url = format!(
+        "{base}/_matrix/client/v3/rooms/{}/join",
+        hungryserv::upstream::client::encode_segment(room_id)
+    );
+    if let Some(ghost) = ghost {
+        url.push_str("?user_id=");
+        url.push_str(&hungryserv::upstream::client::encode_segment(ghost));
+    }
+    let (status, body) = call(http, Method::POST, &url, Some(token), Some(&json!({}))).await?;
+    if !status.is_success() {
+        let who = ghost.unwrap_or("the token's user");
+        bail!("{who} could not join {room_id} at {base}: {status} {body}");
+    }
+    Ok(())
+}
+
 /// Builds a request of a workload from a number unique within the run.
 pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
 
@@ -297,7 +321,9 @@ fn cpu_times() -> Option<(u64, u64)> {
 /// transaction cache instead of writing anything.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-async fn run_for(
+/// One closed-loop phase against one target: `clients` tasks, each sending its next request
+/// when the last is answered, until `duration` or `max_requests`.
+pub async fn run_for(
     http: &Http,
     clients: usize,
     duration: Duration,

@@ -119,41 +119,37 @@ pub async fn rooms(
 ) -> anyhow::Result<Vec<Sender>> {
     let mut senders = Vec::with_capacity(ghosts.len());
     for ghost in ghosts {
-        let (status, body) = client::call(
-            http,
-            Method::POST,
-            &format!("{base}/_matrix/client/v3/createRoom"),
-            Some(token),
-            Some(&json!({
-                "preset": "public_chat",
-                "name": "hsbench ingest",
-                "creation_content": {"m.federate": federate},
-            })),
-        )
-        .await?;
-        if !status.is_success() {
-            bail!("createRoom at {base} failed: {status} {body}");
-        }
-        let room_id = body["room_id"].as_str().context("no room_id")?.to_owned();
-        let (status, body) = client::call(
-            http,
-            Method::POST,
-            &format!(
-                "{base}/_matrix/client/v3/rooms/{}/join?user_id={}",
-                encode_segment(&room_id),
-                encode_segment(ghost)
-            ),
-            Some(token),
-            Some(&json!({})),
-        )
-        .await?;
-        if !status.is_success() {
-            bail!("{ghost} could not join {room_id} at {base}: {status} {body}");
-        }
+        let room_id = create(http, base, token, federate).await?;
+        client::join(http, base, token, &room_id, Some(ghost)).await?;
         senders.push(Sender {
             user_id: ghost.clone(),
             room_id,
         });
     }
     Ok(senders)
+}
+
+/// Creates a public room as the appservice bot; an unfederated one is local by routing.toml.
+pub async fn create(
+    http: &Http,
+    base: &str,
+    token: &str,
+    federate: bool,
+) -> anyhow::Result<String> {
+    let (status, body) = client::call(
+        http,
+        Method::POST,
+        &format!("{base}/_matrix/client/v3/createRoom"),
+        Some(token),
+        Some(&json!({
+            "preset": "public_chat",
+            "name": "hsbench ingest",
+            "creation_content": {"m.federate": federate},
+        })),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("createRoom at {base} failed: {status} {body}");
+    }
+    Ok(body["room_id"].as_str().context("no room_id")?.to_owned())
 }

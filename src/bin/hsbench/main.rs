@@ -4,6 +4,7 @@
 //! Every run is bounded twice: by a request count and by a duration, whichever comes first.
 //! The load generator shares the machine with what it measures, equally for both targets.
 
+mod batch;
 mod client;
 mod delivery;
 mod ingest;
@@ -38,6 +39,9 @@ enum Scenario {
     /// Appservice delivery: send → the bridge (hsbench's receiver) has the event, under ingest
     /// load, Synapse rooms vs local rooms; then catch-up after a backlog built while it was down.
     Delivery(delivery::Options),
+    /// Batch backfill: B batches of N events into one local room with batch_send (backwards),
+    /// vs the same bridge sending one by one into a Synapse room.
+    Batch(batch::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Scenario::SyncLatency(options) => sync_latency::run(options).await,
             Scenario::InitialSync(options) => initial_sync::run(options).await,
             Scenario::Delivery(options) => delivery::run(options).await,
+            Scenario::Batch(options) => batch::run(options).await,
         }
     });
     match result {

@@ -189,8 +189,8 @@ async fn measure(
     if synapse_room.starts_with(LOCAL_PREFIX) {
         bail!("Synapse's room has a local ID: {synapse_room}");
     }
-    join(http, &targets.hungryserv, proxied_token, &local_room).await?;
-    join(http, &targets.synapse, direct_token, &synapse_room).await?;
+    client::join(http, &targets.hungryserv, proxied_token, &local_room, None).await?;
+    client::join(http, &targets.synapse, direct_token, &synapse_room, None).await?;
 
     let make_row = |name, sync_base: &str, user_token: &str, send_base: &str, room_id: &str| Row {
         name,
@@ -631,24 +631,6 @@ async fn create_room(
         .as_str()
         .map(str::to_owned)
         .context("createRoom answer has no room_id")
-}
-
-async fn join(http: &Http, base: &str, token: &str, room_id: &str) -> anyhow::Result<()> {
-    let (status, body) = client::call(
-        http,
-        Method::POST,
-        &format!(
-            "{base}/_matrix/client/v3/rooms/{}/join",
-            encode_segment(room_id)
-        ),
-        Some(token),
-        Some(&json!({})),
-    )
-    .await?;
-    if !status.is_success() {
-        bail!("joining {room_id} at {base} failed: {status} {body}");
-    }
-    Ok(())
 }
 
 fn report(rows: &[Row; 3]) {

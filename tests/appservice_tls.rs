@@ -1,0 +1,309 @@
+//! Appservice delivery to `https://` URLs (src/appservice/client.rs), against a real Postgres
+//! (`HUNGRYSERV_TEST_DATABASE_URL`): a bridge listening with TLS, its certificate issued by a
+//! private CA made here, gets its transaction when that CA is `appservice.extra_ca_file`; when
+//! it is not, the handshake fails on the certificate, nothing reaches the bridge, and the
+//! transaction stays stored for a retry.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hungryserv::appservice::Delivery;
+use hungryserv::config::registration;
+use hungryserv::notify::Notifier;
+use hungryserv::rooms::auth::Proposal;
+use hungryserv::rooms::typing::Typing;
+use hungryserv::rooms::writer::{NewRoom, Writer};
+use hungryserv::store;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use ruma::{OwnedRoomId, OwnedUserId};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+const BOT: &str = "@tlsbot:test.local";
+
+/// A CA of the bridge's own, and a certificate for 127.0.0.1 it issued. Returns the CA
+/// certificate (PEM) and the server's certificate and key.
+fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    (ca.pem(), server.der().clone(), key)
+}
+
+/// What the bridge saw.
+struct Bridge {
+    addr: SocketAddr,
+    /// `(path, Authorization header, body)` of each request.
+    requests: mpsc::UnboundedReceiver<(String, String, Value)>,
+    /// Why each failed TLS handshake failed.
+    handshake_errors: mpsc::UnboundedReceiver<String>,
+}
+
+/// A bridge listening with TLS on 127.0.0.1 that answers every request `200 {}`.
+async fn bridge(certificate: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Bridge {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (request_tx, requests) = mpsc::unbounded_channel();
+    let (error_tx, handshake_errors) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, request_tx, error_tx) =
+                (acceptor.clone(), request_tx.clone(), error_tx.clone());
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        let _ = error_tx.send(err.to_string());
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let request_tx = request_tx.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let authorization = request
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let _ = request_tx.send((path, authorization, body));
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Bridge {
+        addr,
+        requests,
+        handshake_errors,
+    }
+}
+
+/// Starts delivery to `https://{bridge}` (with `extra_ca_file` when given) on a fresh
+/// database, waits until the pusher has its cursor, then creates a room whose events the
+/// appservice wants (its bot sends them). Returns what the test needs to look at.
+async fn deliver_a_room(
+    bridge: SocketAddr,
+    extra_ca_file: Option<&Path>,
+) -> (PgPool, Notifier, Delivery, OwnedRoomId) {
+    let database_url = support::fresh_database().await;
+    let appservice = match extra_ca_file {
+        Some(file) => format!("[appservice]\nmax_retry_interval_s = 1\nextra_ca_file = {file:?}\n"),
+        None => "[appservice]\nmax_retry_interval_s = 1\n".to_owned(),
+    };
+    let config = support::config(
+        "127.0.0.1:9".parse().unwrap(),
+        &database_url,
+        "",
+        &appservice,
+    );
+    let registration = registration::parse(&format!(
+        "id: tls\nurl: https://{bridge}\nas_token: as-secret\nhs_token: hs-secret\n\
+         sender_localpart: tlsbot\nnamespaces:\n  users:\n    - regex: '@tls_.*'\n      exclusive: true\n"
+    ))
+    .unwrap();
+    let pool = store::connect(&config.database, "test.local")
+        .await
+        .unwrap();
+    let notifier = Notifier::new(store::current_positions(&pool).await.unwrap().stream);
+    let typing = Typing::start(notifier.clone());
+    let (writer, _writer_task) = Writer::start(pool.clone(), notifier.clone());
+    let delivery = Delivery::start(
+        &[registration],
+        "test.local",
+        &config.delivery,
+        &pool,
+        &notifier,
+        &typing,
+    );
+    // Delivery starts after the position the pusher finds at its first start: wait for it, or
+    // the room below might be counted as history.
+    for _ in 0..100 {
+        let cursors: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM appservice_cursors WHERE appservice_id = 'tls'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if cursors == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let room_id = OwnedRoomId::try_from("!hs_tls:test.local").unwrap();
+    let proposal = |kind: &str, state_key: &str, content: Value| Proposal {
+        sender: OwnedUserId::try_from(BOT).unwrap(),
+        kind: kind.into(),
+        state_key: Some(state_key.into()),
+        content: content.as_object().unwrap().clone(),
+        origin_server_ts: 1_700_000_000_000,
+        redacts: None,
+    };
+    writer
+        .create(
+            NewRoom {
+                room_id: room_id.clone(),
+                class: "bridge".into(),
+                creator: OwnedUserId::try_from(BOT).unwrap(),
+                appservice_id: Some("tls".into()),
+                aliases: vec![],
+            },
+            vec![
+                proposal(
+                    "m.room.create",
+                    "",
+                    json!({"creator": BOT, "room_version": "10"}),
+                ),
+                proposal("m.room.member", BOT, json!({"membership": "join"})),
+            ],
+        )
+        .await
+        .unwrap();
+    (pool, notifier, delivery, room_id)
+}
+
+/// The value of one of the delivery metrics for the `tls` appservice.
+fn metric(delivery: &Delivery, notifier: &Notifier, name: &str) -> f64 {
+    let text = delivery.metrics(notifier.current());
+    let prefix = format!("{name}{{appservice=\"tls\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_delivery_trusts_the_extra_ca() {
+    let (ca_pem, certificate, key) = private_ca();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("bridge-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let mut bridge = bridge(certificate, key).await;
+    let (_pool, notifier, delivery, room_id) = deliver_a_room(bridge.addr, Some(&ca_file)).await;
+
+    let (path, authorization, body) =
+        tokio::time::timeout(Duration::from_secs(20), bridge.requests.recv())
+            .await
+            .expect("no transaction reached the bridge within 20 s")
+            .unwrap();
+    assert!(
+        path.starts_with("/_matrix/app/v1/transactions/hungryserv."),
+        "{path}"
+    );
+    assert_eq!(authorization, "Bearer hs-secret");
+    let events: Vec<(&str, &str)> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap(),
+                event["room_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("m.room.create", room_id.as_str()),
+            ("m.room.member", room_id.as_str())
+        ]
+    );
+    assert!(bridge.handshake_errors.try_recv().is_err());
+    // The acknowledgement is counted once the transaction is deleted.
+    for _ in 0..100 {
+        if metric(
+            &delivery,
+            &notifier,
+            "hungryserv_appservice_transactions_sent_total",
+        ) == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(
+            &delivery,
+            &notifier,
+            "hungryserv_appservice_transactions_sent_total"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_delivery_refuses_an_untrusted_certificate() {
+    let (_ca_pem, certificate, key) = private_ca();
+    let mut bridge = bridge(certificate, key).await;
+    let (pool, notifier, delivery, _room_id) = deliver_a_room(bridge.addr, None).await;
+
+    // The client aborts the handshake with an alert naming the certificate's issuer.
+    let reason = tokio::time::timeout(Duration::from_secs(20), bridge.handshake_errors.recv())
+        .await
+        .expect("no TLS handshake within 20 s")
+        .unwrap();
+    assert!(reason.contains("UnknownCA"), "{reason}");
+    // Retried (max_retry_interval_s = 1) and refused again, never sent.
+    let _ = tokio::time::timeout(Duration::from_secs(10), bridge.handshake_errors.recv()).await;
+    assert!(
+        bridge.requests.try_recv().is_err(),
+        "a request reached the bridge"
+    );
+    assert!(
+        metric(
+            &delivery,
+            &notifier,
+            "hungryserv_appservice_transactions_failed_total"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &delivery,
+            &notifier,
+            "hungryserv_appservice_transactions_sent_total"
+        ),
+        0.0
+    );
+    // The transaction waits, stored, for the bridge to become trusted.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM appservice_transactions WHERE appservice_id = 'tls'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 1);
+}
