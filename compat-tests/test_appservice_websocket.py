@@ -33,6 +33,7 @@ class Bridge:
         self.transactions: list[tuple[str, list[dict]]] = []
         self.unacked: list[str] = []
         self.replies: dict[int, dict] = {}
+        self.proxied: list[dict] = []
         self.acking = True
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -53,6 +54,15 @@ class Bridge:
             frame = json.loads(message.data)
             if frame.get("command") in ("response", "error"):
                 self.replies[frame["id"]] = frame
+                continue
+            if frame.get("command") == "http_proxy":
+                # A request for the bridge itself (Synapse asking about an alias): answered
+                # as the bridge's HTTP router would.
+                self.proxied.append(frame["data"])
+                await self.ws.send_json(
+                    {"id": frame["id"], "command": "response",
+                     "data": {"status": 404, "headers": {}, "body": {"errcode": "M_NOT_FOUND", "error": "no such alias"}}}
+                )
                 continue
             if frame.get("command") == "transaction":
                 self.transactions.append((frame["txn_id"], frame.get("events", [])))
@@ -93,6 +103,14 @@ def test_websocket_delivers_local_and_relayed_events_across_reconnects_and_a_res
             assert bridges[0].first == {"command": "connect", "status": "connected"}
             pong = await bridges[0].ping()
             assert pong["command"] == "response" and isinstance(pong["data"]["timestamp"], int), pong
+            # Synapse asks the bridge about an alias in its namespace: over the socket.
+            alias = f"#relay_q{secrets.token_hex(3)}:{stack.SERVER_NAME}"
+            lookup = await http.get(f"/_matrix/client/v3/directory/room/{q(alias)}")
+            assert lookup.status_code == 404, lookup.text
+            assert any(
+                p["method"] == "GET" and p["path"].startswith("/_matrix/app/v1/rooms/") and alias.split(":")[0][1:] in p["path"]
+                for p in bridges[0].proxied
+            ), bridges[0].proxied
 
             room_id = await portal(bot, [ghost])
             synapse_room = (

@@ -401,7 +401,9 @@ namespaces:
   users:
     - exclusive: true
       regex: "@relay_.*:${STACK_SERVER_NAME//./\\\\.}"
-  aliases: []
+  aliases:
+    - exclusive: true
+      regex: "#relay_.*:${STACK_SERVER_NAME//./\\\\.}"
   rooms: []
 EOF
     # Rate limits are raised far beyond anything a test does: a throttled test

@@ -4,11 +4,11 @@
 //!
 //! * `PUT …/_matrix/app/v1/transactions/{txnId}`: stored durably, then 200 (a repeated txnId
 //!   is stored once); the pusher delivers the contents with local events.
-//! * Everything else (user and alias queries, `ping`, third-party lookups) goes on to the
-//!   bridge's own address with the same token and comes back unchanged. A bridge that only
-//!   connects by websocket has no address: `ping` is answered by hungryserv (it is the
-//!   endpoint Synapse reaches, and delivers over the socket; also while a socket is
-//!   connected), queries get 404, as from a bridge that knows nothing.
+//! * Everything else (user and alias queries, third-party lookups) goes to the bridge: over
+//!   its websocket while one is connected (`http_proxy`), else to its own address with the
+//!   same token; the answer comes back unchanged. With neither, 404, as from a bridge that
+//!   knows nothing. `ping` is answered by hungryserv when the bridge has no address or holds
+//!   a socket (hungryserv is the endpoint Synapse reaches, and delivers over the socket).
 
 use axum::body::{Body, to_bytes};
 use axum::response::{IntoResponse, Response};
@@ -84,6 +84,9 @@ pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
         {
             axum::Json(json!({})).into_response()
         }
+        _ if state.delivery.socket(&id).is_some_and(|s| s.connected()) => {
+            over_socket(state, &id, inner, request).await
+        }
         _ => match &relay.url {
             Some(url) => to_bridge(state, url, &relay.hs_token, inner, request).await,
             None => MatrixError::new(
@@ -93,6 +96,67 @@ pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
             )
             .into_response(),
         },
+    }
+}
+
+/// Synapse's query string without `access_token`: the bridge gets the token in the header
+/// only, whatever way Synapse sent it.
+fn query_without_token(query: Option<&str>) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != "access_token" {
+            out.append_pair(&key, &value);
+        }
+    }
+    out.finish()
+}
+
+/// Sends Synapse's request to the bridge over its websocket (`http_proxy`).
+async fn over_socket(state: &AppState, id: &str, inner: &str, request: Request<Body>) -> Response {
+    let unreachable = |reason: String| {
+        tracing::warn!(appservice = %id, %reason, "relayed request over the websocket failed");
+        MatrixError::bad_gateway("The bridge did not answer").into_response()
+    };
+    let Some(slot) = state.delivery.socket(id) else {
+        return unreachable("no websocket".into());
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => return unreachable(format!("reading the request: {err}")),
+    };
+    let query = query_without_token(parts.uri.query());
+    let mut headers = serde_json::Map::new();
+    if let Some(content_type) = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        headers.insert("Content-Type".into(), json!([content_type]));
+    }
+    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    let data = json!({
+        "method": parts.method.as_str(),
+        "path": format!("/{inner}"),
+        "query": query,
+        "headers": headers,
+        "body": body,
+    });
+    match slot
+        .http_proxy(data, std::time::Duration::from_secs(60))
+        .await
+    {
+        Some(Ok((status, bytes))) => {
+            let mut out = Response::new(Body::from(bytes));
+            *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            out
+        }
+        Some(Err(reason)) => unreachable(reason),
+        None => unreachable("the websocket closed".into()),
     }
 }
 
@@ -112,25 +176,12 @@ async fn to_bridge(
         return unreachable("no HTTP client".into());
     };
     let (parts, body) = request.into_parts();
-    // The token goes in the header only, whatever way Synapse sent it.
-    let query = parts
-        .uri
-        .query()
-        .map(|query| {
-            form_urlencoded::parse(query.as_bytes())
-                .filter(|(key, _)| key != "access_token")
-                .fold(
-                    form_urlencoded::Serializer::new(String::new()),
-                    |mut s, (k, v)| {
-                        s.append_pair(&k, &v);
-                        s
-                    },
-                )
-                .finish()
-        })
-        .filter(|query| !query.is_empty())
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
+    let query = query_without_token(parts.uri.query());
+    let query = if query.is_empty() {
+        query
+    } else {
+        format!("?{query}")
+    };
     let uri = format!("{}/{inner}{query}", url.trim_end_matches('/'));
     let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,

@@ -15,6 +15,10 @@
 //! * the bridge's `ping` (with an `id`) is answered `{"timestamp": <ms>}`; `bridge_status`
 //!   and `message_checkpoint` (no `id`) are accepted and logged; any other request with an
 //!   `id` gets an `error` reply;
+//! * requests for the bridge itself (Synapse's user and alias queries in relay mode) go as
+//!   `{"command": "http_proxy", "id", "data": {"method", "path", "query", "headers", "body"}}`
+//!   and come back as `{"status", "headers", "body"}` (`body` raw JSON, or a string of
+//!   unpadded base64 when the bridge's answer was not JSON);
 //! * a second connection for the same appservice replaces the first, which is closed with
 //!   code 4001 and reason `{"command":"disconnect","status":"conn_replaced"}` (the bridge
 //!   then shuts down: it was replaced by another instance).
@@ -129,6 +133,72 @@ impl Slot {
                 "the bridge refused the transaction: {}",
                 reply["data"]
             )),
+        })
+    }
+
+    /// Sends a request to the bridge over the socket (`http_proxy`) and waits for its answer:
+    /// `(status, body)`. `None`: no socket is connected.
+    pub async fn http_proxy(
+        &self,
+        request: Value,
+        timeout: Duration,
+    ) -> Option<Result<(u16, Vec<u8>), String>> {
+        let reply = self.request("http_proxy", request, timeout).await?;
+        Some(reply.and_then(|reply| {
+            if reply["command"] != "response" {
+                return Err(format!("the bridge refused the request: {}", reply["data"]));
+            }
+            let data = &reply["data"];
+            let status = data["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .ok_or("the answer has no status")?;
+            let body = match &data["body"] {
+                Value::Null => Vec::new(),
+                // Not JSON: unpadded standard base64 of the bytes.
+                Value::String(encoded) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD_NO_PAD
+                        .decode(encoded.trim_end_matches('='))
+                        .map_err(|_| "the answer's body is not base64".to_owned())?
+                }
+                json => json.to_string().into_bytes(),
+            };
+            Ok((status, body))
+        }))
+    }
+
+    /// Sends one request with an `id` and waits for the reply. `None`: no socket.
+    async fn request(
+        &self,
+        command: &str,
+        data: Value,
+        timeout: Duration,
+    ) -> Option<Result<Value, String>> {
+        let id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let text = json!({"id": id, "command": command, "data": data}).to_string();
+        {
+            let current = self.lock();
+            let connection = current.as_ref()?;
+            lock_waiters(&connection.waiters).insert(id, reply_tx);
+            if connection
+                .outgoing
+                .send(Message::Text(Utf8Bytes::from(text)))
+                .is_err()
+            {
+                return Some(Err("the websocket closed".into()));
+            }
+        }
+        Some(match tokio::time::timeout(timeout, reply_rx).await {
+            Err(_) => {
+                if let Some(connection) = self.lock().as_ref() {
+                    lock_waiters(&connection.waiters).remove(&id);
+                }
+                Err(format!("no answer to {command} over the websocket"))
+            }
+            Ok(Err(_)) => Err("the websocket closed before the answer".into()),
+            Ok(Ok(reply)) => Ok(reply),
         })
     }
 
