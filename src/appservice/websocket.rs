@@ -88,40 +88,16 @@ impl Slot {
         body: &[u8],
         timeout: Duration,
     ) -> Option<Result<(), String>> {
-        let id = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
         let mut frame = match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(fields)) => fields,
             _ => return Some(Err("the stored transaction is not a JSON object".into())),
         };
         frame.insert("command".into(), json!("transaction"));
-        frame.insert("id".into(), json!(id));
         frame.insert("status".into(), json!("ok"));
         frame.insert("txn_id".into(), json!(txn_id));
-        let text = Value::Object(frame).to_string();
-        {
-            let current = self.lock();
-            let connection = current.as_ref()?;
-            lock_waiters(&connection.waiters).insert(id, reply_tx);
-            if connection
-                .outgoing
-                .send(Message::Text(Utf8Bytes::from(text)))
-                .is_err()
-            {
-                return Some(Err("the websocket closed".into()));
-            }
-        }
-        let reply = match tokio::time::timeout(timeout, reply_rx).await {
-            Err(_) => {
-                if let Some(connection) = self.lock().as_ref() {
-                    lock_waiters(&connection.waiters).remove(&id);
-                }
-                return Some(Err("no acknowledgement over the websocket".into()));
-            }
-            Ok(Err(_)) => {
-                return Some(Err("the websocket closed before the acknowledgement".into()));
-            }
-            Ok(Ok(reply)) => reply,
+        let reply = match self.exchange(frame, timeout).await? {
+            Ok(reply) => reply,
+            Err(reason) => return Some(Err(reason)),
         };
         Some(match reply["command"].as_str() {
             Some("response") if reply["data"]["txn_id"] == txn_id => Ok(()),
@@ -175,9 +151,28 @@ impl Slot {
         data: Value,
         timeout: Duration,
     ) -> Option<Result<Value, String>> {
+        let mut frame = serde_json::Map::new();
+        frame.insert("command".into(), json!(command));
+        frame.insert("data".into(), data);
+        self.exchange(frame, timeout).await
+    }
+
+    /// Sends a frame under a new request `id` and waits for the bridge's reply to that `id`.
+    /// `None`: no socket is connected.
+    async fn exchange(
+        &self,
+        mut frame: serde_json::Map<String, Value>,
+        timeout: Duration,
+    ) -> Option<Result<Value, String>> {
         let id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        frame.insert("id".into(), json!(id));
+        let command = frame
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let text = Value::Object(frame).to_string();
         let (reply_tx, reply_rx) = oneshot::channel();
-        let text = json!({"id": id, "command": command, "data": data}).to_string();
         {
             let current = self.lock();
             let connection = current.as_ref()?;
@@ -195,9 +190,11 @@ impl Slot {
                 if let Some(connection) = self.lock().as_ref() {
                     lock_waiters(&connection.waiters).remove(&id);
                 }
-                Err(format!("no answer to {command} over the websocket"))
+                Err(format!("no answer to the {command} over the websocket"))
             }
-            Ok(Err(_)) => Err("the websocket closed before the answer".into()),
+            Ok(Err(_)) => Err(format!(
+                "the websocket closed before the answer to the {command}"
+            )),
             Ok(Ok(reply)) => Ok(reply),
         })
     }
