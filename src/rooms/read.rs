@@ -446,17 +446,57 @@ impl Rooms {
         page: PageRequest,
         filter: &EventFilter,
     ) -> Result<Page, RoomError> {
+        let mut conn = self.conn().await?;
+        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
+        let room = store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
+        self.page(&mut conn, requester, (&reader, reach), &room, page, filter)
+            .await
+    }
+
+    /// Synapse's admin `GET /_synapse/admin/v1/rooms/{roomId}/messages`: `/messages` for a
+    /// server admin, who sees every event whatever their membership and the room's history
+    /// visibility (Synapse's `use_admin_priviledge`). The caller has checked the admin.
+    pub async fn admin_messages(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        page: PageRequest,
+        filter: &EventFilter,
+    ) -> Result<Page, RoomError> {
+        let mut conn = self.conn().await?;
+        let room = store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Room not found".into()))?;
+        let reader = Reader::everything();
+        self.page(
+            &mut conn,
+            requester,
+            (&reader, Reach::Everything),
+            &room,
+            page,
+            filter,
+        )
+        .await
+    }
+
+    /// One page of the room's timeline as `reader` may see it.
+    async fn page(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        (reader, reach): (&Reader, Reach),
+        room: &store::rooms::RoomRow,
+        page: PageRequest,
+        filter: &EventFilter,
+    ) -> Result<Page, RoomError> {
         let PageRequest {
             from,
             to,
             forwards,
             limit,
         } = page;
-        let mut conn = self.conn().await?;
-        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
-        let room = store::rooms::get(&mut conn, room_id.as_str())
-            .await?
-            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
         let limit = filter.limit.unwrap_or(limit).clamp(1, 1000);
         let start = from.unwrap_or(if forwards {
             Token(room.min_topo - 1)
@@ -481,8 +521,7 @@ impl Rooms {
         let mut exhausted = false;
         while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
             let rows =
-                store::events::page(&mut conn, room_id.as_str(), low, high, forwards, limit * 2)
-                    .await?;
+                store::events::page(conn, &room.room_id, low, high, forwards, limit * 2).await?;
             if rows.is_empty() {
                 exhausted = true;
                 break;
@@ -502,7 +541,7 @@ impl Rooms {
                     }
                     continue;
                 }
-                if filter.allows(&row.event) && Self::visible(&reader, requester, &row.event) {
+                if filter.allows(&row.event) && Self::visible(reader, requester, &row.event) {
                     chunk.push(row);
                     if chunk.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                         break;
@@ -524,13 +563,13 @@ impl Rooms {
         // With nothing left in that direction, Synapse omits `end`.
         let end = if exhausted { None } else { end };
         let state = if filter.lazy_load_members {
-            self.member_state(&mut conn, requester, &reader, reach, room_id, &chunk)
+            self.member_state(conn, requester, reader, reach, &room.room_id, &chunk)
                 .await?
         } else {
             Vec::new()
         };
         let last_stream = chunk.last().map(|e| e.event.stream);
-        let chunk = self.serve(&mut conn, requester, &reader, chunk).await?;
+        let chunk = self.serve(conn, requester, reader, chunk).await?;
         Ok(Page {
             chunk,
             last_stream,
@@ -547,14 +586,14 @@ impl Rooms {
         requester: &Requester,
         reader: &Reader,
         reach: Reach,
-        room_id: &OwnedRoomId,
+        room_id: &str,
         events: &[EventWithPrev],
     ) -> Result<Vec<Value>, RoomError> {
         let senders: HashSet<&str> = events.iter().map(|e| e.event.sender.as_str()).collect();
         // A reader who left gets the members as they were when they left.
         let state = match reach {
-            Reach::Everything => store::events::current_state(conn, room_id.as_str()).await?,
-            Reach::Until(end) => store::events::state_at(conn, room_id.as_str(), end).await?,
+            Reach::Everything => store::events::current_state(conn, room_id).await?,
+            Reach::Until(end) => store::events::state_at(conn, room_id, end).await?,
         };
         let members: Vec<EventWithPrev> = state
             .into_iter()
