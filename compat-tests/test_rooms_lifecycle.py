@@ -3,6 +3,7 @@ way to Synapse (profile changes, logouts), and how bad input is refused. Each
 test runs against a Synapse room and a local room where the comparison means
 something, and asserts what the client sees."""
 
+import json
 import secrets
 
 import httpx
@@ -121,3 +122,58 @@ def test_directory_alias_write_and_delete(federate, owner):
     assert failure(of(stranger)("DELETE", path))[0] == 403
     of(owner).ok("DELETE", path)
     assert failure(of(stranger)("GET", path)) == (404, "M_NOT_FOUND")
+
+
+@pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
+def test_forget_after_leaving(federate, owner):
+    """POST /forget: refused while joined or invited (Synapse's words), allowed after leaving;
+    the room then drops out of initial syncs even with include_leave and its history is closed,
+    until the user is invited and joins again."""
+    guest = stack.register_user()
+    me, them = of(owner), of(guest)
+    room_id = create_room(me, federate, preset="public_chat")
+    forget = f"/v3/rooms/{q(room_id)}/forget"
+    messages = f"/v3/rooms/{q(room_id)}/messages"
+
+    def initial_sync() -> dict:
+        # A filter of its own each time: Synapse answers a repeated identical sync from a cache.
+        with_leaves = {
+            "room": {"include_leave": True, "timeline": {"limit": 5}},
+            "account_data": {"not_types": [f"org.example.{secrets.token_hex(4)}"]},
+        }
+        params = {"timeout": "0", "filter": json.dumps(with_leaves)}
+        rooms = them.ok("GET", "/v3/sync", params=params).get("rooms", {})
+        return {section: set(rooms.get(section, {})) for section in ("join", "invite", "leave")}
+
+    def bodies() -> list[str]:
+        chunk = them.ok("GET", messages, params={"dir": "b", "limit": "50"})["chunk"]
+        return [e["content"].get("body") for e in chunk if e["type"] == "m.room.message"]
+
+    # Never in the room: nothing to forget, and that is fine.
+    assert them.ok("POST", forget, body={}) == {}
+    send_text(me, room_id, "before")
+    them.ok("POST", f"/v3/join/{q(room_id)}", body={})
+    refused = {"errcode": "M_UNKNOWN", "error": f"User {guest.user_id} in room {room_id}"}
+    resp = them("POST", forget, body={})
+    assert (resp.status_code, resp.json()) == (400, refused), resp.text
+    them.ok("POST", f"/v3/rooms/{q(room_id)}/leave", body={})
+    send_text(me, room_id, "after the leave")
+    # Left: history up to the leave; the room under `leave` with include_leave.
+    assert bodies() == ["before"]
+    assert room_id in initial_sync()["leave"]
+
+    assert them.ok("POST", forget, body={}) == {}
+    assert room_id not in set().union(*initial_sync().values())
+    for path in (messages, f"/v3/rooms/{q(room_id)}/state", f"/v3/rooms/{q(room_id)}/members"):
+        assert failure(them("GET", path)) == (403, "M_FORBIDDEN"), path
+    # Forgetting twice is fine.
+    assert them.ok("POST", forget, body={}) == {}
+
+    # A new invite brings the room back, and it cannot be forgotten while invited.
+    me.ok("POST", f"/v3/rooms/{q(room_id)}/invite", body={"user_id": guest.user_id})
+    assert room_id in initial_sync()["invite"]
+    resp = them("POST", forget, body={})
+    assert (resp.status_code, resp.json()) == (400, refused), resp.text
+    them.ok("POST", f"/v3/join/{q(room_id)}", body={})
+    assert room_id in initial_sync()["join"]
+    assert "after the leave" in bodies()

@@ -129,13 +129,20 @@ impl Rooms {
         requester: &Requester,
         room_id: &OwnedRoomId,
     ) -> Result<(Reader, Reach), RoomError> {
+        let mut memberships =
+            store::events::membership_history(conn, room_id.as_str(), requester.user_id.as_str())
+                .await?;
+        // Someone who forgot the room reads it as if never in it (Synapse's
+        // `check_user_in_room`: a departed user who forgot is not let in).
+        if let Some((latest, membership)) = memberships.last()
+            && membership != "join"
+            && super::forget::forgotten(conn, room_id.as_str(), requester.user_id.as_str(), *latest)
+                .await?
+        {
+            memberships.clear();
+        }
         let reader = Reader {
-            memberships: store::events::membership_history(
-                conn,
-                room_id.as_str(),
-                requester.user_id.as_str(),
-            )
-            .await?,
+            memberships,
             visibilities: store::events::visibility_history(conn, room_id.as_str()).await?,
         };
         match reader.reach() {

@@ -213,6 +213,42 @@ pub async fn membership(
     .map(|row| (row.membership, row.stream)))
 }
 
+/// Forgets the room for the user if they left it or were banned (migration 0010): covers
+/// their current member event. Returns whether it did.
+pub async fn forget(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        "INSERT INTO forgotten_rooms (room_id, user_id, member_stream)
+         SELECT room_id, user_id, stream FROM memberships
+         WHERE room_id = $1 AND user_id = $2 AND membership IN ('leave', 'ban')
+         ON CONFLICT (room_id, user_id) DO UPDATE SET member_stream = EXCLUDED.member_stream",
+        room_id,
+        user_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The position of the member event the user's forget covers, if they forgot the room (it
+/// only counts while that is still their latest member event).
+pub async fn forgotten_at(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT member_stream FROM forgotten_rooms WHERE room_id = $1 AND user_id = $2",
+        room_id,
+        user_id
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// One room a user has a membership in, as a sync up to some position sees it.
 #[derive(Debug, Clone)]
 pub struct UserRoom {
@@ -229,7 +265,8 @@ pub struct UserRoom {
 }
 
 /// Every room where `user_id` has a member event at or before `upto`, with what a sync from
-/// `since` to `upto` needs to know about it.
+/// `since` to `upto` needs to know about it; an initial sync (`since` 0) leaves out the rooms
+/// the user has forgotten.
 pub async fn user_rooms(
     conn: &mut PgConnection,
     user_id: &str,
@@ -252,6 +289,12 @@ pub async fn user_rooms(
                  AND e.state_key = m.user_id AND e.stream <= $3
                ORDER BY e.stream DESC LIMIT 1) me
            WHERE m.user_id = $1
+             -- A forgotten room is left out of initial syncs (migration 0010); an incremental
+             -- one still shows the leave it covers, as Synapse's does.
+             AND ($2 > 0 OR NOT EXISTS (
+                 SELECT FROM forgotten_rooms f
+                 WHERE f.room_id = m.room_id AND f.user_id = m.user_id
+                   AND f.member_stream = m.stream))
            ORDER BY m.room_id"#,
         user_id,
         since,
