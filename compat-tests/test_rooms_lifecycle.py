@@ -3,7 +3,9 @@ way to Synapse (profile changes, logouts), and how bad input is refused. Each
 test runs against a Synapse room and a local room where the comparison means
 something, and asserts what the client sees."""
 
+import concurrent.futures
 import json
+import os
 import secrets
 
 import httpx
@@ -104,6 +106,57 @@ def test_local_alias_resolves_and_joins(owner):
     # Aliases that are not ours still go to Synapse.
     missing = httpx.get(f"{stack.HS_URL}/_matrix/client/v3/directory/room/{q('#nope' + secrets.token_hex(3) + ':' + stack.SERVER_NAME)}", timeout=30)
     assert failure(missing) == (404, "M_NOT_FOUND")
+
+
+def test_create_room_alias_races_answer_room_in_use(owner):
+    """createRooms with the same room_alias_name racing each other and PUT /directory/room for
+    that alias: one request wins; every other createRoom answers 400 M_ROOM_IN_USE "Room alias
+    already taken" as Synapse does (never a 500) and leaves no room behind."""
+    me = of(owner)
+    target = create_room(me, federate=False)
+    creates = puts = created = 0
+    # Many initial state events make the time between the writer's alias check and its commit
+    # long enough for a PUT to land in it now and then (that race answered 500).
+    filler = [{"type": "org.example.filler", "state_key": str(i), "content": {"n": i}} for i in range(100)]
+    for _ in range(int(os.environ.get("RACE_ROUNDS", "30"))):
+        alias_name = f"race{secrets.token_hex(4)}"
+        alias = f"#{alias_name}:{stack.SERVER_NAME}"
+        body = {
+            "room_alias_name": alias_name,
+            "preset": "private_chat",
+            "creation_content": {"m.federate": False},
+            "initial_state": filler,
+        }
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            create_answers = [pool.submit(me, "POST", "/v3/createRoom", None, body) for _ in range(3)]
+            put_answers = [
+                pool.submit(me, "PUT", f"/v3/directory/room/{q(alias)}", None, {"room_id": target}) for _ in range(2)
+            ]
+        winners = []
+        for answer in create_answers:
+            resp = answer.result()
+            if resp.status_code == 200:
+                winners.append(resp.json()["room_id"])
+            else:
+                assert (resp.status_code, resp.json()) == (
+                    400,
+                    {"errcode": "M_ROOM_IN_USE", "error": "Room alias already taken"},
+                ), resp.text
+        created += len(winners)
+        for answer in put_answers:
+            resp = answer.result()
+            if resp.status_code == 200:
+                winners.append(target)
+            else:
+                assert resp.status_code == 409, resp.text
+        assert len(winners) == 1, winners
+        creates += winners[0] != target
+        puts += winners[0] == target
+        assert me.ok("GET", f"/v3/directory/room/{q(alias)}")["room_id"] == winners[0]
+    # Nothing half-made: the owner is in the target room and the rooms whose createRoom won.
+    local = [r for r in me.ok("GET", "/v3/joined_rooms")["joined_rooms"] if r.startswith("!hs_")]
+    assert len(local) == 1 + created, (len(local), created)
+    print(f"alias races won by createRoom {creates}, by PUT /directory/room {puts}")
 
 
 @pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])

@@ -119,6 +119,17 @@ pub async fn insert_alias(
     Ok(())
 }
 
+/// Takes the writer lock of migration 0003 (`writer_begin`) for the rest of the transaction:
+/// for writes outside the writer that must not fall between a writer batch's checks and its
+/// commit.
+pub async fn lock_writer(conn: &mut PgConnection) -> Result<(), StoreError> {
+    // 0x68756e67 = "hung", writer_begin's key.
+    sqlx::query!("SELECT pg_advisory_xact_lock(1752526439)")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Adds a local alias unless it exists; returns whether it was added.
 pub async fn try_insert_alias(
     conn: &mut PgConnection,
