@@ -505,11 +505,20 @@ impl Rooms {
             limit,
         } = page;
         let limit = filter.limit.unwrap_or(limit).clamp(1, 1000);
-        let start = from.unwrap_or(if forwards {
+        let mut start = from.unwrap_or(if forwards {
             Token(room.min_topo - 1)
         } else {
             Token(room.max_topo)
         });
+        // A reader who left sees nothing after their leave: read backwards from the leave, not
+        // from the room's end through everything since. Synapse clamps the same way and
+        // answers the clamped position as `start`.
+        if let (false, Reach::Until(end)) = (forwards, reach)
+            && let Some(leave) = store::events::topo_of(conn, &room.room_id, end).await?
+            && leave < start.0
+        {
+            start = Token(leave);
+        }
         // Scan in chunks until `limit` visible events are found or the range ends.
         let (mut low, mut high) = if forwards {
             (start.0, i64::MAX)
