@@ -300,3 +300,28 @@ def test_history_visibility(federate, visibility, expected, owner, other):
         assert resp.status_code == 200 and resp.json()["content"]["body"] == "before the invite"
     else:
         assert failure(resp) == (404, "M_NOT_FOUND")
+
+
+def test_departed_user_reads_back_from_their_leave(owner, other):
+    """/messages for a user who left starts at their leave, as Synapse clamps it: the page's
+    `start` is the leave's position (not the room's end), so the events sent since are not
+    read and skipped one chunk at a time; what the user sees is unchanged."""
+    from test_room_deletion import sql
+
+    me, them = of(owner), of(other)
+    room_id = create_room(me, federate=False, preset="public_chat")
+    send_text(me, room_id, "before")
+    them.ok("POST", f"/v3/join/{q(room_id)}", body={})
+    send_text(them, room_id, "mine")
+    them.ok("POST", f"/v3/rooms/{q(room_id)}/leave", body={})
+    leave = me.ok("GET", f"/v3/rooms/{q(room_id)}/state/m.room.member/{q(other.user_id)}", {"format": "event"})
+    for i in range(60):
+        send_text(me, room_id, f"after {i}")
+    page = them.ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"dir": "b", "limit": "2"})
+    assert [e["event_id"] for e in page["chunk"]][0] == leave["event_id"]
+    topo = sql(f"SELECT topo FROM events WHERE event_id = '{leave['event_id']}'")
+    assert page["start"] == f"ht{topo}", (page["start"], topo)
+    # A `from` before the leave is kept as it is.
+    again = them.ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"dir": "b", "limit": "2", "from": page["end"]})
+    assert again["start"] == page["end"]
+    assert visible_bodies(them, room_id) == ["before", "mine"]

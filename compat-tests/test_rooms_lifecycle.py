@@ -3,6 +3,9 @@ way to Synapse (profile changes, logouts), and how bad input is refused. Each
 test runs against a Synapse room and a local room where the comparison means
 something, and asserts what the client sees."""
 
+import concurrent.futures
+import json
+import os
 import secrets
 
 import httpx
@@ -105,6 +108,57 @@ def test_local_alias_resolves_and_joins(owner):
     assert failure(missing) == (404, "M_NOT_FOUND")
 
 
+def test_create_room_alias_races_answer_room_in_use(owner):
+    """createRooms with the same room_alias_name racing each other and PUT /directory/room for
+    that alias: one request wins; every other createRoom answers 400 M_ROOM_IN_USE "Room alias
+    already taken" as Synapse does (never a 500) and leaves no room behind."""
+    me = of(owner)
+    target = create_room(me, federate=False)
+    creates = puts = created = 0
+    # Many initial state events make the time between the writer's alias check and its commit
+    # long enough for a PUT to land in it now and then (that race answered 500).
+    filler = [{"type": "org.example.filler", "state_key": str(i), "content": {"n": i}} for i in range(100)]
+    for _ in range(int(os.environ.get("RACE_ROUNDS", "30"))):
+        alias_name = f"race{secrets.token_hex(4)}"
+        alias = f"#{alias_name}:{stack.SERVER_NAME}"
+        body = {
+            "room_alias_name": alias_name,
+            "preset": "private_chat",
+            "creation_content": {"m.federate": False},
+            "initial_state": filler,
+        }
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            create_answers = [pool.submit(me, "POST", "/v3/createRoom", None, body) for _ in range(3)]
+            put_answers = [
+                pool.submit(me, "PUT", f"/v3/directory/room/{q(alias)}", None, {"room_id": target}) for _ in range(2)
+            ]
+        winners = []
+        for answer in create_answers:
+            resp = answer.result()
+            if resp.status_code == 200:
+                winners.append(resp.json()["room_id"])
+            else:
+                assert (resp.status_code, resp.json()) == (
+                    400,
+                    {"errcode": "M_ROOM_IN_USE", "error": "Room alias already taken"},
+                ), resp.text
+        created += len(winners)
+        for answer in put_answers:
+            resp = answer.result()
+            if resp.status_code == 200:
+                winners.append(target)
+            else:
+                assert resp.status_code == 409, resp.text
+        assert len(winners) == 1, winners
+        creates += winners[0] != target
+        puts += winners[0] == target
+        assert me.ok("GET", f"/v3/directory/room/{q(alias)}")["room_id"] == winners[0]
+    # Nothing half-made: the owner is in the target room and the rooms whose createRoom won.
+    local = [r for r in me.ok("GET", "/v3/joined_rooms")["joined_rooms"] if r.startswith("!hs_")]
+    assert len(local) == 1 + created, (len(local), created)
+    print(f"alias races won by createRoom {creates}, by PUT /directory/room {puts}")
+
+
 @pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
 def test_directory_alias_write_and_delete(federate, owner):
     stranger = stack.register_user()
@@ -121,3 +175,58 @@ def test_directory_alias_write_and_delete(federate, owner):
     assert failure(of(stranger)("DELETE", path))[0] == 403
     of(owner).ok("DELETE", path)
     assert failure(of(stranger)("GET", path)) == (404, "M_NOT_FOUND")
+
+
+@pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
+def test_forget_after_leaving(federate, owner):
+    """POST /forget: refused while joined or invited (Synapse's words), allowed after leaving;
+    the room then drops out of initial syncs even with include_leave and its history is closed,
+    until the user is invited and joins again."""
+    guest = stack.register_user()
+    me, them = of(owner), of(guest)
+    room_id = create_room(me, federate, preset="public_chat")
+    forget = f"/v3/rooms/{q(room_id)}/forget"
+    messages = f"/v3/rooms/{q(room_id)}/messages"
+
+    def initial_sync() -> dict:
+        # A filter of its own each time: Synapse answers a repeated identical sync from a cache.
+        with_leaves = {
+            "room": {"include_leave": True, "timeline": {"limit": 5}},
+            "account_data": {"not_types": [f"org.example.{secrets.token_hex(4)}"]},
+        }
+        params = {"timeout": "0", "filter": json.dumps(with_leaves)}
+        rooms = them.ok("GET", "/v3/sync", params=params).get("rooms", {})
+        return {section: set(rooms.get(section, {})) for section in ("join", "invite", "leave")}
+
+    def bodies() -> list[str]:
+        chunk = them.ok("GET", messages, params={"dir": "b", "limit": "50"})["chunk"]
+        return [e["content"].get("body") for e in chunk if e["type"] == "m.room.message"]
+
+    # Never in the room: nothing to forget, and that is fine.
+    assert them.ok("POST", forget, body={}) == {}
+    send_text(me, room_id, "before")
+    them.ok("POST", f"/v3/join/{q(room_id)}", body={})
+    refused = {"errcode": "M_UNKNOWN", "error": f"User {guest.user_id} in room {room_id}"}
+    resp = them("POST", forget, body={})
+    assert (resp.status_code, resp.json()) == (400, refused), resp.text
+    them.ok("POST", f"/v3/rooms/{q(room_id)}/leave", body={})
+    send_text(me, room_id, "after the leave")
+    # Left: history up to the leave; the room under `leave` with include_leave.
+    assert bodies() == ["before"]
+    assert room_id in initial_sync()["leave"]
+
+    assert them.ok("POST", forget, body={}) == {}
+    assert room_id not in set().union(*initial_sync().values())
+    for path in (messages, f"/v3/rooms/{q(room_id)}/state", f"/v3/rooms/{q(room_id)}/members"):
+        assert failure(them("GET", path)) == (403, "M_FORBIDDEN"), path
+    # Forgetting twice is fine.
+    assert them.ok("POST", forget, body={}) == {}
+
+    # A new invite brings the room back, and it cannot be forgotten while invited.
+    me.ok("POST", f"/v3/rooms/{q(room_id)}/invite", body={"user_id": guest.user_id})
+    assert room_id in initial_sync()["invite"]
+    resp = them("POST", forget, body={})
+    assert (resp.status_code, resp.json()) == (400, refused), resp.text
+    them.ok("POST", f"/v3/join/{q(room_id)}", body={})
+    assert room_id in initial_sync()["join"]
+    assert "after the leave" in bodies()

@@ -93,18 +93,14 @@ pub async fn leave(
     own_membership(state, room, auth, body, "leave").await
 }
 
-/// `POST /rooms/{roomId}/forget`: only once the user has left, as in Synapse. Local rooms keep
-/// no per-user history list yet, so forgetting has nothing further to drop.
+/// `POST /rooms/{roomId}/forget`: only once the user has left, as in Synapse.
 pub async fn forget(
     State(state): State<AppState>,
     Path((_, room)): Path<(String, String)>,
     auth: Authed,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
-    let joined = state.rooms.joined_rooms(&auth.requester).await?;
-    if joined.iter().any(|joined| joined == room_id.as_str()) {
-        return Err(MatrixError::bad_json("User is in room and cannot forget it").into());
-    }
+    state.rooms.forget(&auth.requester, &room_id).await?;
     Ok(Json(json!({})))
 }
 

@@ -10,7 +10,7 @@ use super::extract::{Authed, Query};
 use super::send::room_id;
 use crate::app::AppState;
 use crate::error::MatrixError;
-use crate::rooms::read::{EventFilter, PageRequest, Token};
+use crate::rooms::read::{EventFilter, Page, PageRequest, Token};
 use crate::sync::token::SyncToken;
 
 /// A pagination position: ours (`ht…`), or a sync token (`next_batch`/`prev_batch` of the
@@ -163,22 +163,34 @@ pub async fn messages(
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
     let room = room_id(&room)?;
-    let from = token(&state, &room, &query, "from").await?;
-    let to = token(&state, &room, &query, "to").await?;
+    let (page, filter) = page_request(&state, &room, &query, false).await?;
     let page = state
         .rooms
-        .messages(
-            &auth.requester,
-            &room,
-            PageRequest {
-                from,
-                to,
-                forwards: direction(&query, false)?,
-                limit: query.int("limit")?.unwrap_or(10),
-            },
-            &filter(&query)?,
-        )
+        .messages(&auth.requester, &room, page, &filter)
         .await?;
+    Ok(Json(page_json(page)))
+}
+
+/// The page a `/messages` request asks for (`from`, `to`, `dir`, `limit`, `filter`), for the
+/// client API and Synapse's admin API alike. Without `dir` the client API reads backwards and
+/// Synapse's admin API forwards.
+pub(super) async fn page_request(
+    state: &AppState,
+    room: &ruma::OwnedRoomId,
+    query: &Query,
+    default_forwards: bool,
+) -> Result<(PageRequest, EventFilter), ApiError> {
+    let page = PageRequest {
+        from: token(state, room, query, "from").await?,
+        to: token(state, room, query, "to").await?,
+        forwards: direction(query, default_forwards)?,
+        limit: query.int("limit")?.unwrap_or(10),
+    };
+    Ok((page, filter(query)?))
+}
+
+/// A `/messages` answer: `chunk`, `start`, and `end` and `state` when there are any.
+pub(super) fn page_json(page: Page) -> Value {
     let mut answer = json!({ "chunk": page.chunk, "start": page.start.to_string() });
     if let Some(end) = page.end {
         answer["end"] = json!(end.to_string());
@@ -186,7 +198,7 @@ pub async fn messages(
     if !page.state.is_empty() {
         answer["state"] = Value::Array(page.state);
     }
-    Ok(Json(answer))
+    answer
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`.

@@ -40,6 +40,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
         .route(
+            "/_synapse/admin/v1/rooms/{room_id}/messages",
+            get(room_messages),
+        )
+        .route(
             "/_hungryserv/admin/v1/appservices/{appservice_id}/rooms",
             get(appservice_rooms),
         )
@@ -401,6 +405,25 @@ async fn room_state(
         })
         .collect();
     Ok(Json(json!({ "state": events })))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: `/messages` with its parameters, every
+/// event shown whatever the admin's membership and the room's history visibility, as Synapse
+/// does for its admin API (whose `dir` defaults to `f`).
+async fn room_messages(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    auth: Authed,
+    query: super::extract::Query,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &auth).await?;
+    let room = room_id(&room)?;
+    let (page, filter) = super::read::page_request(&state, &room, &query, true).await?;
+    let page = state
+        .rooms
+        .admin_messages(&auth.requester, &room, page, &filter)
+        .await?;
+    Ok(Json(super::read::page_json(page)))
 }
 
 /// The registration named in the path; 404 when there is none.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod create;
 pub mod deletion;
 pub mod event;
+pub mod forget;
 pub mod power;
 pub mod read;
 pub mod room_data;

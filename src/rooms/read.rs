@@ -129,13 +129,20 @@ impl Rooms {
         requester: &Requester,
         room_id: &OwnedRoomId,
     ) -> Result<(Reader, Reach), RoomError> {
+        let mut memberships =
+            store::events::membership_history(conn, room_id.as_str(), requester.user_id.as_str())
+                .await?;
+        // Someone who forgot the room reads it as if never in it (Synapse's
+        // `check_user_in_room`: a departed user who forgot is not let in).
+        if let Some((latest, membership)) = memberships.last()
+            && membership != "join"
+            && super::forget::forgotten(conn, room_id.as_str(), requester.user_id.as_str(), *latest)
+                .await?
+        {
+            memberships.clear();
+        }
         let reader = Reader {
-            memberships: store::events::membership_history(
-                conn,
-                room_id.as_str(),
-                requester.user_id.as_str(),
-            )
-            .await?,
+            memberships,
             visibilities: store::events::visibility_history(conn, room_id.as_str()).await?,
         };
         match reader.reach() {
@@ -446,23 +453,72 @@ impl Rooms {
         page: PageRequest,
         filter: &EventFilter,
     ) -> Result<Page, RoomError> {
+        let mut conn = self.conn().await?;
+        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
+        let room = store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
+        self.page(&mut conn, requester, (&reader, reach), &room, page, filter)
+            .await
+    }
+
+    /// Synapse's admin `GET /_synapse/admin/v1/rooms/{roomId}/messages`: `/messages` for a
+    /// server admin, who sees every event whatever their membership and the room's history
+    /// visibility (Synapse's `use_admin_priviledge`). The caller has checked the admin.
+    pub async fn admin_messages(
+        &self,
+        requester: &Requester,
+        room_id: &OwnedRoomId,
+        page: PageRequest,
+        filter: &EventFilter,
+    ) -> Result<Page, RoomError> {
+        let mut conn = self.conn().await?;
+        let room = store::rooms::get(&mut conn, room_id.as_str())
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Room not found".into()))?;
+        let reader = Reader::everything();
+        self.page(
+            &mut conn,
+            requester,
+            (&reader, Reach::Everything),
+            &room,
+            page,
+            filter,
+        )
+        .await
+    }
+
+    /// One page of the room's timeline as `reader` may see it.
+    async fn page(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        (reader, reach): (&Reader, Reach),
+        room: &store::rooms::RoomRow,
+        page: PageRequest,
+        filter: &EventFilter,
+    ) -> Result<Page, RoomError> {
         let PageRequest {
             from,
             to,
             forwards,
             limit,
         } = page;
-        let mut conn = self.conn().await?;
-        let (reader, reach) = self.reader(&mut conn, requester, room_id).await?;
-        let room = store::rooms::get(&mut conn, room_id.as_str())
-            .await?
-            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
         let limit = filter.limit.unwrap_or(limit).clamp(1, 1000);
-        let start = from.unwrap_or(if forwards {
+        let mut start = from.unwrap_or(if forwards {
             Token(room.min_topo - 1)
         } else {
             Token(room.max_topo)
         });
+        // A reader who left sees nothing after their leave: read backwards from the leave, not
+        // from the room's end through everything since. Synapse clamps the same way and
+        // answers the clamped position as `start`.
+        if let (false, Reach::Until(end)) = (forwards, reach)
+            && let Some(leave) = store::events::topo_of(conn, &room.room_id, end).await?
+            && leave < start.0
+        {
+            start = Token(leave);
+        }
         // Scan in chunks until `limit` visible events are found or the range ends.
         let (mut low, mut high) = if forwards {
             (start.0, i64::MAX)
@@ -481,8 +537,7 @@ impl Rooms {
         let mut exhausted = false;
         while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
             let rows =
-                store::events::page(&mut conn, room_id.as_str(), low, high, forwards, limit * 2)
-                    .await?;
+                store::events::page(conn, &room.room_id, low, high, forwards, limit * 2).await?;
             if rows.is_empty() {
                 exhausted = true;
                 break;
@@ -502,7 +557,7 @@ impl Rooms {
                     }
                     continue;
                 }
-                if filter.allows(&row.event) && Self::visible(&reader, requester, &row.event) {
+                if filter.allows(&row.event) && Self::visible(reader, requester, &row.event) {
                     chunk.push(row);
                     if chunk.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                         break;
@@ -524,13 +579,13 @@ impl Rooms {
         // With nothing left in that direction, Synapse omits `end`.
         let end = if exhausted { None } else { end };
         let state = if filter.lazy_load_members {
-            self.member_state(&mut conn, requester, &reader, reach, room_id, &chunk)
+            self.member_state(conn, requester, reader, reach, &room.room_id, &chunk)
                 .await?
         } else {
             Vec::new()
         };
         let last_stream = chunk.last().map(|e| e.event.stream);
-        let chunk = self.serve(&mut conn, requester, &reader, chunk).await?;
+        let chunk = self.serve(conn, requester, reader, chunk).await?;
         Ok(Page {
             chunk,
             last_stream,
@@ -547,14 +602,14 @@ impl Rooms {
         requester: &Requester,
         reader: &Reader,
         reach: Reach,
-        room_id: &OwnedRoomId,
+        room_id: &str,
         events: &[EventWithPrev],
     ) -> Result<Vec<Value>, RoomError> {
         let senders: HashSet<&str> = events.iter().map(|e| e.event.sender.as_str()).collect();
         // A reader who left gets the members as they were when they left.
         let state = match reach {
-            Reach::Everything => store::events::current_state(conn, room_id.as_str()).await?,
-            Reach::Until(end) => store::events::state_at(conn, room_id.as_str(), end).await?,
+            Reach::Everything => store::events::current_state(conn, room_id).await?,
+            Reach::Until(end) => store::events::state_at(conn, room_id, end).await?,
         };
         let members: Vec<EventWithPrev> = state
             .into_iter()

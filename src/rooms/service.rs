@@ -602,21 +602,27 @@ impl Rooms {
                 "Room alias {alias} already exists"
             )));
         }
-        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        if store::rooms::get(&mut conn, room_id.as_str())
+        let mut tx = self.db.begin().await.map_err(store::StoreError::from)?;
+        if store::rooms::get(&mut tx, room_id.as_str())
             .await?
             .is_none()
         {
             return Err(RoomError::NotFound("Unknown room".into()));
         }
-        if !store::rooms::try_insert_alias(
-            &mut conn,
+        // Under the writer's lock: a createRoom checks its alias under it and inserts it in the
+        // same transaction (writer.rs `create`), so this insert comes before that check or
+        // after that commit, never in between — where it made the createRoom's commit fail on
+        // the alias key (a 500 instead of M_ROOM_IN_USE).
+        store::rooms::lock_writer(&mut tx).await?;
+        let added = store::rooms::try_insert_alias(
+            &mut tx,
             alias,
             room_id.as_str(),
             requester.user_id.as_str(),
         )
-        .await?
-        {
+        .await?;
+        tx.commit().await.map_err(store::StoreError::from)?;
+        if !added {
             return Err(RoomError::Conflict(format!(
                 "Room alias {alias} already exists"
             )));

@@ -29,6 +29,15 @@ fn rank(order: &[&str], value: &str, default: usize) -> usize {
 }
 
 impl Reader {
+    /// A reader who sees every event: a server admin reading through Synapse's admin API
+    /// (Synapse's `use_admin_priviledge`), as if joined since before the room began.
+    pub fn everything() -> Self {
+        Self {
+            memberships: vec![(i64::MIN, "join".into())],
+            visibilities: Vec::new(),
+        }
+    }
+
     /// Whether the user may read the room at all, and how far. Synapse lets a user read a
     /// room they are joined to, or left after being joined; others only a world-readable room.
     pub fn reach(&self) -> Option<Reach> {
@@ -188,5 +197,29 @@ mod tests {
         assert!(left.can_see("@u:hs", 4, "m.room.message", None, None));
         assert!(left.can_see("@u:hs", 6, "m.room.member", Some("@u:hs"), Some("leave")));
         assert!(!left.can_see("@u:hs", 7, "m.room.message", None, None));
+    }
+
+    #[test]
+    fn the_admin_reader_sees_everything() {
+        let mut admin = Reader::everything();
+        admin.visibilities = vec![(3, "joined".into()), (8, "invited".into())];
+        assert_eq!(admin.reach(), Some(Reach::Everything));
+        for stream in [1, 3, 5, 8, 100] {
+            assert!(admin.can_see("@admin:hs", stream, "m.room.message", None, None));
+            assert!(admin.can_see(
+                "@admin:hs",
+                stream,
+                "m.room.member",
+                Some("@admin:hs"),
+                Some("ban")
+            ));
+            assert!(admin.can_see(
+                "@admin:hs",
+                stream,
+                "m.room.history_visibility",
+                Some(""),
+                Some("joined")
+            ));
+        }
     }
 }

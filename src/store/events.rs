@@ -596,6 +596,22 @@ pub async fn topo_at(
     .await?)
 }
 
+/// The topological position of the room's event at stream position `stream`, if there is one
+/// (an index lookup, unlike [`topo_at`]).
+pub async fn topo_of(
+    conn: &mut PgConnection,
+    room_id: &str,
+    stream: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT topo FROM events WHERE room_id = $1 AND stream = $2",
+        room_id,
+        stream
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Up to `limit` events of every room with `stream` in `(after, upto]`, in stream order,
 /// leaving out backfilled history: the appservice delivery queue. Fewer than `limit` rows
 /// does not mean the range is exhausted (backfilled events are skipped).

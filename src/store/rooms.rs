@@ -119,6 +119,17 @@ pub async fn insert_alias(
     Ok(())
 }
 
+/// Takes the writer lock of migration 0003 (`writer_begin`) for the rest of the transaction:
+/// for writes outside the writer that must not fall between a writer batch's checks and its
+/// commit.
+pub async fn lock_writer(conn: &mut PgConnection) -> Result<(), StoreError> {
+    // 0x68756e67 = "hung", writer_begin's key.
+    sqlx::query!("SELECT pg_advisory_xact_lock(1752526439)")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Adds a local alias unless it exists; returns whether it was added.
 pub async fn try_insert_alias(
     conn: &mut PgConnection,
@@ -213,6 +224,42 @@ pub async fn membership(
     .map(|row| (row.membership, row.stream)))
 }
 
+/// Forgets the room for the user if they left it or were banned (migration 0010): covers
+/// their current member event. Returns whether it did.
+pub async fn forget(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        "INSERT INTO forgotten_rooms (room_id, user_id, member_stream)
+         SELECT room_id, user_id, stream FROM memberships
+         WHERE room_id = $1 AND user_id = $2 AND membership IN ('leave', 'ban')
+         ON CONFLICT (room_id, user_id) DO UPDATE SET member_stream = EXCLUDED.member_stream",
+        room_id,
+        user_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The position of the member event the user's forget covers, if they forgot the room (it
+/// only counts while that is still their latest member event).
+pub async fn forgotten_at(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT member_stream FROM forgotten_rooms WHERE room_id = $1 AND user_id = $2",
+        room_id,
+        user_id
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// One room a user has a membership in, as a sync up to some position sees it.
 #[derive(Debug, Clone)]
 pub struct UserRoom {
@@ -229,7 +276,8 @@ pub struct UserRoom {
 }
 
 /// Every room where `user_id` has a member event at or before `upto`, with what a sync from
-/// `since` to `upto` needs to know about it.
+/// `since` to `upto` needs to know about it; an initial sync (`since` 0) leaves out the rooms
+/// the user has forgotten.
 pub async fn user_rooms(
     conn: &mut PgConnection,
     user_id: &str,
@@ -252,6 +300,12 @@ pub async fn user_rooms(
                  AND e.state_key = m.user_id AND e.stream <= $3
                ORDER BY e.stream DESC LIMIT 1) me
            WHERE m.user_id = $1
+             -- A forgotten room is left out of initial syncs (migration 0010); an incremental
+             -- one still shows the leave it covers, as Synapse's does.
+             AND ($2 > 0 OR NOT EXISTS (
+                 SELECT FROM forgotten_rooms f
+                 WHERE f.room_id = m.room_id AND f.user_id = m.user_id
+                   AND f.member_stream = m.stream))
            ORDER BY m.room_id"#,
         user_id,
         since,

@@ -206,18 +206,34 @@ pub async fn create_room(
     token: &str,
     name: &str,
 ) -> anyhow::Result<String> {
-    let (status, body) = call(
+    create_room_with(
+        http,
+        base,
+        token,
+        &json!({"name": name, "preset": "private_chat"}),
+    )
+    .await
+}
+
+/// Creates a room with the given `createRoom` body and returns its ID.
+pub async fn create_room_with(
+    http: &Http,
+    base: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<String> {
+    let (status, answer) = call(
         http,
         Method::POST,
         &format!("{base}/_matrix/client/v3/createRoom"),
         Some(token),
-        Some(&json!({"name": name, "preset": "private_chat"})),
+        Some(body),
     )
     .await?;
     if !status.is_success() {
-        bail!("createRoom failed: {status} {body}");
+        bail!("createRoom at {base} failed: {status} {answer}");
     }
-    body["room_id"]
+    answer["room_id"]
         .as_str()
         .map(str::to_owned)
         .context("createRoom answer has no room_id")

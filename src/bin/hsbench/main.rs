@@ -6,6 +6,7 @@
 
 mod batch;
 mod client;
+mod delete;
 mod delivery;
 mod ingest;
 mod initial_sync;
@@ -42,6 +43,9 @@ enum Scenario {
     /// Batch backfill: B batches of N events into one local room with batch_send (backwards),
     /// vs the same bridge sending one by one into a Synapse room.
     Batch(batch::Options),
+    /// Room deletion: a Synapse room and a local room of N messages each deleted with Synapse's
+    /// v2 admin API; time until invisible, until gone from the member's sync, until purged.
+    Delete(delete::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             Scenario::InitialSync(options) => initial_sync::run(options).await,
             Scenario::Delivery(options) => delivery::run(options).await,
             Scenario::Batch(options) => batch::run(options).await,
+            Scenario::Delete(options) => delete::run(options).await,
         }
     });
     match result {
