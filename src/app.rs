@@ -10,6 +10,8 @@ use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
 use crate::notify::{Notifier, SidePositions};
+use crate::push::Push;
+use crate::push::task::PushTask;
 use crate::rooms::deletion::Deletions;
 use crate::rooms::service::Rooms;
 use crate::rooms::writer::Writer;
@@ -41,12 +43,14 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
     pub deletions: Arc<Deletions>,
+    /// Users' push rules and pushers, learned from Synapse.
+    pub push: Arc<Push>,
     /// Requests answered, for `/_hungryserv/metrics`.
     pub requests: Arc<crate::metrics::RequestMetrics>,
 }
 
 impl AppState {
-    /// Builds the state and starts the room writer and the appservice pushers. `start` holds
+    /// Builds the state and starts the room writer, the appservice pushers and the push task. `start` holds
     /// the highest positions already in the database. The returned task ends once every clone of the
     /// state is dropped and the writer has finished its queue.
     pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, JoinHandle<()>) {
@@ -90,6 +94,25 @@ impl AppState {
             &notifier,
             &rooms.typing,
         ));
+        // Push follows the event stream like the appservice pushers, until the process ends.
+        let push = Arc::new(Push::new(db.clone(), synapse.clone()));
+        match crate::push::gateway::client() {
+            Ok(client) => {
+                tokio::spawn(
+                    PushTask {
+                        db: db.clone(),
+                        notifier: notifier.clone(),
+                        server_name: config.server_name.to_string(),
+                        registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
+                        client,
+                    }
+                    .run(),
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "no TLS client for push gateways: local rooms push nothing");
+            }
+        }
         // The purge task stops when the last clone of the state (holding its queue) is gone.
         let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone(), &config.deletion);
         let state = Self {
@@ -103,6 +126,7 @@ impl AppState {
             syncer,
             delivery,
             deletions,
+            push,
             requests: Arc::default(),
         };
         (state, writer_task)

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod notify;
+pub mod push;
 pub mod rooms;
 pub mod routing;
 pub mod server;

@@ -271,14 +271,16 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 
 /// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
 /// password change or deactivation drops the cached identities it ended; a profile change is
-/// carried into the user's local rooms as new member events.
+/// carried into the user's local rooms as new member events; a push rule or pusher change is
+/// fetched again (the copy we keep for local rooms' push must not lag behind it).
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let request = synapse_tokens(request);
     let pinged = appservice_ping(request.method(), request.uri().path());
     let change = session_change(request.method(), request.uri().path());
     let profile = changes_profile(request.method(), request.uri().path());
+    let push_change = crate::push::push_change(request.method(), request.uri().path());
     let query = request.uri().query();
-    let token = (change.is_some() || profile)
+    let token = (change.is_some() || profile || push_change.is_some())
         .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
         .flatten();
     let user_id_param = profile
@@ -306,6 +308,9 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
         Some(SessionChange::User) => state.identity.forget_user_of(&token),
         None => {}
     }
+    if let Some(push_change) = push_change {
+        refresh_push(state, &token, push_change).await;
+    }
     if profile {
         match state
             .identity
@@ -321,4 +326,23 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
         }
     }
     response
+}
+
+/// Fetches the user's push rules or pushers again after a change Synapse accepted, with the
+/// token of the request that changed them, before the answer goes back: a client that sets a
+/// pusher and then sees a message in a local room gets the push.
+async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushChange) {
+    let requester = match state.identity.resolve(Some(token), None).await {
+        Ok(requester) if requester.appservice.is_none() => requester,
+        Ok(_) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "push settings change by an unresolvable requester");
+            return;
+        }
+    };
+    let user = requester.user_id.as_str();
+    match change {
+        crate::push::PushChange::Rules => state.push.refresh_rules(token, user).await,
+        crate::push::PushChange::Pushers => state.push.refresh_pushers(token, user).await,
+    };
 }

@@ -347,8 +347,7 @@ pub const MAX_BATCH_EVENTS: usize = 10_000;
 pub struct BatchSend {
     pub forward: bool,
     pub forward_if_no_messages: bool,
-    /// Whether the events may notify. Nothing of hungryserv pushes or counts unreads yet, so
-    /// `false` is honoured trivially; kept for when push exists.
+    /// Whether forward events may notify (push, unread counts); backfilled ones never do.
     pub send_notification: bool,
     pub mark_read_by: Option<OwnedUserId>,
     pub events: Vec<Value>,
@@ -475,6 +474,7 @@ impl Rooms {
             events,
             placement,
             mark_read_by: request.mark_read_by,
+            silent: !request.send_notification,
         };
         match self.writer.batch(job).await? {
             Outcome::Written(written) => Ok(written.into_iter().map(|e| e.event_id).collect()),

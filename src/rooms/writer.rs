@@ -130,6 +130,8 @@ pub struct BatchJob {
     pub placement: Placement,
     /// A user whose read receipt moves to the batch's last event, in the same commit.
     pub mark_read_by: Option<OwnedUserId>,
+    /// `send_notification: false`: the events never push or count as unread.
+    pub silent: bool,
 }
 
 enum Job {
@@ -247,6 +249,8 @@ struct Batch {
     pruned: Vec<(usize, serde_json::Map<String, Value>)>,
     /// Stream positions of events inserted as history (backward batch sends).
     backfilled: Vec<i64>,
+    /// Stream positions of events that never push (batch sends without notifications).
+    silent: Vec<i64>,
     /// Read receipts to write with the events.
     receipts: Vec<store::receipts::Receipt>,
 }
@@ -416,6 +420,7 @@ impl WriterTask {
         if !batch.backfilled.is_empty() {
             store::events::mark_backfilled(&mut tx, &batch.backfilled).await?;
         }
+        store::push::mark_silent(&mut tx, &batch.silent).await?;
         // Receipts (batch send's `mark_read_by`) go on the room data stream, in this same
         // transaction: all or nothing with the events.
         let mut receipts_at = None;
@@ -973,6 +978,8 @@ async fn batch_send(
         if let Some(event) = event {
             if !forward {
                 batch.backfilled.push(event.stream);
+            } else if job.silent {
+                batch.silent.push(event.stream);
             }
             written.push(event);
         }

@@ -215,8 +215,8 @@ pub async fn purge_events(
     Ok(row.n)
 }
 
-/// Last purge step: memberships (and their forgets), receipts, room account data, and the room
-/// row once no event of it is left. Returns whether the room row is gone (now or before).
+/// Last purge step: memberships (and their forgets), receipts, room account data, notifications,
+/// and the room row once no event of it is left. Returns whether the room row is gone (now or before).
 pub async fn purge_room(conn: &mut PgConnection, room_id: &str) -> Result<bool, StoreError> {
     sqlx::query!("DELETE FROM memberships WHERE room_id = $1", room_id)
         .execute(&mut *conn)
@@ -228,6 +228,9 @@ pub async fn purge_room(conn: &mut PgConnection, room_id: &str) -> Result<bool, 
         .execute(&mut *conn)
         .await?;
     sqlx::query!("DELETE FROM room_account_data WHERE room_id = $1", room_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!("DELETE FROM push_actions WHERE room_id = $1", room_id)
         .execute(&mut *conn)
         .await?;
     // The outer NOT EXISTS sees the statement's snapshot (before `d`), hence the OR.
@@ -254,6 +257,7 @@ pub async fn rows_left(pool: &PgPool, room_id: &str) -> Result<i64, StoreError> 
                 + (SELECT count(*) FROM receipts WHERE room_id = $1)
                 + (SELECT count(*) FROM room_account_data WHERE room_id = $1)
                 + (SELECT count(*) FROM forgotten_rooms WHERE room_id = $1)
+                + (SELECT count(*) FROM push_actions WHERE room_id = $1)
                 + (SELECT count(*) FROM rooms WHERE room_id = $1) AS "n!""#,
         room_id
     )

@@ -282,3 +282,23 @@ impl Synapse {
         }
     }
 }
+
+impl Synapse {
+    /// The push rules of the user of `token` (`{"global": {...}}`).
+    pub async fn push_rules(&self, token: &str) -> Result<Value, CallError> {
+        self.call(Method::GET, "/_matrix/client/v3/pushrules/", token)
+            .await
+    }
+
+    /// The pushers of the user of `token`, as listed (`pushers` of `GET /pushers`).
+    pub async fn pushers(&self, token: &str) -> Result<Vec<Value>, CallError> {
+        let value = self
+            .call(Method::GET, "/_matrix/client/v3/pushers", token)
+            .await?;
+        Ok(value
+            .get("pushers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,216 @@
+//! Push notifications and unread counts for local rooms.
+//!
+//! Push rules and pushers live in Synapse. hungryserv never holds a user's token when a bridge
+//! sends an event, so it learns both whenever the user's own request passes through — each
+//! `/sync` (at most every [`RELEARN_AFTER`] per user and process), and right after a write to
+//! `/pushrules` or `/pushers/set` that Synapse accepted — and keeps the latest copy in Postgres
+//! ([`crate::store::push`]), never the token. A user we never learned gets Synapse's server
+//! default rules and no pushers.
+//!
+//! The push task ([`task`]) follows the event stream: for each new, non-backfilled local event
+//! it evaluates every joined local member's rules ([`rules`]) and records the notifications
+//! (these are the unread counts, [`counts`]), then sends them to the member's pushers
+//! ([`gateway`]).
+//!
+//! May import: `config`, `store`, `upstream`, `notify`, `rooms` (helpers).
+
+pub mod counts;
+pub mod gateway;
+pub mod rules;
+pub mod task;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::rooms::service::now_ms;
+use crate::store;
+use crate::upstream::Synapse;
+
+/// A user's rules and pushers are fetched again on a sync this long after the last time.
+pub const RELEARN_AFTER: Duration = Duration::from_secs(600);
+/// Users remembered as learned; the memory starts over when full.
+const MAX_LEARNED: usize = 100_000;
+
+/// Learns users' push settings from Synapse. Cheap to share.
+pub struct Push {
+    db: PgPool,
+    synapse: Synapse,
+    /// User → when their settings were last fetched by this process.
+    learned: Mutex<HashMap<String, Instant>>,
+}
+
+impl Push {
+    pub fn new(db: PgPool, synapse: Synapse) -> Self {
+        Self {
+            db,
+            synapse,
+            learned: Mutex::default(),
+        }
+    }
+
+    /// Called with each `/sync` of a user (their own token): fetches their push rules and
+    /// pushers unless this process did so recently. Failures are logged, never the sync's.
+    pub async fn learn(&self, token: &str, user_id: &str) {
+        {
+            let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+            if learned
+                .get(user_id)
+                .is_some_and(|at| at.elapsed() < RELEARN_AFTER)
+            {
+                return;
+            }
+            if learned.len() >= MAX_LEARNED {
+                learned.clear();
+            }
+            // Marked before fetching, so concurrent syncs of the user fetch once.
+            learned.insert(user_id.to_owned(), Instant::now());
+        }
+        let (rules, pushers) = tokio::join!(
+            self.refresh_rules(token, user_id),
+            self.refresh_pushers(token, user_id)
+        );
+        if !(rules && pushers) {
+            let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+            learned.remove(user_id);
+        }
+    }
+
+    /// Fetches and stores the user's push rules; whether that worked.
+    pub async fn refresh_rules(&self, token: &str, user_id: &str) -> bool {
+        let rules = match self.synapse.push_rules(token).await {
+            Ok(rules) => rules,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "push rules not fetched");
+                return false;
+            }
+        };
+        let saved = async {
+            let mut conn = self.db.acquire().await?;
+            store::push::save_rules(&mut conn, user_id, &rules).await
+        };
+        match saved.await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "push rules not stored");
+                false
+            }
+        }
+    }
+
+    /// Fetches and stores the user's pushers (HTTP pushers only; email pushers stay
+    /// Synapse's); whether that worked.
+    pub async fn refresh_pushers(&self, token: &str, user_id: &str) -> bool {
+        let listed = match self.synapse.pushers(token).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "pushers not fetched");
+                return false;
+            }
+        };
+        let pushers = http_pushers(listed);
+        let saved = async {
+            let mut tx = self.db.begin().await?;
+            store::push::replace_pushers(&mut tx, user_id, &pushers, now_ms()).await?;
+            tx.commit().await?;
+            Ok::<_, store::StoreError>(())
+        };
+        match saved.await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "pushers not stored");
+                false
+            }
+        }
+    }
+}
+
+/// `(app_id, pushkey, pusher)` of the HTTP pushers in a `GET /pushers` list that are enabled
+/// (MSC3881) and have a `data.url`.
+fn http_pushers(listed: Vec<Value>) -> Vec<(String, String, Value)> {
+    listed
+        .into_iter()
+        .filter(|p| p.get("kind").and_then(Value::as_str) == Some("http"))
+        .filter(|p| {
+            p.get("enabled")
+                .or_else(|| p.get("org.matrix.msc3881.enabled"))
+                .and_then(Value::as_bool)
+                != Some(false)
+        })
+        .filter(|p| p.pointer("/data/url").and_then(Value::as_str).is_some())
+        .filter_map(|p| {
+            let app_id = p.get("app_id")?.as_str()?.to_owned();
+            let pushkey = p.get("pushkey")?.as_str()?.to_owned();
+            Some((app_id, pushkey, p))
+        })
+        .collect()
+}
+
+/// What a request that Synapse accepted changed about the user's push settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushChange {
+    Rules,
+    Pushers,
+}
+
+/// Whether a request writes push rules (`PUT`/`DELETE /pushrules/...`, including `enabled`
+/// and `actions`) or pushers (`POST /pushers/set`).
+pub fn push_change(method: &http::Method, path: &str) -> Option<PushChange> {
+    let rest = path.strip_prefix("/_matrix/client/")?;
+    let (_version, endpoint) = rest.split_once('/')?;
+    if endpoint.starts_with("pushrules/") && method != http::Method::GET {
+        return Some(PushChange::Rules);
+    }
+    (endpoint == "pushers/set" && method == http::Method::POST).then_some(PushChange::Pushers)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn push_writes_are_recognised() {
+        let put = http::Method::PUT;
+        assert_eq!(
+            push_change(&put, "/_matrix/client/v3/pushrules/global/room/!a:x"),
+            Some(PushChange::Rules)
+        );
+        assert_eq!(
+            push_change(
+                &http::Method::DELETE,
+                "/_matrix/client/r0/pushrules/global/override/x"
+            ),
+            Some(PushChange::Rules)
+        );
+        assert_eq!(
+            push_change(&http::Method::GET, "/_matrix/client/v3/pushrules/"),
+            None
+        );
+        assert_eq!(
+            push_change(&http::Method::POST, "/_matrix/client/v3/pushers/set"),
+            Some(PushChange::Pushers)
+        );
+        assert_eq!(
+            push_change(&http::Method::GET, "/_matrix/client/v3/pushers"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_enabled_http_pushers_with_a_url() {
+        let listed = vec![
+            json!({"kind": "http", "app_id": "a", "pushkey": "k", "data": {"url": "http://g"}}),
+            json!({"kind": "email", "app_id": "m.email", "pushkey": "e@x", "data": {}}),
+            json!({"kind": "http", "app_id": "b", "pushkey": "k", "data": {}}),
+            json!({"kind": "http", "app_id": "c", "pushkey": "k", "data": {"url": "http://g"},
+                   "org.matrix.msc3881.enabled": false}),
+        ];
+        let kept: Vec<String> = http_pushers(listed).into_iter().map(|p| p.0).collect();
+        assert_eq!(kept, ["a"]);
+    }
+}

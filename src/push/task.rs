@@ -1,0 +1,410 @@
+//! The push task: follows the committed event stream from its stored position, evaluates each
+//! new local event for the room's joined local members, records the notifications and sends
+//! them to the members' pushers.
+//!
+//! * Backfilled events (batch send into the past) and silent ones (batch send with
+//!   `send_notification: false`) are skipped: they never push or count.
+//! * Recipients are the room's joined members on this server except the sender and the users
+//!   of appservices (bots and namespace users: Synapse does not push to them either).
+//! * A room muted with `com.beeper.mute` (`muted_until` -1 or in the future) records and
+//!   sends nothing for that member.
+//! * The room is read as it is now (members, power levels, names), not as it was at the event;
+//!   the task runs right behind the writer, so the two differ only while a membership or power
+//!   level change is in the same batch.
+//! * Notifications are recorded and the position moves in one transaction, so each event is
+//!   counted once; sending happens after the commit and is at most once (a crash between the
+//!   commit and the gateway's answer loses that push, never a count).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, UserId};
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinSet;
+
+use super::gateway::{self, Delivered, Device, GatewayClient, Notice};
+use super::rules::{self, RoomFacts};
+use crate::config::Registration;
+use crate::notify::Notifier;
+use crate::rooms::service::now_ms;
+use crate::store::{self, StoreError, events::StoredEvent, push::PushAction};
+
+/// Events read and evaluated at once.
+const CHUNK: i64 = 200;
+/// Deliveries in flight at once; the task waits for one to end before starting more.
+const MAX_IN_FLIGHT: usize = 64;
+/// Pause after a store error.
+const PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The push task's parts.
+pub struct PushTask {
+    pub db: PgPool,
+    pub notifier: Notifier,
+    pub server_name: String,
+    /// The appservices, whose users get no pushes.
+    pub registrations: Vec<Arc<Registration>>,
+    pub client: GatewayClient,
+}
+
+/// One notification to send: what about, and to which pushers.
+struct Outgoing {
+    notice: Notice,
+    pushers: Vec<store::push::StoredPusher>,
+}
+
+impl PushTask {
+    /// Runs until the process ends (or every notifier is dropped); store errors are retried
+    /// after a pause.
+    pub async fn run(self) {
+        let mut deliveries = JoinSet::new();
+        loop {
+            match self.run_once(&mut deliveries).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "push paused after a store error");
+                    tokio::time::sleep(PAUSE).await;
+                }
+            }
+        }
+        // Let deliveries under way finish their retries.
+        while deliveries.join_next().await.is_some() {}
+    }
+
+    async fn run_once(&self, deliveries: &mut JoinSet<()>) -> Result<(), StoreError> {
+        let mut conn = self.db.acquire().await?;
+        // Subscribe before reading the position: no commit goes unnoticed.
+        let mut wake = self.notifier.subscribe();
+        let mut position = store::push::position(&mut conn, self.notifier.current()).await?;
+        loop {
+            let committed = *wake.borrow_and_update();
+            if position >= committed {
+                drop(conn);
+                tokio::select! {
+                    changed = wake.changed() => if changed.is_err() {
+                        return Ok(());
+                    },
+                    Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+                }
+                conn = self.db.acquire().await?;
+                continue;
+            }
+            let rows = store::events::stream_range(&mut conn, position, committed, CHUNK).await?;
+            let Some(last) = rows.last().map(|row| row.event.stream) else {
+                store::push::set_position(&mut conn, committed).await?;
+                position = committed;
+                continue;
+            };
+            let events: Vec<StoredEvent> = rows.into_iter().map(|row| row.event).collect();
+            let outgoing = self.evaluate(&mut conn, &events, last).await?;
+            position = last;
+            for out in outgoing {
+                for pusher in out.pushers {
+                    while deliveries.len() >= MAX_IN_FLIGHT {
+                        deliveries.join_next().await;
+                    }
+                    let client = self.client.clone();
+                    let db = self.db.clone();
+                    let notice = out.notice.clone();
+                    deliveries.spawn(send(client, db, notice, pusher));
+                }
+            }
+        }
+    }
+
+    /// Evaluates `events`, records their notifications and moves the position to `last` (one
+    /// transaction); returns what to send.
+    async fn evaluate(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+        last: i64,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let streams: Vec<i64> = events.iter().map(|e| e.stream).collect();
+        let silent: HashSet<i64> = store::push::silent_of(conn, &streams)
+            .await?
+            .into_iter()
+            .collect();
+        let now = now_ms();
+        let mut rooms: HashMap<OwnedRoomId, Room> = HashMap::new();
+        for event in events {
+            if !rooms.contains_key(&event.room_id) {
+                let room = self.room(conn, &event.room_id, now).await?;
+                rooms.insert(event.room_id.clone(), room);
+            }
+        }
+        let recipients: Vec<String> = rooms
+            .values()
+            .flat_map(|room| room.recipients.iter().map(|(user, _)| user.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let stored_rules = store::push::rules_of(conn, &recipients).await?;
+        let mut pushers = store::push::pushers_of(conn, &recipients).await?;
+        let mut rulesets = HashMap::new();
+
+        let mut actions = Vec::new();
+        let mut notices = Vec::new();
+        for event in events.iter().filter(|e| !silent.contains(&e.stream)) {
+            let Some(room) = rooms.get(&event.room_id) else {
+                continue;
+            };
+            let value = event_json(event);
+            let facts = RoomFacts {
+                room_id: &event.room_id,
+                member_count: room.member_count,
+                power_levels: room.power_levels.as_ref(),
+            };
+            for (user, display_name) in &room.recipients {
+                if user == event.sender.as_str() || room.muted.contains(user) {
+                    continue;
+                }
+                let Ok(user_id) = UserId::parse(user.as_str()) else {
+                    continue;
+                };
+                let ruleset = rulesets
+                    .entry(user.clone())
+                    .or_insert_with(|| rules::ruleset(&user_id, stored_rules.get(user)));
+                let context = rules::context(&facts, &user_id, display_name);
+                let outcome = rules::evaluate(ruleset, &value, &context).await;
+                if !outcome.notify {
+                    continue;
+                }
+                if pushers.contains_key(user) {
+                    notices.push(Notice {
+                        event_id: event.event_id.to_string(),
+                        room_id: event.room_id.to_string(),
+                        kind: event.kind.clone(),
+                        sender: event.sender.to_string(),
+                        state_key: event.state_key.clone(),
+                        content: event.content.clone(),
+                        sender_display_name: room.display_name(event.sender.as_str()),
+                        room_name: room.name_for(user),
+                        unread: 0,
+                        tweaks: rules::tweaks(&outcome.actions),
+                        user_id: user.clone(),
+                    });
+                }
+                actions.push(PushAction {
+                    user_id: user.clone(),
+                    room_id: event.room_id.to_string(),
+                    stream: event.stream,
+                    event_id: event.event_id.to_string(),
+                    thread_id: rules::thread_of(&event.content),
+                    highlight: outcome.highlight,
+                    actions: outcome.actions,
+                    ts: event.origin_server_ts,
+                });
+            }
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        store::push::insert_actions(&mut tx, &actions).await?;
+        store::push::set_position(&mut tx, last).await?;
+        tx.commit().await?;
+
+        // The badge after this batch, once per user.
+        let mut badges: HashMap<String, i64> = HashMap::new();
+        let mut outgoing = Vec::with_capacity(notices.len());
+        for mut notice in notices {
+            let unread = match badges.get(&notice.user_id) {
+                Some(unread) => *unread,
+                None => {
+                    let unread = store::push::rooms_with_unread(conn, &notice.user_id).await?;
+                    badges.insert(notice.user_id.clone(), unread);
+                    unread
+                }
+            };
+            notice.unread = unread;
+            let user_pushers = pushers.get(&notice.user_id).cloned().unwrap_or_default();
+            outgoing.push(Outgoing {
+                notice,
+                pushers: user_pushers,
+            });
+        }
+        pushers.clear();
+        Ok(outgoing)
+    }
+
+    /// What evaluation needs to know about a room now.
+    async fn room(
+        &self,
+        conn: &mut PgConnection,
+        room_id: &OwnedRoomId,
+        now: i64,
+    ) -> Result<Room, StoreError> {
+        let members = store::push::joined_members(conn, room_id.as_str()).await?;
+        let suffix = format!(":{}", self.server_name);
+        let names: HashMap<String, Option<String>> = members
+            .iter()
+            .map(|(user, content)| {
+                let name = content
+                    .get("displayname")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned);
+                (user.clone(), name)
+            })
+            .collect();
+        let recipients: Vec<(String, String)> = members
+            .iter()
+            .filter(|(user, _)| user.ends_with(&suffix) && !self.appservice_user(user))
+            .map(|(user, _)| {
+                let name = names.get(user).cloned().flatten();
+                (user.clone(), name.unwrap_or_else(|| localpart(user)))
+            })
+            .collect();
+        let ids: Vec<String> = recipients.iter().map(|(u, _)| u.clone()).collect();
+        let muted = store::push::mutes(conn, room_id.as_str(), &ids)
+            .await?
+            .into_iter()
+            .filter(|(_, until)| rules::muted(Some(*until), now))
+            .map(|(user, _)| user)
+            .collect();
+        let keys = [
+            ("m.room.power_levels", ""),
+            ("m.room.name", ""),
+            ("m.room.canonical_alias", ""),
+        ];
+        let state = store::events::current_state_at_keys(conn, room_id.as_str(), &keys).await?;
+        let content_of = |kind: &str| {
+            state
+                .iter()
+                .find(|e| e.event.kind == kind)
+                .map(|e| e.event.content.clone())
+        };
+        let text = |kind: &str, field: &str| {
+            content_of(kind)
+                .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
+                .filter(|t| !t.is_empty())
+        };
+        Ok(Room {
+            member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
+            power_levels: content_of("m.room.power_levels"),
+            name: text("m.room.name", "name").or_else(|| text("m.room.canonical_alias", "alias")),
+            names,
+            recipients,
+            muted,
+        })
+    }
+
+    /// Whether a user is an appservice's bot or in one of its exclusive user namespaces.
+    fn appservice_user(&self, user: &str) -> bool {
+        self.registrations.iter().any(|r| {
+            user.strip_prefix('@')
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(local, _)| local == r.sender_localpart)
+                || r.users.iter().any(|ns| ns.exclusive && ns.matches(user))
+        })
+    }
+}
+
+/// A room as the push task sees it.
+struct Room {
+    member_count: u64,
+    power_levels: Option<Map<String, Value>>,
+    /// `m.room.name`, else the canonical alias.
+    name: Option<String>,
+    /// Joined member → display name.
+    names: HashMap<String, Option<String>>,
+    /// Joined local non-appservice members with the display name the rules match.
+    recipients: Vec<(String, String)>,
+    /// Recipients who muted the room.
+    muted: HashSet<String>,
+}
+
+impl Room {
+    fn display_name(&self, user: &str) -> Option<String> {
+        self.names.get(user).cloned().flatten()
+    }
+
+    /// The room name in a notification for `user`: the room's name or alias, else (as Synapse,
+    /// for rooms of three or more) the other members' names.
+    fn name_for(&self, user: &str) -> Option<String> {
+        if self.name.is_some() {
+            return self.name.clone();
+        }
+        let mut others: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(member, _)| member.as_str() != user)
+            .map(|(member, name)| name.clone().unwrap_or_else(|| member.clone()))
+            .collect();
+        others.sort();
+        match others.as_slice() {
+            [] | [_] => None,
+            [a, b] => Some(format!("{a} and {b}")),
+            [a, rest @ ..] => Some(format!("{a} and {} others", rest.len())),
+        }
+    }
+}
+
+fn localpart(user: &str) -> String {
+    user.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(|| user.to_owned(), |(local, _)| local.to_owned())
+}
+
+/// The event as the push rules see it (client format).
+fn event_json(event: &StoredEvent) -> Value {
+    let mut value = json!({
+        "type": event.kind,
+        "room_id": event.room_id,
+        "event_id": event.event_id,
+        "sender": event.sender,
+        "origin_server_ts": event.origin_server_ts,
+        "content": event.content,
+    });
+    if let Some(key) = &event.state_key {
+        value["state_key"] = json!(key);
+    }
+    value
+}
+
+/// Sends one notification to one pusher; a rejected pushkey is forgotten.
+async fn send(
+    client: GatewayClient,
+    db: PgPool,
+    notice: Notice,
+    pusher: store::push::StoredPusher,
+) {
+    let data = pusher
+        .pusher
+        .get("data")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let device = Device {
+        app_id: pusher.app_id.clone(),
+        pushkey: pusher.pushkey.clone(),
+        pushkey_ts: pusher.first_seen / 1000,
+        data,
+    };
+    let Some(url) = device.url().map(str::to_owned) else {
+        return;
+    };
+    let body = gateway::body(&notice, &device);
+    match gateway::deliver(&client, &url, &body, &pusher.pushkey).await {
+        Delivered::Accepted { rejected: false } => {
+            tracing::debug!(user = %notice.user_id, event = %notice.event_id, app_id = %pusher.app_id, "push sent");
+        }
+        Delivered::Accepted { rejected: true } => {
+            tracing::warn!(user = %notice.user_id, app_id = %pusher.app_id, "push gateway rejected the pushkey; pusher dropped");
+            let dropped = async {
+                let mut conn = db.acquire().await?;
+                store::push::delete_pusher(
+                    &mut conn,
+                    &pusher.user_id,
+                    &pusher.app_id,
+                    &pusher.pushkey,
+                )
+                .await
+            };
+            if let Err(err) = dropped.await {
+                tracing::warn!(error = %err, "rejected pusher not dropped");
+            }
+        }
+        Delivered::Failed(reason) => {
+            tracing::warn!(user = %notice.user_id, event = %notice.event_id, app_id = %pusher.app_id, %reason, "push not delivered");
+        }
+    }
+}

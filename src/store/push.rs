@@ -1,0 +1,381 @@
+//! `push_rules`, `pushers`, `push_actions`, `push_position` (migration 0009): what hungryserv
+//! knows of each user's push settings, the notifications local events produced, and the push
+//! task's progress. Reads `receipts` and `room_account_data` for the counts and mutes.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::StoreError;
+
+/// A pusher as Synapse lists it, with when we first saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPusher {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    /// The whole pusher object of Synapse's `GET /pushers`.
+    pub pusher: Value,
+    /// ms since the epoch.
+    pub first_seen: i64,
+}
+
+/// Keeps the latest copy of a user's push rules.
+pub async fn save_rules(
+    conn: &mut PgConnection,
+    user_id: &str,
+    rules: &Value,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO push_rules (user_id, rules) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET rules = EXCLUDED.rules, fetched_at = now()",
+        user_id,
+        rules
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The stored push rules of some users (those we never learned are absent).
+pub async fn rules_of(
+    conn: &mut PgConnection,
+    user_ids: &[String],
+) -> Result<HashMap<String, Value>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT user_id, rules FROM push_rules WHERE user_id = ANY($1)",
+        user_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.rules)).collect())
+}
+
+/// Replaces a user's pushers with `pushers` (`(app_id, pushkey, pusher)`), keeping the
+/// `first_seen` of those already known. Runs in the caller's transaction.
+pub async fn replace_pushers(
+    conn: &mut PgConnection,
+    user_id: &str,
+    pushers: &[(String, String, Value)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let app_ids: Vec<String> = pushers.iter().map(|p| p.0.clone()).collect();
+    let pushkeys: Vec<String> = pushers.iter().map(|p| p.1.clone()).collect();
+    let objects: Vec<Value> = pushers.iter().map(|p| p.2.clone()).collect();
+    sqlx::query!(
+        "DELETE FROM pushers WHERE user_id = $1
+         AND (app_id, pushkey) NOT IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
+        user_id,
+        &app_ids,
+        &pushkeys
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO pushers (user_id, app_id, pushkey, pusher, first_seen)
+         SELECT $1, * , $5 FROM UNNEST($2::text[], $3::text[], $4::jsonb[])
+         ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET pusher = EXCLUDED.pusher",
+        user_id,
+        &app_ids,
+        &pushkeys,
+        &objects,
+        now_ms
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The pushers of some users, by user.
+pub async fn pushers_of(
+    conn: &mut PgConnection,
+    user_ids: &[String],
+) -> Result<HashMap<String, Vec<StoredPusher>>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT user_id, app_id, pushkey, pusher, first_seen FROM pushers
+         WHERE user_id = ANY($1) ORDER BY user_id, app_id, pushkey",
+        user_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut by_user: HashMap<String, Vec<StoredPusher>> = HashMap::new();
+    for row in rows {
+        by_user
+            .entry(row.user_id.clone())
+            .or_default()
+            .push(StoredPusher {
+                user_id: row.user_id,
+                app_id: row.app_id,
+                pushkey: row.pushkey,
+                pusher: row.pusher,
+                first_seen: row.first_seen,
+            });
+    }
+    Ok(by_user)
+}
+
+/// Forgets one pusher (its gateway rejected the pushkey).
+pub async fn delete_pusher(
+    conn: &mut PgConnection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3",
+        user_id,
+        app_id,
+        pushkey
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The push task's position; the first call stores and returns `current` (push starts with
+/// the events after the first start).
+pub async fn position(conn: &mut PgConnection, current: i64) -> Result<i64, StoreError> {
+    sqlx::query!(
+        "INSERT INTO push_position (stream) VALUES ($1) ON CONFLICT (only_row) DO NOTHING",
+        current
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(
+        sqlx::query_scalar!("SELECT stream FROM push_position WHERE only_row")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Moves the push task's position forward.
+pub async fn set_position(conn: &mut PgConnection, stream: i64) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE push_position SET stream = GREATEST(stream, $1) WHERE only_row",
+        stream
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One notification to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushAction {
+    pub user_id: String,
+    pub room_id: String,
+    pub stream: i64,
+    pub event_id: String,
+    /// The thread root, or `main`.
+    pub thread_id: String,
+    pub highlight: bool,
+    pub actions: Value,
+    pub ts: i64,
+}
+
+/// Records notifications (a repeat of the same (user, room, stream) is ignored, so a task
+/// restarted mid-range writes nothing twice).
+pub async fn insert_actions(
+    conn: &mut PgConnection,
+    actions: &[PushAction],
+) -> Result<(), StoreError> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&PushAction) -> String| actions.iter().map(f).collect::<Vec<String>>();
+    let users = column(|a| a.user_id.clone());
+    let rooms = column(|a| a.room_id.clone());
+    let events = column(|a| a.event_id.clone());
+    let threads = column(|a| a.thread_id.clone());
+    let streams: Vec<i64> = actions.iter().map(|a| a.stream).collect();
+    let highlights: Vec<bool> = actions.iter().map(|a| a.highlight).collect();
+    let values: Vec<Value> = actions.iter().map(|a| a.actions.clone()).collect();
+    let ts: Vec<i64> = actions.iter().map(|a| a.ts).collect();
+    sqlx::query!(
+        "INSERT INTO push_actions (user_id, room_id, stream, event_id, thread_id, highlight,
+                                   actions, ts)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                              $6::bool[], $7::jsonb[], $8::bigint[])
+         ON CONFLICT DO NOTHING",
+        &users,
+        &rooms,
+        &streams,
+        &events,
+        &threads,
+        &highlights,
+        &values,
+        &ts
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Unread notifications of one thread (`main` for the main timeline) of one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCount {
+    pub room_id: String,
+    pub thread_id: String,
+    pub notifications: i64,
+    pub highlights: i64,
+}
+
+/// The user's notifications at or before `upto` in `room_ids` that no read receipt of theirs
+/// covers, counted per (room, thread). A receipt covers an event when it points at an event
+/// at or after it (by stream position): an unthreaded receipt covers every thread, a threaded
+/// one (`main` included) its own thread. `m.read` and `m.read.private` count alike.
+pub async fn unread(
+    conn: &mut PgConnection,
+    user_id: &str,
+    room_ids: &[String],
+    upto: i64,
+) -> Result<Vec<ThreadCount>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH read AS (
+               SELECT r.room_id, r.thread_id, MAX(e.stream) AS stream
+               FROM receipts r JOIN events e ON e.event_id = r.event_id
+               WHERE r.user_id = $1 AND r.room_id = ANY($2)
+               GROUP BY r.room_id, r.thread_id)
+           SELECT a.room_id, a.thread_id,
+                  COUNT(*) AS "notifications!", COUNT(*) FILTER (WHERE a.highlight) AS "highlights!"
+           FROM push_actions a
+           LEFT JOIN read u ON u.room_id = a.room_id AND u.thread_id = ''
+           LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
+           WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream <= $3
+             AND a.stream > GREATEST(COALESCE(u.stream, 0), COALESCE(t.stream, 0))
+           GROUP BY a.room_id, a.thread_id"#,
+        user_id,
+        room_ids,
+        upto
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ThreadCount {
+            room_id: r.room_id,
+            thread_id: r.thread_id,
+            notifications: r.notifications,
+            highlights: r.highlights,
+        })
+        .collect())
+}
+
+/// The rooms where the user has an unread notification (the push badge, Synapse's default
+/// `group_unread_count_by_room`), over the local rooms they are joined to.
+pub async fn rooms_with_unread(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreError> {
+    let rooms = sqlx::query_scalar!(
+        "SELECT room_id FROM memberships WHERE user_id = $1 AND membership = 'join'",
+        user_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let counts = unread(conn, user_id, &rooms, i64::MAX).await?;
+    let mut unread_rooms: Vec<&str> = counts
+        .iter()
+        .filter(|c| c.notifications > 0)
+        .map(|c| c.room_id.as_str())
+        .collect();
+    unread_rooms.sort_unstable();
+    unread_rooms.dedup();
+    Ok(i64::try_from(unread_rooms.len()).unwrap_or(i64::MAX))
+}
+
+/// The `com.beeper.mute` room account data of `users` in a room: user → `muted_until`
+/// (-1: for ever; ms since the epoch otherwise).
+pub async fn mutes(
+    conn: &mut PgConnection,
+    room_id: &str,
+    user_ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT user_id, content FROM room_account_data
+         WHERE room_id = $1 AND user_id = ANY($2) AND type = 'com.beeper.mute'",
+        room_id,
+        user_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let until = r.content.get("muted_until").and_then(Value::as_i64)?;
+            Some((r.user_id, until))
+        })
+        .collect())
+}
+
+/// Which of `streams` are silent (batch sends with `send_notification: false`).
+pub async fn silent_of(conn: &mut PgConnection, streams: &[i64]) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT stream FROM events WHERE stream = ANY($1) AND silent",
+        streams
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Marks events as silent: they never push or count.
+pub async fn mark_silent(conn: &mut PgConnection, streams: &[i64]) -> Result<(), StoreError> {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "UPDATE events SET silent = true WHERE stream = ANY($1)",
+        streams
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The joined members of a room with their member event content (display names).
+pub async fn joined_members(
+    conn: &mut PgConnection,
+    room_id: &str,
+) -> Result<Vec<(String, Value)>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT m.user_id, e.content FROM memberships m JOIN events e ON e.stream = m.stream
+         WHERE m.room_id = $1 AND m.membership = 'join'",
+        room_id
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.content)).collect())
+}
+
+/// A user's recorded notifications, newest first, before `before` (a stream position), for
+/// `/notifications`.
+pub async fn notifications(
+    conn: &mut PgConnection,
+    user_id: &str,
+    before: i64,
+    limit: i64,
+    highlights_only: bool,
+) -> Result<Vec<PushAction>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT user_id, room_id, stream, event_id, thread_id, highlight, actions, ts
+         FROM push_actions WHERE user_id = $1 AND stream < $2 AND (highlight OR NOT $3)
+         ORDER BY stream DESC LIMIT $4",
+        user_id,
+        before,
+        highlights_only,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| PushAction {
+            user_id: r.user_id,
+            room_id: r.room_id,
+            stream: r.stream,
+            event_id: r.event_id,
+            thread_id: r.thread_id,
+            highlight: r.highlight,
+            actions: r.actions,
+            ts: r.ts,
+        })
+        .collect())
+}
