@@ -443,6 +443,8 @@ max_upload_size: 50M
 signing_key_path: "$dir/signing.key"
 trusted_key_servers: []
 suppress_key_server_warning: true
+# The compat suite's push gateway listens on 127.0.0.1, which Synapse blocks by default.
+ip_range_whitelist: ["127.0.0.1"]
 enable_registration: false
 registration_shared_secret: "$STACK_REGISTRATION_SECRET"
 macaroon_secret_key: "$STACK_MACAROON_SECRET"

@@ -108,6 +108,11 @@ pub fn body(notice: &Notice, device: &Device) -> Value {
     }]);
     let counts = json!({ "unread": notice.unread });
     if device.data.get("format").and_then(Value::as_str) == Some("event_id_only") {
+        // Synapse sends no tweaks in this format.
+        let mut devices = devices;
+        if let Some(device) = devices.get_mut(0).and_then(Value::as_object_mut) {
+            device.remove("tweaks");
+        }
         return json!({"notification": {
             "event_id": notice.event_id,
             "room_id": notice.room_id,
@@ -286,6 +291,7 @@ mod tests {
             n["devices"][0]["data"],
             json!({"extra": 1, "format": "event_id_only"})
         );
+        assert!(n["devices"][0].get("tweaks").is_none());
         let mut quiet = notice();
         quiet.tweaks.insert("highlight".into(), json!(false));
         assert_eq!(

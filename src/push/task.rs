@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use ruma::push::Ruleset;
 use ruma::{OwnedRoomId, UserId};
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -127,15 +128,23 @@ impl PushTask {
             .collect();
         let now = now_ms();
         let mut rooms: HashMap<OwnedRoomId, Room> = HashMap::new();
+        let suffix = format!(":{}", self.server_name);
+        let recipient = |user: &str| user.ends_with(&suffix) && !self.appservice_user(user);
         for event in events {
             if !rooms.contains_key(&event.room_id) {
-                let room = self.room(conn, &event.room_id, now).await?;
+                let room = load_room(conn, &event.room_id, now, recipient).await?;
                 rooms.insert(event.room_id.clone(), room);
             }
         }
+        // Invites are evaluated for the invited user too (`.m.rule.invite_for_me`).
+        let invitees: HashMap<i64, String> = events
+            .iter()
+            .filter_map(|e| Some((e.stream, invitee(e).filter(|u| recipient(u))?.to_owned())))
+            .collect();
         let recipients: Vec<String> = rooms
             .values()
             .flat_map(|room| room.recipients.iter().map(|(user, _)| user.clone()))
+            .chain(invitees.values().cloned())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -150,26 +159,21 @@ impl PushTask {
                 continue;
             };
             let value = event_json(event);
-            let facts = RoomFacts {
-                room_id: &event.room_id,
-                member_count: room.member_count,
-                power_levels: room.power_levels.as_ref(),
-            };
-            for (user, display_name) in &room.recipients {
-                if user == event.sender.as_str() || room.muted.contains(user) {
-                    continue;
-                }
+            let invited = invitees
+                .get(&event.stream)
+                .map(|u| (u.clone(), String::new()));
+            for (user, display_name) in room.recipients.iter().chain(invited.as_ref()) {
                 let Ok(user_id) = UserId::parse(user.as_str()) else {
                     continue;
                 };
                 let ruleset = rulesets
                     .entry(user.clone())
                     .or_insert_with(|| rules::ruleset(&user_id, stored_rules.get(user)));
-                let context = rules::context(&facts, &user_id, display_name);
-                let outcome = rules::evaluate(ruleset, &value, &context).await;
-                if !outcome.notify {
+                let Some(outcome) =
+                    notifies(room, event, &value, &user_id, display_name, ruleset).await
+                else {
                     continue;
-                }
+                };
                 if pushers.contains_key(user) {
                     notices.push(Notice {
                         event_id: event.event_id.to_string(),
@@ -209,7 +213,7 @@ impl PushTask {
             let unread = match badges.get(&notice.user_id) {
                 Some(unread) => *unread,
                 None => {
-                    let unread = store::push::rooms_with_unread(conn, &notice.user_id).await?;
+                    let unread = store::push::badge(conn, &notice.user_id).await?;
                     badges.insert(notice.user_id.clone(), unread);
                     unread
                 }
@@ -225,68 +229,6 @@ impl PushTask {
         Ok(outgoing)
     }
 
-    /// What evaluation needs to know about a room now.
-    async fn room(
-        &self,
-        conn: &mut PgConnection,
-        room_id: &OwnedRoomId,
-        now: i64,
-    ) -> Result<Room, StoreError> {
-        let members = store::push::joined_members(conn, room_id.as_str()).await?;
-        let suffix = format!(":{}", self.server_name);
-        let names: HashMap<String, Option<String>> = members
-            .iter()
-            .map(|(user, content)| {
-                let name = content
-                    .get("displayname")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_owned);
-                (user.clone(), name)
-            })
-            .collect();
-        let recipients: Vec<(String, String)> = members
-            .iter()
-            .filter(|(user, _)| user.ends_with(&suffix) && !self.appservice_user(user))
-            .map(|(user, _)| {
-                let name = names.get(user).cloned().flatten();
-                (user.clone(), name.unwrap_or_else(|| localpart(user)))
-            })
-            .collect();
-        let ids: Vec<String> = recipients.iter().map(|(u, _)| u.clone()).collect();
-        let muted = store::push::mutes(conn, room_id.as_str(), &ids)
-            .await?
-            .into_iter()
-            .filter(|(_, until)| rules::muted(Some(*until), now))
-            .map(|(user, _)| user)
-            .collect();
-        let keys = [
-            ("m.room.power_levels", ""),
-            ("m.room.name", ""),
-            ("m.room.canonical_alias", ""),
-        ];
-        let state = store::events::current_state_at_keys(conn, room_id.as_str(), &keys).await?;
-        let content_of = |kind: &str| {
-            state
-                .iter()
-                .find(|e| e.event.kind == kind)
-                .map(|e| e.event.content.clone())
-        };
-        let text = |kind: &str, field: &str| {
-            content_of(kind)
-                .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
-                .filter(|t| !t.is_empty())
-        };
-        Ok(Room {
-            member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
-            power_levels: content_of("m.room.power_levels"),
-            name: text("m.room.name", "name").or_else(|| text("m.room.canonical_alias", "alias")),
-            names,
-            recipients,
-            muted,
-        })
-    }
-
     /// Whether a user is an appservice's bot or in one of its exclusive user namespaces.
     fn appservice_user(&self, user: &str) -> bool {
         self.registrations.iter().any(|r| {
@@ -298,16 +240,79 @@ impl PushTask {
     }
 }
 
+/// What evaluation needs to know about a room now; `recipient` picks the joined members whose
+/// rules are evaluated.
+pub(super) async fn load_room(
+    conn: &mut PgConnection,
+    room_id: &OwnedRoomId,
+    now: i64,
+    recipient: impl Fn(&str) -> bool,
+) -> Result<Room, StoreError> {
+    let members = store::push::joined_members(conn, room_id.as_str()).await?;
+    let names: HashMap<String, Option<String>> = members
+        .iter()
+        .map(|(user, content)| {
+            let name = content
+                .get("displayname")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned);
+            (user.clone(), name)
+        })
+        .collect();
+    let recipients: Vec<(String, String)> = members
+        .iter()
+        .filter(|(user, _)| recipient(user))
+        .map(|(user, _)| {
+            let name = names.get(user).cloned().flatten();
+            // No display name: the display name rule matches nothing (as in Synapse).
+            (user.clone(), name.unwrap_or_default())
+        })
+        .collect();
+    let ids: Vec<String> = recipients.iter().map(|(u, _)| u.clone()).collect();
+    let muted = store::push::mutes(conn, room_id.as_str(), &ids)
+        .await?
+        .into_iter()
+        .filter(|(_, until)| rules::muted(Some(*until), now))
+        .map(|(user, _)| user)
+        .collect();
+    let keys = [
+        ("m.room.power_levels", ""),
+        ("m.room.name", ""),
+        ("m.room.canonical_alias", ""),
+    ];
+    let state = store::events::current_state_at_keys(conn, room_id.as_str(), &keys).await?;
+    let content_of = |kind: &str| {
+        state
+            .iter()
+            .find(|e| e.event.kind == kind)
+            .map(|e| e.event.content.clone())
+    };
+    let text = |kind: &str, field: &str| {
+        content_of(kind)
+            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
+            .filter(|t| !t.is_empty())
+    };
+    Ok(Room {
+        member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
+        power_levels: content_of("m.room.power_levels"),
+        name: text("m.room.name", "name").or_else(|| text("m.room.canonical_alias", "alias")),
+        names,
+        recipients,
+        muted,
+    })
+}
+
 /// A room as the push task sees it.
-struct Room {
+pub(super) struct Room {
     member_count: u64,
     power_levels: Option<Map<String, Value>>,
     /// `m.room.name`, else the canonical alias.
     name: Option<String>,
     /// Joined member → display name.
     names: HashMap<String, Option<String>>,
-    /// Joined local non-appservice members with the display name the rules match.
-    recipients: Vec<(String, String)>,
+    /// Joined members whose rules are evaluated, with the display name the rules match.
+    pub(super) recipients: Vec<(String, String)>,
     /// Recipients who muted the room.
     muted: HashSet<String>,
 }
@@ -338,14 +343,38 @@ impl Room {
     }
 }
 
-fn localpart(user: &str) -> String {
-    user.strip_prefix('@')
-        .and_then(|rest| rest.split_once(':'))
-        .map_or_else(|| user.to_owned(), |(local, _)| local.to_owned())
+/// The user an `m.room.member` invite is for.
+fn invitee(event: &StoredEvent) -> Option<&str> {
+    let invite = event.kind == "m.room.member"
+        && event.content.get("membership").and_then(Value::as_str) == Some("invite");
+    invite.then_some(event.state_key.as_deref()).flatten()
+}
+
+/// What the rules of `user` (a recipient of `room`) say about `event`, if it notifies them:
+/// never for their own events or in a room they muted.
+pub(super) async fn notifies(
+    room: &Room,
+    event: &StoredEvent,
+    value: &Value,
+    user: &UserId,
+    display_name: &str,
+    ruleset: &Ruleset,
+) -> Option<rules::Outcome> {
+    if user == event.sender || room.muted.contains(user.as_str()) {
+        return None;
+    }
+    let facts = RoomFacts {
+        room_id: &event.room_id,
+        member_count: room.member_count,
+        power_levels: room.power_levels.as_ref(),
+    };
+    let context = rules::context(&facts, user, display_name);
+    let outcome = rules::evaluate(ruleset, value, &context).await;
+    outcome.notify.then_some(outcome)
 }
 
 /// The event as the push rules see it (client format).
-fn event_json(event: &StoredEvent) -> Value {
+pub(super) fn event_json(event: &StoredEvent) -> Value {
     let mut value = json!({
         "type": event.kind,
         "room_id": event.room_id,

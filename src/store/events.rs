@@ -639,6 +639,35 @@ pub async fn stream_range(
     parse_all(rows)
 }
 
+/// Events of `room_ids` in `(after, upto]` that may notify (neither backfilled nor silent,
+/// see migration 0009), in stream order, at most `limit`.
+pub async fn notifiable_of_rooms(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.room_id = ANY($1) AND e.stream > $2 AND e.stream <= $3
+             AND NOT e.backfilled AND NOT e.silent
+           ORDER BY e.stream
+           LIMIT $4"#,
+        room_ids,
+        after,
+        upto,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
 /// Which of `event_ids` exist, with their rooms.
 pub async fn existing_ids(
     conn: &mut PgConnection,

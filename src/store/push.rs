@@ -224,7 +224,9 @@ pub struct ThreadCount {
 /// The user's notifications at or before `upto` in `room_ids` that no read receipt of theirs
 /// covers, counted per (room, thread). A receipt covers an event when it points at an event
 /// at or after it (by stream position): an unthreaded receipt covers every thread, a threaded
-/// one (`main` included) its own thread. `m.read` and `m.read.private` count alike.
+/// one (`main` included) its own thread. `m.read` and `m.read.private` count alike. The
+/// user's latest member event counts as an unthreaded receipt (Synapse starts counting at the
+/// join when there is no receipt: an invite's notification is not unread after the join).
 pub async fn unread(
     conn: &mut PgConnection,
     user_id: &str,
@@ -233,10 +235,14 @@ pub async fn unread(
 ) -> Result<Vec<ThreadCount>, StoreError> {
     let rows = sqlx::query!(
         r#"WITH read AS (
-               SELECT r.room_id, r.thread_id, MAX(e.stream) AS stream
-               FROM receipts r JOIN events e ON e.event_id = r.event_id
-               WHERE r.user_id = $1 AND r.room_id = ANY($2)
-               GROUP BY r.room_id, r.thread_id)
+               SELECT room_id, thread_id, MAX(stream) AS stream FROM (
+                   SELECT r.room_id, r.thread_id, e.stream
+                   FROM receipts r JOIN events e ON e.event_id = r.event_id
+                   WHERE r.user_id = $1 AND r.room_id = ANY($2)
+                   UNION ALL
+                   SELECT room_id, '', stream FROM memberships
+                   WHERE user_id = $1 AND room_id = ANY($2)) x
+               GROUP BY room_id, thread_id)
            SELECT a.room_id, a.thread_id,
                   COUNT(*) AS "notifications!", COUNT(*) FILTER (WHERE a.highlight) AS "highlights!"
            FROM push_actions a
@@ -262,9 +268,9 @@ pub async fn unread(
         .collect())
 }
 
-/// The rooms where the user has an unread notification (the push badge, Synapse's default
-/// `group_unread_count_by_room`), over the local rooms they are joined to.
-pub async fn rooms_with_unread(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreError> {
+/// The push badge as Synapse counts it (default `group_unread_count_by_room`): the user's
+/// pending invites plus the rooms where they have an unread notification, over local rooms.
+pub async fn badge(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreError> {
     let rooms = sqlx::query_scalar!(
         "SELECT room_id FROM memberships WHERE user_id = $1 AND membership = 'join'",
         user_id
@@ -279,7 +285,13 @@ pub async fn rooms_with_unread(conn: &mut PgConnection, user_id: &str) -> Result
         .collect();
     unread_rooms.sort_unstable();
     unread_rooms.dedup();
-    Ok(i64::try_from(unread_rooms.len()).unwrap_or(i64::MAX))
+    let invites = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM memberships WHERE user_id = $1 AND membership = 'invite'"#,
+        user_id
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(i64::try_from(unread_rooms.len()).unwrap_or(i64::MAX) + invites)
 }
 
 /// The `com.beeper.mute` room account data of `users` in a room: user → `muted_until`
@@ -377,5 +389,42 @@ pub async fn notifications(
             actions: r.actions,
             ts: r.ts,
         })
+        .collect())
+}
+
+/// How far the push task has recorded notifications (`None` before it first ran).
+pub async fn recorded_upto(conn: &mut PgConnection) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar!("SELECT stream FROM push_position WHERE only_row")
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// The stream position each of the user's read receipts points at, by (room, thread; `""`
+/// for unthreaded), the later of `m.read` and `m.read.private`; the user's latest member event
+/// counts as an unthreaded receipt (see [`unread`]).
+pub async fn read_positions(
+    conn: &mut PgConnection,
+    user_id: &str,
+    room_ids: &[String],
+) -> Result<HashMap<(String, String), i64>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT room_id AS "room_id!", thread_id AS "thread_id!", MAX(stream) AS "stream!"
+           FROM (SELECT r.room_id, r.thread_id, e.stream
+                 FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.user_id = $1 AND r.room_id = ANY($2)
+                 UNION ALL
+                 SELECT room_id, '', stream FROM memberships
+                 WHERE user_id = $1 AND room_id = ANY($2)) x
+           GROUP BY room_id, thread_id"#,
+        user_id,
+        room_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.room_id, r.thread_id), r.stream))
         .collect())
 }

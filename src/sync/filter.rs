@@ -54,6 +54,9 @@ pub struct SectionFilter {
     pub rooms: Option<Vec<String>>,
     #[serde(default)]
     pub not_rooms: Vec<String>,
+    /// Per-thread unread counts (MSC3773), read from the timeline filter as Synapse does.
+    #[serde(default)]
+    pub unread_thread_notifications: bool,
 }
 
 fn room_allowed(rooms: &Option<Vec<String>>, not_rooms: &[String], room_id: &str) -> bool {

@@ -110,6 +110,8 @@ struct Prefetch {
     /// Room → its state at the sync's position, for the rooms that send state (new rooms,
     /// `full_state`, lazy-loaded members).
     states: HashMap<String, Vec<EventWithPrev>>,
+    /// Joined room → the user's unread counts (absent: none).
+    unread: HashMap<String, crate::push::counts::Counts>,
 }
 
 /// What a joined room shows besides events.
@@ -281,7 +283,20 @@ pub async fn build(
             })
             .map(|room| room.room_id.clone())
             .collect();
+        let joined: Vec<String> = active
+            .iter()
+            .filter(|room| room.membership == "join")
+            .map(|room| room.room_id.clone())
+            .collect();
+        let unread = crate::push::counts::unread_of_rooms(
+            &mut conn,
+            &request.requester.user_id,
+            &joined,
+            request.upto,
+        )
+        .await?;
         Prefetch {
+            unread,
             states: store::events::state_of_rooms(&mut conn, &stateful, request.upto).await?,
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
             side,
@@ -439,7 +454,14 @@ async fn joined_room(
         summary,
     )
     .await?;
-    Ok(Some(json!({
+    let per_thread = request.filter.room.timeline.unread_thread_notifications;
+    let (unread, thread_unread) = pre
+        .unread
+        .get(&room.room_id)
+        .cloned()
+        .unwrap_or_default()
+        .sync_fields(per_thread);
+    let mut entry = json!({
         "timeline": {
             "events": part.timeline,
             "limited": part.limited,
@@ -449,7 +471,12 @@ async fn joined_room(
         "summary": part.summary,
         "ephemeral": { "events": ephemeral(request, side) },
         "account_data": { "events": account_data(request, side) },
-    })))
+        "unread_notifications": unread,
+    });
+    if let Some(threads) = thread_unread {
+        entry["unread_thread_notifications"] = threads;
+    }
+    Ok(Some(entry))
 }
 
 async fn left_room(
