@@ -289,3 +289,42 @@ def test_batch_send_without_notifications_pushes_and_counts_nothing(gateway):
     time.sleep(1)
     assert [n["event_id"] for n in gateway.drain()] == []
     assert unread(sync(alice), room_id)["unread_notifications"] == {"notification_count": 1, "highlight_count": 0}
+
+
+def test_notifications_merge_local_rooms_with_synapses():
+    alice, bob = stack.register_user(), stack.register_user()
+    rooms = {federate: joined_room(bob, alice, federate, "listed") for federate in (True, False)}
+    sync(alice)
+    sent = {}
+    for federate, room_id in rooms.items():
+        sent[federate] = [send_text(of(bob), room_id, "plain"), mention(of(bob), room_id, alice)]
+        time.sleep(0.05)
+    read_up_to(alice, rooms[False], sent[False][0])
+    read_up_to(alice, rooms[True], sent[True][0])
+
+    def entries(**params) -> dict:
+        page = of(alice).ok("GET", "/v3/notifications", params)
+        return {n["event"]["event_id"]: n for n in page["notifications"]}
+
+    everything = entries()
+    for federate in (True, False):
+        plain, mentioned = (everything[e] for e in sent[federate])
+        assert plain["read"] is True and mentioned["read"] is False
+        assert plain["room_id"] == rooms[federate]
+    local, theirs = everything[sent[False][1]], everything[sent[True][1]]
+    assert sorted(local) == sorted(theirs)
+    assert local["actions"] == theirs["actions"]
+    assert local["event"]["content"] == theirs["event"]["content"]
+    highlights = entries(only="highlight")
+    assert set(highlights) >= {sent[False][1], sent[True][1]}
+    assert sent[False][0] not in highlights and sent[True][0] not in highlights
+
+    # Page by page, every entry exactly once, newest first.
+    seen, token = [], None
+    for _ in range(20):
+        page = of(alice).ok("GET", "/v3/notifications", {"limit": 1} | ({"from": token} if token else {}))
+        seen += [n["event"]["event_id"] for n in page["notifications"]]
+        token = page.get("next_token")
+        if not token:
+            break
+    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))

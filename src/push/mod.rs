@@ -16,6 +16,7 @@
 
 pub mod counts;
 pub mod gateway;
+pub mod notifications;
 pub mod rules;
 pub mod task;
 

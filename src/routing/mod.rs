@@ -62,6 +62,8 @@ pub enum Route {
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
     Sync,
+    /// `GET /notifications`: Synapse's list merged with the local rooms'.
+    Notifications,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
@@ -85,7 +87,7 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms | Route::Sync | Route::Versions => "merge",
+            Route::JoinedRooms | Route::Sync | Route::Versions | Route::Notifications => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay => "relay",
         }
@@ -255,6 +257,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
+        [_, "notifications"] if method == Method::GET => Route::Notifications,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => Route::Forward,
@@ -533,6 +536,11 @@ mod tests {
                 Method::GET,
                 "/_matrix/client/v3/joined_rooms",
                 Route::JoinedRooms,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/notifications",
+                Route::Notifications,
             ),
             (
                 Method::GET,

@@ -302,3 +302,15 @@ impl Synapse {
             .unwrap_or_default())
     }
 }
+
+impl Synapse {
+    /// The user's `GET /notifications` page for `query` (without the access token).
+    pub async fn notifications(&self, token: &str, query: &str) -> Result<Value, CallError> {
+        let path = if query.is_empty() {
+            "/_matrix/client/v3/notifications".to_owned()
+        } else {
+            format!("/_matrix/client/v3/notifications?{query}")
+        };
+        self.call(Method::GET, &path, token).await
+    }
+}
