@@ -95,7 +95,8 @@ impl AppState {
             &rooms.typing,
         ));
         // Push follows the event stream like the appservice pushers, until the process ends.
-        let push = Arc::new(Push::new(db.clone(), synapse.clone()));
+        let (push, learner) = Push::new(db.clone(), synapse.clone());
+        tokio::spawn(learner);
         match crate::push::gateway::client() {
             Ok(client) => {
                 tokio::spawn(

@@ -311,9 +311,11 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let addr = server.addr;
     let in_flight = tokio::spawn(
         client().request(
-            Request::get(format!("http://{addr}/_matrix/client/v3/notifications"))
-                .body(Full::default())
-                .unwrap(),
+            Request::get(format!(
+                "http://{addr}/_matrix/client/v3/thirdparty/protocols"
+            ))
+            .body(Full::default())
+            .unwrap(),
         ),
     );
     received.recv().await.unwrap(); // the request is at Synapse

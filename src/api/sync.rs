@@ -84,15 +84,12 @@ async fn handle(
         client_headers: crate::upstream::client_identity(request.headers(), request.uri(), peer),
     };
     // The user's own token is here: learn their push rules and pushers for local rooms' push
-    // (at most every few minutes), alongside the sync so it adds no wait.
-    let learn = async {
-        if sync_request.requester.appservice.is_none() && !sync_request.token.is_empty() {
-            let user = sync_request.requester.user_id.as_str();
-            state.push.learn(&sync_request.token, user).await;
-        }
-    };
-    let (body, ()) = tokio::join!(state.syncer.sync(&sync_request), learn);
-    let body = body.map_err(to_api)?;
+    // (at most every few minutes, in the background).
+    if sync_request.requester.appservice.is_none() && !sync_request.token.is_empty() {
+        let user = sync_request.requester.user_id.as_str();
+        state.push.saw_sync(&sync_request.token, user);
+    }
+    let body = state.syncer.sync(&sync_request).await.map_err(to_api)?;
     Ok(Json(body).into_response())
 }
 

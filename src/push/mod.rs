@@ -35,6 +35,9 @@ use crate::upstream::Synapse;
 pub const RELEARN_AFTER: Duration = Duration::from_secs(600);
 /// Users remembered as learned; the memory starts over when full.
 const MAX_LEARNED: usize = 100_000;
+/// Syncs waiting for their user's settings to be fetched; more are passed over (their user is
+/// learned on a later sync).
+const LEARN_QUEUE: usize = 1024;
 
 /// Learns users' push settings from Synapse. Cheap to share.
 pub struct Push {
@@ -42,19 +45,48 @@ pub struct Push {
     synapse: Synapse,
     /// User → when their settings were last fetched by this process.
     learned: Mutex<HashMap<String, Instant>>,
+    /// `(token, user)` of syncs whose user is to be learned, for the learner task. Tokens stay
+    /// in memory only until fetched with.
+    queue: tokio::sync::mpsc::Sender<(String, String)>,
 }
 
 impl Push {
-    pub fn new(db: PgPool, synapse: Synapse) -> Self {
-        Self {
+    /// The service, and the learner task to run (it ends when the service is dropped).
+    pub fn new(db: PgPool, synapse: Synapse) -> (std::sync::Arc<Self>, impl Future<Output = ()>) {
+        let (queue, mut learn) = tokio::sync::mpsc::channel(LEARN_QUEUE);
+        let push = std::sync::Arc::new(Self {
             db,
             synapse,
             learned: Mutex::default(),
+            queue,
+        });
+        let weak = std::sync::Arc::downgrade(&push);
+        let learner = async move {
+            while let Some((token, user)) = learn.recv().await {
+                let Some(push) = weak.upgrade() else { break };
+                push.learn(&token, &user).await;
+            }
+        };
+        (push, learner)
+    }
+
+    /// Called with each `/sync` of a user (their own token): has their push rules and pushers
+    /// fetched in the background unless this process did so recently. Never delays the sync.
+    pub fn saw_sync(&self, token: &str, user_id: &str) {
+        let fresh = {
+            let learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+            learned
+                .get(user_id)
+                .is_some_and(|at| at.elapsed() < RELEARN_AFTER)
+        };
+        if !fresh {
+            // Full: this user is learned on a later sync.
+            let _ = self.queue.try_send((token.to_owned(), user_id.to_owned()));
         }
     }
 
-    /// Called with each `/sync` of a user (their own token): fetches their push rules and
-    /// pushers unless this process did so recently. Failures are logged, never the sync's.
+    /// Fetches the user's push rules and pushers unless this process did so recently.
+    /// Failures are logged.
     pub async fn learn(&self, token: &str, user_id: &str) {
         {
             let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,236 @@
+//! Unread counts of local rooms against a real Postgres (`HUNGRYSERV_TEST_DATABASE_URL`, set
+//! by `compat-tests/run`): receipts (threaded and not) against recorded notifications, the
+//! join as the first receipt, and the events the push task has not reached yet.
+
+mod support;
+
+use std::time::Duration;
+
+use hungryserv::config::DatabaseConfig;
+use hungryserv::push::counts::{Count, unread_of_rooms};
+use hungryserv::store::{self, push::PushAction};
+use ruma::UserId;
+use serde_json::json;
+use sqlx::PgPool;
+
+const ROOM: &str = "!hs_counts:one.example";
+const ALICE: &str = "@alice:one.example";
+const BOB: &str = "@bob:one.example";
+
+async fn database() -> PgPool {
+    let config = DatabaseConfig {
+        url: support::fresh_database().await,
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    store::connect(&config, "one.example").await.unwrap()
+}
+
+/// Writes event `stream` (`$e{stream}`) by `sender` with `content`.
+async fn event(
+    pool: &PgPool,
+    stream: i64,
+    sender: &str,
+    kind: &str,
+    key: Option<&str>,
+    content: serde_json::Value,
+) {
+    sqlx::query(
+        "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
+                             origin_server_ts, content)
+         VALUES ($1, $2, $1, '$e' || $1, $3, $4, $5, $1, $6)",
+    )
+    .bind(stream)
+    .bind(ROOM)
+    .bind(kind)
+    .bind(key)
+    .bind(sender)
+    .bind(content)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn room(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
+         VALUES ($1, 'bridge', '10', $2, 0, 0, 0)",
+    )
+    .bind(ROOM)
+    .bind(BOB)
+    .execute(pool)
+    .await
+    .unwrap();
+    for (stream, user) in [(1, BOB), (2, ALICE)] {
+        event(
+            pool,
+            stream,
+            user,
+            "m.room.member",
+            Some(user),
+            json!({"membership": "join"}),
+        )
+        .await;
+        sqlx::query("INSERT INTO memberships (room_id, user_id, membership, stream) VALUES ($1, $2, 'join', $3)")
+            .bind(ROOM)
+            .bind(user)
+            .bind(stream)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+async fn receipt(pool: &PgPool, thread: &str, stream: i64) {
+    sqlx::query(
+        "INSERT INTO receipts (room_id, user_id, type, thread_id, event_id, stream, ts)
+         VALUES ($1, $2, 'm.read', $3, '$e' || $4, $4, 0)
+         ON CONFLICT (room_id, user_id, type, thread_id) DO UPDATE SET event_id = EXCLUDED.event_id",
+    )
+    .bind(ROOM)
+    .bind(ALICE)
+    .bind(thread)
+    .bind(stream)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn action(stream: i64, thread: &str, highlight: bool) -> PushAction {
+    PushAction {
+        user_id: ALICE.into(),
+        room_id: ROOM.into(),
+        stream,
+        event_id: format!("$e{stream}"),
+        thread_id: thread.into(),
+        highlight,
+        actions: json!(["notify"]),
+        ts: stream,
+    }
+}
+
+async fn counts(pool: &PgPool, upto: i64) -> (Count, Count, Option<Count>) {
+    let mut conn = pool.acquire().await.unwrap();
+    let alice = UserId::parse(ALICE).unwrap();
+    let all = unread_of_rooms(&mut conn, &alice, &[ROOM.to_owned()], upto)
+        .await
+        .unwrap();
+    let room = all.get(ROOM).cloned().unwrap_or_default();
+    (room.total, room.main, room.threads.get("$e3").copied())
+}
+
+fn count(notifications: i64, highlights: i64) -> Count {
+    Count {
+        notifications,
+        highlights,
+    }
+}
+
+#[tokio::test]
+async fn receipts_reset_recorded_notifications_per_thread() {
+    let pool = database().await;
+    room(&pool).await;
+    let text = json!({"msgtype": "m.text", "body": "x"});
+    for stream in 3..=7 {
+        event(&pool, stream, BOB, "m.room.message", None, text.clone()).await;
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    // 3, 4 (highlight), 6 in the main timeline; 5 and 7 in the thread of 3.
+    let recorded = [
+        action(3, "main", false),
+        action(4, "main", true),
+        action(5, "$e3", false),
+        action(6, "main", false),
+        action(7, "$e3", false),
+    ];
+    store::push::insert_actions(&mut conn, &recorded)
+        .await
+        .unwrap();
+    store::push::position(&mut conn, 7).await.unwrap();
+    drop(conn);
+
+    assert_eq!(
+        counts(&pool, 7).await,
+        (count(5, 1), count(3, 1), Some(count(2, 0)))
+    );
+    assert_eq!(
+        counts(&pool, 5).await.0,
+        count(3, 1),
+        "only what is at or before the position"
+    );
+    receipt(&pool, "main", 4).await;
+    assert_eq!(
+        counts(&pool, 7).await,
+        (count(3, 0), count(1, 0), Some(count(2, 0)))
+    );
+    receipt(&pool, "$e3", 5).await;
+    assert_eq!(
+        counts(&pool, 7).await,
+        (count(2, 0), count(1, 0), Some(count(1, 0)))
+    );
+    receipt(&pool, "", 6).await;
+    assert_eq!(
+        counts(&pool, 7).await,
+        (count(1, 0), count(0, 0), Some(count(1, 0)))
+    );
+}
+
+#[tokio::test]
+async fn events_the_push_task_has_not_reached_are_evaluated_for_the_count() {
+    let pool = database().await;
+    room(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    store::push::position(&mut conn, 2).await.unwrap();
+    drop(conn);
+    event(
+        &pool,
+        3,
+        BOB,
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "hi"}),
+    )
+    .await;
+    let mention = json!({"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [ALICE]}});
+    event(&pool, 4, BOB, "m.room.message", None, mention).await;
+    event(
+        &pool,
+        5,
+        ALICE,
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": "mine"}),
+    )
+    .await;
+    event(
+        &pool,
+        6,
+        BOB,
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.notice", "body": "bot"}),
+    )
+    .await;
+    sqlx::query("UPDATE events SET silent = true WHERE stream = 6")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Default rules (never learned): 3 notifies, 4 highlights, 5 is Alice's own, 6 is silent.
+    assert_eq!(counts(&pool, 6).await.0, count(2, 1));
+    receipt(&pool, "", 3).await;
+    assert_eq!(counts(&pool, 6).await.0, count(1, 1));
+    sqlx::query(
+        "INSERT INTO room_account_data (user_id, room_id, type, content, stream)
+         VALUES ($1, $2, 'com.beeper.mute', '{\"muted_until\": -1}', 1)",
+    )
+    .bind(ALICE)
+    .bind(ROOM)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts(&pool, 6).await.0,
+        count(0, 0),
+        "a muted room counts nothing"
+    );
+}
