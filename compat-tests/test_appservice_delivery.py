@@ -312,6 +312,22 @@ def test_a_failing_bridge_does_not_delay_another():
     asyncio.run(scenario())
 
 
+def test_metrics_cover_requests_upstream_events_syncs_and_the_pool():
+    user = stack.register_user()
+    headers = {"Authorization": f"Bearer {user.access_token}"}
+    httpx.get(f"{stack.HS_URL}/_matrix/client/v3/account/whoami", headers=headers, timeout=10)
+    httpx.get(f"{stack.HS_URL}/_matrix/client/v3/sync", params={"timeout": "0"}, headers=headers, timeout=30)
+    text = httpx.get(f"{stack.HS_URL}/_hungryserv/metrics", timeout=10).text
+    assert 'hungryserv_requests_total{route="forward",endpoint="forwarded",status="200"}' in text
+    assert 'route="merge",endpoint="/_matrix/client/v3/sync",status="200"' in text
+    assert 'hungryserv_upstream_duration_seconds_count{outcome="ok"}' in text
+    assert "hungryserv_sync_waiters " in text
+    persisted = [line for line in text.splitlines() if line.startswith("hungryserv_events_persisted_total ")]
+    assert persisted and int(persisted[0].split()[1]) >= 0
+    assert 'hungryserv_db_pool_connections{state="in_use"}' in text
+    assert "hungryserv_db_pool_max_connections " in text
+
+
 def test_metrics_show_delivery_per_appservice():
     text = httpx.get(f"{stack.HS_URL}/_hungryserv/metrics", timeout=10).text
     for reg in (stack.example_appservice(), stack.other_appservice()):

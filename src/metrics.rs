@@ -1,11 +1,15 @@
-//! Request metrics for `GET /_hungryserv/metrics`: requests answered, by route class and
-//! status, with a latency histogram (time to response headers, as the request log line).
+//! Request metrics for `GET /_hungryserv/metrics`: requests answered, by route class,
+//! endpoint (the path template, as in the request log line; forwarded requests are one
+//! endpoint, `forwarded`, so Synapse's unbounded paths never become labels) and status, with a
+//! latency histogram (time to response headers); Synapse's latency and errors as seen by the
+//! forwarder; events persisted; syncs waiting.
 //!
 //! May import: nothing of the crate.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// Histogram bucket bounds, in seconds.
@@ -21,28 +25,73 @@ struct Series {
     sum_seconds: f64,
 }
 
+/// Most distinct `(route, endpoint, status)` series; later new ones count as endpoint `other`.
+const MAX_SERIES: usize = 1_000;
+
+impl Series {
+    fn add(&mut self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        self.count += 1;
+        self.sum_seconds += seconds;
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound)
+            && let Some(slot) = self.buckets.get_mut(bucket)
+        {
+            *slot += 1;
+        }
+    }
+}
+
 /// Counters shared by every request. The lock is held for a few additions per request.
 #[derive(Default)]
 pub struct RequestMetrics {
-    /// `(route class, status) → series`.
-    series: Mutex<BTreeMap<(&'static str, u16), Series>>,
+    /// `(route class, endpoint, status) → series`.
+    series: Mutex<BTreeMap<(&'static str, String, u16), Series>>,
+    /// Forwarded requests by outcome (`ok`: Synapse answered, whatever the status; `error`:
+    /// unreachable or timed out) → time to Synapse's response headers.
+    upstream: Mutex<BTreeMap<&'static str, Series>>,
+    /// Syncs in progress now (long-polls waiting for news, mostly).
+    pub sync_waiters: AtomicI64,
+}
+
+/// Counts a waiting sync while it lives.
+pub struct Waiting<'a>(&'a AtomicI64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RequestMetrics {
     /// Records one answered request.
-    pub fn observe(&self, route: &'static str, status: u16, latency: Duration) {
-        let seconds = latency.as_secs_f64();
+    pub fn observe(&self, route: &'static str, endpoint: &str, status: u16, latency: Duration) {
         let Ok(mut series) = self.series.lock() else {
             return;
         };
-        let entry = series.entry((route, status)).or_default();
-        entry.count += 1;
-        entry.sum_seconds += seconds;
-        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound)
-            && let Some(slot) = entry.buckets.get_mut(bucket)
-        {
-            *slot += 1;
+        let endpoint = if route == "forward" {
+            "forwarded"
+        } else {
+            endpoint
+        };
+        let mut key = (route, endpoint.to_owned(), status);
+        if !series.contains_key(&key) && series.len() >= MAX_SERIES {
+            key.1 = "other".into();
         }
+        series.entry(key).or_default().add(latency);
+    }
+
+    /// Records one forwarded request's exchange with Synapse.
+    pub fn upstream(&self, answered: bool, latency: Duration) {
+        if let Ok(mut upstream) = self.upstream.lock() {
+            let outcome = if answered { "ok" } else { "error" };
+            upstream.entry(outcome).or_default().add(latency);
+        }
+    }
+
+    /// Marks a sync as waiting until the returned guard is dropped.
+    pub fn sync_waiting(&self) -> Waiting<'_> {
+        self.sync_waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.sync_waiters)
     }
 
     /// Prometheus text.
@@ -56,10 +105,11 @@ impl RequestMetrics {
         let Ok(series) = self.series.lock() else {
             return out;
         };
-        for ((route, status), s) in series.iter() {
+        for ((route, endpoint, status), s) in series.iter() {
             let _ = writeln!(
                 out,
-                "hungryserv_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
+                "hungryserv_requests_total{{route=\"{route}\",endpoint=\"{}\",status=\"{status}\"}} {}",
+                escape(endpoint),
                 s.count
             );
         }
@@ -68,34 +118,53 @@ impl RequestMetrics {
             "# HELP hungryserv_request_duration_seconds Time to response headers, by route class and status."
         );
         let _ = writeln!(out, "# TYPE hungryserv_request_duration_seconds histogram");
-        for ((route, status), s) in series.iter() {
-            let labels = format!("route=\"{route}\",status=\"{status}\"");
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(s.buckets.iter()) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "hungryserv_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "hungryserv_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
+        for ((route, endpoint, status), s) in series.iter() {
+            let labels = format!(
+                "route=\"{route}\",endpoint=\"{}\",status=\"{status}\"",
+                escape(endpoint)
             );
-            let _ = writeln!(
-                out,
-                "hungryserv_request_duration_seconds_sum{{{labels}}} {}",
-                s.sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "hungryserv_request_duration_seconds_count{{{labels}}} {}",
-                s.count
-            );
+            write_histogram(&mut out, "hungryserv_request_duration_seconds", &labels, s);
         }
+        drop(series);
+        self.render_upstream(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP hungryserv_sync_waiters Syncs in progress (long-polls waiting for news, mostly).\n# TYPE hungryserv_sync_waiters gauge\nhungryserv_sync_waiters {}",
+            self.sync_waiters.load(Ordering::Relaxed)
+        );
         out
     }
+
+    fn render_upstream(&self, out: &mut String) {
+        let Ok(upstream) = self.upstream.lock() else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP hungryserv_upstream_duration_seconds Forwarded requests: time to Synapse's response headers, by outcome (error: unreachable or timed out).\n# TYPE hungryserv_upstream_duration_seconds histogram"
+        );
+        for (outcome, s) in upstream.iter() {
+            let labels = format!("outcome=\"{outcome}\"");
+            write_histogram(out, "hungryserv_upstream_duration_seconds", &labels, s);
+        }
+    }
+}
+
+/// One histogram's lines.
+fn write_histogram(out: &mut String, name: &str, labels: &str, s: &Series) {
+    let mut cumulative = 0;
+    for (bound, n) in BUCKETS.iter().zip(s.buckets.iter()) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", s.count);
+}
+
+/// A label value with `\` and `"` escaped, as the text format wants.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 #[cfg(test)]
@@ -105,22 +174,44 @@ mod tests {
     #[test]
     fn histogram_is_cumulative() {
         let metrics = RequestMetrics::default();
-        metrics.observe("local", 200, Duration::from_micros(800));
-        metrics.observe("local", 200, Duration::from_millis(30));
-        metrics.observe("forward", 502, Duration::from_secs(20));
+        metrics.observe("local", "/x", 200, Duration::from_micros(800));
+        metrics.observe("local", "/x", 200, Duration::from_millis(30));
+        metrics.observe("forward", "/y/{roomId}", 502, Duration::from_secs(20));
+        metrics.upstream(false, Duration::from_secs(2));
+        let waiting = metrics.sync_waiting();
         let text = metrics.render();
-        assert!(text.contains("hungryserv_requests_total{route=\"local\",status=\"200\"} 2"));
         assert!(text.contains(
-            "hungryserv_request_duration_seconds_bucket{route=\"local\",status=\"200\",le=\"0.001\"} 1"
+            "hungryserv_requests_total{route=\"local\",endpoint=\"/x\",status=\"200\"} 2"
         ));
         assert!(text.contains(
-            "hungryserv_request_duration_seconds_bucket{route=\"local\",status=\"200\",le=\"0.05\"} 2"
+            "hungryserv_request_duration_seconds_bucket{route=\"local\",endpoint=\"/x\",status=\"200\",le=\"0.001\"} 1"
         ));
         assert!(text.contains(
-            "hungryserv_request_duration_seconds_bucket{route=\"forward\",status=\"502\",le=\"10\"} 0"
+            "hungryserv_request_duration_seconds_bucket{route=\"local\",endpoint=\"/x\",status=\"200\",le=\"0.05\"} 2"
         ));
         assert!(text.contains(
-            "hungryserv_request_duration_seconds_bucket{route=\"forward\",status=\"502\",le=\"+Inf\"} 1"
+            "hungryserv_request_duration_seconds_bucket{route=\"forward\",endpoint=\"forwarded\",status=\"502\",le=\"10\"} 0"
+        ));
+        assert!(text.contains(
+            "hungryserv_request_duration_seconds_bucket{route=\"forward\",endpoint=\"forwarded\",status=\"502\",le=\"+Inf\"} 1"
+        ));
+        assert!(text.contains(
+            "hungryserv_upstream_duration_seconds_bucket{outcome=\"error\",le=\"2.5\"} 1"
+        ));
+        assert!(text.contains("hungryserv_sync_waiters 1"));
+        drop(waiting);
+        assert!(metrics.render().contains("hungryserv_sync_waiters 0"));
+    }
+
+    #[test]
+    fn endpoints_are_bounded() {
+        let metrics = RequestMetrics::default();
+        for n in 0..MAX_SERIES + 5 {
+            metrics.observe("local", &format!("/e{n}"), 200, Duration::from_millis(1));
+        }
+        let text = metrics.render();
+        assert!(text.contains(
+            "hungryserv_requests_total{route=\"local\",endpoint=\"other\",status=\"200\"} 5"
         ));
     }
 }

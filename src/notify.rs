@@ -14,6 +14,7 @@
 //! subscribe-then-read rule.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Notifier {
     side: watch::Sender<SidePositions>,
     /// Latest stream position per room and per member, for committed positions only.
     touched: Arc<RwLock<Touched>>,
+    /// Events committed by this process (for metrics).
+    persisted: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -70,11 +73,14 @@ impl Notifier {
             tx: watch::Sender::new(current),
             side: watch::Sender::new(side),
             touched: Arc::default(),
+            persisted: Arc::default(),
         }
     }
 
     /// Called by the writer after a commit; positions only move forward.
     pub fn committed(&self, position: i64, commit: Commit) {
+        self.persisted
+            .fetch_add(commit.rooms.len() as u64, Ordering::Relaxed);
         {
             let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
             for (room, stream) in commit.rooms {
@@ -93,6 +99,11 @@ impl Notifier {
             }
             advanced
         });
+    }
+
+    /// Events committed by this process since it started.
+    pub fn events_persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Relaxed)
     }
 
     /// The highest committed position now.

@@ -149,11 +149,12 @@ async fn handle(
         request.uri().path(),
     );
     let request_id = handlers.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let template = routing::path_template(request.uri().path());
     let span = tracing::info_span!(
         "request",
         id = request_id,
         method = %request.method(),
-        path = %routing::path_template(request.uri().path()),
+        path = %template,
         route = route.label(),
     );
     let label = route.label();
@@ -200,7 +201,7 @@ async fn handle(
         handlers
             .state
             .requests
-            .observe(label, response.status().as_u16(), latency);
+            .observe(label, &template, response.status().as_u16(), latency);
         tracing::info!(
             status = response.status().as_u16(),
             latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -291,7 +292,12 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
                 .map(|u| u.into_owned())
         })
         .flatten();
-    let response = match state.synapse.forward(request, peer).await {
+    let started = Instant::now();
+    let forwarded = state.synapse.forward(request, peer).await;
+    state
+        .requests
+        .upstream(forwarded.is_ok(), started.elapsed());
+    let response = match forwarded {
         Ok(response) => response,
         Err(err) => return err.into_response(),
     };

@@ -29,11 +29,33 @@ async fn metrics(
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             state.requests.render(),
+            process_metrics(&state),
             state.deletions.metrics(),
             state.delivery.metrics(state.notifier.current())
         ),
+    )
+}
+
+/// Events persisted and the database pool.
+fn process_metrics(state: &AppState) -> String {
+    let pool_size = state.db.size();
+    let idle = state.db.num_idle();
+    format!(
+        "# HELP hungryserv_events_persisted_total Events of local rooms committed by this process.\n\
+         # TYPE hungryserv_events_persisted_total counter\n\
+         hungryserv_events_persisted_total {}\n\
+         # HELP hungryserv_db_pool_connections Database pool connections, by state.\n\
+         # TYPE hungryserv_db_pool_connections gauge\n\
+         hungryserv_db_pool_connections{{state=\"idle\"}} {idle}\n\
+         hungryserv_db_pool_connections{{state=\"in_use\"}} {}\n\
+         # HELP hungryserv_db_pool_max_connections The pool's size limit.\n\
+         # TYPE hungryserv_db_pool_max_connections gauge\n\
+         hungryserv_db_pool_max_connections {}\n",
+        state.notifier.events_persisted(),
+        (pool_size as usize).saturating_sub(idle),
+        state.db.options().get_max_connections(),
     )
 }
 

@@ -89,7 +89,10 @@ async fn handle(
         let user = sync_request.requester.user_id.as_str();
         state.push.saw_sync(&sync_request.token, user);
     }
-    let body = state.syncer.sync(&sync_request).await.map_err(to_api)?;
+    let body = {
+        let _waiting = state.requests.sync_waiting();
+        state.syncer.sync(&sync_request).await.map_err(to_api)?
+    };
     Ok(Json(body).into_response())
 }
 
