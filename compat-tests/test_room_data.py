@@ -78,6 +78,17 @@ class Observer:
                 return seen
         raise AssertionError(f"never saw the wanted observation; saw {seen}")
 
+    async def unread_after(self, event_id: str) -> tuple:
+        """Syncs until `event_id` is in the room's timeline; the room's unread counts then."""
+        for _ in range(COLLECT_SYNCS):
+            response = await self.client.sync(timeout=5000)
+            assert isinstance(response, SyncResponse), response
+            room = response.rooms.join.get(self.room_id)
+            if room is not None and any(getattr(e, "event_id", None) == event_id for e in room.timeline.events):
+                counts = room.unread_notifications
+                return ("unread", counts.notification_count, counts.highlight_count)
+        raise AssertionError(f"never saw {event_id}")
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -146,6 +157,12 @@ async def scenario(owner: stack.User, other: stack.User, room_id: str) -> list:
         started = time.monotonic()
         trace.append(("expired", await watch_owner.until(lambda o: o == ("typing", ()))))
         assert time.monotonic() - started < 10, "the expiry did not wake the sync"
+
+        # Unread counts after all of the above: the owner's receipt is on m2.
+        plain = send_text(of(other), room_id, "unread one")
+        trace.append(("unread after a message", [await watch_owner.unread_after(plain)]))
+        mention = send_text(of(other), room_id, f"hey {owner.user_id}")
+        trace.append(("unread after a mention", [await watch_owner.unread_after(mention)]))
     finally:
         await watch_owner.close()
         await watch_other.close()
@@ -195,6 +212,10 @@ def test_room_data_is_seen_through_sync_as_in_a_synapse_room(users):
     assert len(got) == len(expected)
     # The scenario really observed things (not two empty traces).
     assert ("typing", ("other",)) in got[6][1], got
+    assert got[-2:] == [
+        ("unread after a message", [("unread", 1, 0)]),
+        ("unread after a mention", [("unread", 2, 1)]),
+    ], got[-2:]
 
 
 def test_bad_room_data_requests_get_synapse_errors(users):

@@ -234,3 +234,58 @@ async fn events_the_push_task_has_not_reached_are_evaluated_for_the_count() {
         "a muted room counts nothing"
     );
 }
+
+/// The push task commits its records and its position together. A count taken while that
+/// commit happens must see the event either as recorded or as not yet reached, never as
+/// neither. The test holds the position table locked, lets the count block on it, commits
+/// "the task's" record and position, and only then releases the count: the reads happen on
+/// both sides of the commit in the order the count makes them.
+#[tokio::test]
+async fn a_count_racing_the_push_task_commit_sees_the_event_once() {
+    let pool = database().await;
+    room(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    store::push::position(&mut conn, 2).await.unwrap();
+    drop(conn);
+    let text = json!({"msgtype": "m.text", "body": "hi"});
+    event(&pool, 3, BOB, "m.room.message", None, text).await;
+
+    let mut task = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE push_position IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *task)
+        .await
+        .unwrap();
+    let counting = tokio::spawn({
+        let pool = pool.clone();
+        async move { counts(&pool, 3).await.0 }
+    });
+    // Wait until the count is blocked on the lock.
+    let blocked = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                 WHERE c.relname = 'push_position' AND NOT l.granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the count never read the push position");
+    store::push::insert_actions(&mut task, &[action(3, "main", false)])
+        .await
+        .unwrap();
+    store::push::set_position(&mut task, 3).await.unwrap();
+    task.commit().await.unwrap();
+    assert_eq!(
+        counting.await.unwrap(),
+        count(1, 0),
+        "the message is counted exactly once"
+    );
+}

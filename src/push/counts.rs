@@ -113,8 +113,14 @@ pub async fn unread_of_rooms(
         return Ok(HashMap::new());
     }
     let user = user_id.as_str();
-    let mut rows = store::push::unread(conn, user, rooms, upto).await?;
-    let recorded = store::push::recorded_upto(conn).await?.unwrap_or(upto);
+    // The task's position first: it commits its records and its position together, so every
+    // record up to `recorded` is visible to the next read. Read the other way round, a commit
+    // of the task between the two reads would hide its records from both halves.
+    let recorded = store::push::recorded_upto(conn)
+        .await?
+        .unwrap_or(upto)
+        .min(upto);
+    let mut rows = store::push::unread(conn, user, rooms, recorded).await?;
     if recorded < upto {
         rows.extend(unrecorded(conn, user_id, rooms, recorded, upto).await?);
     }
