@@ -113,14 +113,10 @@ pub async fn unread_of_rooms(
         return Ok(HashMap::new());
     }
     let user = user_id.as_str();
-    // The task's position first: it commits its records and its position together, so every
-    // record up to `recorded` is visible to the next read. Read the other way round, a commit
-    // of the task between the two reads would hide its records from both halves.
-    let recorded = store::push::recorded_upto(conn)
-        .await?
-        .unwrap_or(upto)
-        .min(upto);
-    let mut rows = store::push::unread(conn, user, rooms, recorded).await?;
+    let store::push::Unread {
+        recorded,
+        counts: mut rows,
+    } = store::push::unread(conn, user, rooms, upto).await?;
     if recorded < upto {
         rows.extend(unrecorded(conn, user_id, rooms, recorded, upto).await?);
     }
@@ -140,19 +136,24 @@ async fn unrecorded(
         return Ok(Vec::new());
     }
     let user = user_id.as_str();
-    let reads = store::push::read_positions(conn, user, rooms).await?;
-    let stored = store::push::rules_of(conn, &[user.to_owned()]).await?;
-    let ruleset = rules::ruleset(user_id, stored.get(user));
+    let mut event_rooms: Vec<String> = events.iter().map(|e| e.event.room_id.to_string()).collect();
+    event_rooms.sort_unstable();
+    event_rooms.dedup();
+    let context = store::push::recipient_context(conn, user, &event_rooms).await?;
+    let ruleset = rules::ruleset(user_id, context.rules.as_ref());
     let now = now_ms();
-    let mut loaded = HashMap::new();
+    let loaded: HashMap<&str, task::Room> = context
+        .rooms
+        .iter()
+        .filter_map(|(room, facts)| {
+            task::Room::for_recipient(user, facts, now).map(|r| (room.as_str(), r))
+        })
+        .collect();
+    let reads = &context.reads;
     let mut counts: HashMap<(String, String), ThreadCount> = HashMap::new();
     for row in events {
         let event = &row.event;
         let room_id = event.room_id.as_str();
-        if !loaded.contains_key(room_id) {
-            let room = task::load_room(conn, &event.room_id, now, |member| member == user).await?;
-            loaded.insert(room_id.to_owned(), room);
-        }
         let Some(room) = loaded.get(room_id) else {
             continue;
         };
@@ -166,7 +167,7 @@ async fn unrecorded(
             continue;
         };
         let thread = rules::thread_of(&event.content);
-        if covered(&reads, room_id, &thread, event.stream) {
+        if covered(reads, room_id, &thread, event.stream) {
             continue;
         }
         let count = counts

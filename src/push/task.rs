@@ -242,7 +242,7 @@ impl PushTask {
 
 /// What evaluation needs to know about a room now; `recipient` picks the joined members whose
 /// rules are evaluated.
-pub(super) async fn load_room(
+async fn load_room(
     conn: &mut PgConnection,
     room_id: &OwnedRoomId,
     now: i64,
@@ -318,6 +318,37 @@ pub(super) struct Room {
 }
 
 impl Room {
+    /// The room as one recipient's rules see it (from [`store::push::recipient_context`]);
+    /// `None` when the user is not joined.
+    pub(super) fn for_recipient(
+        user: &str,
+        room: &store::push::RecipientRoom,
+        now: i64,
+    ) -> Option<Room> {
+        let member = room.member.as_ref()?;
+        let name = member
+            .get("displayname")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let muted = rules::muted(room.muted_until, now)
+            .then(|| user.to_owned())
+            .into_iter()
+            .collect();
+        Some(Room {
+            member_count: u64::try_from(room.member_count).unwrap_or(0),
+            power_levels: room
+                .power_levels
+                .as_ref()
+                .and_then(Value::as_object)
+                .cloned(),
+            name: None,
+            recipients: vec![(user.to_owned(), name.clone().unwrap_or_default())],
+            names: HashMap::from([(user.to_owned(), name)]),
+            muted,
+        })
+    }
+
     fn display_name(&self, user: &str) -> Option<String> {
         self.names.get(user).cloned().flatten()
     }

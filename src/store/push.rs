@@ -232,9 +232,15 @@ pub async fn unread(
     user_id: &str,
     room_ids: &[String],
     upto: i64,
-) -> Result<Vec<ThreadCount>, StoreError> {
+) -> Result<Unread, StoreError> {
+    // One statement, so one snapshot: the push task commits its records and its position
+    // together, and both are read here as of the same moment. Counted up to the smaller of
+    // `upto` and that position; the events after it are the caller's to evaluate.
     let rows = sqlx::query!(
-        r#"WITH read AS (
+        r#"WITH pos AS (
+               SELECT LEAST($3, COALESCE((SELECT stream FROM push_position WHERE only_row), $3))
+                   AS upto),
+           read AS (
                SELECT room_id, thread_id, MAX(stream) AS stream FROM (
                    SELECT r.room_id, r.thread_id, e.stream
                    FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -242,30 +248,46 @@ pub async fn unread(
                    UNION ALL
                    SELECT room_id, '', stream FROM memberships
                    WHERE user_id = $1 AND room_id = ANY($2)) x
-               GROUP BY room_id, thread_id)
-           SELECT a.room_id, a.thread_id,
-                  COUNT(*) AS "notifications!", COUNT(*) FILTER (WHERE a.highlight) AS "highlights!"
-           FROM push_actions a
-           LEFT JOIN read u ON u.room_id = a.room_id AND u.thread_id = ''
-           LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
-           WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream <= $3
-             AND a.stream > GREATEST(COALESCE(u.stream, 0), COALESCE(t.stream, 0))
-           GROUP BY a.room_id, a.thread_id"#,
+               GROUP BY room_id, thread_id),
+           counts AS (
+               SELECT a.room_id, a.thread_id,
+                      COUNT(*) AS notifications, COUNT(*) FILTER (WHERE a.highlight) AS highlights
+               FROM push_actions a
+               LEFT JOIN read u ON u.room_id = a.room_id AND u.thread_id = ''
+               LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
+               WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream <= (SELECT upto FROM pos)
+                 AND a.stream > GREATEST(COALESCE(u.stream, 0), COALESCE(t.stream, 0))
+               GROUP BY a.room_id, a.thread_id)
+           SELECT pos.upto AS "recorded!", c.room_id AS "room_id?", c.thread_id AS "thread_id?",
+                  c.notifications AS "notifications?", c.highlights AS "highlights?"
+           FROM pos LEFT JOIN counts c ON true"#,
         user_id,
         room_ids,
         upto
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
+    let recorded = rows.first().map_or(upto, |r| r.recorded);
+    let counts = rows
         .into_iter()
-        .map(|r| ThreadCount {
-            room_id: r.room_id,
-            thread_id: r.thread_id,
-            notifications: r.notifications,
-            highlights: r.highlights,
+        .filter_map(|r| {
+            Some(ThreadCount {
+                room_id: r.room_id?,
+                thread_id: r.thread_id?,
+                notifications: r.notifications?,
+                highlights: r.highlights?,
+            })
         })
-        .collect())
+        .collect();
+    Ok(Unread { recorded, counts })
+}
+
+/// What [`unread`] found: the counts of the recorded notifications up to `recorded`.
+#[derive(Debug, Default)]
+pub struct Unread {
+    /// The position counted up to: the smaller of the one asked and the push task's.
+    pub recorded: i64,
+    pub counts: Vec<ThreadCount>,
 }
 
 /// The push badge as Synapse counts it (default `group_unread_count_by_room`): the user's
@@ -277,7 +299,8 @@ pub async fn badge(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreE
     )
     .fetch_all(&mut *conn)
     .await?;
-    let counts = unread(conn, user_id, &rooms, i64::MAX).await?;
+    // Everything recorded (the task records and moves its position together).
+    let counts = unread(conn, user_id, &rooms, i64::MAX).await?.counts;
     let mut unread_rooms: Vec<&str> = counts
         .iter()
         .filter(|c| c.notifications > 0)
@@ -316,6 +339,90 @@ pub async fn mutes(
             Some((r.user_id, until))
         })
         .collect())
+}
+
+/// What evaluating one user's rules in some rooms needs, read in one statement: per room the
+/// joined member count, the user's own member event content (when joined), the power levels,
+/// the user's `muted_until` (as [`mutes`]) and the stream positions their read receipts point at (as
+/// [`read_positions`]); and the user's stored rules.
+pub async fn recipient_context(
+    conn: &mut PgConnection,
+    user_id: &str,
+    room_ids: &[String],
+) -> Result<RecipientContext, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT r.room_id AS "room_id!",
+                  (SELECT count(*) FROM memberships j
+                   WHERE j.room_id = r.room_id AND j.membership = 'join') AS "member_count!",
+                  (SELECT e.content FROM memberships m JOIN events e ON e.stream = m.stream
+                   WHERE m.room_id = r.room_id AND m.user_id = $1 AND m.membership = 'join')
+                      AS "member?",
+                  (SELECT e.content FROM current_state c JOIN events e ON e.stream = c.stream
+                   WHERE c.room_id = r.room_id AND c.type = 'm.room.power_levels'
+                     AND c.state_key = '') AS "power_levels?",
+                  (SELECT a.content FROM room_account_data a
+                   WHERE a.room_id = r.room_id AND a.user_id = $1 AND a.type = 'com.beeper.mute')
+                      AS "mute?",
+                  (SELECT jsonb_object_agg(x.thread_id, x.stream) FROM (
+                       SELECT thread_id, MAX(stream) AS stream FROM (
+                           SELECT rc.thread_id, e.stream
+                           FROM receipts rc JOIN events e ON e.event_id = rc.event_id
+                           WHERE rc.user_id = $1 AND rc.room_id = r.room_id
+                           UNION ALL
+                           SELECT '', ms.stream FROM memberships ms
+                           WHERE ms.user_id = $1 AND ms.room_id = r.room_id) y
+                       GROUP BY thread_id) x) AS "reads?",
+                  (SELECT rules FROM push_rules WHERE user_id = $1) AS "rules?"
+           FROM UNNEST($2::text[]) AS r(room_id)"#,
+        user_id,
+        room_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut context = RecipientContext::default();
+    for row in rows {
+        context.rules = context.rules.or(row.rules);
+        let reads = row.reads.as_ref().and_then(Value::as_object);
+        for (thread, stream) in reads.into_iter().flatten() {
+            if let Some(stream) = stream.as_i64() {
+                context
+                    .reads
+                    .insert((row.room_id.clone(), thread.clone()), stream);
+            }
+        }
+        context.rooms.insert(
+            row.room_id,
+            RecipientRoom {
+                member_count: row.member_count,
+                member: row.member,
+                power_levels: row.power_levels,
+                muted_until: row
+                    .mute
+                    .and_then(|mute| mute.get("muted_until").and_then(Value::as_i64)),
+            },
+        );
+    }
+    Ok(context)
+}
+
+/// What [`recipient_context`] read.
+#[derive(Debug, Default)]
+pub struct RecipientContext {
+    /// The user's stored push rules (`None`: never learned).
+    pub rules: Option<Value>,
+    /// (room, thread; `""` unthreaded) → the stream position the user's receipt points at.
+    pub reads: HashMap<(String, String), i64>,
+    pub rooms: HashMap<String, RecipientRoom>,
+}
+
+/// One room as one recipient's rules see it.
+#[derive(Debug)]
+pub struct RecipientRoom {
+    pub member_count: i64,
+    /// The user's member event content, when joined.
+    pub member: Option<Value>,
+    pub power_levels: Option<Value>,
+    pub muted_until: Option<i64>,
 }
 
 /// Which of `streams` are silent (batch sends with `send_notification: false`).
@@ -390,15 +497,6 @@ pub async fn notifications(
             ts: r.ts,
         })
         .collect())
-}
-
-/// How far the push task has recorded notifications (`None` before it first ran).
-pub async fn recorded_upto(conn: &mut PgConnection) -> Result<Option<i64>, StoreError> {
-    Ok(
-        sqlx::query_scalar!("SELECT stream FROM push_position WHERE only_row")
-            .fetch_optional(conn)
-            .await?,
-    )
 }
 
 /// The stream position each of the user's read receipts points at, by (room, thread; `""`

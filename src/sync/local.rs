@@ -110,8 +110,6 @@ struct Prefetch {
     /// Room → its state at the sync's position, for the rooms that send state (new rooms,
     /// `full_state`, lazy-loaded members).
     states: HashMap<String, Vec<EventWithPrev>>,
-    /// Joined room → the user's unread counts (absent: none).
-    unread: HashMap<String, crate::push::counts::Counts>,
 }
 
 /// What a joined room shows besides events.
@@ -240,6 +238,65 @@ pub async fn build(
             _ => false,
         })
         .collect();
+    // The unread counts come from their own connection while the rooms are read, and are
+    // put into the entries at the end.
+    let counted: Vec<String> = active
+        .iter()
+        .filter(|room| room.membership == "join")
+        .map(|room| room.room_id.clone())
+        .collect();
+    let (unread, entries) = tokio::try_join!(
+        unread_of_rooms(db, request, &counted),
+        entries(rooms, db, conn, request, side, active),
+    )?;
+    for (room, entry) in entries {
+        let (section, mut value) = match entry {
+            Some(entry) => entry,
+            None => continue,
+        };
+        let target = match section {
+            Section::Join => {
+                let per_thread = request.filter.room.timeline.unread_thread_notifications;
+                let counts = unread.get(&room.room_id).cloned().unwrap_or_default();
+                let (room_counts, thread_counts) = counts.sync_fields(per_thread);
+                value["unread_notifications"] = room_counts;
+                if let Some(threads) = thread_counts {
+                    value["unread_thread_notifications"] = threads;
+                }
+                &mut sync.join
+            }
+            Section::Invite => &mut sync.invite,
+            Section::Leave => &mut sync.leave,
+        };
+        target.insert(room.room_id.clone(), value);
+    }
+    Ok(sync)
+}
+
+/// The user's unread counts in the joined rooms, on a connection of its own.
+async fn unread_of_rooms(
+    db: &PgPool,
+    request: &LocalRequest<'_>,
+    joined: &[String],
+) -> Result<HashMap<String, crate::push::counts::Counts>, RoomError> {
+    if joined.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut conn = db.acquire().await.map_err(StoreError::from)?;
+    let user = &request.requester.user_id;
+    Ok(crate::push::counts::unread_of_rooms(&mut conn, user, joined, request.upto).await?)
+}
+
+/// The entries of the rooms the sync shows (joined rooms without their unread counts).
+async fn entries<'a>(
+    rooms: &Rooms,
+    db: &PgPool,
+    mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    request: &LocalRequest<'_>,
+    side: HashMap<String, Side>,
+    active: Vec<&'a UserRoom>,
+) -> Result<Vec<(&'a UserRoom, Option<(Section, Value)>)>, RoomError> {
+    let user = request.requester.user_id.as_str();
     let pre = {
         let ids: Vec<String> = active
             .iter()
@@ -283,20 +340,7 @@ pub async fn build(
             })
             .map(|room| room.room_id.clone())
             .collect();
-        let joined: Vec<String> = active
-            .iter()
-            .filter(|room| room.membership == "join")
-            .map(|room| room.room_id.clone())
-            .collect();
-        let unread = crate::push::counts::unread_of_rooms(
-            &mut conn,
-            &request.requester.user_id,
-            &joined,
-            request.upto,
-        )
-        .await?;
         Prefetch {
-            unread,
             states: store::events::state_of_rooms(&mut conn, &stateful, request.upto).await?,
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
             side,
@@ -321,19 +365,7 @@ pub async fn build(
             entries.extend(try_join_all(pending).await?);
         }
     }
-    for (room, entry) in entries {
-        let (section, value) = match entry {
-            Some(entry) => entry,
-            None => continue,
-        };
-        let target = match section {
-            Section::Join => &mut sync.join,
-            Section::Invite => &mut sync.invite,
-            Section::Leave => &mut sync.leave,
-        };
-        target.insert(room.room_id.clone(), value);
-    }
-    Ok(sync)
+    Ok(entries)
 }
 
 /// [`room_entry`] on a connection of its own.
@@ -454,14 +486,7 @@ async fn joined_room(
         summary,
     )
     .await?;
-    let per_thread = request.filter.room.timeline.unread_thread_notifications;
-    let (unread, thread_unread) = pre
-        .unread
-        .get(&room.room_id)
-        .cloned()
-        .unwrap_or_default()
-        .sync_fields(per_thread);
-    let mut entry = json!({
+    Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
             "limited": part.limited,
@@ -471,12 +496,7 @@ async fn joined_room(
         "summary": part.summary,
         "ephemeral": { "events": ephemeral(request, side) },
         "account_data": { "events": account_data(request, side) },
-        "unread_notifications": unread,
-    });
-    if let Some(threads) = thread_unread {
-        entry["unread_thread_notifications"] = threads;
-    }
-    Ok(Some(entry))
+    })))
 }
 
 async fn left_room(
