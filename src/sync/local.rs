@@ -575,13 +575,16 @@ async fn room_part(
             .then(|| pre.timelines.get(room_id))
             .flatten()
             .filter(|(window, _)| *window == (after, before, limit * 2 + 2));
+        let chunk = limit * 2 + 2;
         let rows = match first_chunk {
             Some((_, rows)) => rows.clone(),
-            None => store::events::recent(conn, room_id, after, before, limit * 2 + 2).await?,
+            None => store::events::recent(conn, room_id, after, before, chunk).await?,
         };
         if rows.is_empty() {
             break;
         }
+        // A short chunk is the whole rest of the window: no need to ask for the next.
+        let last_chunk = i64::try_from(rows.len()).unwrap_or(i64::MAX) < chunk;
         for row in rows {
             before = row.event.stream;
             top_topo.get_or_insert(row.event.topo);
@@ -594,6 +597,9 @@ async fn room_part(
                 }
                 picked.push(row);
             }
+        }
+        if last_chunk {
+            break;
         }
     }
     picked.reverse();
