@@ -14,6 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 import stack
@@ -216,7 +217,14 @@ def test_muted_local_rooms_push_nothing(gateway):
     assert leaked == []
 
 
-def test_a_rejected_pushkey_is_dropped(gateway):
+def pushkeys_at_synapse(user: stack.User) -> list[str]:
+    """The user's pushers as Synapse itself lists them (not through hungryserv)."""
+    with httpx.Client(base_url=stack.SYNAPSE_URL, timeout=30) as client:
+        listed = client.get("/_matrix/client/v3/pushers", headers=user.auth).raise_for_status()
+    return [p["pushkey"] for p in listed.json()["pushers"]]
+
+
+def test_a_rejected_pushkey_is_dropped_and_deleted_at_synapse(gateway):
     alice, bob = stack.register_user(), stack.register_user()
     pushkey = secrets.token_hex(8)
     gateway.rejected.add(pushkey)
@@ -226,6 +234,14 @@ def test_a_rejected_pushkey_is_dropped(gateway):
     second = send_text(of(bob), room_id, "second")
     time.sleep(2)
     assert [n for n in gateway.drain() if n.get("event_id") == second] == []
+    # Synapse deletes a pusher whose pushkey its gateway rejected; for a local room's push,
+    # hungryserv does it with the user's token on their next sync.
+    assert pushkey in pushkeys_at_synapse(alice)
+    deadline = time.monotonic() + 20
+    while pushkey in pushkeys_at_synapse(alice):
+        assert time.monotonic() < deadline, "the rejected pusher is still at Synapse"
+        sync(alice)
+        time.sleep(0.2)
 
 
 def unread(body: dict, room_id: str) -> dict:

@@ -106,6 +106,7 @@ impl AppState {
                         server_name: config.server_name.to_string(),
                         registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
                         client,
+                        push: push.clone(),
                     }
                     .run(),
                 );

@@ -12,6 +12,12 @@
 //! (these are the unread counts, [`counts`]), then sends them to the member's pushers
 //! ([`gateway`]).
 //!
+//! A pushkey the gateway rejects is dropped from our copy at once, and deleted at Synapse
+//! (which is what Synapse does with its own) on the user's next sync, with their token; the
+//! user is learned again then. Until that sync the rejection is kept in memory only: after a
+//! restart the pusher comes back with the next learn, the gateway rejects it again and the
+//! deletion is retried.
+//!
 //! May import: `config`, `store`, `upstream`, `notify`, `rooms` (helpers).
 
 pub mod counts;
@@ -48,6 +54,8 @@ pub struct Push {
     /// `(token, user)` of syncs whose user is to be learned, for the learner task. Tokens stay
     /// in memory only until fetched with.
     queue: tokio::sync::mpsc::Sender<(String, String)>,
+    /// User → `(app_id, pushkey)` of pushers a gateway rejected, to delete at Synapse.
+    rejected: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl Push {
@@ -59,6 +67,7 @@ impl Push {
             synapse,
             learned: Mutex::default(),
             queue,
+            rejected: Mutex::default(),
         });
         let weak = std::sync::Arc::downgrade(&push);
         let learner = async move {
@@ -85,6 +94,52 @@ impl Push {
         }
     }
 
+    /// A gateway rejected this pusher's pushkey (the push task dropped it from our copy): it
+    /// is deleted at Synapse on the user's next sync, which learns the user again.
+    pub fn pusher_rejected(&self, user_id: &str, app_id: &str, pushkey: &str) {
+        {
+            let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            if rejected.len() >= MAX_LEARNED {
+                rejected.clear();
+            }
+            let pushers = rejected.entry(user_id.to_owned()).or_default();
+            let pusher = (app_id.to_owned(), pushkey.to_owned());
+            if !pushers.contains(&pusher) {
+                pushers.push(pusher);
+            }
+        }
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        learned.remove(user_id);
+    }
+
+    /// Deletes at Synapse the user's pushers whose pushkeys were rejected; those that could not
+    /// be deleted stay for the next time.
+    async fn delete_rejected(&self, token: &str, user_id: &str) {
+        let pending = {
+            let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            rejected.remove(user_id).unwrap_or_default()
+        };
+        let mut failed = Vec::new();
+        for (app_id, pushkey) in pending {
+            match self.synapse.delete_pusher(token, &app_id, &pushkey).await {
+                Ok(()) => {
+                    tracing::info!(user = %user_id, %app_id, "rejected pusher deleted at Synapse");
+                }
+                Err(err) => {
+                    tracing::warn!(user = %user_id, %app_id, error = %err, "rejected pusher not deleted at Synapse");
+                    failed.push((app_id, pushkey));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            rejected
+                .entry(user_id.to_owned())
+                .or_default()
+                .extend(failed);
+        }
+    }
+
     /// Fetches the user's push rules and pushers unless this process did so recently.
     /// Failures are logged.
     pub async fn learn(&self, token: &str, user_id: &str) {
@@ -102,6 +157,8 @@ impl Push {
             // Marked before fetching, so concurrent syncs of the user fetch once.
             learned.insert(user_id.to_owned(), Instant::now());
         }
+        // Before the pushers are fetched, so a rejected one does not come back.
+        self.delete_rejected(token, user_id).await;
         let (rules, pushers) = tokio::join!(
             self.refresh_rules(token, user_id),
             self.refresh_pushers(token, user_id)

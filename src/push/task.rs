@@ -46,6 +46,8 @@ pub struct PushTask {
     /// The appservices, whose users get no pushes.
     pub registrations: Vec<Arc<Registration>>,
     pub client: GatewayClient,
+    /// Told of rejected pushkeys, to delete them at Synapse.
+    pub push: Arc<super::Push>,
 }
 
 /// One notification to send: what about, and to which pushers.
@@ -106,8 +108,9 @@ impl PushTask {
                     }
                     let client = self.client.clone();
                     let db = self.db.clone();
+                    let push = self.push.clone();
                     let notice = out.notice.clone();
-                    deliveries.spawn(send(client, db, notice, pusher));
+                    deliveries.spawn(send(client, db, push, notice, pusher));
                 }
             }
         }
@@ -420,10 +423,12 @@ pub(super) fn event_json(event: &StoredEvent) -> Value {
     value
 }
 
-/// Sends one notification to one pusher; a rejected pushkey is forgotten.
+/// Sends one notification to one pusher; a rejected pushkey is forgotten here and reported
+/// for deletion at Synapse.
 async fn send(
     client: GatewayClient,
     db: PgPool,
+    push: Arc<super::Push>,
     notice: Notice,
     pusher: store::push::StoredPusher,
 ) {
@@ -462,6 +467,7 @@ async fn send(
             if let Err(err) = dropped.await {
                 tracing::warn!(error = %err, "rejected pusher not dropped");
             }
+            push.pusher_rejected(&pusher.user_id, &pusher.app_id, &pusher.pushkey);
         }
         Delivered::Failed(reason) => {
             tracing::warn!(user = %notice.user_id, event = %notice.event_id, app_id = %pusher.app_id, %reason, "push not delivered");

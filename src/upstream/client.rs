@@ -84,8 +84,16 @@ impl Synapse {
         path_and_query: &str,
         token: &str,
     ) -> Result<Value, CallError> {
-        self.call_with(method, path_and_query, token, CALL_TIMEOUT, MAX_ANSWER, &[])
-            .await
+        self.call_with(
+            method,
+            path_and_query,
+            token,
+            CALL_TIMEOUT,
+            MAX_ANSWER,
+            &[],
+            None,
+        )
+        .await
     }
 
     /// [`Self::call`] with a time limit, an answer size limit and extra request headers.
@@ -97,6 +105,7 @@ impl Synapse {
         timeout: Duration,
         max_answer: usize,
         headers: &[(header::HeaderName, header::HeaderValue)],
+        json_body: Option<&Value>,
     ) -> Result<Value, CallError> {
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
@@ -109,8 +118,15 @@ impl Synapse {
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
+        let body = match json_body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(value.to_string())
+            }
+            None => Body::empty(),
+        };
         let request = builder
-            .body(Body::empty())
+            .body(body)
             .map_err(|err| CallError::Unavailable(err.to_string()))?;
         let exchange = async {
             let response = self
@@ -236,8 +252,16 @@ impl Synapse {
     ) -> Result<Value, CallError> {
         let path = format!("/_matrix/client/v3/sync?{query}");
         let timeout = wait + self.response_timeout;
-        self.call_with(Method::GET, &path, token, timeout, MAX_SYNC_ANSWER, headers)
-            .await
+        self.call_with(
+            Method::GET,
+            &path,
+            token,
+            timeout,
+            MAX_SYNC_ANSWER,
+            headers,
+            None,
+        )
+        .await
     }
 
     /// A filter the user uploaded; `Ok(None)` when Synapse has no such filter.
@@ -300,6 +324,28 @@ impl Synapse {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// Deletes one of the user's pushers (`POST /pushers/set` with `kind: null`), as Synapse
+    /// does itself when a push gateway rejects the pushkey.
+    pub async fn delete_pusher(
+        &self,
+        token: &str,
+        app_id: &str,
+        pushkey: &str,
+    ) -> Result<(), CallError> {
+        let body = serde_json::json!({"app_id": app_id, "pushkey": pushkey, "kind": null});
+        self.call_with(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            token,
+            CALL_TIMEOUT,
+            MAX_ANSWER,
+            &[],
+            Some(&body),
+        )
+        .await
+        .map(drop)
     }
 }
 
