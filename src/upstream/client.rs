@@ -17,6 +17,33 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
+/// One call to Synapse with the client's token: the request, and how long and how much of an
+/// answer it waits for.
+struct Call<'a> {
+    method: Method,
+    path_and_query: &'a str,
+    token: &'a str,
+    timeout: Duration,
+    max_answer: usize,
+    headers: &'a [(header::HeaderName, header::HeaderValue)],
+    json_body: Option<&'a Value>,
+}
+
+impl<'a> Call<'a> {
+    /// A bodiless call with the usual limits.
+    fn new(method: Method, path_and_query: &'a str, token: &'a str) -> Self {
+        Self {
+            method,
+            path_and_query,
+            token,
+            timeout: CALL_TIMEOUT,
+            max_answer: MAX_ANSWER,
+            headers: &[],
+            json_body: None,
+        }
+    }
+}
+
 /// A non-2xx answer from Synapse, kept whole so it can be passed on unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -84,29 +111,22 @@ impl Synapse {
         path_and_query: &str,
         token: &str,
     ) -> Result<Value, CallError> {
-        self.call_with(
+        self.call_with(Call::new(method, path_and_query, token))
+            .await
+    }
+
+    /// [`Self::call`] with the time limit, answer size limit, extra headers and JSON body of
+    /// `call`.
+    async fn call_with(&self, call: Call<'_>) -> Result<Value, CallError> {
+        let Call {
             method,
             path_and_query,
             token,
-            CALL_TIMEOUT,
-            MAX_ANSWER,
-            &[],
-            None,
-        )
-        .await
-    }
-
-    /// [`Self::call`] with a time limit, an answer size limit and extra request headers.
-    async fn call_with(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        token: &str,
-        timeout: Duration,
-        max_answer: usize,
-        headers: &[(header::HeaderName, header::HeaderValue)],
-        json_body: Option<&Value>,
-    ) -> Result<Value, CallError> {
+            timeout,
+            max_answer,
+            headers,
+            json_body,
+        } = call;
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
             .method(method)
@@ -252,15 +272,12 @@ impl Synapse {
     ) -> Result<Value, CallError> {
         let path = format!("/_matrix/client/v3/sync?{query}");
         let timeout = wait + self.response_timeout;
-        self.call_with(
-            Method::GET,
-            &path,
-            token,
+        self.call_with(Call {
             timeout,
-            MAX_SYNC_ANSWER,
+            max_answer: MAX_SYNC_ANSWER,
             headers,
-            None,
-        )
+            ..Call::new(Method::GET, &path, token)
+        })
         .await
     }
 
@@ -335,15 +352,10 @@ impl Synapse {
         pushkey: &str,
     ) -> Result<(), CallError> {
         let body = serde_json::json!({"app_id": app_id, "pushkey": pushkey, "kind": null});
-        self.call_with(
-            Method::POST,
-            "/_matrix/client/v3/pushers/set",
-            token,
-            CALL_TIMEOUT,
-            MAX_ANSWER,
-            &[],
-            Some(&body),
-        )
+        self.call_with(Call {
+            json_body: Some(&body),
+            ..Call::new(Method::POST, "/_matrix/client/v3/pushers/set", token)
+        })
         .await
         .map(drop)
     }
