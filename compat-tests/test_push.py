@@ -172,6 +172,25 @@ def test_a_mention_in_a_local_room_pushes_what_synapse_pushes(gateway):
     assert local_push[1]["membership"] == "invite" and local_push[1]["user_is_target"] is True
 
 
+def test_reading_a_local_room_pushes_the_new_badge_as_synapse_does(gateway):
+    alice, bob = stack.register_user(), stack.register_user()
+    set_pusher(alice, gateway.url, secrets.token_hex(8))
+    sync(alice)
+    badges = {}
+    for federate in (True, False):
+        room_id = joined_room(bob, alice, federate, "badge test")
+        event_id = mention(of(bob), room_id, alice)
+        assert gateway.notification_for(event_id)["counts"] == {"unread": 1}
+        gateway.drain()
+        read_up_to(alice, room_id, event_id)
+        badge = gateway.first(lambda n: n.get("id") == "", "the badge update after the receipt")
+        for device in badge["devices"]:
+            assert abs(device.pop("pushkey_ts") - time.time()) < 120
+        badges[federate] = badge
+    assert badges[False] == badges[True]
+    assert badges[False]["counts"] == {"unread": 0}, badges[False]
+
+
 def test_event_id_only_pushers_get_ids_and_counts(gateway):
     alice, bob = stack.register_user(), stack.register_user()
     set_pusher(alice, gateway.url, secrets.token_hex(8), format="event_id_only")

@@ -99,6 +99,12 @@ impl AppState {
         tokio::spawn(learner);
         match crate::push::gateway::client() {
             Ok(client) => {
+                tokio::spawn(crate::push::badge::run(
+                    db.clone(),
+                    notifier.clone(),
+                    client.clone(),
+                    push.clone(),
+                ));
                 tokio::spawn(
                     PushTask {
                         db: db.clone(),

@@ -82,6 +82,25 @@ impl Device {
     }
 }
 
+/// The body of a badge-only push (Synapse's, after a user's read receipt moved): no event,
+/// only `counts.unread`.
+pub fn badge_body(unread: i64, device: &Device) -> Value {
+    let mut data = device.data.clone();
+    data.remove("url");
+    json!({"notification": {
+        "id": "",
+        "type": null,
+        "sender": "",
+        "counts": {"unread": unread},
+        "devices": [{
+            "app_id": device.app_id,
+            "pushkey": device.pushkey,
+            "pushkey_ts": device.pushkey_ts,
+            "data": data,
+        }],
+    }})
+}
+
 /// The `POST /_matrix/push/v1/notify` body for one device. Priority is high for encrypted
 /// events and for notifications with a sound or a highlight (Synapse's rule); `format:
 /// event_id_only` leaves out everything but the IDs and counts.

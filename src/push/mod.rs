@@ -20,6 +20,7 @@
 //!
 //! May import: `config`, `store`, `upstream`, `notify`, `rooms` (helpers).
 
+pub mod badge;
 pub mod counts;
 pub mod gateway;
 pub mod notifications;
@@ -56,6 +57,8 @@ pub struct Push {
     queue: tokio::sync::mpsc::Sender<(String, String)>,
     /// User → `(app_id, pushkey)` of pushers a gateway rejected, to delete at Synapse.
     rejected: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// User → the badge last pushed to them ([`badge`]).
+    badges: Mutex<HashMap<String, i64>>,
 }
 
 impl Push {
@@ -68,6 +71,7 @@ impl Push {
             learned: Mutex::default(),
             queue,
             rejected: Mutex::default(),
+            badges: Mutex::default(),
         });
         let weak = std::sync::Arc::downgrade(&push);
         let learner = async move {
@@ -92,6 +96,19 @@ impl Push {
             // Full: this user is learned on a later sync.
             let _ = self.queue.try_send((token.to_owned(), user_id.to_owned()));
         }
+    }
+
+    /// Remembers the badge a push carried to the user; whether it differs from the last one.
+    pub fn badge_pushed(&self, user_id: &str, badge: i64) -> bool {
+        let mut badges = self.badges.lock().unwrap_or_else(|e| e.into_inner());
+        if badges.get(user_id) == Some(&badge) {
+            return false;
+        }
+        if badges.len() >= MAX_LEARNED {
+            badges.clear();
+        }
+        badges.insert(user_id.to_owned(), badge);
+        true
     }
 
     /// A gateway rejected this pusher's pushkey (the push task dropped it from our copy): it

@@ -109,8 +109,8 @@ impl PushTask {
                     let client = self.client.clone();
                     let db = self.db.clone();
                     let push = self.push.clone();
-                    let notice = out.notice.clone();
-                    deliveries.spawn(send(client, db, push, notice, pusher));
+                    let payload = Payload::Event(Box::new(out.notice.clone()));
+                    deliveries.spawn(send(client, db, push, payload, pusher));
                 }
             }
         }
@@ -423,13 +423,21 @@ pub(super) fn event_json(event: &StoredEvent) -> Value {
     value
 }
 
-/// Sends one notification to one pusher; a rejected pushkey is forgotten here and reported
-/// for deletion at Synapse.
-async fn send(
+/// What a push carries.
+pub(super) enum Payload {
+    /// A notification for an event.
+    Event(Box<Notice>),
+    /// Only the badge (`counts.unread`), after the user's read receipt moved.
+    Badge(i64),
+}
+
+/// Sends one push to one pusher; a rejected pushkey is forgotten here and reported for
+/// deletion at Synapse.
+pub(super) async fn send(
     client: GatewayClient,
     db: PgPool,
     push: Arc<super::Push>,
-    notice: Notice,
+    payload: Payload,
     pusher: store::push::StoredPusher,
 ) {
     let data = pusher
@@ -447,13 +455,20 @@ async fn send(
     let Some(url) = device.url().map(str::to_owned) else {
         return;
     };
-    let body = gateway::body(&notice, &device);
+    let (body, event) = match &payload {
+        Payload::Event(notice) => (gateway::body(notice, &device), notice.event_id.as_str()),
+        Payload::Badge(unread) => (gateway::badge_body(*unread, &device), "(badge)"),
+    };
+    let user = &pusher.user_id;
     match gateway::deliver(&client, &url, &body, &pusher.pushkey).await {
         Delivered::Accepted { rejected: false } => {
-            tracing::debug!(user = %notice.user_id, event = %notice.event_id, app_id = %pusher.app_id, "push sent");
+            tracing::debug!(%user, %event, app_id = %pusher.app_id, "push sent");
+            if let Payload::Event(notice) = &payload {
+                push.badge_pushed(user, notice.unread);
+            }
         }
         Delivered::Accepted { rejected: true } => {
-            tracing::warn!(user = %notice.user_id, app_id = %pusher.app_id, "push gateway rejected the pushkey; pusher dropped");
+            tracing::warn!(%user, app_id = %pusher.app_id, "push gateway rejected the pushkey; pusher dropped");
             let dropped = async {
                 let mut conn = db.acquire().await?;
                 store::push::delete_pusher(
@@ -470,7 +485,7 @@ async fn send(
             push.pusher_rejected(&pusher.user_id, &pusher.app_id, &pusher.pushkey);
         }
         Delivered::Failed(reason) => {
-            tracing::warn!(user = %notice.user_id, event = %notice.event_id, app_id = %pusher.app_id, %reason, "push not delivered");
+            tracing::warn!(%user, %event, app_id = %pusher.app_id, %reason, "push not delivered");
         }
     }
 }

@@ -115,6 +115,24 @@ pub async fn pushers_of(
     Ok(by_user)
 }
 
+/// The users with pushers whose read receipts (`m.read` or `m.read.private`) were committed in
+/// `(after, upto]` of the room data stream.
+pub async fn readers_with_pushers(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT DISTINCT r.user_id FROM receipts r
+           WHERE r.stream > $1 AND r.stream <= $2 AND r.type IN ('m.read', 'm.read.private')
+             AND EXISTS (SELECT FROM pushers p WHERE p.user_id = r.user_id)"#,
+        after,
+        upto
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Forgets one pusher (its gateway rejected the pushkey).
 pub async fn delete_pusher(
     conn: &mut PgConnection,
