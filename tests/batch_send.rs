@@ -116,11 +116,22 @@ fn check_rows(rows: &[Row], job: &BatchJob, backfilled: bool, silent: bool) {
 #[tokio::test]
 async fn both_write_paths_store_exactly_the_batch() {
     let (pool, writer, room_id) = setup().await;
-    // Forward and small: the UNNEST insert. Backward and big: COPY.
-    let small = job(&room_id, "small", 5, Placement::Forward);
-    let big = job(&room_id, "big", COPY_MIN_EVENTS * 3, Placement::Backward);
+    // Small: the UNNEST insert; big: COPY. Forward ones with and without notifications
+    // (the silent flag), backward ones (the backfilled flag).
+    let small = job(&room_id, "fewquiet", 5, Placement::Forward);
+    let mut small_loud = job(&room_id, "fewloud", 5, Placement::Forward);
+    small_loud.silent = false;
+    let big_forward = job(&room_id, "manyquiet", COPY_MIN_EVENTS, Placement::Forward);
+    let mut big_loud = job(&room_id, "manyloud", COPY_MIN_EVENTS, Placement::Forward);
+    big_loud.silent = false;
+    let big = job(
+        &room_id,
+        "history",
+        COPY_MIN_EVENTS * 3,
+        Placement::Backward,
+    );
     assert!(small.events.len() < COPY_MIN_EVENTS);
-    for sent in [&small, &big] {
+    for sent in [&small, &small_loud, &big_forward, &big_loud, &big] {
         match writer.batch(sent.clone()).await.unwrap() {
             Outcome::Written(events) => {
                 let ids: Vec<_> = events.iter().map(|e| Some(e.event_id.clone())).collect();
@@ -130,12 +141,15 @@ async fn both_write_paths_store_exactly_the_batch() {
             other => panic!("expected a write, got {other:?}"),
         }
     }
-    check_rows(&rows(&pool, "small").await, &small, false, true);
-    let big_rows = rows(&pool, "big").await;
+    check_rows(&rows(&pool, "fewquiet").await, &small, false, true);
+    check_rows(&rows(&pool, "fewloud").await, &small_loud, false, false);
+    check_rows(&rows(&pool, "manyquiet").await, &big_forward, false, true);
+    check_rows(&rows(&pool, "manyloud").await, &big_loud, false, false);
+    let big_rows = rows(&pool, "history").await;
     check_rows(&big_rows, &big, true, false);
     // Backward: the whole batch sits before everything else in the room.
     let min_other: i64 = sqlx::query_scalar(
-        "SELECT min(topo) FROM events WHERE room_id = $1 AND event_id NOT LIKE '$big%'",
+        "SELECT min(topo) FROM events WHERE room_id = $1 AND event_id NOT LIKE '$history%'",
     )
     .bind(room_id.as_str())
     .fetch_one(&pool)
@@ -159,7 +173,7 @@ async fn both_write_paths_store_exactly_the_batch() {
         Outcome::Existing(ids) => assert_eq!(ids.len(), big.events.len()),
         other => panic!("expected the existing IDs, got {other:?}"),
     }
-    assert_eq!(rows(&pool, "big").await.len(), big.events.len());
+    assert_eq!(rows(&pool, "history").await.len(), big.events.len());
 
     // One reused ID among new ones: the batch is refused whole, in both paths.
     for size in [3, COPY_MIN_EVENTS] {
