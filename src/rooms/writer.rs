@@ -404,6 +404,9 @@ impl WriterTask {
         self.load_rooms(&mut tx, start.latest, &mut batch).await?;
 
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // Batch sends whose events move into their outcome after the commit: (outcome index,
+        // their range of `batch.events`).
+        let mut moved = Vec::new();
         for job in jobs {
             let outcome = match job {
                 Job::Append {
@@ -412,7 +415,14 @@ impl WriterTask {
                     txn,
                 } => append(&mut tx, &mut batch, room_id, events, txn.as_ref()).await?,
                 Job::Create { room, events } => create(&mut tx, &mut batch, room, events).await?,
-                Job::Batch(job) => batch_send(&mut tx, &mut batch, job, ids).await?,
+                Job::Batch(job) => {
+                    let first = batch.events.len();
+                    let outcome = batch_send(&mut tx, &mut batch, job, ids).await?;
+                    if matches!(outcome, Ok(Outcome::Written(_))) {
+                        moved.push((outcomes.len(), first..batch.events.len()));
+                    }
+                    outcome
+                }
             };
             outcomes.push(outcome);
         }
@@ -464,6 +474,14 @@ impl WriterTask {
         tx.commit().await?;
         if let Some((position, rooms)) = receipts_at {
             self.notifier.room_data_committed(position, &rooms, &[]);
+        }
+        // Moved, not copied: a batch send's thousand contents would otherwise be cloned here
+        // and the originals freed before the reply. Last range first, so the earlier ones
+        // keep their place.
+        for (index, range) in moved.into_iter().rev() {
+            if let Some(Ok(Outcome::Written(events))) = outcomes.get_mut(index) {
+                *events = batch.events.drain(range).collect();
+            }
         }
         let max_stream = batch.next_stream - 1;
         Ok((outcomes, batch.rooms, max_stream))
@@ -1001,7 +1019,6 @@ async fn batch_send(
     } else {
         state.min_topo - count
     };
-    let first = batch.events.len();
     for (offset, (proposal, chosen_id)) in (0_i64..).zip(&job.events) {
         let event_id = chosen_id.clone().unwrap_or_else(new_event_id);
         let topo = first_topo + offset;
@@ -1013,13 +1030,14 @@ async fn batch_send(
             batch.silent.push(stream);
         }
     }
-    let written = batch.events[first..].to_vec();
     if forward {
         state.max_topo = first_topo + count - 1;
     } else {
         state.min_topo = first_topo;
     }
-    if let (Some(user), Some(last)) = (&job.mark_read_by, written.last()) {
+    // This job's events are the last ones of the batch so far.
+    let last = batch.events.last().filter(|_| !job.events.is_empty());
+    if let (Some(user), Some(last)) = (&job.mark_read_by, last) {
         batch.receipts.push(store::receipts::Receipt {
             room_id: room_id.to_string(),
             user_id: user.to_string(),
@@ -1033,5 +1051,6 @@ async fn batch_send(
         });
     }
     batch.rooms.insert(room_id.clone(), state);
-    Ok(Ok(Outcome::Written(written)))
+    // Filled by `write` after the commit, which moves the events in.
+    Ok(Ok(Outcome::Written(Vec::new())))
 }
