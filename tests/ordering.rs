@@ -9,22 +9,11 @@ use std::time::Duration;
 
 use hungryserv::config::DatabaseConfig;
 use hungryserv::notify::Notifier;
-use hungryserv::rooms::auth::Proposal;
-use hungryserv::rooms::writer::{NewRoom, Outcome, Txn, Writer};
+use hungryserv::rooms::writer::{Outcome, Txn, Writer};
 use hungryserv::store;
-use ruma::{OwnedRoomId, OwnedUserId};
-use serde_json::{Value, json};
-
-fn proposal(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> Proposal {
-    Proposal {
-        sender: OwnedUserId::try_from(sender).unwrap(),
-        kind: kind.into(),
-        state_key: state_key.map(str::to_owned),
-        content: content.as_object().unwrap().clone(),
-        origin_server_ts: 1_700_000_000_000,
-        redacts: None,
-    }
-}
+use ruma::OwnedRoomId;
+use serde_json::json;
+use support::proposal;
 
 async fn pool(url: &str) -> sqlx::PgPool {
     let config = DatabaseConfig {
@@ -37,39 +26,7 @@ async fn pool(url: &str) -> sqlx::PgPool {
 
 async fn new_room(writer: &Writer, n: usize) -> OwnedRoomId {
     let room_id = OwnedRoomId::try_from(format!("!hs_room{n}:test.local")).unwrap();
-    let creator = "@bot:test.local";
-    writer
-        .create(
-            NewRoom {
-                room_id: room_id.clone(),
-                class: "bridge".into(),
-                creator: OwnedUserId::try_from(creator).unwrap(),
-                appservice_id: None,
-                aliases: vec![],
-            },
-            vec![
-                proposal(
-                    creator,
-                    "m.room.create",
-                    Some(""),
-                    json!({"creator": creator, "room_version": "10"}),
-                ),
-                proposal(
-                    creator,
-                    "m.room.member",
-                    Some(creator),
-                    json!({"membership": "join"}),
-                ),
-                proposal(
-                    creator,
-                    "m.room.power_levels",
-                    Some(""),
-                    json!({"users": {creator: 100}}),
-                ),
-            ],
-        )
-        .await
-        .unwrap();
+    support::create_room(writer, &room_id, "@bot:test.local").await;
     room_id
 }
 

@@ -159,25 +159,26 @@ pub async fn batch_send(
     State(state): State<AppState>,
     Path(room): Path<String>,
     auth: Authed,
-    JsonObject(body): JsonObject,
+    JsonObject(mut body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
-    let flag = |key: &str, default: bool| -> Result<bool, ApiError> {
-        match body.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(value)) => Ok(*value),
-            Some(_) => Err(MatrixError::bad_json(format!("'{key}' must be a boolean")).into()),
-        }
-    };
     let mark_read_by = optional_str(&body, "mark_read_by")?
         .map(|user| {
             ruma::OwnedUserId::try_from(user.as_str())
                 .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {user}")))
         })
         .transpose()?;
-    let events = match body.get("events") {
-        Some(Value::Array(events)) => events.clone(),
+    // Taken, not cloned: the events are most of a batch body.
+    let events = match body.remove("events") {
+        Some(Value::Array(events)) => events,
         _ => return Err(MatrixError::bad_json("'events' must be an array").into()),
+    };
+    let flag = |key: &str, default: bool| -> Result<bool, ApiError> {
+        match body.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(value)) => Ok(*value),
+            Some(_) => Err(MatrixError::bad_json(format!("'{key}' must be a boolean")).into()),
+        }
     };
     let request = BatchSend {
         forward: flag("forward", false)?,

@@ -337,8 +337,6 @@ fn check_canonical(value: &Value) -> Result<(), RoomError> {
     }
 }
 
-/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
-/// content that is not canonical JSON.
 /// Most events in one batch send.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 
@@ -353,9 +351,15 @@ pub struct BatchSend {
     pub events: Vec<Value>,
 }
 
+/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
+/// content that is not canonical JSON.
 fn check_size(event: &Proposal) -> Result<(), RoomError> {
     event.content.values().try_for_each(check_canonical)?;
-    let size = serde_json::to_vec(&event.content).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
+    // Counted, not collected: this runs for every event of a batch.
+    let mut content_bytes = ByteCount(0);
+    let size = serde_json::to_writer(&mut content_bytes, &event.content)
+        .map(|()| content_bytes.0)
+        .unwrap_or(usize::MAX)
         + event.kind.len()
         + event.state_key.as_ref().map_or(0, String::len)
         + event.sender.as_str().len()
@@ -365,6 +369,20 @@ fn check_size(event: &Proposal) -> Result<(), RoomError> {
         return Err(RoomError::TooLarge("event too large".into()));
     }
     Ok(())
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Rooms {
@@ -393,13 +411,17 @@ impl Rooms {
         let bot = format!("@{}:{}", appservice.sender_localpart, self.server_name);
         let now = now_ms();
         let mut events = Vec::with_capacity(request.events.len());
-        for (index, value) in request.events.iter().enumerate() {
+        let mut claimed_senders = std::collections::HashSet::new();
+        for (index, value) in request.events.into_iter().enumerate() {
             let bad = |what: &str| RoomError::BadJson(format!("events[{index}]: {what}"));
-            let event = value.as_object().ok_or_else(|| bad("not an object"))?;
+            let Value::Object(mut event) = value else {
+                return Err(bad("not an object"));
+            };
             let kind = event
                 .get("type")
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
+                .map(str::to_owned)
                 .ok_or_else(|| bad("'type' must be a non-empty string"))?;
             if event.contains_key("state_key") {
                 return Err(bad("state events cannot be batch sent"));
@@ -419,18 +441,22 @@ impl Rooms {
             let sender = OwnedUserId::try_from(sender).map_err(|_| {
                 RoomError::InvalidParam(format!("events[{index}]: invalid sender {sender:?}"))
             })?;
-            let claimed = sender.as_str() == bot
+            // A batch has few distinct senders: each is matched against the namespaces once.
+            let claimed = claimed_senders.contains(&sender)
+                || sender.as_str() == bot
                 || appservice
                     .users
                     .iter()
                     .any(|ns| ns.matches(sender.as_str()));
-            if !claimed {
+            if claimed {
+                claimed_senders.insert(sender.clone());
+            } else {
                 return Err(RoomError::Forbidden(format!(
                     "Application service cannot masquerade as this user ({sender})."
                 )));
             }
-            let content = match event.get("content") {
-                Some(Value::Object(content)) => content.clone(),
+            let content = match event.remove("content") {
+                Some(Value::Object(content)) => content,
                 _ => return Err(bad("'content' must be an object")),
             };
             let origin_server_ts = match event.get("origin_server_ts") {
@@ -451,7 +477,7 @@ impl Rooms {
             };
             let proposal = Proposal {
                 sender,
-                kind: kind.to_owned(),
+                kind,
                 state_key: None,
                 content,
                 origin_server_ts,

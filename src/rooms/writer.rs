@@ -255,6 +255,28 @@ struct Batch {
     receipts: Vec<store::receipts::Receipt>,
 }
 
+/// How batch sends learn which of their chosen event IDs exist already.
+///
+/// Looking 1,000 IDs up costs a few milliseconds per batch, and a flood of backfill almost
+/// never repeats an ID. So a batch is first written optimistically: a reused ID then fails
+/// the insert on `events_event_id_key` (nothing is written), and the jobs run again with the
+/// lookup, which tells a repeat of a whole batch (answered with its IDs) from a clash
+/// (`M_INVALID_PARAM`). IDs repeated within one transaction are always caught in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdCheck {
+    Optimistic,
+    LookUp,
+}
+
+/// Whether a write failed on an event ID that is taken.
+fn is_event_id_clash(err: &store::StoreError) -> bool {
+    matches!(
+        err,
+        store::StoreError::Database(sqlx::Error::Database(db))
+            if db.constraint() == Some("events_event_id_key")
+    )
+}
+
 /// What a batch wrote, for the notifier.
 fn commit_of(outcomes: &[Result<Outcome, RoomError>]) -> Commit {
     let mut commit = Commit::default();
@@ -282,14 +304,14 @@ impl WriterTask {
                     Err(_) => break,
                 }
             }
-            self.run_batch(batch).await;
+            self.run_batch(batch, IdCheck::Optimistic).await;
         }
     }
 
-    async fn run_batch(&mut self, batch: Vec<Pending>) {
+    async fn run_batch(&mut self, batch: Vec<Pending>, ids: IdCheck) {
         let jobs: Vec<&Job> = batch.iter().map(|pending| &pending.job).collect();
         let started = std::time::Instant::now();
-        match self.write(&jobs).await {
+        match self.write(&jobs, ids).await {
             Ok((outcomes, rooms, max_stream)) => {
                 self.last_stream = Some(max_stream);
                 tracing::debug!(
@@ -309,8 +331,15 @@ impl WriterTask {
                 tracing::warn!(error = %err, jobs = batch.len(), "batch failed; retrying its jobs one by one");
                 self.cache.clear();
                 for pending in batch {
-                    Box::pin(self.run_batch(vec![pending])).await;
+                    Box::pin(self.run_batch(vec![pending], ids)).await;
                 }
+            }
+            Err(err) if ids == IdCheck::Optimistic && is_event_id_clash(&err) => {
+                // A batch send reused an existing event ID: a repeat or a clash. Run it again
+                // looking the IDs up first, which answers it properly.
+                self.last_stream = None;
+                self.cache.clear();
+                Box::pin(self.run_batch(batch, IdCheck::LookUp)).await;
             }
             Err(err) => {
                 self.last_stream = None;
@@ -336,6 +365,7 @@ impl WriterTask {
     async fn write(
         &mut self,
         jobs: &[&Job],
+        ids: IdCheck,
     ) -> Result<
         (
             Vec<Result<Outcome, RoomError>>,
@@ -374,6 +404,9 @@ impl WriterTask {
         self.load_rooms(&mut tx, start.latest, &mut batch).await?;
 
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // Batch sends whose events move into their outcome after the commit: (outcome index,
+        // their range of `batch.events`).
+        let mut moved = Vec::new();
         for job in jobs {
             let outcome = match job {
                 Job::Append {
@@ -382,7 +415,14 @@ impl WriterTask {
                     txn,
                 } => append(&mut tx, &mut batch, room_id, events, txn.as_ref()).await?,
                 Job::Create { room, events } => create(&mut tx, &mut batch, room, events).await?,
-                Job::Batch(job) => batch_send(&mut tx, &mut batch, job).await?,
+                Job::Batch(job) => {
+                    let first = batch.events.len();
+                    let outcome = batch_send(&mut tx, &mut batch, job, ids).await?;
+                    if matches!(outcome, Ok(Outcome::Written(_))) {
+                        moved.push((outcomes.len(), first..batch.events.len()));
+                    }
+                    outcome
+                }
             };
             outcomes.push(outcome);
         }
@@ -406,6 +446,8 @@ impl WriterTask {
             &mut tx,
             &store::events::BatchWrite {
                 events: &batch.events,
+                backfilled: &batch.backfilled,
+                silent: &batch.silent,
                 positions,
                 txns: batch.new_txns,
             },
@@ -417,10 +459,6 @@ impl WriterTask {
         for (target, redaction, pruned) in &batch.redactions {
             store::events::redact(&mut tx, target, redaction, pruned).await?;
         }
-        if !batch.backfilled.is_empty() {
-            store::events::mark_backfilled(&mut tx, &batch.backfilled).await?;
-        }
-        store::push::mark_silent(&mut tx, &batch.silent).await?;
         // Receipts (batch send's `mark_read_by`) go on the room data stream, in this same
         // transaction: all or nothing with the events.
         let mut receipts_at = None;
@@ -436,6 +474,14 @@ impl WriterTask {
         tx.commit().await?;
         if let Some((position, rooms)) = receipts_at {
             self.notifier.room_data_committed(position, &rooms, &[]);
+        }
+        // Moved, not copied: a batch send's thousand contents would otherwise be cloned here
+        // and the originals freed before the reply. Last range first, so the earlier ones
+        // keep their place.
+        for (index, range) in moved.into_iter().rev() {
+            if let Some(Ok(Outcome::Written(events))) = outcomes.get_mut(index) {
+                *events = batch.events.drain(range).collect();
+            }
         }
         let max_stream = batch.next_stream - 1;
         Ok((outcomes, batch.rooms, max_stream))
@@ -898,6 +944,7 @@ async fn batch_send(
     conn: &mut PgConnection,
     batch: &mut Batch,
     job: &BatchJob,
+    ids: IdCheck,
 ) -> Result<Result<Outcome, RoomError>, store::StoreError> {
     let room_id = &job.room_id;
     let Some(state) = batch.rooms.get(room_id) else {
@@ -925,7 +972,10 @@ async fn batch_send(
             "Event ID {dup} appears twice in the batch"
         ))));
     }
-    let mut existing = store::events::existing_ids(conn, &chosen).await?;
+    let mut existing = match ids {
+        IdCheck::LookUp => store::events::existing_ids(conn, &chosen).await?,
+        IdCheck::Optimistic => Vec::new(),
+    };
     existing.extend(
         batch
             .events
@@ -969,19 +1019,15 @@ async fn batch_send(
     } else {
         state.min_topo - count
     };
-    let mut written = Vec::with_capacity(job.events.len());
     for (offset, (proposal, chosen_id)) in (0_i64..).zip(&job.events) {
         let event_id = chosen_id.clone().unwrap_or_else(new_event_id);
         let topo = first_topo + offset;
+        let stream = batch.next_stream;
         push_event_at(batch, &mut state, proposal, None, event_id, topo);
-        let event = batch.events.last().cloned();
-        if let Some(event) = event {
-            if !forward {
-                batch.backfilled.push(event.stream);
-            } else if job.silent {
-                batch.silent.push(event.stream);
-            }
-            written.push(event);
+        if !forward {
+            batch.backfilled.push(stream);
+        } else if job.silent {
+            batch.silent.push(stream);
         }
     }
     if forward {
@@ -989,7 +1035,9 @@ async fn batch_send(
     } else {
         state.min_topo = first_topo;
     }
-    if let (Some(user), Some(last)) = (&job.mark_read_by, written.last()) {
+    // This job's events are the last ones of the batch so far.
+    let last = batch.events.last().filter(|_| !job.events.is_empty());
+    if let (Some(user), Some(last)) = (&job.mark_read_by, last) {
         batch.receipts.push(store::receipts::Receipt {
             room_id: room_id.to_string(),
             user_id: user.to_string(),
@@ -1003,5 +1051,6 @@ async fn batch_send(
         });
     }
     batch.rooms.insert(room_id.clone(), state);
-    Ok(Ok(Outcome::Written(written)))
+    // Filled by `write` after the commit, which moves the events in.
+    Ok(Ok(Outcome::Written(Vec::new())))
 }

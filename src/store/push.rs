@@ -453,20 +453,6 @@ pub async fn silent_of(conn: &mut PgConnection, streams: &[i64]) -> Result<Vec<i
     .await?)
 }
 
-/// Marks events as silent: they never push or count.
-pub async fn mark_silent(conn: &mut PgConnection, streams: &[i64]) -> Result<(), StoreError> {
-    if streams.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        "UPDATE events SET silent = true WHERE stream = ANY($1)",
-        streams
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// The joined members of a room with their member event content (display names).
 pub async fn joined_members(
     conn: &mut PgConnection,

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use hungryserv::app::AppState;
 use hungryserv::config::{self, Config};
+use hungryserv::rooms::auth::Proposal;
+use hungryserv::rooms::writer::{NewRoom, Writer};
 use hungryserv::{server, store};
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -81,4 +85,53 @@ pub async fn fresh_database() -> String {
     admin.close().await;
     let (base, _) = admin_url.rsplit_once('/').expect("URL has a database name");
     format!("{base}/{name}")
+}
+
+/// An event as the room engine is asked to write it, at a fixed `origin_server_ts`.
+pub fn proposal(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> Proposal {
+    Proposal {
+        sender: OwnedUserId::try_from(sender).unwrap(),
+        kind: kind.into(),
+        state_key: state_key.map(str::to_owned),
+        content: content.as_object().unwrap().clone(),
+        origin_server_ts: 1_700_000_000_000,
+        redacts: None,
+    }
+}
+
+/// Creates a local room through the writer: create, `creator` joined, power levels giving
+/// `creator` 100.
+pub async fn create_room(writer: &Writer, room_id: &OwnedRoomId, creator: &str) {
+    writer
+        .create(
+            NewRoom {
+                room_id: room_id.clone(),
+                class: "bridge".into(),
+                creator: OwnedUserId::try_from(creator).unwrap(),
+                appservice_id: None,
+                aliases: vec![],
+            },
+            vec![
+                proposal(
+                    creator,
+                    "m.room.create",
+                    Some(""),
+                    json!({"creator": creator, "room_version": "10"}),
+                ),
+                proposal(
+                    creator,
+                    "m.room.member",
+                    Some(creator),
+                    json!({"membership": "join"}),
+                ),
+                proposal(
+                    creator,
+                    "m.room.power_levels",
+                    Some(""),
+                    json!({"users": {creator: 100}}),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
 }
