@@ -19,6 +19,11 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+/// How long the background followers of the streams (the push task, appservice delivery) wait
+/// after a wake-up before reading: the syncs woken by the same commit, which a client is
+/// waiting on, get the database first, and a burst of commits is read in one go.
+pub const FOLLOWER_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Publishes the highest committed stream position. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {

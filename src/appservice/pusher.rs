@@ -185,6 +185,7 @@ impl Pusher {
                     _ = side_wake.changed(), if ephemeral => {}
                     () = self.poke.notified() => {}
                 }
+                tokio::time::sleep(crate::notify::FOLLOWER_PAUSE).await;
                 continue;
             }
             let built = self.build(&mut interest, position, committed).await?;

@@ -89,6 +89,7 @@ impl PushTask {
                     },
                     Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
                 }
+                tokio::time::sleep(crate::notify::FOLLOWER_PAUSE).await;
                 conn = self.db.acquire().await?;
                 continue;
             }

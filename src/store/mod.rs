@@ -58,6 +58,10 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
+        // No ping before lending a connection: it was a round trip on every acquire (two per
+        // woken sync). A connection that died idle (a Postgres restart) fails its first query
+        // instead, the request gets an error and nothing was written; sqlx then closes it.
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 
