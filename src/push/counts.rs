@@ -116,20 +116,22 @@ pub async fn unread_of_rooms(
     let store::push::Unread {
         recorded,
         counts: mut rows,
+        reads,
     } = store::push::unread(conn, user, rooms, upto).await?;
     if recorded < upto {
-        rows.extend(unrecorded(conn, user_id, rooms, recorded, upto).await?);
+        rows.extend(unrecorded(conn, user_id, rooms, &reads, (recorded, upto)).await?);
     }
     Ok(fold(rows))
 }
 
-/// Counts of the events in `(after, upto]` the push task has not evaluated yet.
+/// Counts of the events in `(after, upto]` the push task has not evaluated yet, given the
+/// user's read positions.
 async fn unrecorded(
     conn: &mut PgConnection,
     user_id: &UserId,
     rooms: &[String],
-    after: i64,
-    upto: i64,
+    reads: &HashMap<(String, String), i64>,
+    (after, upto): (i64, i64),
 ) -> Result<Vec<ThreadCount>, StoreError> {
     let events = store::events::notifiable_of_rooms(conn, rooms, after, upto, MAX_TAIL).await?;
     if events.is_empty() {
@@ -149,7 +151,6 @@ async fn unrecorded(
             task::Room::for_recipient(user, facts, now).map(|r| (room.as_str(), r))
         })
         .collect();
-    let reads = &context.reads;
     let mut counts: HashMap<(String, String), ThreadCount> = HashMap::new();
     for row in events {
         let event = &row.event;

@@ -16,9 +16,9 @@ pub mod relay;
 pub mod room_data;
 pub mod rooms;
 
-use sqlx::PgPool;
 use std::str::FromStr;
 
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseConfig;

@@ -277,7 +277,9 @@ pub async fn unread(
                  AND a.stream > GREATEST(COALESCE(u.stream, 0), COALESCE(t.stream, 0))
                GROUP BY a.room_id, a.thread_id)
            SELECT pos.upto AS "recorded!", c.room_id AS "room_id?", c.thread_id AS "thread_id?",
-                  c.notifications AS "notifications?", c.highlights AS "highlights?"
+                  c.notifications AS "notifications?", c.highlights AS "highlights?",
+                  (SELECT jsonb_agg(jsonb_build_array(room_id, thread_id, stream)) FROM read)
+                      AS "reads?"
            FROM pos LEFT JOIN counts c ON true"#,
         user_id,
         room_ids,
@@ -286,6 +288,19 @@ pub async fn unread(
     .fetch_all(conn)
     .await?;
     let recorded = rows.first().map_or(upto, |r| r.recorded);
+    // `[room, thread, stream]` triples, the same on every row.
+    let reads = rows
+        .first()
+        .and_then(|r| r.reads.as_ref())
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|triple| {
+            let room = triple.get(0)?.as_str()?.to_owned();
+            let thread = triple.get(1)?.as_str()?.to_owned();
+            Some(((room, thread), triple.get(2)?.as_i64()?))
+        })
+        .collect();
     let counts = rows
         .into_iter()
         .filter_map(|r| {
@@ -297,15 +312,22 @@ pub async fn unread(
             })
         })
         .collect();
-    Ok(Unread { recorded, counts })
+    Ok(Unread {
+        recorded,
+        counts,
+        reads,
+    })
 }
 
-/// What [`unread`] found: the counts of the recorded notifications up to `recorded`.
+/// What [`unread`] found: the counts of the recorded notifications up to `recorded`, and the
+/// read positions they were counted from.
 #[derive(Debug, Default)]
 pub struct Unread {
     /// The position counted up to: the smaller of the one asked and the push task's.
     pub recorded: i64,
     pub counts: Vec<ThreadCount>,
+    /// As [`read_positions`] gives them.
+    pub reads: HashMap<(String, String), i64>,
 }
 
 /// The push badge as Synapse counts it (default `group_unread_count_by_room`): the user's
@@ -361,8 +383,7 @@ pub async fn mutes(
 
 /// What evaluating one user's rules in some rooms needs, read in one statement: per room the
 /// joined member count, the user's own member event content (when joined), the power levels,
-/// the user's `muted_until` (as [`mutes`]) and the stream positions their read receipts point at (as
-/// [`read_positions`]); and the user's stored rules.
+/// the user's `muted_until` (as [`mutes`]); and the user's stored rules.
 pub async fn recipient_context(
     conn: &mut PgConnection,
     user_id: &str,
@@ -381,15 +402,6 @@ pub async fn recipient_context(
                   (SELECT a.content FROM room_account_data a
                    WHERE a.room_id = r.room_id AND a.user_id = $1 AND a.type = 'com.beeper.mute')
                       AS "mute?",
-                  (SELECT jsonb_object_agg(x.thread_id, x.stream) FROM (
-                       SELECT thread_id, MAX(stream) AS stream FROM (
-                           SELECT rc.thread_id, e.stream
-                           FROM receipts rc JOIN events e ON e.event_id = rc.event_id
-                           WHERE rc.user_id = $1 AND rc.room_id = r.room_id
-                           UNION ALL
-                           SELECT '', ms.stream FROM memberships ms
-                           WHERE ms.user_id = $1 AND ms.room_id = r.room_id) y
-                       GROUP BY thread_id) x) AS "reads?",
                   (SELECT rules FROM push_rules WHERE user_id = $1) AS "rules?"
            FROM UNNEST($2::text[]) AS r(room_id)"#,
         user_id,
@@ -400,14 +412,6 @@ pub async fn recipient_context(
     let mut context = RecipientContext::default();
     for row in rows {
         context.rules = context.rules.or(row.rules);
-        let reads = row.reads.as_ref().and_then(Value::as_object);
-        for (thread, stream) in reads.into_iter().flatten() {
-            if let Some(stream) = stream.as_i64() {
-                context
-                    .reads
-                    .insert((row.room_id.clone(), thread.clone()), stream);
-            }
-        }
         context.rooms.insert(
             row.room_id,
             RecipientRoom {
@@ -428,8 +432,6 @@ pub async fn recipient_context(
 pub struct RecipientContext {
     /// The user's stored push rules (`None`: never learned).
     pub rules: Option<Value>,
-    /// (room, thread; `""` unthreaded) → the stream position the user's receipt points at.
-    pub reads: HashMap<(String, String), i64>,
     pub rooms: HashMap<String, RecipientRoom>,
 }
 

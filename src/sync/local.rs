@@ -246,7 +246,7 @@ pub async fn build(
         .map(|room| room.room_id.clone())
         .collect();
     let (unread, entries) = tokio::try_join!(
-        unread_of_rooms(db, request, &counted),
+        pooled_unread(db, request, &counted),
         entries(rooms, db, conn, request, side, active),
     )?;
     for (room, entry) in entries {
@@ -274,7 +274,7 @@ pub async fn build(
 }
 
 /// The user's unread counts in the joined rooms, on a connection of its own.
-async fn unread_of_rooms(
+async fn pooled_unread(
     db: &PgPool,
     request: &LocalRequest<'_>,
     joined: &[String],
