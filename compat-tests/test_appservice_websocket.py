@@ -121,10 +121,11 @@ def test_websocket_delivers_local_and_relayed_events_across_reconnects_and_a_res
             sent: list[str] = []
             sent_synapse: list[str] = []
 
-            async def send(n: int) -> None:
+            async def send(n: int, synapse: bool = True) -> None:
                 for i in range(n):
                     sent.append(await bot.send(room_id, f"ws {len(sent)}", user_id=ghost))
-                    sent_synapse.append(await bot.send(synapse_room, f"ws {len(sent)}", user_id=ghost))
+                    if synapse:
+                        sent_synapse.append(await bot.send(synapse_room, f"ws {len(sent)}", user_id=ghost))
 
             def all_arrived() -> bool:
                 return set(sent) <= {e for _, e in events_of(bridges, room_id)} and set(sent_synapse) <= {
@@ -156,13 +157,24 @@ def test_websocket_delivers_local_and_relayed_events_across_reconnects_and_a_res
             await wait_for(all_arrived, 20, "the events of the dropped connection")
             assert bridges[1].transactions[0][0] == unacked
 
-            # SIGKILL hungryserv: the socket dies; reconnect and get the rest.
-            await send(2)
+            # SIGKILL hungryserv while the bridge holds a transaction it has not acknowledged:
+            # the socket dies, and the next connection gets it again, under the same txn_id,
+            # before anything newer. Only local events are sent before the kill, so hungryserv
+            # is the only one retrying: Synapse's sender can race its own recoverer when a
+            # send fails, and then puts a later transaction before the failed one (seen in its
+            # log: txn N+1 accepted by the restarted hungryserv 8 ms after N was refused, N
+            # retried 130 ms later); relay mode passes on the order Synapse delivered in.
+            bridges[1].acking = False
+            await send(2, synapse=False)
+            await wait_for(lambda: bridges[1].unacked, 20, "an unacknowledged transaction before the kill")
+            held = list(bridges[1].unacked)
             await asyncio.to_thread(stack.restart_hungryserv_after_sigkill)
             await bridges[1].reader
-            await send(4)
             bridges.append(Bridge(reg.as_token))
             await bridges[2].connect(session)
+            await wait_for(lambda: len(bridges[2].transactions) >= len(held), 20, "the held transactions again")
+            assert [txn for txn, _ in bridges[2].transactions[: len(held)]] == held
+            await send(4)
             await ping()
             await wait_for(all_arrived, 60, "every event after the restart")
 

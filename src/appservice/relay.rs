@@ -10,6 +10,11 @@
 //!
 //! Order: Synapse's transactions are relayed in the order they arrived, whole, so Synapse's
 //! per-room order holds; local rooms keep theirs; the two kinds of rooms never share a room.
+//! Synapse itself can deliver out of order after a failed send: its sender may push the next
+//! transaction before the recoverer has marked the appservice down and retried the failed
+//! one (seen in a test run: txn N+1 accepted 8 ms after N was refused during a restart of
+//! hungryserv, N retried 130 ms later). Its transaction IDs come from one sequence for all
+//! appservices, so a gap says nothing, and relay mode passes on the order it was given.
 //!
 //! What Synapse sends besides events passes through under both the stable and the unstable
 //! names: `ephemeral` (MSC2409), `to_device` (MSC2409), `device_lists`,
