@@ -261,13 +261,14 @@ pub async fn forgotten_at(
 }
 
 /// One room a user has a membership in, as a sync up to some position sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRoom {
     pub room_id: String,
     /// The user's membership at the sync's upper bound, and the position and sender of the
     /// member event that set it.
     pub membership: String,
     pub member_stream: i64,
+    /// Empty where no sync needs it: in an incremental sync, for a member event before `since`.
     pub member_sender: String,
     /// The user's membership at the sync's lower bound, if they had one.
     pub membership_before: Option<String>,
@@ -275,30 +276,88 @@ pub struct UserRoom {
     pub latest: Option<i64>,
 }
 
+/// The widest gap (in stream positions) an incremental sync reads the changed rooms of from
+/// the stream itself; a wider one probes each of the user's rooms instead. A probe costs about
+/// as much as three positions of the stream, so this favours the scan up to users in about a
+/// hundred rooms, and bounds its cost for everyone else.
+const GAP_SCAN_MAX: i64 = 256;
+
 /// Every room where `user_id` has a member event at or before `upto`, with what a sync from
 /// `since` to `upto` needs to know about it; an initial sync (`since` 0) leaves out the rooms
 /// the user has forgotten.
+///
+/// This runs on every wake-up of a waiting sync, so a room where nothing happened costs no
+/// more than its `memberships` row: the member event is read only when it is newer than the
+/// sync (then the one before it) or in the gap (for its sender and the membership before it),
+/// and a short gap finds the rooms with new events by scanning the stream positions in it
+/// rather than by probing every room (see [`GAP_SCAN_MAX`]).
 pub async fn user_rooms(
     conn: &mut PgConnection,
     user_id: &str,
     since: i64,
     upto: i64,
 ) -> Result<Vec<UserRoom>, StoreError> {
+    let gap = if since > 0 && upto - since <= GAP_SCAN_MAX {
+        GapRead::Scan
+    } else {
+        GapRead::Probe
+    };
+    user_rooms_read(conn, user_id, since, upto, gap).await
+}
+
+/// How [`user_rooms_read`] finds the rooms with events between `since` and `upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapRead {
+    /// Scan the stream positions of the gap (whatever the room).
+    Scan,
+    /// Probe each of the user's rooms.
+    Probe,
+}
+
+/// [`user_rooms`] with the way to read the gap chosen by the caller (both give the same rooms;
+/// tests compare them).
+pub async fn user_rooms_read(
+    conn: &mut PgConnection,
+    user_id: &str,
+    since: i64,
+    upto: i64,
+    gap: GapRead,
+) -> Result<Vec<UserRoom>, StoreError> {
+    let scan_gap = gap == GapRead::Scan;
     let rows = sqlx::query!(
-        r#"SELECT m.room_id, me.stream AS "member_stream!", me.sender AS "member_sender!",
-                  me.content->>'membership' AS "membership?",
-                  (SELECT b.content->>'membership' FROM events b
-                   WHERE b.room_id = m.room_id AND b.type = 'm.room.member'
-                     AND b.state_key = m.user_id AND b.stream <= $2
-                   ORDER BY b.stream DESC LIMIT 1) AS "membership_before?",
-                  (SELECT max(l.stream) FROM events l
-                   WHERE l.room_id = m.room_id AND l.stream > $2 AND l.stream <= $3) AS "latest?"
+        r#"WITH gap AS MATERIALIZED (
+               SELECT room_id, max(stream) AS latest FROM events
+               WHERE $4 AND stream > $2 AND stream <= $3
+               GROUP BY room_id)
+           SELECT m.room_id, me.stream AS "member_stream!", me.sender AS "member_sender!",
+                  me.membership AS "membership?",
+                  CASE WHEN $2 = 0 THEN NULL
+                       WHEN me.stream <= $2 THEN me.membership
+                       ELSE (SELECT b.content->>'membership' FROM events b
+                             WHERE b.room_id = m.room_id AND b.type = 'm.room.member'
+                               AND b.state_key = m.user_id AND b.stream <= $2
+                             ORDER BY b.stream DESC LIMIT 1)
+                  END AS "membership_before?",
+                  CASE WHEN $4 THEN g.latest
+                       ELSE (SELECT max(l.stream) FROM events l
+                             WHERE l.room_id = m.room_id AND l.stream > $2 AND l.stream <= $3)
+                  END AS "latest?"
            FROM memberships m
            CROSS JOIN LATERAL (
-               SELECT e.stream, e.sender, e.content FROM events e
-               WHERE e.room_id = m.room_id AND e.type = 'm.room.member'
-                 AND e.state_key = m.user_id AND e.stream <= $3
-               ORDER BY e.stream DESC LIMIT 1) me
+               -- The current membership, unless it is newer than the sync.
+               SELECT m.stream, m.membership,
+                      CASE WHEN $2 = 0 OR m.stream > $2
+                           THEN (SELECT e.sender FROM events e WHERE e.stream = m.stream)
+                           ELSE '' END AS sender
+               WHERE m.stream <= $3
+               UNION ALL
+               (SELECT e.stream, e.content->>'membership',
+                       CASE WHEN $2 = 0 OR e.stream > $2 THEN e.sender ELSE '' END
+                FROM events e
+                WHERE m.stream > $3 AND e.room_id = m.room_id AND e.type = 'm.room.member'
+                  AND e.state_key = m.user_id AND e.stream <= $3
+                ORDER BY e.stream DESC LIMIT 1)) me
+           LEFT JOIN gap g ON g.room_id = m.room_id
            WHERE m.user_id = $1
              -- A forgotten room is left out of initial syncs (migration 0010); an incremental
              -- one still shows the leave it covers, as Synapse's does.
@@ -310,6 +369,7 @@ pub async fn user_rooms(
         user_id,
         since,
         upto,
+        scan_gap,
     )
     .fetch_all(conn)
     .await?;
