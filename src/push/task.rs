@@ -131,15 +131,15 @@ impl PushTask {
             .into_iter()
             .collect();
         let now = now_ms();
-        let mut rooms: HashMap<OwnedRoomId, Room> = HashMap::new();
         let suffix = format!(":{}", self.server_name);
         let recipient = |user: &str| user.ends_with(&suffix) && !self.appservice_user(user);
-        for event in events {
-            if !rooms.contains_key(&event.room_id) {
-                let room = load_room(conn, &event.room_id, now, recipient).await?;
-                rooms.insert(event.room_id.clone(), room);
-            }
-        }
+        let room_ids: Vec<String> = events
+            .iter()
+            .map(|e| e.room_id.to_string())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let rooms = load_rooms(conn, &room_ids, now, recipient).await?;
         // Invites are evaluated for the invited user too (`.m.rule.invite_for_me`).
         let invitees: HashMap<i64, String> = events
             .iter()
@@ -244,67 +244,97 @@ impl PushTask {
     }
 }
 
-/// What evaluation needs to know about a room now; `recipient` picks the joined members whose
-/// rules are evaluated.
-async fn load_room(
+/// What evaluation needs to know about the rooms now, in three statements whatever their
+/// number (a batch of a busy bridge spans many rooms); `recipient` picks the joined members
+/// whose rules are evaluated.
+async fn load_rooms(
     conn: &mut PgConnection,
-    room_id: &OwnedRoomId,
+    room_ids: &[String],
     now: i64,
     recipient: impl Fn(&str) -> bool,
-) -> Result<Room, StoreError> {
-    let members = store::push::joined_members(conn, room_id.as_str()).await?;
-    let names: HashMap<String, Option<String>> = members
-        .iter()
-        .map(|(user, content)| {
-            let name = content
-                .get("displayname")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned);
-            (user.clone(), name)
-        })
-        .collect();
-    let recipients: Vec<(String, String)> = members
-        .iter()
-        .filter(|(user, _)| recipient(user))
-        .map(|(user, _)| {
-            let name = names.get(user).cloned().flatten();
-            // No display name: the display name rule matches nothing (as in Synapse).
-            (user.clone(), name.unwrap_or_default())
-        })
-        .collect();
-    let ids: Vec<String> = recipients.iter().map(|(u, _)| u.clone()).collect();
-    let muted = store::push::mutes(conn, room_id.as_str(), &ids)
-        .await?
-        .into_iter()
-        .filter(|(_, until)| rules::muted(Some(*until), now))
+) -> Result<HashMap<OwnedRoomId, Room>, StoreError> {
+    let mut members = store::push::joined_members_of_rooms(conn, room_ids).await?;
+    let all_recipients: Vec<String> = members
+        .values()
+        .flatten()
         .map(|(user, _)| user)
+        .filter(|user| recipient(user))
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
+    let mutes = if all_recipients.is_empty() {
+        HashMap::new()
+    } else {
+        store::push::mutes_of_rooms(conn, room_ids, &all_recipients).await?
+    };
     let keys = [
         ("m.room.power_levels", ""),
         ("m.room.name", ""),
         ("m.room.canonical_alias", ""),
     ];
-    let state = store::events::current_state_at_keys(conn, room_id.as_str(), &keys).await?;
-    let content_of = |kind: &str| {
-        state
+    let mut states = store::events::current_state_at_keys_of_rooms(conn, room_ids, &keys).await?;
+    let mut rooms = HashMap::with_capacity(room_ids.len());
+    for room_id in room_ids {
+        let Ok(id) = OwnedRoomId::try_from(room_id.as_str()) else {
+            continue;
+        };
+        let members = members.remove(room_id).unwrap_or_default();
+        let state = states.remove(room_id).unwrap_or_default();
+        let names: HashMap<String, Option<String>> = members
             .iter()
-            .find(|e| e.event.kind == kind)
-            .map(|e| e.event.content.clone())
-    };
-    let text = |kind: &str, field: &str| {
-        content_of(kind)
-            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
-            .filter(|t| !t.is_empty())
-    };
-    Ok(Room {
-        member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
-        power_levels: content_of("m.room.power_levels"),
-        name: text("m.room.name", "name").or_else(|| text("m.room.canonical_alias", "alias")),
-        names,
-        recipients,
-        muted,
-    })
+            .map(|(user, content)| {
+                let name = content
+                    .get("displayname")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned);
+                (user.clone(), name)
+            })
+            .collect();
+        let recipients: Vec<(String, String)> = members
+            .iter()
+            .filter(|(user, _)| recipient(user))
+            .map(|(user, _)| {
+                let name = names.get(user).cloned().flatten();
+                // No display name: the display name rule matches nothing (as in Synapse).
+                (user.clone(), name.unwrap_or_default())
+            })
+            .collect();
+        let muted = recipients
+            .iter()
+            .filter(|(user, _)| {
+                mutes
+                    .get(&(room_id.clone(), user.clone()))
+                    .is_some_and(|until| rules::muted(Some(*until), now))
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        let content_of = |kind: &str| {
+            state
+                .iter()
+                .find(|e| e.event.kind == kind)
+                .map(|e| e.event.content.clone())
+        };
+        let text = |kind: &str, field: &str| {
+            content_of(kind)
+                .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
+                .filter(|t| !t.is_empty())
+        };
+        rooms.insert(
+            id,
+            Room {
+                member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
+                power_levels: content_of("m.room.power_levels"),
+                name: text("m.room.name", "name")
+                    .or_else(|| text("m.room.canonical_alias", "alias")),
+                names,
+                recipients,
+                muted,
+            },
+        );
+    }
+    Ok(rooms)
 }
 
 /// A room as the push task sees it.

@@ -3,6 +3,8 @@
 //! Rows are converted to ruma ID types at this boundary; a row that does not parse is
 //! reported as [`StoreError::Corrupt`] rather than served.
 
+use std::collections::HashMap;
+
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
@@ -105,6 +107,18 @@ impl Row {
 
 fn parse_all(rows: Vec<Row>) -> Result<Vec<EventWithPrev>, StoreError> {
     rows.into_iter().map(Row::parse).collect()
+}
+
+/// Parsed rows grouped by room, each room's in the order of `rows`.
+fn by_room(rows: Vec<Row>) -> Result<HashMap<String, Vec<EventWithPrev>>, StoreError> {
+    let mut rooms: HashMap<String, Vec<EventWithPrev>> = HashMap::new();
+    for event in parse_all(rows)? {
+        rooms
+            .entry(event.event.room_id.to_string())
+            .or_default()
+            .push(event);
+    }
+    Ok(rooms)
 }
 
 /// The highest stream position written so far (0 when there is none).
@@ -557,6 +571,16 @@ pub async fn current_state_at_keys(
     room_id: &str,
     keys: &[(&str, &str)],
 ) -> Result<Vec<EventWithPrev>, StoreError> {
+    let mut rooms = current_state_at_keys_of_rooms(conn, &[room_id.to_owned()], keys).await?;
+    Ok(rooms.remove(room_id).unwrap_or_default())
+}
+
+/// [`current_state_at_keys`] of several rooms in one statement, by room.
+pub async fn current_state_at_keys_of_rooms(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    keys: &[(&str, &str)],
+) -> Result<HashMap<String, Vec<EventWithPrev>>, StoreError> {
     let (types, state_keys): (Vec<String>, Vec<String>) = keys
         .iter()
         .map(|(kind, key)| ((*kind).to_owned(), (*key).to_owned()))
@@ -569,16 +593,16 @@ pub async fn current_state_at_keys(
            FROM current_state cs
            JOIN events e ON e.stream = cs.stream
            LEFT JOIN events p ON p.event_id = e.replaces_state
-           WHERE cs.room_id = $1
+           WHERE cs.room_id = ANY($1)
              AND (cs.type, cs.state_key) IN (SELECT * FROM UNNEST($2::text[], $3::text[]))
            ORDER BY e.stream"#,
-        room_id,
+        room_ids,
         &types,
         &state_keys,
     )
     .fetch_all(conn)
     .await?;
-    parse_all(rows)
+    by_room(rows)
 }
 
 /// The state of a room as it was at stream position `at` (inclusive): for each key, the latest
@@ -613,11 +637,9 @@ pub async fn state_of_rooms(
     conn: &mut PgConnection,
     room_ids: &[String],
     at: i64,
-) -> Result<std::collections::HashMap<String, Vec<EventWithPrev>>, StoreError> {
-    let mut by_room: std::collections::HashMap<String, Vec<EventWithPrev>> =
-        std::collections::HashMap::new();
+) -> Result<HashMap<String, Vec<EventWithPrev>>, StoreError> {
     if room_ids.is_empty() {
-        return Ok(by_room);
+        return Ok(HashMap::new());
     }
     let rows = sqlx::query_as!(
         Row,
@@ -638,13 +660,7 @@ pub async fn state_of_rooms(
     )
     .fetch_all(conn)
     .await?;
-    for row in parse_all(rows)? {
-        by_room
-            .entry(row.event.room_id.to_string())
-            .or_default()
-            .push(row);
-    }
-    Ok(by_room)
+    by_room(rows)
 }
 
 /// Up to `limit` events of a room with `topo` in `(after, before)` (exclusive bounds), in
@@ -863,7 +879,7 @@ pub async fn recent_of_rooms(
     )
     .fetch_all(conn)
     .await?;
-    let after_of: std::collections::HashMap<&str, i64> = windows
+    let after_of: HashMap<&str, i64> = windows
         .iter()
         .map(|(room, after)| (room.as_str(), *after))
         .collect();
@@ -916,7 +932,7 @@ pub async fn reader_histories(
     conn: &mut PgConnection,
     room_ids: &[String],
     user_id: &str,
-) -> Result<std::collections::HashMap<String, ReaderHistory>, StoreError> {
+) -> Result<HashMap<String, ReaderHistory>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT room_id, stream, type AS kind, content->>'membership' AS "membership?",
                   content->>'history_visibility' AS "visibility?"
@@ -930,8 +946,7 @@ pub async fn reader_histories(
     )
     .fetch_all(conn)
     .await?;
-    let mut histories: std::collections::HashMap<String, ReaderHistory> =
-        std::collections::HashMap::new();
+    let mut histories: HashMap<String, ReaderHistory> = HashMap::new();
     for row in rows {
         let (memberships, visibilities) = histories.entry(row.room_id).or_default();
         if row.kind == "m.room.member" {

@@ -357,17 +357,18 @@ pub async fn badge(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreE
     Ok(i64::try_from(unread_rooms.len()).unwrap_or(i64::MAX) + invites)
 }
 
-/// The `com.beeper.mute` room account data of `users` in a room: user → `muted_until`
-/// (-1: for ever; ms since the epoch otherwise).
-pub async fn mutes(
+/// `muted_until` of the users among `user_ids` who muted one of the rooms (the
+/// `com.beeper.mute` room account data), by room and user: -1 for ever, else ms since the
+/// epoch.
+pub async fn mutes_of_rooms(
     conn: &mut PgConnection,
-    room_id: &str,
+    room_ids: &[String],
     user_ids: &[String],
-) -> Result<HashMap<String, i64>, StoreError> {
+) -> Result<HashMap<(String, String), i64>, StoreError> {
     let rows = sqlx::query!(
-        "SELECT user_id, content FROM room_account_data
-         WHERE room_id = $1 AND user_id = ANY($2) AND type = 'com.beeper.mute'",
-        room_id,
+        "SELECT room_id, user_id, content FROM room_account_data
+         WHERE room_id = ANY($1) AND user_id = ANY($2) AND type = 'com.beeper.mute'",
+        room_ids,
         user_ids
     )
     .fetch_all(conn)
@@ -376,14 +377,14 @@ pub async fn mutes(
         .into_iter()
         .filter_map(|r| {
             let until = r.content.get("muted_until").and_then(Value::as_i64)?;
-            Some((r.user_id, until))
+            Some(((r.room_id, r.user_id), until))
         })
         .collect())
 }
 
 /// What evaluating one user's rules in some rooms needs, read in one statement: per room the
 /// joined member count, the user's own member event content (when joined), the power levels,
-/// the user's `muted_until` (as [`mutes`]); and the user's stored rules.
+/// the user's `muted_until` (as [`mutes_of_rooms`]); and the user's stored rules.
 pub async fn recipient_context(
     conn: &mut PgConnection,
     user_id: &str,
@@ -455,19 +456,26 @@ pub async fn silent_of(conn: &mut PgConnection, streams: &[i64]) -> Result<Vec<i
     .await?)
 }
 
-/// The joined members of a room with their member event content (display names).
-pub async fn joined_members(
+/// The joined members of each room, with the content of their member events.
+pub async fn joined_members_of_rooms(
     conn: &mut PgConnection,
-    room_id: &str,
-) -> Result<Vec<(String, Value)>, StoreError> {
+    room_ids: &[String],
+) -> Result<HashMap<String, Vec<(String, Value)>>, StoreError> {
     let rows = sqlx::query!(
-        "SELECT m.user_id, e.content FROM memberships m JOIN events e ON e.stream = m.stream
-         WHERE m.room_id = $1 AND m.membership = 'join'",
-        room_id
+        "SELECT m.room_id, m.user_id, e.content FROM memberships m JOIN events e ON e.stream = m.stream
+         WHERE m.room_id = ANY($1) AND m.membership = 'join'",
+        room_ids
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.user_id, r.content)).collect())
+    let mut by_room: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    for row in rows {
+        by_room
+            .entry(row.room_id)
+            .or_default()
+            .push((row.user_id, row.content));
+    }
+    Ok(by_room)
 }
 
 /// A user's recorded notifications, newest first, before `before` (a stream position), for
