@@ -57,6 +57,10 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The cursor is written after skipping this many positions of uninteresting events (it is
 /// also written with every acknowledged transaction).
 const SKIP_PERSIST_EVERY: i64 = 1_000;
+/// How long the stream must be quiet before a caught-up appservice persists the positions it
+/// skipped. A restart within it re-reads those events and again finds nothing to deliver
+/// (judged by the room facts known after the restart, see `interest`).
+const IDLE_PERSIST: Duration = Duration::from_secs(1);
 
 /// Counters of one pusher, read by the metrics endpoint.
 #[derive(Default)]
@@ -173,17 +177,23 @@ impl Pusher {
                 relay_pending |= flag.swap(false, Ordering::AcqRel);
             }
             if position >= committed && !side_news && !relay_pending {
+                // Caught up. What was skipped is persisted once the stream has been quiet for
+                // IDLE_PERSIST (or, further down, every SKIP_PERSIST_EVERY positions): while
+                // others write, an appservice that wants none of it would otherwise commit a
+                // cursor update per commit of theirs.
                 let room_data_behind = ephemeral && room_data_persisted < Some(room_data);
-                if persisted < position || room_data_behind {
-                    let room_data = ephemeral.then_some(room_data);
-                    store::appservice::skip_to(&self.db, id, position, room_data).await?;
-                    persisted = position;
-                    room_data_persisted = room_data.or(room_data_persisted);
-                }
+                let behind = persisted < position || room_data_behind;
                 tokio::select! {
                     _ = wake.changed() => {}
                     _ = side_wake.changed(), if ephemeral => {}
                     () = self.poke.notified() => {}
+                    () = tokio::time::sleep(IDLE_PERSIST), if behind => {
+                        let room_data = ephemeral.then_some(room_data);
+                        store::appservice::skip_to(&self.db, id, position, room_data).await?;
+                        persisted = position;
+                        room_data_persisted = room_data.or(room_data_persisted);
+                        continue;
+                    }
                 }
                 tokio::time::sleep(crate::notify::FOLLOWER_PAUSE).await;
                 continue;
