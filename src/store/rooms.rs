@@ -268,7 +268,8 @@ pub struct UserRoom {
     /// member event that set it.
     pub membership: String,
     pub member_stream: i64,
-    /// Empty where no sync needs it: in an incremental sync, for a member event before `since`.
+    /// Empty where no sync needs it: in an incremental sync, for a member event at or before
+    /// `since`.
     pub member_sender: String,
     /// The user's membership at the sync's lower bound, if they had one.
     pub membership_before: Option<String>,
@@ -277,9 +278,8 @@ pub struct UserRoom {
 }
 
 /// The widest gap (in stream positions) an incremental sync reads the changed rooms of from
-/// the stream itself; a wider one probes each of the user's rooms instead. A probe costs about
-/// as much as three positions of the stream, so this favours the scan up to users in about a
-/// hundred rooms, and bounds its cost for everyone else.
+/// the stream itself. The scan reads every event of the gap, whatever its room, so it is kept
+/// short; a wider gap probes each of the user's rooms instead (one index probe per room).
 const GAP_SCAN_MAX: i64 = 256;
 
 /// Every room where `user_id` has a member event at or before `upto`, with what a sync from
