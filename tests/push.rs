@@ -51,6 +51,16 @@ async fn event(
     .unwrap();
 }
 
+/// A fresh database with the room, the push task's position at `position`.
+async fn room_recorded_upto(position: i64) -> PgPool {
+    let pool = database().await;
+    room(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    store::push::position(&mut conn, position).await.unwrap();
+    drop(conn);
+    pool
+}
+
 async fn room(pool: &PgPool) {
     sqlx::query(
         "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
@@ -177,11 +187,7 @@ async fn receipts_reset_recorded_notifications_per_thread() {
 
 #[tokio::test]
 async fn events_the_push_task_has_not_reached_are_evaluated_for_the_count() {
-    let pool = database().await;
-    room(&pool).await;
-    let mut conn = pool.acquire().await.unwrap();
-    store::push::position(&mut conn, 2).await.unwrap();
-    drop(conn);
+    let pool = room_recorded_upto(2).await;
     event(
         &pool,
         3,
@@ -242,11 +248,7 @@ async fn events_the_push_task_has_not_reached_are_evaluated_for_the_count() {
 /// both sides of the commit in the order the count makes them.
 #[tokio::test]
 async fn a_count_racing_the_push_task_commit_sees_the_event_once() {
-    let pool = database().await;
-    room(&pool).await;
-    let mut conn = pool.acquire().await.unwrap();
-    store::push::position(&mut conn, 2).await.unwrap();
-    drop(conn);
+    let pool = room_recorded_upto(2).await;
     let text = json!({"msgtype": "m.text", "body": "hi"});
     event(&pool, 3, BOB, "m.room.message", None, text).await;
 

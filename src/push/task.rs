@@ -283,14 +283,7 @@ async fn load_rooms(
         let state = states.remove(room_id).unwrap_or_default();
         let names: HashMap<String, Option<String>> = members
             .iter()
-            .map(|(user, content)| {
-                let name = content
-                    .get("displayname")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_owned);
-                (user.clone(), name)
-            })
+            .map(|(user, content)| (user.clone(), display_name(content)))
             .collect();
         let recipients: Vec<(String, String)> = members
             .iter()
@@ -301,13 +294,10 @@ async fn load_rooms(
                 (user.clone(), name.unwrap_or_default())
             })
             .collect();
+        let room_mutes = mutes.get(room_id);
         let muted = recipients
             .iter()
-            .filter(|(user, _)| {
-                mutes
-                    .get(&(room_id.clone(), user.clone()))
-                    .is_some_and(|until| rules::muted(Some(*until), now))
-            })
+            .filter(|(user, _)| rules::muted(room_mutes.and_then(|m| m.get(user)).copied(), now))
             .map(|(user, _)| user.clone())
             .collect();
         let content_of = |kind: &str| {
@@ -337,6 +327,15 @@ async fn load_rooms(
     Ok(rooms)
 }
 
+/// The display name a member event content sets (an empty one is none).
+fn display_name(member: &Value) -> Option<String> {
+    member
+        .get("displayname")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+}
+
 /// A room as the push task sees it.
 pub(super) struct Room {
     member_count: u64,
@@ -359,12 +358,7 @@ impl Room {
         room: &store::push::RecipientRoom,
         now: i64,
     ) -> Option<Room> {
-        let member = room.member.as_ref()?;
-        let name = member
-            .get("displayname")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned);
+        let name = display_name(room.member.as_ref()?);
         let muted = rules::muted(room.muted_until, now)
             .then(|| user.to_owned())
             .into_iter()

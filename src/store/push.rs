@@ -358,13 +358,12 @@ pub async fn badge(conn: &mut PgConnection, user_id: &str) -> Result<i64, StoreE
 }
 
 /// `muted_until` of the users among `user_ids` who muted one of the rooms (the
-/// `com.beeper.mute` room account data), by room and user: -1 for ever, else ms since the
-/// epoch.
+/// `com.beeper.mute` room account data), room → user → `muted_until` (see [`muted_until`]).
 pub async fn mutes_of_rooms(
     conn: &mut PgConnection,
     room_ids: &[String],
     user_ids: &[String],
-) -> Result<HashMap<(String, String), i64>, StoreError> {
+) -> Result<HashMap<String, HashMap<String, i64>>, StoreError> {
     let rows = sqlx::query!(
         "SELECT room_id, user_id, content FROM room_account_data
          WHERE room_id = ANY($1) AND user_id = ANY($2) AND type = 'com.beeper.mute'",
@@ -373,13 +372,21 @@ pub async fn mutes_of_rooms(
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let until = r.content.get("muted_until").and_then(Value::as_i64)?;
-            Some(((r.room_id, r.user_id), until))
-        })
-        .collect())
+    let mut by_room: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for row in rows {
+        if let Some(until) = muted_until(&row.content) {
+            by_room
+                .entry(row.room_id)
+                .or_default()
+                .insert(row.user_id, until);
+        }
+    }
+    Ok(by_room)
+}
+
+/// The `muted_until` of a `com.beeper.mute` content: -1 for ever, else ms since the epoch.
+fn muted_until(content: &Value) -> Option<i64> {
+    content.get("muted_until").and_then(Value::as_i64)
 }
 
 /// What evaluating one user's rules in some rooms needs, read in one statement: per room the
@@ -419,9 +426,7 @@ pub async fn recipient_context(
                 member_count: row.member_count,
                 member: row.member,
                 power_levels: row.power_levels,
-                muted_until: row
-                    .mute
-                    .and_then(|mute| mute.get("muted_until").and_then(Value::as_i64)),
+                muted_until: row.mute.as_ref().and_then(muted_until),
             },
         );
     }
