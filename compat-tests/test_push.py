@@ -268,34 +268,44 @@ def unread(body: dict, room_id: str) -> dict:
     return {k: room.get(k) for k in ("unread_notifications", "unread_thread_notifications")}
 
 
+def unread_steps(alice: stack.User, bob: stack.User, federate: bool) -> list:
+    """The unread counts alice's syncs show along one scenario in a new room of the kind."""
+    room_id = joined_room(bob, alice, federate, "counting")
+    steps = []
+    first = send_text(of(bob), room_id, "one")
+    send_text(of(bob), room_id, "two")
+    mention(of(bob), room_id, alice)
+    send_text(of(alice), room_id, "my own words never count")
+    steps.append(unread(sync(alice), room_id))
+    # A thread reply: counted in the room, or apart with per-thread counts.
+    txn = secrets.token_hex(8)
+    reply = {"msgtype": "m.text", "body": "in a thread", "m.relates_to": {"rel_type": "m.thread", "event_id": first}}
+    of(bob).ok("PUT", f"/v3/rooms/{q(room_id)}/send/m.room.message/{txn}", body=reply)
+    steps.append(unread(sync(alice), room_id))
+    steps.append(unread(sync(alice, per_thread=True), room_id))
+    # A receipt on the main timeline resets it; the thread keeps its count.
+    last = send_text(of(bob), room_id, "three")
+    read_up_to(alice, room_id, last, thread_id="main")
+    steps.append(unread(sync(alice, per_thread=True), room_id))
+    # An unthreaded receipt resets everything.
+    read_up_to(alice, room_id, last)
+    steps.append(unread(sync(alice, per_thread=True), room_id))
+    return json.loads(json.dumps(steps).replace(first, "ROOT"))
+
+
 def test_unread_counts_through_sync_match_a_synapse_room():
     alice, bob = stack.register_user(), stack.register_user()
-    rooms = {federate: joined_room(bob, alice, federate, "counting") for federate in (True, False)}
-    counts: dict[bool, list] = {}
-    for federate, room_id in rooms.items():
-        steps = []
-        first = send_text(of(bob), room_id, "one")
-        send_text(of(bob), room_id, "two")
-        mention(of(bob), room_id, alice)
-        send_text(of(alice), room_id, "my own words never count")
-        steps.append(unread(sync(alice), room_id))
-        # A thread reply: counted in the room, or apart with per-thread counts.
-        txn = secrets.token_hex(8)
-        reply = {"msgtype": "m.text", "body": "in a thread", "m.relates_to": {"rel_type": "m.thread", "event_id": first}}
-        of(bob).ok("PUT", f"/v3/rooms/{q(room_id)}/send/m.room.message/{txn}", body=reply)
-        steps.append(unread(sync(alice), room_id))
-        steps.append(unread(sync(alice, per_thread=True), room_id))
-        # A receipt on the main timeline resets it; the thread keeps its count.
-        last = send_text(of(bob), room_id, "three")
-        read_up_to(alice, room_id, last, thread_id="main")
-        steps.append(unread(sync(alice, per_thread=True), room_id))
-        # An unthreaded receipt resets everything.
-        read_up_to(alice, room_id, last)
-        steps.append(unread(sync(alice, per_thread=True), room_id))
-        counts[federate] = json.loads(json.dumps(steps).replace(first, "ROOT"))
-    assert counts[False] == counts[True]
-    assert counts[False][0]["unread_notifications"] == {"notification_count": 3, "highlight_count": 1}
-    assert counts[False][-1]["unread_notifications"] == {"notification_count": 0, "highlight_count": 0}
+    local = unread_steps(alice, bob, False)
+    # Synapse's own count was once one high in CI (4 and 5 where ours, and every earlier run
+    # of both, said 3 and 4; it agreed again after the receipts); its counts go through a
+    # summary table rotated in the background. The Synapse room is then run once more in a
+    # new room: a wrong local count still fails, as Synapse repeats the right one.
+    synapse = unread_steps(alice, bob, True)
+    if synapse != local:
+        synapse = unread_steps(alice, bob, True)
+    assert local == synapse
+    assert local[0]["unread_notifications"] == {"notification_count": 3, "highlight_count": 1}
+    assert local[-1]["unread_notifications"] == {"notification_count": 0, "highlight_count": 0}
 
 
 def test_batch_send_without_notifications_pushes_and_counts_nothing(gateway):
