@@ -7,6 +7,7 @@ m1, m2, ..., users owner/other) and the two traces must be equal.
 """
 
 import asyncio
+import secrets
 import time
 
 import pytest
@@ -174,6 +175,21 @@ def errors(owner: stack.User, other: stack.User, outsider: stack.User, room_id: 
     """Bad requests: (what, status, errcode) for each."""
     event_id = send_text(of(other), room_id, "target")
     path = f"/v3/rooms/{q(room_id)}"
+    # A thread rooted at event_id: a reply in it, and a reaction to that reply.
+    in_thread = of(other).ok(
+        "PUT",
+        f"{path}/send/m.room.message/{secrets.token_hex(8)}",
+        body={"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": event_id}},
+    )["event_id"]
+    reaction = of(other).ok(
+        "PUT",
+        f"{path}/send/m.reaction/{secrets.token_hex(8)}",
+        body={"m.relates_to": {"rel_type": "m.annotation", "event_id": in_thread, "key": "x"}},
+    )["event_id"]
+    plain = send_text(of(other), room_id, "not in a thread")
+    receipt = lambda event, thread: of(owner)(  # noqa: E731
+        "POST", f"{path}/receipt/m.read/{q(event)}", body={"thread_id": thread}
+    )
     mine = f"/v3/user/{q(owner.user_id)}/rooms/{q(room_id)}"
     theirs = f"/v3/user/{q(other.user_id)}/rooms/{q(room_id)}"
     cases = [
@@ -194,6 +210,17 @@ def errors(owner: stack.User, other: stack.User, outsider: stack.User, room_id: 
         ("tag by a non-member", of(outsider)("PUT", f"/v3/user/{q(outsider.user_id)}/rooms/{q(room_id)}/tags/x", body={})),
         ("typing for someone else", of(owner)("PUT", f"{path}/typing/{q(other.user_id)}", body={"typing": True})),
         ("typing by a non-member", of(outsider)("PUT", f"{path}/typing/{q(outsider.user_id)}", body={"typing": True})),
+        # Synapse checks that a threaded receipt's event belongs to the thread it names.
+        ("main receipt on the thread root", receipt(event_id, "main")),
+        ("main receipt in a thread", receipt(in_thread, "main")),
+        ("main receipt on a reaction in a thread", receipt(reaction, "main")),
+        ("thread receipt on its root", receipt(event_id, event_id)),
+        ("thread receipt in the thread", receipt(in_thread, event_id)),
+        ("thread receipt on a reaction in it", receipt(reaction, event_id)),
+        ("thread receipt outside the thread", receipt(plain, event_id)),
+        ("receipt naming a thread that is not one", receipt(plain, plain)),
+        ("thread receipt on an unknown event", receipt("$nope:" + stack.SERVER_NAME, event_id)),
+        ("main receipt on an unknown event", receipt("$nope:" + stack.SERVER_NAME, "main")),
     ]
     return [(what, *failure(resp)) for what, resp in cases]
 
@@ -227,8 +254,17 @@ def test_bad_room_data_requests_get_synapse_errors(users):
     want = errors(owner, other, outsider, synapse_room)
     have = errors(owner, other, outsider, local_room)
     assert have == want
-    # Synapse stores nothing and answers 200 for a receipt of an unknown event; the rest fail.
-    assert all((status == 200) == (what == "unknown event") for what, status, _ in have), have
+    # Synapse stores nothing and answers 200 for a receipt of an unknown event (in no thread);
+    # a receipt naming a thread its event belongs to is fine; the rest fail.
+    fine = {
+        "unknown event",
+        "main receipt on the thread root",
+        "thread receipt on its root",
+        "thread receipt in the thread",
+        "thread receipt on a reaction in it",
+        "main receipt on an unknown event",
+    }
+    assert all((status == 200) == (what in fine) for what, status, _ in have), have
 
 
 def test_beeper_read_extras_are_returned_verbatim(users):

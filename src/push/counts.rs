@@ -76,7 +76,7 @@ pub fn fold(rows: Vec<ThreadCount>) -> HashMap<String, Counts> {
         };
         counts.total.notifications += count.notifications;
         counts.total.highlights += count.highlights;
-        if row.thread_id == "main" {
+        if row.thread_id == store::events::MAIN_THREAD {
             counts.main = count;
         } else {
             counts.threads.insert(row.thread_id, count);

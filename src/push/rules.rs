@@ -120,7 +120,10 @@ pub fn thread_of(content: &Map<String, Value>) -> String {
         .filter(|relation| relation.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
         .and_then(|relation| relation.get("event_id"))
         .and_then(Value::as_str)
-        .map_or_else(|| "main".to_owned(), str::to_owned)
+        .map_or_else(
+            || crate::store::events::MAIN_THREAD.to_owned(),
+            str::to_owned,
+        )
 }
 
 /// Whether `com.beeper.mute`'s `muted_until` silences the room at `now_ms` (-1: for ever).

@@ -95,6 +95,18 @@ impl Rooms {
         }
         let user = requester.user_id.as_str();
         let mut conn = self.conn().await?;
+        // Synapse checks a threaded receipt's event against its thread before anything else.
+        for marker in markers.iter().filter(|m| !m.thread_id.is_empty()) {
+            let threads =
+                store::events::receipt_threads(&mut conn, room_id.as_str(), &marker.event_id)
+                    .await?;
+            if !threads.allows(&marker.thread_id) {
+                return Err(RoomError::InvalidParam(format!(
+                    "event_id {} is not related to thread {}",
+                    marker.event_id, marker.thread_id
+                )));
+            }
+        }
         self.known_room(&mut conn, room_id).await?;
         let (reader, _) = match self.reader(&mut conn, requester, room_id).await {
             Ok(reader) => reader,

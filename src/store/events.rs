@@ -489,6 +489,74 @@ pub async fn redact(
     Ok(())
 }
 
+/// The threads a receipt on `event_id` may name, as Synapse decides them (`receipts.py`,
+/// `get_thread_id` and `get_thread_id_for_receipts` in its relations store). Both walk up the
+/// event's relations (at most four steps; a redacted event has none):
+/// - `main`: the root of an `m.thread` relation on the way, or `"main"` — a receipt for the
+///   main timeline must name an event of no thread;
+/// - `any`: the top-most related event, if some event is in a thread rooted there, else
+///   `"main"` — a thread's receipt may name its root, its events and what relates to them.
+///
+/// An unknown event is in no thread.
+pub async fn receipt_threads(
+    conn: &mut PgConnection,
+    room_id: &str,
+    event_id: &str,
+) -> Result<ReceiptThreads, StoreError> {
+    let row = sqlx::query!(
+        r#"WITH RECURSIVE up AS (
+               SELECT event_id, relates_to, rel_type, 0 AS depth FROM events
+               WHERE event_id = $2 AND room_id = $1
+                 AND rel_type IS NOT NULL AND redacted_by IS NULL
+               UNION
+               SELECT e.event_id, e.relates_to, e.rel_type, up.depth + 1
+               FROM events e JOIN up ON e.event_id = up.relates_to
+               WHERE up.depth <= 3 AND e.room_id = $1
+                 AND e.rel_type IS NOT NULL AND e.redacted_by IS NULL),
+           top AS (
+               SELECT COALESCE((SELECT relates_to FROM up ORDER BY depth DESC LIMIT 1), $2)
+                   AS event_id)
+           SELECT (SELECT relates_to FROM up WHERE rel_type = 'm.thread'
+                   ORDER BY depth DESC LIMIT 1) AS "main?",
+                  (SELECT t.event_id FROM top t WHERE EXISTS (
+                       SELECT 1 FROM events e
+                       WHERE e.relates_to = t.event_id AND e.rel_type = 'm.thread'
+                         AND e.room_id = $1 AND e.redacted_by IS NULL)) AS "any?""#,
+        room_id,
+        event_id,
+    )
+    .fetch_one(conn)
+    .await?;
+    let or_main = |thread: Option<String>| thread.unwrap_or_else(|| MAIN_THREAD.to_owned());
+    Ok(ReceiptThreads {
+        main: or_main(row.main),
+        any: or_main(row.any),
+    })
+}
+
+/// The main timeline's thread ID (MSC3771).
+pub const MAIN_THREAD: &str = "main";
+
+/// What [`receipt_threads`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptThreads {
+    /// The thread the event is in (`"main"` for none).
+    pub main: String,
+    /// The thread the event belongs to for a threaded receipt (`"main"` for none).
+    pub any: String,
+}
+
+impl ReceiptThreads {
+    /// Whether a receipt with `thread_id` may name the event.
+    pub fn allows(&self, thread_id: &str) -> bool {
+        if thread_id == MAIN_THREAD {
+            self.main == MAIN_THREAD
+        } else {
+            self.any == thread_id
+        }
+    }
+}
+
 /// One event by ID, within `room_id`.
 pub async fn by_id(
     conn: &mut PgConnection,
