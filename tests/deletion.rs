@@ -1,13 +1,20 @@
 //! The room purge against a real Postgres (`HUNGRYSERV_TEST_DATABASE_URL`, set by
 //! `compat-tests/run`): batches that resume wherever they stopped, that never wait for
-//! another room's open write transaction, and that never free the highest stream position.
+//! another room's open write transaction, and that never free the highest stream position;
+//! and the writer's fence (migration 0014): no event of a room is committed after its
+//! deletion is, whichever of the two comes first.
 
 mod support;
 
 use std::time::Duration;
 
 use hungryserv::config::DatabaseConfig;
+use hungryserv::notify::Notifier;
+use hungryserv::rooms::RoomError;
+use hungryserv::rooms::writer::{BatchJob, Outcome, Placement, Writer};
 use hungryserv::store::{self, deletion};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::json;
 use sqlx::PgPool;
 
 async fn pool() -> PgPool {
@@ -277,4 +284,138 @@ async fn purge_does_not_wait_for_another_rooms_open_write() {
         .expect("the purge waited for another room's transaction");
     assert_eq!(total, 3_002);
     writer.commit().await.unwrap();
+}
+
+const CREATOR: &str = "@a:test.local";
+
+/// One message by the room's creator.
+fn message(body: &str) -> Vec<hungryserv::rooms::auth::Proposal> {
+    vec![support::proposal(
+        CREATOR,
+        "m.room.message",
+        None,
+        json!({"msgtype": "m.text", "body": body}),
+    )]
+}
+
+/// A backward batch send of `count` messages by the creator.
+fn backfill(room_id: &OwnedRoomId, count: usize) -> BatchJob {
+    BatchJob {
+        room_id: room_id.clone(),
+        by: OwnedUserId::try_from(CREATOR).unwrap(),
+        events: (0..count)
+            .map(|n| {
+                let id = OwnedEventId::try_from(format!("$old{n}:bridge.example")).unwrap();
+                (message(&format!("old {n}")).remove(0), Some(id))
+            })
+            .collect(),
+        placement: Placement::Backward,
+        mark_read_by: None,
+        silent: true,
+    }
+}
+
+/// Waits until some session waits for a row lock (the writer, blocked by the deletion).
+async fn someone_waits_for_a_row_lock(pool: &PgPool) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the write never waited for the deletion's row lock");
+}
+
+/// A write that reaches the database while the room's deletion is being committed: the
+/// fast path (a plain message into a room the writer has cached) and the ordinary path (a
+/// batch send) both wait for it, then refuse the job and write nothing. Without the fence
+/// the message's insert went ahead and committed after the deletion.
+#[tokio::test]
+async fn a_write_racing_the_deletion_is_refused_whole() {
+    let pool = pool().await;
+    let (writer, _task) = Writer::start(pool.clone(), Notifier::new(0));
+    let room_id = OwnedRoomId::try_from("!hs_fence:test.local").unwrap();
+    support::create_room(&writer, &room_id, CREATOR).await;
+    // Written and cached: the next plain message may take the fast path.
+    let first = writer
+        .append(room_id.clone(), message("before"), None)
+        .await;
+    assert!(matches!(first, Ok(Outcome::Written(_))), "{first:?}");
+    let events_before = count(
+        &pool,
+        "SELECT count(*) FROM events WHERE room_id = $1",
+        room_id.as_str(),
+    )
+    .await;
+
+    for attempt in ["fast path", "batch send"] {
+        // The deletion, uncommitted: the room row is locked by its UPDATE.
+        let mut deletion = pool.begin().await.unwrap();
+        let marked = deletion::mark_deleted(
+            &mut deletion,
+            &deletion::MarkDeleted {
+                room_id: room_id.as_str(),
+                delete_id: "hsdel_fence",
+                requested_by: "@admin:test.local",
+                purge: true,
+                block: false,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(marked.is_some(), "{attempt}");
+        let write = {
+            let writer = writer.clone();
+            let room_id = room_id.clone();
+            tokio::spawn(async move {
+                match attempt {
+                    "fast path" => writer.append(room_id, message("racing"), None).await,
+                    _ => writer.batch(backfill(&room_id, 3)).await,
+                }
+            })
+        };
+        someone_waits_for_a_row_lock(&pool).await;
+        deletion.commit().await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the write never finished")
+            .unwrap();
+        assert!(
+            matches!(outcome, Err(RoomError::Forbidden(_))),
+            "{attempt}: {outcome:?}"
+        );
+        let events_after = count(
+            &pool,
+            "SELECT count(*) FROM events WHERE room_id = $1",
+            room_id.as_str(),
+        )
+        .await;
+        assert_eq!(
+            events_after, events_before,
+            "{attempt}: an event was written after the deletion"
+        );
+        // Undeleted for the next attempt (what a rolled-back deletion would leave).
+        sqlx::query("UPDATE rooms SET deleted_at = NULL WHERE room_id = $1")
+            .bind(room_id.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM room_deletions WHERE room_id = $1")
+            .bind(room_id.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    // Refused for the deletion, not for anything else: the undeleted room takes writes.
+    let written = writer
+        .append(room_id.clone(), message("after undelete"), None)
+        .await;
+    assert!(matches!(written, Ok(Outcome::Written(_))), "{written:?}");
 }
