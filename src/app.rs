@@ -97,6 +97,7 @@ impl AppState {
         // Push follows the event stream like the appservice pushers, until the process ends.
         let (push, learner) = Push::new(db.clone(), synapse.clone());
         tokio::spawn(learner);
+        tokio::spawn(crate::push::prune::run(db.clone()));
         match crate::push::gateway::client() {
             Ok(client) => {
                 tokio::spawn(crate::push::badge::run(

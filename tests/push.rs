@@ -1,6 +1,7 @@
 //! Unread counts of local rooms against a real Postgres (`HUNGRYSERV_TEST_DATABASE_URL`, set
 //! by `compat-tests/run`): receipts (threaded and not) against recorded notifications, the
-//! join as the first receipt, and the events the push task has not reached yet.
+//! join as the first receipt, and the events the push task has not reached yet; pruning of
+//! read notifications.
 
 mod support;
 
@@ -136,15 +137,26 @@ fn count(notifications: i64, highlights: i64) -> Count {
     }
 }
 
-#[tokio::test]
-async fn receipts_reset_recorded_notifications_per_thread() {
+/// A room with messages 3..=`last` by Bob, and `recorded` as the push task's records up to
+/// `last`.
+async fn recorded_room(last: i64, recorded: &[PushAction]) -> PgPool {
     let pool = database().await;
     room(&pool).await;
     let text = json!({"msgtype": "m.text", "body": "x"});
-    for stream in 3..=7 {
+    for stream in 3..=last {
         event(&pool, stream, BOB, "m.room.message", None, text.clone()).await;
     }
     let mut conn = pool.acquire().await.unwrap();
+    store::push::insert_actions(&mut conn, recorded)
+        .await
+        .unwrap();
+    store::push::position(&mut conn, last).await.unwrap();
+    drop(conn);
+    pool
+}
+
+#[tokio::test]
+async fn receipts_reset_recorded_notifications_per_thread() {
     // 3, 4 (highlight), 6 in the main timeline; 5 and 7 in the thread of 3.
     let recorded = [
         action(3, "main", false),
@@ -153,11 +165,7 @@ async fn receipts_reset_recorded_notifications_per_thread() {
         action(6, "main", false),
         action(7, "$e3", false),
     ];
-    store::push::insert_actions(&mut conn, &recorded)
-        .await
-        .unwrap();
-    store::push::position(&mut conn, 7).await.unwrap();
-    drop(conn);
+    let pool = recorded_room(7, &recorded).await;
 
     assert_eq!(
         counts(&pool, 7).await,
@@ -289,5 +297,49 @@ async fn a_count_racing_the_push_task_commit_sees_the_event_once() {
         counting.await.unwrap(),
         count(1, 0),
         "the message is counted exactly once"
+    );
+}
+
+/// Pruning deletes exactly the plain notifications that are read and a day old: never an
+/// unread one (so the counts do not change), never a highlight, never a recent one.
+#[tokio::test]
+async fn pruning_deletes_only_old_read_plain_notifications() {
+    const NOW: i64 = 1_000_000_000_000;
+    let recent = PushAction {
+        ts: NOW - 1_000,
+        ..action(8, "main", false)
+    };
+    let recorded = [
+        action(3, "main", false),
+        action(4, "main", true),
+        action(5, "$e3", false),
+        action(6, "main", false),
+        action(7, "$e3", false),
+        recent,
+        action(9, "main", false),
+    ];
+    let pool = recorded_room(9, &recorded).await;
+    // Main timeline read up to 8, the thread of 3 up to 5.
+    receipt(&pool, "main", 8).await;
+    receipt(&pool, "$e3", 5).await;
+    let before = counts(&pool, 9).await;
+
+    let deleted = hungryserv::push::prune::prune(&pool, NOW).await.unwrap();
+    assert_eq!(deleted, 3);
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT stream FROM push_actions WHERE user_id = $1 ORDER BY stream")
+            .bind(ALICE)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    // 3 and 6 (read main), 5 (read thread) went; 4 is a highlight, 7 an unread thread
+    // message, 8 read but recent, 9 unread.
+    assert_eq!(left, vec![4, 7, 8, 9]);
+    assert_eq!(counts(&pool, 9).await, before, "the counts did not change");
+    assert_eq!(before, (count(2, 0), count(1, 0), Some(count(1, 0))));
+    assert_eq!(
+        hungryserv::push::prune::prune(&pool, NOW).await.unwrap(),
+        0,
+        "nothing more to prune"
     );
 }

@@ -10,7 +10,7 @@
 //! The push task ([`task`]) follows the event stream: for each new, non-backfilled local event
 //! it evaluates every joined local member's rules ([`rules`]) and records the notifications
 //! (these are the unread counts, [`counts`]), then sends them to the member's pushers
-//! ([`gateway`]).
+//! ([`gateway`]). Read plain notifications are pruned after a day ([`prune`]).
 //!
 //! A pushkey the gateway rejects is dropped from our copy at once, and deleted at Synapse
 //! (which is what Synapse does with its own) on the user's next sync, with their token; the
@@ -24,6 +24,7 @@ pub mod badge;
 pub mod counts;
 pub mod gateway;
 pub mod notifications;
+pub mod prune;
 pub mod rules;
 pub mod task;
 

@@ -178,6 +178,37 @@ pub async fn set_position(conn: &mut PgConnection, stream: i64) -> Result<(), St
     Ok(())
 }
 
+/// Deletes up to `limit` plain (not highlighted) notifications older than `before` (ms since
+/// the epoch, against the event's `ts`) that their user has read: a receipt of theirs,
+/// unthreaded or of the notification's thread, or their own member event at or after it —
+/// what the unread counts treat as read. Unread ones stay whatever their age (they are the
+/// counts), and so do highlights. Returns how many were deleted.
+pub async fn prune_read(
+    conn: &mut PgConnection,
+    before: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        r#"WITH doomed AS (
+               SELECT a.user_id, a.room_id, a.stream FROM push_actions a
+               WHERE NOT a.highlight AND a.ts < $1
+                 AND a.stream <= GREATEST(
+                     (SELECT MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                      WHERE r.user_id = a.user_id AND r.room_id = a.room_id
+                        AND r.thread_id IN ('', a.thread_id)),
+                     (SELECT m.stream FROM memberships m
+                      WHERE m.user_id = a.user_id AND m.room_id = a.room_id))
+               LIMIT $2)
+           DELETE FROM push_actions p USING doomed d
+           WHERE p.user_id = d.user_id AND p.room_id = d.room_id AND p.stream = d.stream"#,
+        before,
+        limit,
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// One notification to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushAction {
