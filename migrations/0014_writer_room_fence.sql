@@ -1,22 +1,25 @@
--- The writer fences deleted rooms itself, so `events` needs no foreign key to `rooms`.
+-- The writer fences rooms being purged itself, so `events` needs no foreign key to `rooms`.
 --
 -- The foreign key cost a check per inserted row (a quarter of a 1,000-event batch send's
--- COPY, measured with perf), and it never kept events out of a deleted room: the room row
--- lives on until the purge (migration 0007) is done. What must hold is this:
+-- COPY, measured with perf). What it guarded is that no event is left without its room once
+-- the purge (migration 0007) deletes the room row. What must hold instead is this:
 --
---   No event of a room is committed after the room's `deleted_at` is.
+--   No event of a room is committed after the room's purge has begun (`purging`).
 --
+-- A deleted room still takes the deletion's own leaves (written after `deleted_at`, before the
+-- purge); any event committed before `purging` is deleted by the purge, which starts after it.
 -- Both ways into `events` (writer_begin for the ordinary path, writer_append for the fast
--- path) now lock the rows of the batch's rooms (FOR NO KEY UPDATE, the lock the batch's own
+-- path) lock the rows of the batch's rooms (FOR NO KEY UPDATE, the lock the batch's own
 -- UPDATE of `max_topo`/`latest_stream` takes anyway) before reading them, and treat a room
--- with `deleted_at` set as absent. Marking a room deleted is an UPDATE of that row, so the
--- two are serialised: either the deletion waits and the batch's events are committed before
--- it (and purged with the room), or the batch waits, re-reads the row and leaves the room
--- out (the job is refused; nothing of it is written). The purge's DELETE of the row comes
--- after `deleted_at` and only once no event is left.
+-- being purged as absent. Setting `purging` is an UPDATE of that row, so the two are
+-- serialised: either the purge waits and the batch's events are committed before it (and
+-- purged), or the batch waits, re-reads the row and leaves the room out (the job is refused;
+-- nothing of it is written).
 --
--- Locks are taken after the writer's advisory lock, in room ID order. Marking a room deleted
--- takes only the row's lock, never the advisory one, so the two cannot deadlock.
+-- Locks are taken after the writer's advisory lock, in room ID order. Setting `purging` takes
+-- only the row's lock, never the advisory one, so the two cannot deadlock.
+
+ALTER TABLE rooms ADD COLUMN purging BOOLEAN NOT NULL DEFAULT false;
 
 CREATE OR REPLACE FUNCTION writer_begin(
     batch_rooms      TEXT[],
@@ -37,7 +40,7 @@ BEGIN
     SELECT COALESCE(MAX(stream), 0) INTO max_stream FROM events;
     SELECT COALESCE(array_agg(r.room_id), '{}'), COALESCE(array_agg(r.latest_stream), '{}')
       INTO room_ids, latest
-      FROM rooms r WHERE r.room_id = ANY(batch_rooms) AND r.deleted_at IS NULL;
+      FROM rooms r WHERE r.room_id = ANY(batch_rooms) AND NOT r.purging;
     SELECT COALESCE(array_agg(t.scope), '{}'), COALESCE(array_agg(t.txn_id), '{}'),
            COALESCE(array_agg(t.event_id), '{}')
       INTO used_scopes, used_txn_ids, used_events
@@ -78,10 +81,10 @@ BEGIN
     IF (SELECT COALESCE(MAX(stream), 0) FROM events) <> expected_max THEN
         RETURN FALSE;
     END IF;
-    -- A deleted room reads as absent: the batch goes the ordinary way, which refuses it.
+    -- A room being purged reads as absent: the batch goes the ordinary way, which refuses it.
     IF EXISTS (
         SELECT 1 FROM UNNEST(batch_rooms, expected_latest) AS x(room_id, latest)
-        LEFT JOIN rooms r ON r.room_id = x.room_id AND r.deleted_at IS NULL
+        LEFT JOIN rooms r ON r.room_id = x.room_id AND NOT r.purging
         WHERE r.latest_stream IS DISTINCT FROM x.latest
     ) THEN
         RETURN FALSE;

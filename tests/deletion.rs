@@ -1,8 +1,8 @@
 //! The room purge against a real Postgres (`HUNGRYSERV_TEST_DATABASE_URL`, set by
 //! `compat-tests/run`): batches that resume wherever they stopped, that never wait for
 //! another room's open write transaction, and that never free the highest stream position;
-//! and the writer's fence (migration 0014): no event of a room is committed after its
-//! deletion is, whichever of the two comes first.
+//! and the writer's fence (migration 0014): no event of a room is committed after its purge
+//! has begun, whichever of the two comes first.
 
 mod support;
 
@@ -315,7 +315,7 @@ fn backfill(room_id: &OwnedRoomId, count: usize) -> BatchJob {
     }
 }
 
-/// Waits until some session waits for a row lock (the writer, blocked by the deletion).
+/// Waits until some session waits for a row lock (the writer, blocked by the seal).
 async fn someone_waits_for_a_row_lock(pool: &PgPool) {
     for _ in 0..200 {
         let waiting: i64 = sqlx::query_scalar(
@@ -329,15 +329,16 @@ async fn someone_waits_for_a_row_lock(pool: &PgPool) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the write never waited for the deletion's row lock");
+    panic!("the write never waited for the seal's row lock");
 }
 
-/// A write that reaches the database while the room's deletion is being committed: the
-/// fast path (a plain message into a room the writer has cached) and the ordinary path (a
-/// batch send) both wait for it, then refuse the job and write nothing. Without the fence
-/// the message's insert went ahead and committed after the deletion.
+/// A write that reaches the database while the room's purge is being sealed: the fast path
+/// (a plain message into a room the writer has cached) and the ordinary path (a batch send)
+/// both wait for the seal, then refuse the job and write nothing. Without the fence the
+/// message's insert went ahead and committed behind the purge. A room that is deleted but
+/// not sealed still takes writes (the deletion's leaves are written then).
 #[tokio::test]
-async fn a_write_racing_the_deletion_is_refused_whole() {
+async fn a_write_racing_the_purge_is_refused_whole() {
     let pool = pool().await;
     let (writer, _task) = Writer::start(pool.clone(), Notifier::new(0));
     let room_id = OwnedRoomId::try_from("!hs_fence:test.local").unwrap();
@@ -347,6 +348,11 @@ async fn a_write_racing_the_deletion_is_refused_whole() {
         .append(room_id.clone(), message("before"), None)
         .await;
     assert!(matches!(first, Ok(Outcome::Written(_))), "{first:?}");
+    mark(&pool, room_id.as_str(), "hsdel_fence").await;
+    let deleted = writer
+        .append(room_id.clone(), message("deleted, not sealed"), None)
+        .await;
+    assert!(matches!(deleted, Ok(Outcome::Written(_))), "{deleted:?}");
     let events_before = count(
         &pool,
         "SELECT count(*) FROM events WHERE room_id = $1",
@@ -355,21 +361,9 @@ async fn a_write_racing_the_deletion_is_refused_whole() {
     .await;
 
     for attempt in ["fast path", "batch send"] {
-        // The deletion, uncommitted: the room row is locked by its UPDATE.
-        let mut deletion = pool.begin().await.unwrap();
-        let marked = deletion::mark_deleted(
-            &mut deletion,
-            &deletion::MarkDeleted {
-                room_id: room_id.as_str(),
-                delete_id: "hsdel_fence",
-                requested_by: "@admin:test.local",
-                purge: true,
-                block: false,
-            },
-        )
-        .await
-        .unwrap();
-        assert!(marked.is_some(), "{attempt}");
+        // The seal, uncommitted: the room row is locked by its UPDATE.
+        let mut seal = pool.begin().await.unwrap();
+        deletion::seal(&mut seal, room_id.as_str()).await.unwrap();
         let write = {
             let writer = writer.clone();
             let room_id = room_id.clone();
@@ -381,7 +375,7 @@ async fn a_write_racing_the_deletion_is_refused_whole() {
             })
         };
         someone_waits_for_a_row_lock(&pool).await;
-        deletion.commit().await.unwrap();
+        seal.commit().await.unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(10), write)
             .await
             .expect("the write never finished")
@@ -398,24 +392,19 @@ async fn a_write_racing_the_deletion_is_refused_whole() {
         .await;
         assert_eq!(
             events_after, events_before,
-            "{attempt}: an event was written after the deletion"
+            "{attempt}: an event was written behind the purge"
         );
-        // Undeleted for the next attempt (what a rolled-back deletion would leave).
-        sqlx::query("UPDATE rooms SET deleted_at = NULL WHERE room_id = $1")
-            .bind(room_id.as_str())
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM room_deletions WHERE room_id = $1")
+        // Unsealed for the next attempt (what a rolled-back seal would leave).
+        sqlx::query("UPDATE rooms SET purging = false WHERE room_id = $1")
             .bind(room_id.as_str())
             .execute(&pool)
             .await
             .unwrap();
     }
 
-    // Refused for the deletion, not for anything else: the undeleted room takes writes.
+    // Refused for the seal, not for anything else: the unsealed room takes writes.
     let written = writer
-        .append(room_id.clone(), message("after undelete"), None)
+        .append(room_id.clone(), message("after unsealing"), None)
         .await;
     assert!(matches!(written, Ok(Outcome::Written(_))), "{written:?}");
 }

@@ -403,6 +403,8 @@ impl Purger {
     ) -> Result<bool, RoomError> {
         let started = std::time::Instant::now();
         let mut conn = self.db.acquire().await.map_err(StoreError::from)?;
+        // After the leaves, before the first event goes: nothing is written behind the purge.
+        store::deletion::seal(&mut conn, room_id.as_str()).await?;
         if !keep_state {
             store::deletion::purge_state(&mut conn, room_id.as_str()).await?;
         }

@@ -34,15 +34,16 @@
 //! If anything differs (another process wrote, a txn ID was used) it writes nothing and the
 //! batch goes the ordinary way. One round trip instead of four: this is the ingest path.
 //!
-//! # Deleted rooms
+//! # Purged rooms
 //!
-//! No event of a room is committed after the room's deletion is. Both ways in
+//! No event of a room is committed after the room's purge has begun. Both ways in
 //! (`writer_begin` and `writer_append`, migration 0014) lock the batch's room rows before
-//! reading them and treat a room with `deleted_at` as absent, so a job racing
-//! [`store::deletion::mark_deleted`] is either committed before it (and purged with the
-//! room) or refused as for a room the sender is not in. This is what keeps a purged room's
-//! events from coming back; `events` has no foreign key to `rooms` (it cost a check per row).
-//! `tests/deletion.rs` races both paths against a deletion.
+//! reading them and treat a room marked `purging` ([`store::deletion::seal`]) as absent, so a
+//! job racing the seal is either committed before it (and purged with the room) or refused as
+//! for a room the sender is not in. A deleted room not yet sealed still takes the deletion's
+//! leaves. This is what keeps a purged room's events from outliving it; `events` has no
+//! foreign key to `rooms` (it cost a check per row). `tests/deletion.rs` races both paths
+//! against the seal.
 //!
 //! # Room state cache
 //!

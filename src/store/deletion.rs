@@ -168,6 +168,19 @@ pub async fn present_members(
     .collect())
 }
 
+/// Marks the room as being purged: from the commit on, the writer refuses its events
+/// (migration 0014), so nothing is written behind the purge. Waits for a write to the room
+/// that is under way; its events are then the purge's to delete.
+pub async fn seal(conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE rooms SET purging = true WHERE room_id = $1",
+        room_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Before the last events go: the rows that point at them (current state). Small.
 pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
     sqlx::query!("DELETE FROM current_state WHERE room_id = $1", room_id)
