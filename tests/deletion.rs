@@ -319,7 +319,9 @@ fn backfill(room_id: &OwnedRoomId, count: usize) -> BatchJob {
 async fn someone_waits_for_a_row_lock(pool: &PgPool) {
     for _ in 0..200 {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND wait_event = 'transactionid' AND query LIKE '%writer_%'",
         )
         .fetch_one(pool)
         .await

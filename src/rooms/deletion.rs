@@ -381,7 +381,11 @@ impl Purger {
         if deletion.status != "complete" {
             store::deletion::set_status(&self.db, delete_id, "active", None).await?;
             // Members still present (the request's leaves failed, or a restart came between).
-            leave_all(&self.db, &self.rooms, &room_id, delete_id).await?;
+            // Not once the purge has begun: the writer refuses a sealed room's events, and a
+            // member who joined behind the leaves goes with the room's rows.
+            if !store::deletion::sealed(&self.db, room_id.as_str()).await? {
+                leave_all(&self.db, &self.rooms, &room_id, delete_id).await?;
+            }
         }
         if !deletion.purge {
             store::deletion::set_status(&self.db, delete_id, "complete", None).await?;

@@ -181,6 +181,16 @@ pub async fn seal(conn: &mut PgConnection, room_id: &str) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Whether the room's purge has begun ([`seal`]): the writer refuses its events from then on.
+pub async fn sealed(pool: &PgPool, room_id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT COALESCE((SELECT purging FROM rooms WHERE room_id = $1), true) AS "sealed!""#,
+        room_id
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Before the last events go: the rows that point at them (current state). Small.
 pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
     sqlx::query!("DELETE FROM current_state WHERE room_id = $1", room_id)
