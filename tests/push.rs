@@ -317,6 +317,16 @@ async fn pruning_deletes_only_old_read_plain_notifications() {
         action(7, "$e3", false),
         recent,
         action(9, "main", false),
+        // Bob has no receipt: his own join (stream 1) covers only what is at or before it,
+        // and Alice's receipts cover nothing of his.
+        PushAction {
+            user_id: BOB.into(),
+            ..action(1, "main", false)
+        },
+        PushAction {
+            user_id: BOB.into(),
+            ..action(3, "main", false)
+        },
     ];
     let pool = recorded_room(9, &recorded).await;
     // Main timeline read up to 8, the thread of 3 up to 5.
@@ -325,16 +335,23 @@ async fn pruning_deletes_only_old_read_plain_notifications() {
     let before = counts(&pool, 9).await;
 
     let deleted = hungryserv::push::prune::prune(&pool, NOW).await.unwrap();
-    assert_eq!(deleted, 3);
-    let left: Vec<i64> =
-        sqlx::query_scalar("SELECT stream FROM push_actions WHERE user_id = $1 ORDER BY stream")
-            .bind(ALICE)
+    assert_eq!(deleted, 4);
+    let left = |user: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT stream FROM push_actions WHERE user_id = $1 ORDER BY stream",
+            )
+            .bind(user)
             .fetch_all(&pool)
             .await
-            .unwrap();
+            .unwrap()
+        }
+    };
     // 3 and 6 (read main), 5 (read thread) went; 4 is a highlight, 7 an unread thread
     // message, 8 read but recent, 9 unread.
-    assert_eq!(left, vec![4, 7, 8, 9]);
+    assert_eq!(left(ALICE).await, vec![4, 7, 8, 9]);
+    assert_eq!(left(BOB).await, vec![3], "Bob's join covers 1 only");
     assert_eq!(counts(&pool, 9).await, before, "the counts did not change");
     assert_eq!(before, (count(2, 0), count(1, 0), Some(count(1, 0))));
     assert_eq!(
