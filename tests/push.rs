@@ -1,16 +1,20 @@
 //! Unread counts of local rooms against a real Postgres (`HUNGRYSERV_TEST_DATABASE_URL`, set
 //! by `compat-tests/run`): receipts (threaded and not) against recorded notifications, the
 //! join as the first receipt, and the events the push task has not reached yet; pruning of
-//! read notifications.
+//! read notifications; the push task reading a room again after its state changed.
 
 mod support;
 
 use std::time::Duration;
 
-use hungryserv::config::DatabaseConfig;
+use hungryserv::config::{DatabaseConfig, LimitsConfig, SynapseConfig};
+use hungryserv::notify::{Commit, Notifier};
 use hungryserv::push::counts::{Count, unread_of_rooms};
+use hungryserv::push::{Push, gateway, task::PushTask};
 use hungryserv::store::{self, push::PushAction};
+use hungryserv::upstream::Synapse;
 use ruma::UserId;
+use ruma::push::Ruleset;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -359,4 +363,145 @@ async fn pruning_deletes_only_old_read_plain_notifications() {
         0,
         "nothing more to prune"
     );
+}
+
+/// Runs the push task over the room, as the process does, with no appservices and no Synapse
+/// to learn rules from (the default rules apply).
+fn start_push_task(pool: &PgPool, notifier: &Notifier) -> tokio::task::JoinHandle<()> {
+    let synapse = Synapse::new(
+        &SynapseConfig {
+            base: "127.0.0.1:9".parse().unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+        },
+        &LimitsConfig {
+            max_forward_body_bytes: None,
+            max_local_body_bytes: 1 << 20,
+        },
+    );
+    let (push, _learner) = Push::new(pool.clone(), synapse);
+    tokio::spawn(
+        PushTask {
+            db: pool.clone(),
+            notifier: notifier.clone(),
+            server_name: "one.example".into(),
+            registrations: Vec::new(),
+            client: gateway::client().unwrap(),
+            push,
+        }
+        .run(),
+    )
+}
+
+/// Tells the task that `stream` is committed and waits until it has evaluated it; returns
+/// Alice's highlight flag for it (`None`: no notification).
+async fn evaluated(pool: &PgPool, notifier: &Notifier, stream: i64) -> Option<bool> {
+    notifier.committed(
+        stream,
+        Commit {
+            rooms: vec![(ROOM.into(), stream)],
+            members: Vec::new(),
+        },
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let at: i64 = sqlx::query_scalar("SELECT stream FROM push_position")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if at >= stream {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push task did not reach {stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query_scalar("SELECT highlight FROM push_actions WHERE user_id = $1 AND stream = $2")
+        .bind(ALICE)
+        .bind(stream)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// The push task keeps what it read of a room (members, names, power levels) between batches.
+/// A state event and a redaction must each make it read the room again: here Alice's display
+/// name, which the default rules highlight, is set by a member event and taken away again by
+/// redacting it. With a cache that outlived either, the highlights would be wrong.
+#[tokio::test]
+async fn the_push_task_reads_a_room_again_after_its_state_changes() {
+    let pool = room_recorded_upto(2).await;
+    // Synapse's defaults still hold the display name rule (ruma's, after Matrix 1.7, do not).
+    let alice = UserId::parse(ALICE).unwrap();
+    let mut rules = json!({"global": Ruleset::server_default(&alice)});
+    rules["global"]["override"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "rule_id": ".m.rule.contains_display_name", "default": true, "enabled": true,
+            "conditions": [{"kind": "contains_display_name"}],
+            "actions": ["notify", {"set_tweak": "highlight"}],
+        }));
+    let mut conn = pool.acquire().await.unwrap();
+    store::push::save_rules(&mut conn, ALICE, &rules)
+        .await
+        .unwrap();
+    drop(conn);
+    let notifier = Notifier::new(2);
+    let task = start_push_task(&pool, &notifier);
+    let zed = json!({"msgtype": "m.text", "body": "hello Zed"});
+
+    event(&pool, 3, BOB, "m.room.message", None, zed.clone()).await;
+    assert_eq!(
+        evaluated(&pool, &notifier, 3).await,
+        Some(false),
+        "Alice has no display name yet: a plain notification"
+    );
+
+    let named = json!({"membership": "join", "displayname": "Zed"});
+    event(&pool, 4, ALICE, "m.room.member", Some(ALICE), named).await;
+    sqlx::query("UPDATE memberships SET stream = 4 WHERE user_id = $1")
+        .bind(ALICE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    evaluated(&pool, &notifier, 4).await;
+    event(&pool, 5, BOB, "m.room.message", None, zed.clone()).await;
+    assert_eq!(
+        evaluated(&pool, &notifier, 5).await,
+        Some(true),
+        "Alice is now called Zed: the message highlights"
+    );
+
+    // Redacting the member event prunes the display name (as the writer does: the content is
+    // pruned in place and the redaction is an event of the room).
+    sqlx::query(
+        "UPDATE events SET content = '{\"membership\": \"join\"}', redacted_by = '$e6'
+         WHERE stream = 4",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (stream, room_id, topo, event_id, type, sender, origin_server_ts,
+                             content, redacts)
+         VALUES (6, $1, 6, '$e6', 'm.room.redaction', $2, 6, '{}', '$e4')",
+    )
+    .bind(ROOM)
+    .bind(BOB)
+    .execute(&pool)
+    .await
+    .unwrap();
+    evaluated(&pool, &notifier, 6).await;
+    event(&pool, 7, BOB, "m.room.message", None, zed).await;
+    assert_eq!(
+        evaluated(&pool, &notifier, 7).await,
+        Some(false),
+        "the display name was redacted: no highlight"
+    );
+    task.abort();
 }

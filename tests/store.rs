@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use hungryserv::config::DatabaseConfig;
+use hungryserv::store::events::{FastAppend, StoredEvent};
 use hungryserv::store::{self, StoreError};
 
 fn database(url: String) -> DatabaseConfig {
@@ -71,4 +72,95 @@ async fn readiness_reports_an_unreachable_database() {
     })
     .unwrap();
     assert!(store::ping(&pool).await.is_err());
+}
+
+/// Events, the room's latest_stream, transaction IDs.
+async fn written_rows(conn: &mut sqlx::PgConnection) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events), (SELECT latest_stream FROM rooms),
+                (SELECT count(*) FROM transaction_ids)",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// The writer's fast path (`writer_append`) checks the room's position and the transaction
+/// IDs by its own writes and undoes itself when either falls short: it answers "declined"
+/// (`Ok(false)`), and nothing of it — no event, no room position, no transaction ID — is
+/// left behind. Then, as the writer believes, it writes.
+#[tokio::test]
+async fn the_fast_path_declines_whole_and_writes_whole() {
+    const ROOM: &str = "!hs_fast:one.example";
+    let pool = store::connect(&database(support::fresh_database().await), "one.example")
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
+         VALUES ($1, 'bridge', '10', '@bot:one.example', 1, 1, 1)",
+    )
+    .bind(ROOM)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
+                             origin_server_ts, content)
+         VALUES (1, $1, 1, '$create', 'm.room.create', '', '@bot:one.example', 0, '{}')",
+    )
+    .bind(ROOM)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO transaction_ids (scope, txn_id, event_id) VALUES ('s', 'used', '$old')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let event = StoredEvent {
+        stream: 2,
+        topo: 2,
+        event_id: "$new".try_into().unwrap(),
+        room_id: ROOM.try_into().unwrap(),
+        sender: "@bot:one.example".try_into().unwrap(),
+        kind: "m.room.message".into(),
+        state_key: None,
+        origin_server_ts: 2,
+        content: serde_json::Map::new(),
+        replaces_state: None,
+        redacts: None,
+        redacted_by: None,
+        txn: None,
+    };
+    let events = [event];
+    let mut conn = pool.acquire().await.unwrap();
+    // (the room's latest_stream as the writer believes it, its txn ID, what the case is,
+    // whether it writes, (events, latest_stream, txn IDs) afterwards)
+    for (believed_latest, txn_id, what, writes, after) in [
+        (
+            0,
+            "fresh",
+            "a room written since the writer read it",
+            false,
+            (1, 1, 1),
+        ),
+        (1, "used", "a transaction ID used already", false, (1, 1, 1)),
+        (1, "fresh", "all as the writer believes", true, (2, 2, 2)),
+    ] {
+        let txns = [("s".to_owned(), txn_id.to_owned(), "$new".to_owned())];
+        let written = store::events::fast_append(
+            &mut conn,
+            &FastAppend {
+                expected_max: 1,
+                rooms: vec![(ROOM.into(), believed_latest, 2, 1, 2)],
+                txns: &txns,
+                events: &events,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(written, writes, "{what}");
+        assert_eq!(written_rows(&mut conn).await, after, "{what}");
+    }
 }

@@ -158,7 +158,7 @@ async fn unrecorded(
         let Some(room) = loaded.get(room_id) else {
             continue;
         };
-        let Some((_, display_name)) = room.recipients.first() else {
+        let Some((_, display_name)) = room.recipients().first() else {
             continue;
         };
         let value = task::event_json(event);

@@ -11,6 +11,9 @@
 //! * The room is read as it is now (members, power levels, names), not as it was at the event;
 //!   the task runs right behind the writer, so the two differ only while a membership or power
 //!   level change is in the same batch.
+//! * What it reads of a room is kept between batches ([`RoomCache`]) until an event that can
+//!   change it (a state event, a redaction) passes: a busy room costs no reads of its members
+//!   and state per batch, however many members it has.
 //! * Notifications are recorded and the position moves in one transaction, so each event is
 //!   counted once; sending happens after the commit and is at most once (a crash between the
 //!   commit and the gateway's answer loses that push, never a count).
@@ -35,6 +38,9 @@ use crate::store::{self, StoreError, events::StoredEvent, push::PushAction};
 const CHUNK: i64 = 200;
 /// Deliveries in flight at once; the task waits for one to end before starting more.
 const MAX_IN_FLIGHT: usize = 64;
+/// Rooms whose facts the task keeps between batches ([`RoomCache`]); past it, the cache
+/// starts over.
+const CACHE_ROOMS: usize = 10_000;
 /// Pause after a store error.
 const PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -79,6 +85,8 @@ impl PushTask {
         // Subscribe before reading the position: no commit goes unnoticed.
         let mut wake = self.notifier.subscribe();
         let mut position = store::push::position(&mut conn, self.notifier.current()).await?;
+        // Started afresh with each run: after a store error nothing read before is trusted.
+        let mut cache = RoomCache::default();
         loop {
             let committed = *wake.borrow_and_update();
             if position >= committed {
@@ -100,7 +108,7 @@ impl PushTask {
                 continue;
             };
             let events: Vec<StoredEvent> = rows.into_iter().map(|row| row.event).collect();
-            let outgoing = self.evaluate(&mut conn, &events, last).await?;
+            let outgoing = self.evaluate(&mut conn, &mut cache, &events, last).await?;
             position = last;
             for out in outgoing {
                 for pusher in out.pushers {
@@ -122,6 +130,7 @@ impl PushTask {
     async fn evaluate(
         &self,
         conn: &mut PgConnection,
+        cache: &mut RoomCache,
         events: &[StoredEvent],
         last: i64,
     ) -> Result<Vec<Outgoing>, StoreError> {
@@ -133,13 +142,7 @@ impl PushTask {
         let now = now_ms();
         let suffix = format!(":{}", self.server_name);
         let recipient = |user: &str| user.ends_with(&suffix) && !self.appservice_user(user);
-        let room_ids: Vec<String> = events
-            .iter()
-            .map(|e| e.room_id.to_string())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let rooms = load_rooms(conn, &room_ids, now, recipient).await?;
+        let rooms = load_rooms(conn, cache, events, now, recipient).await?;
         // Invites are evaluated for the invited user too (`.m.rule.invite_for_me`).
         let invitees: HashMap<i64, String> = events
             .iter()
@@ -147,13 +150,21 @@ impl PushTask {
             .collect();
         let recipients: Vec<String> = rooms
             .values()
-            .flat_map(|room| room.recipients.iter().map(|(user, _)| user.clone()))
+            .flat_map(|room| room.recipients().iter().map(|(user, _)| user.clone()))
             .chain(invitees.values().cloned())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let stored_rules = store::push::rules_of(conn, &recipients).await?;
-        let mut pushers = store::push::pushers_of(conn, &recipients).await?;
+        // Rooms of bots and ghosts only (a bridge's backfill, its relay rooms) have nobody to
+        // evaluate for: no rules or pushers to read.
+        let (stored_rules, mut pushers) = if recipients.is_empty() {
+            (HashMap::new(), HashMap::new())
+        } else {
+            (
+                store::push::rules_of(conn, &recipients).await?,
+                store::push::pushers_of(conn, &recipients).await?,
+            )
+        };
         let mut rulesets = HashMap::new();
 
         let mut actions = Vec::new();
@@ -166,7 +177,7 @@ impl PushTask {
             let invited = invitees
                 .get(&event.stream)
                 .map(|u| (u.clone(), String::new()));
-            for (user, display_name) in room.recipients.iter().chain(invited.as_ref()) {
+            for (user, display_name) in room.recipients().iter().chain(invited.as_ref()) {
                 let Ok(user_id) = UserId::parse(user.as_str()) else {
                     continue;
                 };
@@ -205,10 +216,14 @@ impl PushTask {
                 });
             }
         }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        store::push::insert_actions(&mut tx, &actions).await?;
-        store::push::set_position(&mut tx, last).await?;
-        tx.commit().await?;
+        if actions.is_empty() {
+            store::push::set_position(conn, last).await?;
+        } else {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            store::push::insert_actions(&mut tx, &actions).await?;
+            store::push::set_position(&mut tx, last).await?;
+            tx.commit().await?;
+        }
 
         // The badge after this batch, once per user.
         let mut badges: HashMap<String, i64> = HashMap::new();
@@ -244,37 +259,77 @@ impl PushTask {
     }
 }
 
-/// What evaluation needs to know about the rooms now, in three statements whatever their
-/// number (a batch of a busy bridge spans many rooms); `recipient` picks the joined members
-/// whose rules are evaluated.
+/// The rooms of `events` as evaluation needs them: their [`Facts`] from `cache`, read for the
+/// rooms it lacks (two statements whatever their number: a batch of a busy bridge spans many
+/// rooms), and who muted them (read each time: a mute is room account data, not an event).
+/// `recipient` picks the joined members whose rules are evaluated.
 async fn load_rooms(
     conn: &mut PgConnection,
-    room_ids: &[String],
+    cache: &mut RoomCache,
+    events: &[StoredEvent],
     now: i64,
     recipient: impl Fn(&str) -> bool,
 ) -> Result<HashMap<OwnedRoomId, Room>, StoreError> {
-    let mut members = store::push::joined_members_of_rooms(conn, room_ids).await?;
-    let all_recipients: Vec<String> = members
-        .values()
-        .flatten()
-        .map(|(user, _)| user)
-        .filter(|user| recipient(user))
-        .cloned()
+    cache.forget_changed(events);
+    let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
+    let missing: Vec<String> = room_ids
+        .iter()
+        .filter(|room_id| !cache.rooms.contains_key(**room_id))
+        .map(ToString::to_string)
+        .collect();
+    if !missing.is_empty() {
+        cache.make_room(missing.len());
+        for (room_id, facts) in read_facts(conn, &missing, &recipient).await? {
+            cache.rooms.insert(room_id, Arc::new(facts));
+        }
+    }
+    let facts: Vec<(&OwnedRoomId, Arc<Facts>)> = room_ids
+        .into_iter()
+        .filter_map(|room_id| Some((room_id, cache.rooms.get(room_id)?.clone())))
+        .collect();
+    let all_recipients: Vec<String> = facts
+        .iter()
+        .flat_map(|(_, facts)| facts.recipients.iter().map(|(user, _)| user.clone()))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let mutes = if all_recipients.is_empty() {
         HashMap::new()
     } else {
-        store::push::mutes_of_rooms(conn, room_ids, &all_recipients).await?
+        let room_ids: Vec<String> = facts.iter().map(|(id, _)| id.to_string()).collect();
+        store::push::mutes_of_rooms(conn, &room_ids, &all_recipients).await?
     };
+    Ok(facts
+        .into_iter()
+        .map(|(room_id, facts)| {
+            let room_mutes = mutes.get(room_id.as_str());
+            let muted = facts
+                .recipients
+                .iter()
+                .filter(|(user, _)| {
+                    rules::muted(room_mutes.and_then(|m| m.get(user)).copied(), now)
+                })
+                .map(|(user, _)| user.clone())
+                .collect();
+            (room_id.clone(), Room { facts, muted })
+        })
+        .collect())
+}
+
+/// The [`Facts`] of `room_ids` as they are now.
+async fn read_facts(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    recipient: impl Fn(&str) -> bool,
+) -> Result<Vec<(OwnedRoomId, Facts)>, StoreError> {
+    let mut members = store::push::joined_members_of_rooms(conn, room_ids).await?;
     let keys = [
         ("m.room.power_levels", ""),
         ("m.room.name", ""),
         ("m.room.canonical_alias", ""),
     ];
     let mut states = store::events::current_state_at_keys_of_rooms(conn, room_ids, &keys).await?;
-    let mut rooms = HashMap::with_capacity(room_ids.len());
+    let mut read = Vec::with_capacity(room_ids.len());
     for room_id in room_ids {
         let Ok(id) = OwnedRoomId::try_from(room_id.as_str()) else {
             continue;
@@ -294,12 +349,6 @@ async fn load_rooms(
                 (user.clone(), name.unwrap_or_default())
             })
             .collect();
-        let room_mutes = mutes.get(room_id);
-        let muted = recipients
-            .iter()
-            .filter(|(user, _)| rules::muted(room_mutes.and_then(|m| m.get(user)).copied(), now))
-            .map(|(user, _)| user.clone())
-            .collect();
         let content_of = |kind: &str| {
             state
                 .iter()
@@ -311,20 +360,56 @@ async fn load_rooms(
                 .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
                 .filter(|t| !t.is_empty())
         };
-        rooms.insert(
+        read.push((
             id,
-            Room {
+            Facts {
                 member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
                 power_levels: content_of("m.room.power_levels"),
                 name: text("m.room.name", "name")
                     .or_else(|| text("m.room.canonical_alias", "alias")),
                 names,
                 recipients,
-                muted,
             },
-        );
+        ));
     }
-    Ok(rooms)
+    Ok(read)
+}
+
+/// The push task's copy of rooms' [`Facts`], kept from one batch to the next.
+///
+/// Invariant: an entry is at least as new as every event of its room up to the task's
+/// position. An entry is read as the room is now, which may be ahead of the task, and it is
+/// dropped before evaluating a chunk with an event of its room that can change it
+/// ([`changes_facts`]), so the room is read again for that chunk. This holds because every
+/// change to a room's members, names and power levels is such an event on the stream the
+/// task follows: the writer makes current state only from events, batch send (whose
+/// backfilled history the task skips) refuses state events and redactions, and a purge
+/// removes the room with its events.
+#[derive(Default)]
+struct RoomCache {
+    rooms: HashMap<OwnedRoomId, Arc<Facts>>,
+}
+
+impl RoomCache {
+    /// Drops the rooms whose facts an event among `events` may change.
+    fn forget_changed(&mut self, events: &[StoredEvent]) {
+        for event in events.iter().filter(|e| changes_facts(e)) {
+            self.rooms.remove(&event.room_id);
+        }
+    }
+
+    /// Makes room for `more` entries: past [`CACHE_ROOMS`], starts over.
+    fn make_room(&mut self, more: usize) {
+        if self.rooms.len() + more > CACHE_ROOMS {
+            self.rooms.clear();
+        }
+    }
+}
+
+/// Whether an event may change what [`Facts`] hold of its room: any state event (members,
+/// display names, power levels, name, alias) and any redaction (it may prune one of those).
+fn changes_facts(event: &StoredEvent) -> bool {
+    event.state_key.is_some() || event.redacts.is_some() || event.kind == "m.room.redaction"
 }
 
 /// The display name a member event content sets (an empty one is none).
@@ -336,8 +421,8 @@ fn display_name(member: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A room as the push task sees it.
-pub(super) struct Room {
+/// What evaluation needs of a room that only its events change ([`RoomCache`]).
+pub(super) struct Facts {
     member_count: u64,
     power_levels: Option<Map<String, Value>>,
     /// `m.room.name`, else the canonical alias.
@@ -345,7 +430,12 @@ pub(super) struct Room {
     /// Joined member → display name.
     names: HashMap<String, Option<String>>,
     /// Joined members whose rules are evaluated, with the display name the rules match.
-    pub(super) recipients: Vec<(String, String)>,
+    recipients: Vec<(String, String)>,
+}
+
+/// A room as the push task sees it.
+pub(super) struct Room {
+    facts: Arc<Facts>,
     /// Recipients who muted the room.
     muted: HashSet<String>,
 }
@@ -363,7 +453,7 @@ impl Room {
             .then(|| user.to_owned())
             .into_iter()
             .collect();
-        Some(Room {
+        let facts = Facts {
             member_count: u64::try_from(room.member_count).unwrap_or(0),
             power_levels: room
                 .power_levels
@@ -373,21 +463,30 @@ impl Room {
             name: None,
             recipients: vec![(user.to_owned(), name.clone().unwrap_or_default())],
             names: HashMap::from([(user.to_owned(), name)]),
+        };
+        Some(Room {
+            facts: Arc::new(facts),
             muted,
         })
     }
 
+    /// Joined members whose rules are evaluated, with the display name the rules match.
+    pub(super) fn recipients(&self) -> &[(String, String)] {
+        &self.facts.recipients
+    }
+
     fn display_name(&self, user: &str) -> Option<String> {
-        self.names.get(user).cloned().flatten()
+        self.facts.names.get(user).cloned().flatten()
     }
 
     /// The room name in a notification for `user`: the room's name or alias, else (as Synapse,
     /// for rooms of three or more) the other members' names.
     fn name_for(&self, user: &str) -> Option<String> {
-        if self.name.is_some() {
-            return self.name.clone();
+        if self.facts.name.is_some() {
+            return self.facts.name.clone();
         }
         let mut others: Vec<String> = self
+            .facts
             .names
             .iter()
             .filter(|(member, _)| member.as_str() != user)
@@ -424,8 +523,8 @@ pub(super) async fn notifies(
     }
     let facts = RoomFacts {
         room_id: &event.room_id,
-        member_count: room.member_count,
-        power_levels: room.power_levels.as_ref(),
+        member_count: room.facts.member_count,
+        power_levels: room.facts.power_levels.as_ref(),
     };
     let context = rules::context(&facts, user, display_name);
     let outcome = rules::evaluate(ruleset, value, &context).await;

@@ -28,18 +28,19 @@
 //!
 //! After a commit the writer knows the highest position and the state of the rooms it wrote.
 //! A following batch of plain messages (no state events, no redactions) into cached rooms is
-//! built from that knowledge alone and written by one statement (`writer_append`, migration
-//! 0004) that takes the same lock and checks, under it, that the highest position, the rooms'
-//! `latest_stream` and the transaction IDs are as the writer believes; only then it inserts.
-//! If anything differs (another process wrote, a txn ID was used) it writes nothing and the
+//! built from that knowledge alone and written by one statement (`writer_append`, migrations
+//! 0004 and 0015) that takes the same lock and checks, under it, that the highest position,
+//! the rooms' `latest_stream` and the transaction IDs are as the writer believes (the last
+//! two by its own UPDATE and INSERT, which undo the statement when they fall short). If
+//! anything differs (another process wrote, a txn ID was used) it writes nothing and the
 //! batch goes the ordinary way. One round trip instead of four: this is the ingest path.
 //!
 //! # Purged rooms
 //!
 //! No event of a room is committed after the room's purge has begun. Both ways in
-//! (`writer_begin` and `writer_append`, migration 0014) lock the batch's room rows before
-//! reading them and treat a room marked `purging` ([`store::deletion::seal`]) as absent, so a
-//! job racing the seal is either committed before it (and purged with the room) or refused as
+//! (`writer_begin` and `writer_append`, migrations 0014 and 0015) lock the batch's room rows
+//! before inserting events and treat a room marked `purging` ([`store::deletion::seal`]) as
+//! absent, so a job racing the seal is either committed before it (and purged with the room) or refused as
 //! for a room the sender is not in. A deleted room not yet sealed still takes the deletion's
 //! leaves. This is what keeps a purged room's events from outliving it; `events` has no
 //! foreign key to `rooms` (it cost a check per row). `tests/deletion.rs` races both paths

@@ -1262,8 +1262,13 @@ pub struct FastAppend<'a> {
     pub events: &'a [StoredEvent],
 }
 
-/// Writes a fast-path batch in one statement (migration 0004). `Ok(false)`: something was
-/// written since the writer last looked, and nothing was written now.
+/// SQLSTATE with which `writer_append` (migration 0015) undoes itself: a room or transaction
+/// ID was not as the writer believed.
+const WRITER_APPEND_DECLINED: &str = "HSW01";
+
+/// Writes a fast-path batch in one statement (migrations 0004, 0015). `Ok(false)`: something
+/// was written since the writer last looked (or a transaction ID was used), and nothing was
+/// written now.
 pub async fn fast_append(
     conn: &mut PgConnection,
     batch: &FastAppend<'_>,
@@ -1305,6 +1310,14 @@ pub async fn fast_append(
         &latest,
     )
     .fetch_one(conn)
-    .await?;
-    Ok(written)
+    .await;
+    match written {
+        Ok(written) => Ok(written),
+        Err(sqlx::Error::Database(err))
+            if err.code().as_deref() == Some(WRITER_APPEND_DECLINED) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
