@@ -10,9 +10,10 @@
 -- Now the UPDATE of the rooms is the lock and the check at once: it updates only a row whose
 -- latest_stream is the one the writer expected and that is not being purged (READ COMMITTED
 -- re-reads a row updated concurrently, so a seal committed while the UPDATE waited is seen).
--- The transaction IDs are inserted with ON CONFLICT DO NOTHING. If either wrote fewer rows
--- than the batch has, the function raises SQLSTATE HSW01: the whole statement is undone and
--- the writer takes the ordinary path (writer_begin), which answers repeats and refuses
+-- The transaction IDs are inserted with ON CONFLICT (scope, txn_id) DO NOTHING. If either
+-- wrote fewer rows than the batch has, the function raises SQLSTATE HSW01: the whole
+-- statement is undone (a decline is an ERROR in the Postgres log, with its statement) and the
+-- writer takes the ordinary path (writer_begin), which answers repeats and refuses
 -- purged rooms. The invariant of migration 0014 holds unchanged: no event of a room is
 -- committed after its purge has begun, since the events are inserted only after the UPDATE
 -- has found every room not purging, holding its row lock until the commit.
@@ -65,7 +66,7 @@ BEGIN
     END IF;
     INSERT INTO transaction_ids (scope, txn_id, event_id)
     SELECT * FROM UNNEST(txn_scopes, txn_ids, txn_events)
-    ON CONFLICT DO NOTHING;
+    ON CONFLICT (scope, txn_id) DO NOTHING;
     GET DIAGNOSTICS written = ROW_COUNT;
     IF written <> COALESCE(cardinality(txn_scopes), 0) THEN
         RAISE EXCEPTION 'writer_append: a transaction ID was used already'

@@ -270,19 +270,13 @@ async fn load_rooms(
     now: i64,
     recipient: impl Fn(&str) -> bool,
 ) -> Result<HashMap<OwnedRoomId, Room>, StoreError> {
-    cache.forget_changed(events);
-    let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
-    let missing: Vec<String> = room_ids
-        .iter()
-        .filter(|room_id| !cache.rooms.contains_key(**room_id))
-        .map(ToString::to_string)
-        .collect();
+    let missing = cache.prepare(events);
     if !missing.is_empty() {
-        cache.make_room(missing.len());
         for (room_id, facts) in read_facts(conn, &missing, &recipient).await? {
             cache.rooms.insert(room_id, Arc::new(facts));
         }
     }
+    let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
     let facts: Vec<(&OwnedRoomId, Arc<Facts>)> = room_ids
         .into_iter()
         .filter_map(|room_id| Some((room_id, cache.rooms.get(room_id)?.clone())))
@@ -384,25 +378,41 @@ async fn read_facts(
 /// change to a room's members, names and power levels is such an event on the stream the
 /// task follows: the writer makes current state only from events, batch send (whose
 /// backfilled history the task skips) refuses state events and redactions, and a purge
-/// removes the room with its events.
-#[derive(Default)]
+/// removes the room with its events. (Which members are recipients depends on the appservice
+/// registrations too; they are fixed for the life of the process.)
 struct RoomCache {
     rooms: HashMap<OwnedRoomId, Arc<Facts>>,
+    /// Rooms kept at most ([`CACHE_ROOMS`]).
+    capacity: usize,
+}
+
+impl Default for RoomCache {
+    fn default() -> Self {
+        Self {
+            rooms: HashMap::new(),
+            capacity: CACHE_ROOMS,
+        }
+    }
 }
 
 impl RoomCache {
-    /// Drops the rooms whose facts an event among `events` may change.
-    fn forget_changed(&mut self, events: &[StoredEvent]) {
+    /// Gets ready for a chunk of events: drops the rooms an event of the chunk may change,
+    /// starts over if the chunk's rooms might not fit, and returns the chunk's rooms it lacks
+    /// (to be read). Starting over comes before the lookup, so it never drops a room the
+    /// chunk found cached: afterwards each room of the chunk is cached or returned.
+    fn prepare(&mut self, events: &[StoredEvent]) -> Vec<String> {
         for event in events.iter().filter(|e| changes_facts(e)) {
             self.rooms.remove(&event.room_id);
         }
-    }
-
-    /// Makes room for `more` entries: past [`CACHE_ROOMS`], starts over.
-    fn make_room(&mut self, more: usize) {
-        if self.rooms.len() + more > CACHE_ROOMS {
+        let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
+        if self.rooms.len() + room_ids.len() > self.capacity {
             self.rooms.clear();
         }
+        room_ids
+            .into_iter()
+            .filter(|room_id| !self.rooms.contains_key(*room_id))
+            .map(ToString::to_string)
+            .collect()
     }
 }
 
@@ -611,5 +621,86 @@ pub(super) async fn send(
         Delivered::Failed(reason) => {
             tracing::warn!(%user, %event, app_id = %pusher.app_id, %reason, "push not delivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(stream: i64, room: &str, state_key: Option<&str>) -> StoredEvent {
+        StoredEvent {
+            stream,
+            topo: stream,
+            event_id: format!("$e{stream}").try_into().unwrap(),
+            room_id: room.try_into().unwrap(),
+            sender: "@bob:x".try_into().unwrap(),
+            kind: if state_key.is_some() {
+                "m.room.member".into()
+            } else {
+                "m.room.message".into()
+            },
+            state_key: state_key.map(str::to_owned),
+            origin_server_ts: stream,
+            content: Map::new(),
+            replaces_state: None,
+            redacts: None,
+            redacted_by: None,
+            txn: None,
+        }
+    }
+
+    fn facts() -> Arc<Facts> {
+        Arc::new(Facts {
+            member_count: 1,
+            power_levels: None,
+            name: None,
+            names: HashMap::new(),
+            recipients: Vec::new(),
+        })
+    }
+
+    fn cache(capacity: usize, rooms: &[&str]) -> RoomCache {
+        RoomCache {
+            rooms: rooms
+                .iter()
+                .map(|room| ((*room).try_into().unwrap(), facts()))
+                .collect(),
+            capacity,
+        }
+    }
+
+    fn sorted(mut rooms: Vec<String>) -> Vec<String> {
+        rooms.sort();
+        rooms
+    }
+
+    #[test]
+    fn a_chunk_reads_only_the_rooms_it_lacks_or_may_have_changed() {
+        let mut cache = cache(10, &["!a:x", "!b:x"]);
+        let chunk = [
+            event(1, "!a:x", None),
+            event(2, "!b:x", Some("@carol:x")),
+            event(3, "!c:x", None),
+        ];
+        assert_eq!(sorted(cache.prepare(&chunk)), ["!b:x", "!c:x"]);
+    }
+
+    #[test]
+    fn starting_over_never_drops_a_room_the_chunk_found_cached() {
+        // Full: a chunk with a cached room and a new one makes the cache start over; the
+        // cached room must then be read again, not silently missing (its events would go
+        // unevaluated).
+        let mut cache = cache(2, &["!a:x", "!b:x"]);
+        let chunk = [event(1, "!a:x", None), event(2, "!c:x", None)];
+        let missing = cache.prepare(&chunk);
+        for room in ["!a:x", "!c:x"] {
+            let room_id: OwnedRoomId = room.try_into().unwrap();
+            assert!(
+                cache.rooms.contains_key(&room_id) || missing.iter().any(|m| m == room),
+                "{room} is neither cached nor to be read"
+            );
+        }
+        assert_eq!(sorted(missing), ["!a:x", "!c:x"]);
     }
 }

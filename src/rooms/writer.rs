@@ -40,11 +40,11 @@
 //! No event of a room is committed after the room's purge has begun. Both ways in
 //! (`writer_begin` and `writer_append`, migrations 0014 and 0015) lock the batch's room rows
 //! before inserting events and treat a room marked `purging` ([`store::deletion::seal`]) as
-//! absent, so a job racing the seal is either committed before it (and purged with the room) or refused as
-//! for a room the sender is not in. A deleted room not yet sealed still takes the deletion's
-//! leaves. This is what keeps a purged room's events from outliving it; `events` has no
-//! foreign key to `rooms` (it cost a check per row). `tests/deletion.rs` races both paths
-//! against the seal.
+//! absent, so a job racing the seal is either committed before it (and purged with the room)
+//! or refused as for a room the sender is not in. A deleted room not yet sealed still takes
+//! the deletion's leaves. This is what keeps a purged room's events from outliving it;
+//! `events` has no foreign key to `rooms` (it cost a check per row). `tests/deletion.rs`
+//! races both paths against the seal.
 //!
 //! # Room state cache
 //!
