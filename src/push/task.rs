@@ -270,13 +270,12 @@ async fn load_rooms(
     now: i64,
     recipient: impl Fn(&str) -> bool,
 ) -> Result<HashMap<OwnedRoomId, Room>, StoreError> {
-    let missing = cache.prepare(events);
+    let (room_ids, missing) = cache.prepare(events);
     if !missing.is_empty() {
         for (room_id, facts) in read_facts(conn, &missing, &recipient).await? {
             cache.rooms.insert(room_id, Arc::new(facts));
         }
     }
-    let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
     let facts: Vec<(&OwnedRoomId, Arc<Facts>)> = room_ids
         .into_iter()
         .filter_map(|room_id| Some((room_id, cache.rooms.get(room_id)?.clone())))
@@ -397,10 +396,13 @@ impl Default for RoomCache {
 
 impl RoomCache {
     /// Gets ready for a chunk of events: drops the rooms an event of the chunk may change,
-    /// starts over if the chunk's rooms might not fit, and returns the chunk's rooms it lacks
-    /// (to be read). Starting over comes before the lookup, so it never drops a room the
-    /// chunk found cached: afterwards each room of the chunk is cached or returned.
-    fn prepare(&mut self, events: &[StoredEvent]) -> Vec<String> {
+    /// starts over if the chunk's rooms might not fit, and returns the chunk's rooms with
+    /// those it lacks (to be read). Starting over comes before the lookup, so it never drops a
+    /// room the chunk found cached: afterwards each room of the chunk is cached or returned.
+    fn prepare<'e>(
+        &mut self,
+        events: &'e [StoredEvent],
+    ) -> (HashSet<&'e OwnedRoomId>, Vec<String>) {
         for event in events.iter().filter(|e| changes_facts(e)) {
             self.rooms.remove(&event.room_id);
         }
@@ -408,11 +410,12 @@ impl RoomCache {
         if self.rooms.len() + room_ids.len() > self.capacity {
             self.rooms.clear();
         }
-        room_ids
-            .into_iter()
-            .filter(|room_id| !self.rooms.contains_key(*room_id))
+        let missing = room_ids
+            .iter()
+            .filter(|room_id| !self.rooms.contains_key(**room_id))
             .map(ToString::to_string)
-            .collect()
+            .collect();
+        (room_ids, missing)
     }
 }
 
@@ -683,7 +686,7 @@ mod tests {
             event(2, "!b:x", Some("@carol:x")),
             event(3, "!c:x", None),
         ];
-        assert_eq!(sorted(cache.prepare(&chunk)), ["!b:x", "!c:x"]);
+        assert_eq!(sorted(cache.prepare(&chunk).1), ["!b:x", "!c:x"]);
     }
 
     #[test]
@@ -693,7 +696,7 @@ mod tests {
         // unevaluated).
         let mut cache = cache(2, &["!a:x", "!b:x"]);
         let chunk = [event(1, "!a:x", None), event(2, "!c:x", None)];
-        let missing = cache.prepare(&chunk);
+        let (_, missing) = cache.prepare(&chunk);
         for room in ["!a:x", "!c:x"] {
             let room_id: OwnedRoomId = room.try_into().unwrap();
             assert!(

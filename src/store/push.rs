@@ -181,10 +181,10 @@ pub async fn set_position(conn: &mut PgConnection, stream: i64) -> Result<(), St
 /// Deletes up to `limit` plain (not highlighted) notifications older than `before` (ms since
 /// the epoch, against the row's `ts`: the event's `origin_server_ts`, which an appservice may
 /// set with `?ts=`, so a bridged old message goes at the next round once read) that their user
-/// has read: a receipt of theirs,
-/// unthreaded or of the notification's thread, or their own member event at or after it —
-/// what the unread counts treat as read. Unread ones stay whatever their age (they are the
-/// counts), and so do highlights. Returns how many were deleted.
+/// has read: a receipt of theirs, unthreaded or of the notification's thread, or their own
+/// member event at or after it — what the unread counts ([`unread`], [`read_positions`]) treat
+/// as read. Unread ones stay whatever their age (they are the counts), and so do highlights.
+/// Returns how many were deleted.
 pub async fn prune_read(
     conn: &mut PgConnection,
     before: i64,
