@@ -15,12 +15,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hungryserv::appservice::Delivery;
-use hungryserv::config::registration;
 use hungryserv::notify::Notifier;
 use hungryserv::rooms::auth::Proposal;
-use hungryserv::rooms::typing::Typing;
-use hungryserv::rooms::writer::{NewRoom, Writer};
-use hungryserv::store;
+use hungryserv::rooms::writer::NewRoom;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -119,50 +116,23 @@ async fn deliver_a_room(
     bridge: SocketAddr,
     extra_ca_file: Option<&Path>,
 ) -> (PgPool, Notifier, Delivery, OwnedRoomId) {
-    let database_url = support::fresh_database().await;
     let appservice = match extra_ca_file {
         Some(file) => format!("[appservice]\nmax_retry_interval_s = 1\nextra_ca_file = {file:?}\n"),
         None => "[appservice]\nmax_retry_interval_s = 1\n".to_owned(),
     };
-    let config = support::config(
-        "127.0.0.1:9".parse().unwrap(),
-        &database_url,
-        "",
+    let support::Delivering {
+        pool,
+        notifier,
+        writer,
+        delivery,
+    } = support::start_delivery(
+        &format!(
+            "id: tls\nurl: https://{bridge}\nas_token: as-secret\nhs_token: hs-secret\n\
+             sender_localpart: tlsbot\nnamespaces:\n  users:\n    - regex: '@tls_.*'\n      exclusive: true\n"
+        ),
         &appservice,
-    );
-    let registration = registration::parse(&format!(
-        "id: tls\nurl: https://{bridge}\nas_token: as-secret\nhs_token: hs-secret\n\
-         sender_localpart: tlsbot\nnamespaces:\n  users:\n    - regex: '@tls_.*'\n      exclusive: true\n"
-    ))
-    .unwrap();
-    let pool = store::connect(&config.database, "test.local")
-        .await
-        .unwrap();
-    let notifier = Notifier::new(store::current_positions(&pool).await.unwrap().stream);
-    let typing = Typing::start(notifier.clone());
-    let (writer, _writer_task) = Writer::start(pool.clone(), notifier.clone());
-    let delivery = Delivery::start(
-        &[registration],
-        "test.local",
-        &config.delivery,
-        &pool,
-        &notifier,
-        &typing,
-    );
-    // Delivery starts after the position the pusher finds at its first start: wait for it, or
-    // the room below might be counted as history.
-    for _ in 0..100 {
-        let cursors: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM appservice_cursors WHERE appservice_id = 'tls'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if cursors == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    )
+    .await;
     let room_id = OwnedRoomId::try_from("!hs_tls:test.local").unwrap();
     let proposal = |kind: &str, state_key: &str, content: Value| Proposal {
         sender: OwnedUserId::try_from(BOT).unwrap(),

@@ -505,3 +505,93 @@ async fn the_push_task_reads_a_room_again_after_its_state_changes() {
     );
     task.abort();
 }
+
+/// The push task reads in full only the events someone is evaluated for (it judges the rest by
+/// their heads). Still evaluated: an invite of a local user into a room with no local members
+/// (`.m.rule.invite_for_me`); not evaluated: a message there, and a silent message (a batch
+/// send without notifications) in Alice's room.
+#[tokio::test]
+async fn the_push_task_evaluates_invites_into_rooms_without_recipients_and_skips_silent_events() {
+    let pool = room_recorded_upto(2).await;
+    const REMOTE_ROOM: &str = "!hs_remote:one.example";
+    const GHOST: &str = "@ghost:other.example";
+    sqlx::query(
+        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
+         VALUES ($1, 'bridge', '10', $2, 0, 0, 0)",
+    )
+    .bind(REMOTE_ROOM)
+    .bind(GHOST)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let in_remote_room =
+        |stream: i64, kind: &str, key: Option<&str>, content: serde_json::Value| {
+            sqlx::query(
+                "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
+                                 origin_server_ts, content)
+             VALUES ($1, $2, $1, '$e' || $1, $3, $4, $5, $1, $6)",
+            )
+            .bind(stream)
+            .bind(REMOTE_ROOM)
+            .bind(kind.to_owned())
+            .bind(key.map(str::to_owned))
+            .bind(GHOST)
+            .bind(content)
+            .execute(&pool)
+        };
+    in_remote_room(
+        3,
+        "m.room.member",
+        Some(GHOST),
+        json!({"membership": "join"}),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO memberships (room_id, user_id, membership, stream) VALUES ($1, $2, 'join', 3)",
+    )
+    .bind(REMOTE_ROOM)
+    .bind(GHOST)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let notifier = Notifier::new(2);
+    let task = start_push_task(&pool, &notifier);
+
+    let hello = json!({"msgtype": "m.text", "body": "hello"});
+    in_remote_room(4, "m.room.message", None, hello.clone())
+        .await
+        .unwrap();
+    assert_eq!(evaluated(&pool, &notifier, 4).await, None);
+    in_remote_room(
+        5,
+        "m.room.member",
+        Some(ALICE),
+        json!({"membership": "invite"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        evaluated(&pool, &notifier, 5).await,
+        Some(false),
+        "Alice's invite notifies her although no local user is in the room"
+    );
+
+    event(&pool, 6, BOB, "m.room.message", None, hello.clone()).await;
+    sqlx::query("UPDATE events SET silent = true WHERE stream = 6")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        evaluated(&pool, &notifier, 6).await,
+        None,
+        "a silent message"
+    );
+    event(&pool, 7, BOB, "m.room.message", None, hello).await;
+    assert_eq!(
+        evaluated(&pool, &notifier, 7).await,
+        Some(false),
+        "an ordinary message notifies Alice"
+    );
+    task.abort();
+}

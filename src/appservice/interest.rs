@@ -13,15 +13,20 @@
 //! in bridges; user namespaces carry their interest).
 //! A pusher that is far behind therefore judges early events by a later member list; it can
 //! deliver an event a bridge would not have got, never lose one of a room the bridge is still in.
+//!
+//! The pusher judges a chunk of events by their heads before it reads the contents of the
+//! ones wanted, so it may judge past the point where its transaction fills up. Every change
+//! a member event makes is therefore written in a journal, and [`Interest::rewind_after`]
+//! undoes those of events the transaction did not take: the next transaction judges them
+//! again from the member lists as they were before them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::config::Registration;
-use crate::store::{self, StoreError, events::StoredEvent};
+use crate::store::{self, StoreError, events::EventHead};
 
 /// Rooms kept in memory per appservice; the cache starts over when full.
 const MAX_ROOMS: usize = 50_000;
@@ -31,6 +36,16 @@ pub struct Interest {
     registration: Arc<Registration>,
     bot: String,
     rooms: HashMap<String, RoomFacts>,
+    /// Member list changes since [`Interest::settle`], oldest first.
+    journal: Vec<Change>,
+}
+
+/// One change [`Interest::observe`] made to a room's member list, with what it replaced.
+struct Change {
+    stream: i64,
+    room_id: String,
+    user: String,
+    was_member: bool,
 }
 
 struct RoomFacts {
@@ -47,6 +62,7 @@ impl Interest {
             registration,
             bot,
             rooms: HashMap::new(),
+            journal: Vec::new(),
         }
     }
 
@@ -56,11 +72,12 @@ impl Interest {
     }
 
     /// Whether the appservice gets `event`. Events must be given in stream order: member
-    /// events update what is known about their room.
+    /// events update what is known about their room (and are journalled, see
+    /// [`Interest::rewind_after`]).
     pub async fn wants(
         &mut self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        event: &EventHead,
     ) -> Result<bool, StoreError> {
         let room_id = event.room_id.as_str();
         self.know(conn, room_id).await?;
@@ -105,8 +122,35 @@ impl Interest {
         Ok(())
     }
 
+    /// Forgets the journal: the events judged so far are final.
+    pub fn settle(&mut self) {
+        self.journal.clear();
+    }
+
+    /// Undoes, newest first, what member events after stream position `stream` changed since
+    /// [`Interest::settle`], so that they can be judged again. A room the cache dropped in
+    /// between is read again from the store when next seen, as any room on first sight.
+    pub fn rewind_after(&mut self, stream: i64) {
+        while self
+            .journal
+            .last()
+            .is_some_and(|change| change.stream > stream)
+        {
+            let Some(change) = self.journal.pop() else {
+                break;
+            };
+            if let Some(facts) = self.rooms.get_mut(&change.room_id) {
+                if change.was_member {
+                    facts.members.insert(change.user);
+                } else {
+                    facts.members.remove(&change.user);
+                }
+            }
+        }
+    }
+
     /// Keeps the member list current with a member event.
-    fn observe(&mut self, event: &StoredEvent) {
+    fn observe(&mut self, event: &EventHead) {
         if event.kind != "m.room.member" {
             return;
         }
@@ -116,13 +160,19 @@ impl Interest {
         if !self.claims_user(user) {
             return;
         }
-        let joined = event.content.get("membership").and_then(Value::as_str) == Some("join");
+        let joined = event.membership.as_deref() == Some("join");
         if let Some(facts) = self.rooms.get_mut(event.room_id.as_str()) {
-            if joined {
-                facts.members.insert(user.to_owned());
+            let was_member = if joined {
+                !facts.members.insert(user.to_owned())
             } else {
-                facts.members.remove(user);
-            }
+                facts.members.remove(user)
+            };
+            self.journal.push(Change {
+                stream: event.stream,
+                room_id: event.room_id.clone(),
+                user: user.to_owned(),
+                was_member,
+            });
         }
     }
 

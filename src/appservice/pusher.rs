@@ -47,7 +47,7 @@ use crate::store::{self, StoreError, appservice::PendingTxn};
 
 /// Receipts read at once for one transaction.
 const RECEIPTS_CHUNK: i64 = 1_000;
-/// Events read from the store at once while building a transaction.
+/// Event heads read from the store at once while building a transaction.
 const SCAN_CHUNK: i64 = 500;
 /// Most events examined for one transaction (so a long run of uninteresting events still
 /// persists progress now and then).
@@ -310,6 +310,12 @@ impl Pusher {
     }
 
     /// Collects the next transaction's events from `(after, committed]`.
+    ///
+    /// Each chunk is judged by its events' heads ([`store::events::stream_heads`]); only the
+    /// events wanted are read in full. Judging stops once the transaction has as many events
+    /// as it may hold. If it fills up by size first, the member events judged after its last
+    /// event are undone in `interest` ([`Interest::rewind_after`]), so the next transaction
+    /// judges what follows exactly as one event-by-event scan would.
     async fn build(
         &self,
         interest: &mut Interest,
@@ -328,33 +334,46 @@ impl Pusher {
         };
         let mut bytes = 0usize;
         let mut examined = 0usize;
-        'scan: while built.last < committed && examined < SCAN_LIMIT {
-            let rows =
-                store::events::stream_range(&mut conn, built.last, committed, SCAN_CHUNK).await?;
-            if rows.is_empty() {
+        while built.last < committed && examined < SCAN_LIMIT {
+            let heads =
+                store::events::stream_heads(&mut conn, built.last, committed, SCAN_CHUNK).await?;
+            if heads.is_empty() {
                 built.last = committed;
                 break;
             }
-            for row in rows {
-                examined += 1;
-                if !interest.wants(&mut conn, &row.event).await? {
-                    built.last = row.event.stream;
-                    continue;
+            interest.settle();
+            let room = self.config.max_events.saturating_sub(built.events.len());
+            let mut wanted = Vec::new();
+            let mut judged = built.last;
+            for head in &heads {
+                if wanted.len() >= room {
+                    break;
                 }
+                examined += 1;
+                if interest.wants(&mut conn, head).await? {
+                    wanted.push(head.stream);
+                }
+                judged = head.stream;
+            }
+            for row in store::events::with_prev_at(&mut conn, &wanted).await? {
                 let related = Related {
                     prev: row.prev.clone(),
                     redacted_because: None,
                 };
                 let value = to_client(&row.event, &related, viewer);
                 let size = value.to_string().len();
-                let full = built.events.len() >= self.config.max_events
-                    || (!built.events.is_empty() && bytes + size > self.config.max_bytes);
-                if full {
-                    break 'scan;
+                if !built.events.is_empty() && bytes + size > self.config.max_bytes {
+                    // Full: this event and everything judged after it wait for the next one.
+                    built.last = row.event.stream - 1;
+                    interest.rewind_after(built.last);
+                    return Ok(built);
                 }
                 bytes += size;
                 built.events.push(value);
-                built.last = row.event.stream;
+            }
+            built.last = judged;
+            if built.events.len() >= self.config.max_events {
+                break;
             }
         }
         Ok(built)

@@ -21,8 +21,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use ruma::UserId;
 use ruma::push::Ruleset;
-use ruma::{OwnedRoomId, UserId};
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinSet;
@@ -32,7 +32,8 @@ use super::rules::{self, RoomFacts};
 use crate::config::Registration;
 use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
-use crate::store::{self, StoreError, events::StoredEvent, push::PushAction};
+use crate::store::events::{EventHead, StoredEvent};
+use crate::store::{self, StoreError, push::PushAction};
 
 /// Events read and evaluated at once.
 const CHUNK: i64 = 200;
@@ -101,14 +102,13 @@ impl PushTask {
                 conn = self.db.acquire().await?;
                 continue;
             }
-            let rows = store::events::stream_range(&mut conn, position, committed, CHUNK).await?;
-            let Some(last) = rows.last().map(|row| row.event.stream) else {
+            let heads = store::events::stream_heads(&mut conn, position, committed, CHUNK).await?;
+            let Some(last) = heads.last().map(|head| head.stream) else {
                 store::push::set_position(&mut conn, committed).await?;
                 position = committed;
                 continue;
             };
-            let events: Vec<StoredEvent> = rows.into_iter().map(|row| row.event).collect();
-            let outgoing = self.evaluate(&mut conn, &mut cache, &events, last).await?;
+            let outgoing = self.evaluate(&mut conn, &mut cache, &heads, last).await?;
             position = last;
             for out in outgoing {
                 for pusher in out.pushers {
@@ -125,28 +125,43 @@ impl PushTask {
         }
     }
 
-    /// Evaluates `events`, records their notifications and moves the position to `last` (one
-    /// transaction); returns what to send.
+    /// Evaluates the events of `heads`, records their notifications and moves the position
+    /// to `last` (one transaction); returns what to send.
+    ///
+    /// Only the events someone is to be evaluated for are read in full: those that may notify
+    /// (not silent) in a room with recipients, and invites of a recipient. A bridge's rooms of
+    /// bots and ghosts cost the heads alone.
     async fn evaluate(
         &self,
         conn: &mut PgConnection,
         cache: &mut RoomCache,
-        events: &[StoredEvent],
+        heads: &[EventHead],
         last: i64,
     ) -> Result<Vec<Outgoing>, StoreError> {
-        let streams: Vec<i64> = events.iter().map(|e| e.stream).collect();
-        let silent: HashSet<i64> = store::push::silent_of(conn, &streams)
-            .await?
-            .into_iter()
-            .collect();
         let now = now_ms();
         let suffix = format!(":{}", self.server_name);
         let recipient = |user: &str| user.ends_with(&suffix) && !self.appservice_user(user);
-        let rooms = load_rooms(conn, cache, events, now, recipient).await?;
+        let rooms = load_rooms(conn, cache, heads, now, recipient).await?;
         // Invites are evaluated for the invited user too (`.m.rule.invite_for_me`).
-        let invitees: HashMap<i64, String> = events
+        let invitees: HashMap<i64, String> = heads
             .iter()
             .filter_map(|e| Some((e.stream, invitee(e).filter(|u| recipient(u))?.to_owned())))
+            .collect();
+        let wanted: Vec<i64> = heads
+            .iter()
+            .filter(|head| !head.silent)
+            .filter(|head| {
+                invitees.contains_key(&head.stream)
+                    || rooms
+                        .get(head.room_id.as_str())
+                        .is_some_and(|room| !room.recipients().is_empty())
+            })
+            .map(|head| head.stream)
+            .collect();
+        let events: Vec<StoredEvent> = store::events::with_prev_at(conn, &wanted)
+            .await?
+            .into_iter()
+            .map(|row| row.event)
             .collect();
         let recipients: Vec<String> = rooms
             .values()
@@ -169,8 +184,8 @@ impl PushTask {
 
         let mut actions = Vec::new();
         let mut notices = Vec::new();
-        for event in events.iter().filter(|e| !silent.contains(&e.stream)) {
-            let Some(room) = rooms.get(&event.room_id) else {
+        for event in &events {
+            let Some(room) = rooms.get(event.room_id.as_str()) else {
                 continue;
             };
             let value = event_json(event);
@@ -266,17 +281,17 @@ impl PushTask {
 async fn load_rooms(
     conn: &mut PgConnection,
     cache: &mut RoomCache,
-    events: &[StoredEvent],
+    heads: &[EventHead],
     now: i64,
     recipient: impl Fn(&str) -> bool,
-) -> Result<HashMap<OwnedRoomId, Room>, StoreError> {
-    let (room_ids, missing) = cache.prepare(events);
+) -> Result<HashMap<String, Room>, StoreError> {
+    let (room_ids, missing) = cache.prepare(heads);
     if !missing.is_empty() {
         for (room_id, facts) in read_facts(conn, &missing, &recipient).await? {
             cache.rooms.insert(room_id, Arc::new(facts));
         }
     }
-    let facts: Vec<(&OwnedRoomId, Arc<Facts>)> = room_ids
+    let facts: Vec<(&str, Arc<Facts>)> = room_ids
         .into_iter()
         .filter_map(|room_id| Some((room_id, cache.rooms.get(room_id)?.clone())))
         .collect();
@@ -289,13 +304,13 @@ async fn load_rooms(
     let mutes = if all_recipients.is_empty() {
         HashMap::new()
     } else {
-        let room_ids: Vec<String> = facts.iter().map(|(id, _)| id.to_string()).collect();
+        let room_ids: Vec<String> = facts.iter().map(|(id, _)| (*id).to_owned()).collect();
         store::push::mutes_of_rooms(conn, &room_ids, &all_recipients).await?
     };
     Ok(facts
         .into_iter()
         .map(|(room_id, facts)| {
-            let room_mutes = mutes.get(room_id.as_str());
+            let room_mutes = mutes.get(room_id);
             let muted = facts
                 .recipients
                 .iter()
@@ -304,7 +319,7 @@ async fn load_rooms(
                 })
                 .map(|(user, _)| user.clone())
                 .collect();
-            (room_id.clone(), Room { facts, muted })
+            (room_id.to_owned(), Room { facts, muted })
         })
         .collect())
 }
@@ -314,7 +329,7 @@ async fn read_facts(
     conn: &mut PgConnection,
     room_ids: &[String],
     recipient: impl Fn(&str) -> bool,
-) -> Result<Vec<(OwnedRoomId, Facts)>, StoreError> {
+) -> Result<Vec<(String, Facts)>, StoreError> {
     let mut members = store::push::joined_members_of_rooms(conn, room_ids).await?;
     let keys = [
         ("m.room.power_levels", ""),
@@ -324,9 +339,6 @@ async fn read_facts(
     let mut states = store::events::current_state_at_keys_of_rooms(conn, room_ids, &keys).await?;
     let mut read = Vec::with_capacity(room_ids.len());
     for room_id in room_ids {
-        let Ok(id) = OwnedRoomId::try_from(room_id.as_str()) else {
-            continue;
-        };
         let members = members.remove(room_id).unwrap_or_default();
         let state = states.remove(room_id).unwrap_or_default();
         let names: HashMap<String, Option<String>> = members
@@ -354,7 +366,7 @@ async fn read_facts(
                 .filter(|t| !t.is_empty())
         };
         read.push((
-            id,
+            room_id.clone(),
             Facts {
                 member_count: u64::try_from(members.len()).unwrap_or(u64::MAX),
                 power_levels: content_of("m.room.power_levels"),
@@ -380,7 +392,7 @@ async fn read_facts(
 /// removes the room with its events. (Which members are recipients depends on the appservice
 /// registrations too; they are fixed for the life of the process.)
 struct RoomCache {
-    rooms: HashMap<OwnedRoomId, Arc<Facts>>,
+    rooms: HashMap<String, Arc<Facts>>,
     /// Rooms kept at most ([`CACHE_ROOMS`]).
     capacity: usize,
 }
@@ -399,30 +411,28 @@ impl RoomCache {
     /// starts over if the chunk's rooms might not fit, and returns the chunk's rooms with
     /// those it lacks (to be read). Starting over comes before the lookup, so it never drops a
     /// room the chunk found cached: afterwards each room of the chunk is cached or returned.
-    fn prepare<'e>(
-        &mut self,
-        events: &'e [StoredEvent],
-    ) -> (HashSet<&'e OwnedRoomId>, Vec<String>) {
-        for event in events.iter().filter(|e| changes_facts(e)) {
-            self.rooms.remove(&event.room_id);
+    fn prepare<'e>(&mut self, heads: &'e [EventHead]) -> (HashSet<&'e str>, Vec<String>) {
+        for head in heads.iter().filter(|e| changes_facts(e)) {
+            self.rooms.remove(&head.room_id);
         }
-        let room_ids: HashSet<&OwnedRoomId> = events.iter().map(|e| &e.room_id).collect();
+        let room_ids: HashSet<&str> = heads.iter().map(|e| e.room_id.as_str()).collect();
         if self.rooms.len() + room_ids.len() > self.capacity {
             self.rooms.clear();
         }
         let missing = room_ids
             .iter()
             .filter(|room_id| !self.rooms.contains_key(**room_id))
-            .map(ToString::to_string)
+            .map(|room_id| (*room_id).to_owned())
             .collect();
         (room_ids, missing)
     }
 }
 
 /// Whether an event may change what [`Facts`] hold of its room: any state event (members,
-/// display names, power levels, name, alias) and any redaction (it may prune one of those).
-fn changes_facts(event: &StoredEvent) -> bool {
-    event.state_key.is_some() || event.redacts.is_some() || event.kind == "m.room.redaction"
+/// display names, power levels, name, alias) and any redaction (it may prune one of those;
+/// the writer stores every redaction as an `m.room.redaction` event).
+fn changes_facts(event: &EventHead) -> bool {
+    event.state_key.is_some() || event.kind == "m.room.redaction"
 }
 
 /// The display name a member event content sets (an empty one is none).
@@ -515,9 +525,8 @@ impl Room {
 }
 
 /// The user an `m.room.member` invite is for.
-fn invitee(event: &StoredEvent) -> Option<&str> {
-    let invite = event.kind == "m.room.member"
-        && event.content.get("membership").and_then(Value::as_str) == Some("invite");
+fn invitee(event: &EventHead) -> Option<&str> {
+    let invite = event.kind == "m.room.member" && event.membership.as_deref() == Some("invite");
     invite.then_some(event.state_key.as_deref()).flatten()
 }
 
@@ -631,25 +640,19 @@ pub(super) async fn send(
 mod tests {
     use super::*;
 
-    fn event(stream: i64, room: &str, state_key: Option<&str>) -> StoredEvent {
-        StoredEvent {
+    fn event(stream: i64, room: &str, state_key: Option<&str>) -> EventHead {
+        EventHead {
             stream,
-            topo: stream,
-            event_id: format!("$e{stream}").try_into().unwrap(),
-            room_id: room.try_into().unwrap(),
-            sender: "@bob:x".try_into().unwrap(),
+            room_id: room.into(),
+            sender: "@bob:x".into(),
             kind: if state_key.is_some() {
                 "m.room.member".into()
             } else {
                 "m.room.message".into()
             },
             state_key: state_key.map(str::to_owned),
-            origin_server_ts: stream,
-            content: Map::new(),
-            replaces_state: None,
-            redacts: None,
-            redacted_by: None,
-            txn: None,
+            membership: state_key.map(|_| "join".into()),
+            silent: false,
         }
     }
 
@@ -667,7 +670,7 @@ mod tests {
         RoomCache {
             rooms: rooms
                 .iter()
-                .map(|room| ((*room).try_into().unwrap(), facts()))
+                .map(|room| ((*room).to_owned(), facts()))
                 .collect(),
             capacity,
         }
@@ -698,9 +701,8 @@ mod tests {
         let chunk = [event(1, "!a:x", None), event(2, "!c:x", None)];
         let (_, missing) = cache.prepare(&chunk);
         for room in ["!a:x", "!c:x"] {
-            let room_id: OwnedRoomId = room.try_into().unwrap();
             assert!(
-                cache.rooms.contains_key(&room_id) || missing.iter().any(|m| m == room),
+                cache.rooms.contains_key(room) || missing.iter().any(|m| m == room),
                 "{room} is neither cached nor to be read"
             );
         }

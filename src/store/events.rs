@@ -848,6 +848,73 @@ pub async fn stream_range(
     parse_all(rows)
 }
 
+/// What a reader needs to decide whether it wants an event, without its content: the
+/// columns [`stream_heads`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHead {
+    pub stream: i64,
+    pub room_id: String,
+    pub sender: String,
+    /// The event type.
+    pub kind: String,
+    pub state_key: Option<String>,
+    /// `content.membership` of a member event (`None` for other events).
+    pub membership: Option<String>,
+    /// Never pushes or counts as unread (migration 0009).
+    pub silent: bool,
+}
+
+/// The heads of up to `limit` events with `stream` in `(after, upto]`, in stream order,
+/// leaving out backfilled history: [`stream_range`] without contents. A reader that wants
+/// only some events reads these first and then the full events it wants
+/// ([`with_prev_at`]), instead of reading and parsing every event's content.
+pub async fn stream_heads(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<EventHead>, StoreError> {
+    Ok(sqlx::query_as!(
+        EventHead,
+        r#"SELECT stream, room_id, sender, type AS kind, state_key,
+                  CASE WHEN type = 'm.room.member' THEN content->>'membership' END AS membership,
+                  silent
+           FROM events
+           WHERE stream > $1 AND stream <= $2 AND NOT backfilled
+           ORDER BY stream
+           LIMIT $3"#,
+        after,
+        upto,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The events at the given stream positions (those that still exist), in stream order, with
+/// what their state events replaced.
+pub async fn with_prev_at(
+    conn: &mut PgConnection,
+    streams: &[i64],
+) -> Result<Vec<EventWithPrev>, StoreError> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
+                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
+                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE e.stream = ANY($1)
+           ORDER BY e.stream"#,
+        streams,
+    )
+    .fetch_all(conn)
+    .await?;
+    parse_all(rows)
+}
+
 /// Events of `room_ids` in `(after, upto]` that may notify (neither backfilled nor silent,
 /// see migration 0009), in stream order, at most `limit`.
 pub async fn notifiable_of_rooms(

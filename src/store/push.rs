@@ -484,16 +484,6 @@ pub struct RecipientRoom {
     pub muted_until: Option<i64>,
 }
 
-/// Which of `streams` are silent (batch sends with `send_notification: false`).
-pub async fn silent_of(conn: &mut PgConnection, streams: &[i64]) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar!(
-        "SELECT stream FROM events WHERE stream = ANY($1) AND silent",
-        streams
-    )
-    .fetch_all(conn)
-    .await?)
-}
-
 /// The joined members of each room, with the content of their member events.
 pub async fn joined_members_of_rooms(
     conn: &mut PgConnection,

@@ -135,3 +135,64 @@ pub async fn create_room(writer: &Writer, room_id: &OwnedRoomId, creator: &str) 
         .await
         .unwrap();
 }
+
+/// Appservice delivery running in-process over a fresh database: what a delivery test needs.
+pub struct Delivering {
+    pub pool: sqlx::PgPool,
+    pub notifier: hungryserv::notify::Notifier,
+    pub writer: Writer,
+    pub delivery: hungryserv::appservice::Delivery,
+}
+
+/// Starts the writer and delivery for one appservice `registration` (YAML) with the
+/// `[appservice]` table `appservice`, and waits until its pusher has its cursor: delivery
+/// starts after the position the pusher finds at its first start, so events written before
+/// would count as history.
+pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering {
+    use hungryserv::appservice::Delivery;
+    use hungryserv::config::registration;
+    use hungryserv::notify::Notifier;
+    use hungryserv::rooms::typing::Typing;
+
+    let database_url = fresh_database().await;
+    let config = config(
+        "127.0.0.1:9".parse().unwrap(),
+        &database_url,
+        "",
+        appservice,
+    );
+    let registration = registration::parse(registration).unwrap();
+    let id = registration.id.clone();
+    let pool = store::connect(&config.database, "test.local")
+        .await
+        .unwrap();
+    let notifier = Notifier::new(store::current_positions(&pool).await.unwrap().stream);
+    let typing = Typing::start(notifier.clone());
+    let (writer, _writer_task) = Writer::start(pool.clone(), notifier.clone());
+    let delivery = Delivery::start(
+        &[registration],
+        "test.local",
+        &config.delivery,
+        &pool,
+        &notifier,
+        &typing,
+    );
+    for _ in 0..100 {
+        let cursors: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM appservice_cursors WHERE appservice_id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if cursors == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Delivering {
+        pool,
+        notifier,
+        writer,
+        delivery,
+    }
+}
