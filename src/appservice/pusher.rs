@@ -8,6 +8,9 @@
 //!   deletes it after the appservice's 2xx, so every event is delivered at least once and the
 //!   only repeats are repeats of a whole transaction under its txnId.
 //! * Events go out in stream order, so per-room order holds.
+//! * Interest is judged in stream order from each event's head (no content); only the events
+//!   wanted are read in full. A transaction never depends on events judged after its end
+//!   (`Pusher::build` undoes their member list changes).
 //! * Appservices that ask for ephemeral events (MSC2409: `receive_ephemeral` or
 //!   `de.sorunome.msc2409.push_ephemeral`) also get, under both `ephemeral` and
 //!   `de.sorunome.msc2409.ephemeral`, the public read receipts (`m.receipt`) and typing lists
