@@ -24,6 +24,40 @@ use tokio::sync::watch;
 /// waiting on, get the database first, and a burst of commits is read in one go.
 pub const FOLLOWER_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// The shortest time between two reads of one background follower.
+pub const FOLLOWER_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Spaces a background follower's reads of the stream by [`FOLLOWER_READ_EVERY`].
+///
+/// A follower that is behind reads again as soon as it has handled what it read; under a
+/// flood of small commits (a bridge's ingest: hundreds per second) each read then finds a
+/// handful of events, and the fixed cost of a read (a query, a wake-up) is paid per handful.
+/// Spaced reads find what several commits wrote. After a quiet spell the first read is not
+/// delayed (beyond [`FOLLOWER_PAUSE`]), so an event after a pause is handled as fast as
+/// before; under load a follower is at most this much later. A follower working through a
+/// backlog (its last read stopped short of the committed position) is not spaced at all: its
+/// reads are full anyway.
+#[derive(Default)]
+pub struct ReadPace {
+    last: Option<tokio::time::Instant>,
+    backlog: bool,
+}
+
+impl ReadPace {
+    /// Waits until the follower may read again, and counts the read as done now.
+    pub async fn ready(&mut self) {
+        if let Some(last) = self.last.filter(|_| !self.backlog) {
+            tokio::time::sleep_until(last + FOLLOWER_READ_EVERY).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
+
+    /// Tells whether the read just done reached the committed position it read up to.
+    pub fn read_up_to_committed(&mut self, reached: bool) {
+        self.backlog = !reached;
+    }
+}
+
 /// Publishes the highest committed stream position. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
@@ -218,6 +252,36 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_spaced_under_load_and_not_delayed_after_a_quiet_spell() {
+        use tokio::time::{Duration, Instant, advance};
+        let mut pace = ReadPace::default();
+        let start = Instant::now();
+        pace.ready().await;
+        assert_eq!(Instant::now(), start, "the first read waits for nothing");
+        advance(Duration::from_millis(1)).await;
+        pace.ready().await;
+        assert_eq!(
+            Instant::now(),
+            start + FOLLOWER_READ_EVERY,
+            "a read right after another waits out the interval"
+        );
+        advance(Duration::from_secs(1)).await;
+        let quiet = Instant::now();
+        pace.ready().await;
+        assert_eq!(
+            Instant::now(),
+            quiet,
+            "after a quiet spell the read is at once"
+        );
+        pace.read_up_to_committed(false);
+        pace.ready().await;
+        assert_eq!(Instant::now(), quiet, "a backlog is read without pause");
+        pace.read_up_to_committed(true);
+        pace.ready().await;
+        assert_eq!(Instant::now(), quiet + FOLLOWER_READ_EVERY);
+    }
 
     #[test]
     fn news_is_per_room_and_per_member() {

@@ -41,7 +41,7 @@ use super::interest::Interest;
 use super::relay::{self, Relayed};
 use super::websocket::Slot;
 use crate::config::{DeliveryConfig, Registration};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, ReadPace};
 use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::now_ms;
@@ -154,6 +154,7 @@ impl Pusher {
         // A transaction left in flight by an earlier run goes first; after that, the only one
         // in flight is the one this loop just stored, kept in memory (no re-read).
         let mut in_flight = store::appservice::pending(&self.db, id).await?;
+        let mut pace = ReadPace::default();
         loop {
             if let Some(pending) = in_flight.take() {
                 self.deliver(&pending).await;
@@ -201,7 +202,10 @@ impl Pusher {
                 tokio::time::sleep(crate::notify::FOLLOWER_PAUSE).await;
                 continue;
             }
+            pace.ready().await;
+            let committed = *wake.borrow_and_update();
             let built = self.build(&mut interest, position, committed).await?;
+            pace.read_up_to_committed(built.last >= committed);
             let extra = if side_news {
                 let typing_now = self.typing.current();
                 let extra = self

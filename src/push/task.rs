@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use super::gateway::{self, Delivered, Device, GatewayClient, Notice};
 use super::rules::{self, RoomFacts};
 use crate::config::Registration;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, ReadPace};
 use crate::rooms::service::now_ms;
 use crate::store::events::{EventHead, StoredEvent};
 use crate::store::{self, StoreError, push::PushAction};
@@ -88,6 +88,7 @@ impl PushTask {
         let mut position = store::push::position(&mut conn, self.notifier.current()).await?;
         // Started afresh with each run: after a store error nothing read before is trusted.
         let mut cache = RoomCache::default();
+        let mut pace = ReadPace::default();
         loop {
             let committed = *wake.borrow_and_update();
             if position >= committed {
@@ -102,7 +103,10 @@ impl PushTask {
                 conn = self.db.acquire().await?;
                 continue;
             }
+            pace.ready().await;
+            let committed = *wake.borrow_and_update();
             let heads = store::events::stream_heads(&mut conn, position, committed, CHUNK).await?;
+            pace.read_up_to_committed(heads.len() < usize::try_from(CHUNK).unwrap_or(usize::MAX));
             let Some(last) = heads.last().map(|head| head.stream) else {
                 store::push::set_position(&mut conn, committed).await?;
                 position = committed;
