@@ -31,9 +31,22 @@ async fn database() -> PgPool {
     store::connect(&config, "one.example").await.unwrap()
 }
 
-/// Writes event `stream` (`$e{stream}`) by `sender` with `content`.
+/// Writes event `stream` (`$e{stream}`) of the room by `sender` with `content`.
 async fn event(
     pool: &PgPool,
+    stream: i64,
+    sender: &str,
+    kind: &str,
+    key: Option<&str>,
+    content: serde_json::Value,
+) {
+    event_in(pool, ROOM, stream, sender, kind, key, content).await;
+}
+
+/// Writes event `stream` (`$e{stream}`) of `room` by `sender` with `content`.
+async fn event_in(
+    pool: &PgPool,
+    room: &str,
     stream: i64,
     sender: &str,
     kind: &str,
@@ -46,7 +59,7 @@ async fn event(
          VALUES ($1, $2, $1, '$e' || $1, $3, $4, $5, $1, $6)",
     )
     .bind(stream)
-    .bind(ROOM)
+    .bind(room)
     .bind(kind)
     .bind(key)
     .bind(sender)
@@ -66,34 +79,48 @@ async fn room_recorded_upto(position: i64) -> PgPool {
     pool
 }
 
+/// The room, Bob and Alice joined at 1 and 2.
 async fn room(pool: &PgPool) {
+    room_row(pool, ROOM, BOB).await;
+    for (stream, user) in [(1, BOB), (2, ALICE)] {
+        joined(pool, ROOM, stream, user).await;
+    }
+}
+
+/// The `rooms` row of `room`, created by `creator`.
+async fn room_row(pool: &PgPool, room: &str, creator: &str) {
     sqlx::query(
         "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
          VALUES ($1, 'bridge', '10', $2, 0, 0, 0)",
     )
-    .bind(ROOM)
-    .bind(BOB)
+    .bind(room)
+    .bind(creator)
     .execute(pool)
     .await
     .unwrap();
-    for (stream, user) in [(1, BOB), (2, ALICE)] {
-        event(
-            pool,
-            stream,
-            user,
-            "m.room.member",
-            Some(user),
-            json!({"membership": "join"}),
-        )
-        .await;
-        sqlx::query("INSERT INTO memberships (room_id, user_id, membership, stream) VALUES ($1, $2, 'join', $3)")
-            .bind(ROOM)
-            .bind(user)
-            .bind(stream)
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+}
+
+/// `user` joins `room` with event `stream`: the member event and the membership.
+async fn joined(pool: &PgPool, room: &str, stream: i64, user: &str) {
+    event_in(
+        pool,
+        room,
+        stream,
+        user,
+        "m.room.member",
+        Some(user),
+        json!({"membership": "join"}),
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO memberships (room_id, user_id, membership, stream) VALUES ($1, $2, 'join', $3)",
+    )
+    .bind(room)
+    .bind(user)
+    .bind(stream)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn receipt(pool: &PgPool, thread: &str, stream: i64) {
@@ -515,62 +542,34 @@ async fn the_push_task_evaluates_invites_into_rooms_without_recipients_and_skips
     let pool = room_recorded_upto(2).await;
     const REMOTE_ROOM: &str = "!hs_remote:one.example";
     const GHOST: &str = "@ghost:other.example";
-    sqlx::query(
-        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
-         VALUES ($1, 'bridge', '10', $2, 0, 0, 0)",
-    )
-    .bind(REMOTE_ROOM)
-    .bind(GHOST)
-    .execute(&pool)
-    .await
-    .unwrap();
-    let in_remote_room =
-        |stream: i64, kind: &str, key: Option<&str>, content: serde_json::Value| {
-            sqlx::query(
-                "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
-                                 origin_server_ts, content)
-             VALUES ($1, $2, $1, '$e' || $1, $3, $4, $5, $1, $6)",
-            )
-            .bind(stream)
-            .bind(REMOTE_ROOM)
-            .bind(kind.to_owned())
-            .bind(key.map(str::to_owned))
-            .bind(GHOST)
-            .bind(content)
-            .execute(&pool)
-        };
-    in_remote_room(
-        3,
-        "m.room.member",
-        Some(GHOST),
-        json!({"membership": "join"}),
-    )
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO memberships (room_id, user_id, membership, stream) VALUES ($1, $2, 'join', 3)",
-    )
-    .bind(REMOTE_ROOM)
-    .bind(GHOST)
-    .execute(&pool)
-    .await
-    .unwrap();
+    room_row(&pool, REMOTE_ROOM, GHOST).await;
+    joined(&pool, REMOTE_ROOM, 3, GHOST).await;
     let notifier = Notifier::new(2);
     let task = start_push_task(&pool, &notifier);
 
     let hello = json!({"msgtype": "m.text", "body": "hello"});
-    in_remote_room(4, "m.room.message", None, hello.clone())
-        .await
-        .unwrap();
+    event_in(
+        &pool,
+        REMOTE_ROOM,
+        4,
+        GHOST,
+        "m.room.message",
+        None,
+        hello.clone(),
+    )
+    .await;
     assert_eq!(evaluated(&pool, &notifier, 4).await, None);
-    in_remote_room(
+    let invite = json!({"membership": "invite"});
+    event_in(
+        &pool,
+        REMOTE_ROOM,
         5,
+        GHOST,
         "m.room.member",
         Some(ALICE),
-        json!({"membership": "invite"}),
+        invite,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         evaluated(&pool, &notifier, 5).await,
         Some(false),

@@ -821,33 +821,6 @@ pub async fn topo_of(
     .await?)
 }
 
-/// Up to `limit` events of every room with `stream` in `(after, upto]`, in stream order,
-/// leaving out backfilled history: the appservice delivery queue. Fewer than `limit` rows
-/// does not mean the range is exhausted (backfilled events are skipped).
-pub async fn stream_range(
-    conn: &mut PgConnection,
-    after: i64,
-    upto: i64,
-    limit: i64,
-) -> Result<Vec<EventWithPrev>, StoreError> {
-    let rows = sqlx::query_as!(
-        Row,
-        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
-                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
-                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
-           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
-           WHERE e.stream > $1 AND e.stream <= $2 AND NOT e.backfilled
-           ORDER BY e.stream
-           LIMIT $3"#,
-        after,
-        upto,
-        limit,
-    )
-    .fetch_all(conn)
-    .await?;
-    parse_all(rows)
-}
-
 /// What a reader needs to decide whether it wants an event, without its content: the
 /// columns [`stream_heads`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -865,8 +838,9 @@ pub struct EventHead {
 }
 
 /// The heads of up to `limit` events with `stream` in `(after, upto]`, in stream order,
-/// leaving out backfilled history: [`stream_range`] without contents. A reader that wants
-/// only some events reads these first and then the full events it wants
+/// leaving out backfilled history: what the stream's followers (appservice delivery, the
+/// push task) walk. Fewer than `limit` rows does not mean the range is exhausted (backfilled
+/// events are skipped). A follower reads these first and then the full events it wants
 /// ([`with_prev_at`]), instead of reading and parsing every event's content.
 pub async fn stream_heads(
     conn: &mut PgConnection,
