@@ -168,6 +168,19 @@ def test_batch_send_forward_and_backward(bridge):
     assert user.user_id in receipts[0]["content"][news[-1]["event_id"]]["m.read"]
     assert live
 
+    # More history later: the room stays out of the next sync, having nothing new to show.
+    since = resp["next_batch"]
+    older = events("older", 2, 1_400_000_000_000)
+    bot.ok(
+        "POST",
+        batch_path(room_id),
+        body={"forward": False, "forward_if_no_messages": False, "send_notification": False, "events": older},
+    )
+    resp = of(user).ok("GET", "/v3/sync", {"since": since, "timeout": "0"})
+    assert room_id not in resp.get("rooms", {}).get("join", {})
+    chunk = of(user).ok("GET", f"/v3/rooms/{q(room_id)}/messages", {"dir": "f", "limit": 2})["chunk"]
+    assert [e["content"]["body"] for e in chunk] == ["older0", "older1"]
+
 
 def test_batch_send_is_idempotent_and_all_or_nothing(bridge):
     bot = As(bridge.as_token)

@@ -199,7 +199,8 @@ pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), S
     Ok(())
 }
 
-/// Deletes up to `limit` of the room's oldest events with their transaction IDs, never the
+/// Deletes up to `limit` of the room's events, lowest topological position first (the index
+/// over all of a room's events), with their transaction IDs, never the
 /// database's newest event (migration 0007), and with `keep_state` no state event (the
 /// room's state history, with the members' leaves, is what a late sync reads).
 /// Returns how many were deleted; 0 when nothing deletable is left. Counted into the
@@ -217,7 +218,7 @@ pub async fn purge_events(
                    SELECT e.stream FROM events e
                    WHERE e.room_id = $1 AND e.stream < (SELECT max(stream) FROM events)
                      AND NOT ($4 AND e.state_key IS NOT NULL)
-                   ORDER BY e.stream LIMIT $3)
+                   ORDER BY e.topo LIMIT $3)
                RETURNING txn_scope, txn_id),
            t AS (
                DELETE FROM transaction_ids x USING gone g

@@ -790,14 +790,15 @@ pub async fn recent(
 }
 
 /// The highest topological position among a room's events at or before stream position
-/// `stream`.
+/// `stream`. Backfilled history lies below the room's first live event, so only live events
+/// are looked at (that is what the room's stream index holds, migration 0016).
 pub async fn topo_at(
     conn: &mut PgConnection,
     room_id: &str,
     stream: i64,
 ) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar!(
-        "SELECT max(topo) FROM events WHERE room_id = $1 AND stream <= $2",
+        "SELECT max(topo) FROM events WHERE room_id = $1 AND stream <= $2 AND NOT backfilled",
         room_id,
         stream
     )

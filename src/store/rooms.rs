@@ -273,7 +273,8 @@ pub struct UserRoom {
     pub member_sender: String,
     /// The user's membership at the sync's lower bound, if they had one.
     pub membership_before: Option<String>,
-    /// The room's latest event in the sync's range, if any.
+    /// The room's latest live event in the sync's range, if any: backfilled history does not
+    /// make a room new.
     pub latest: Option<i64>,
 }
 
@@ -327,7 +328,7 @@ pub async fn user_rooms_read(
     let rows = sqlx::query!(
         r#"WITH gap AS MATERIALIZED (
                SELECT room_id, max(stream) AS latest FROM events
-               WHERE $4 AND stream > $2 AND stream <= $3
+               WHERE $4 AND stream > $2 AND stream <= $3 AND NOT backfilled
                GROUP BY room_id)
            SELECT m.room_id, me.stream AS "member_stream!", me.sender AS "member_sender!",
                   me.membership AS "membership?",
@@ -340,7 +341,8 @@ pub async fn user_rooms_read(
                   END AS "membership_before?",
                   CASE WHEN $4 THEN g.latest
                        ELSE (SELECT max(l.stream) FROM events l
-                             WHERE l.room_id = m.room_id AND l.stream > $2 AND l.stream <= $3)
+                             WHERE l.room_id = m.room_id AND l.stream > $2 AND l.stream <= $3
+                               AND NOT l.backfilled)
                   END AS "latest?"
            FROM memberships m
            CROSS JOIN LATERAL (
