@@ -34,6 +34,33 @@ async fn migrations_apply_and_rerun_cleanly() {
     store::connect(&config, "one.example").await.unwrap();
 }
 
+/// Postgres checks a foreign key on each delete from the referenced table by looking up the
+/// referencing rows; without an index on the referencing columns that is a scan of the whole
+/// table per deleted row (purging a room's events scanned all of current_state per event).
+#[tokio::test]
+async fn every_foreign_key_has_an_index_on_its_referencing_columns() {
+    let config = database(support::fresh_database().await);
+    let pool = store::connect(&config, "one.example").await.unwrap();
+    let unindexed: Vec<String> = sqlx::query_scalar(
+        "SELECT c.conrelid::regclass::text || '.' || c.conname FROM pg_constraint c
+         WHERE c.contype = 'f' AND NOT EXISTS (
+             SELECT FROM pg_index i
+             WHERE i.indrelid = c.conrelid
+               AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+               AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unindexed, Vec::<String>::new());
+    let checked: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(checked >= 7, "only {checked} foreign keys found");
+}
+
 #[tokio::test]
 async fn a_database_keeps_its_server_name() {
     let config = database(support::fresh_database().await);
