@@ -112,6 +112,23 @@ async fn written_rows(conn: &mut sqlx::PgConnection) -> (i64, i64, i64) {
     .unwrap()
 }
 
+/// A fresh database with one room row whose counters stand at `latest`.
+async fn pool_with_room(room_id: &str, latest: i64) -> sqlx::PgPool {
+    let pool = store::connect(&database(support::fresh_database().await), "one.example")
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
+         VALUES ($1, 'bridge', '10', '@bot:one.example', $2, 1, $2)",
+    )
+    .bind(room_id)
+    .bind(latest)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
 /// The writer's fast path (`writer_append`) checks the room's position and the transaction
 /// IDs by its own writes and undoes itself when either falls short: it answers "declined"
 /// (`Ok(false)`), and nothing of it — no event, no room position, no transaction ID — is
@@ -119,17 +136,7 @@ async fn written_rows(conn: &mut sqlx::PgConnection) -> (i64, i64, i64) {
 #[tokio::test]
 async fn the_fast_path_declines_whole_and_writes_whole() {
     const ROOM: &str = "!hs_fast:one.example";
-    let pool = store::connect(&database(support::fresh_database().await), "one.example")
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO rooms (room_id, class, room_version, creator, max_topo, min_topo, latest_stream)
-         VALUES ($1, 'bridge', '10', '@bot:one.example', 1, 1, 1)",
-    )
-    .bind(ROOM)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pool_with_room(ROOM, 1).await;
     sqlx::query(
         "INSERT INTO events (stream, room_id, topo, event_id, type, state_key, sender,
                              origin_server_ts, content)
@@ -190,4 +197,61 @@ async fn the_fast_path_declines_whole_and_writes_whole() {
         assert_eq!(written, writes, "{what}");
         assert_eq!(written_rows(&mut conn).await, after, "{what}");
     }
+}
+
+/// Event IDs are unique through an exclusion constraint on a hash index (migration 0018), not
+/// a UNIQUE b-tree. It must be as strict: a second insert of an ID fails naming
+/// [`store::events::EVENT_ID_CONSTRAINT`] (the writer tells repeated batch sends by that
+/// name), also when the first insert is not yet committed, in which case it waits for it.
+#[tokio::test]
+async fn an_event_id_is_stored_once_even_by_concurrent_transactions() {
+    const ROOM: &str = "!hs_ids:one.example";
+    let pool = pool_with_room(ROOM, 3).await;
+    let insert = |stream: i64, event_id: &'static str| {
+        sqlx::query(
+            "INSERT INTO events (stream, room_id, topo, event_id, type, sender, origin_server_ts, content)
+             VALUES ($1, $2, $1, $3, 'm.room.message', '@bot:one.example', 0, '{}')",
+        )
+        .bind(stream)
+        .bind(ROOM)
+        .bind(event_id)
+    };
+    let constraint_of = |err: sqlx::Error| match err {
+        sqlx::Error::Database(db) => (
+            db.code().map(|c| c.into_owned()),
+            db.constraint().map(str::to_owned),
+        ),
+        other => panic!("not a database error: {other}"),
+    };
+    let clash = (
+        Some("23P01".to_owned()),
+        Some(store::events::EVENT_ID_CONSTRAINT.to_owned()),
+    );
+
+    insert(1, "$taken").execute(&pool).await.unwrap();
+    let err = insert(2, "$taken").execute(&pool).await.unwrap_err();
+    assert_eq!(constraint_of(err), clash, "a committed ID");
+
+    let mut first = pool.begin().await.unwrap();
+    insert(2, "$racing").execute(&mut *first).await.unwrap();
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { insert(3, "$racing").execute(&pool).await }
+    });
+    // The second insert waits for the first transaction: it must not finish while it is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second insert did not wait for the first"
+    );
+    first.commit().await.unwrap();
+    let err = second.await.unwrap().unwrap_err();
+    assert_eq!(constraint_of(err), clash, "an ID in flight");
+
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id IN ('$taken', '$racing')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 2);
 }

@@ -271,7 +271,7 @@ struct Batch {
 ///
 /// Looking 1,000 IDs up costs a few milliseconds per batch, and a flood of backfill almost
 /// never repeats an ID. So a batch is first written optimistically: a reused ID then fails
-/// the insert on `events_event_id_key` (nothing is written), and the jobs run again with the
+/// the insert on [`store::events::EVENT_ID_CONSTRAINT`] (nothing is written), and the jobs run again with the
 /// lookup, which tells a repeat of a whole batch (answered with its IDs) from a clash
 /// (`M_INVALID_PARAM`). IDs repeated within one transaction are always caught in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,7 +285,7 @@ fn is_event_id_clash(err: &store::StoreError) -> bool {
     matches!(
         err,
         store::StoreError::Database(sqlx::Error::Database(db))
-            if db.constraint() == Some("events_event_id_key")
+            if db.constraint() == Some(store::events::EVENT_ID_CONSTRAINT)
     )
 }
 

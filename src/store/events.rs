@@ -145,6 +145,10 @@ pub struct BatchWrite<'a> {
     pub txns: Vec<(String, String, String)>,
 }
 
+/// The constraint that keeps event IDs unique (an exclusion constraint on a hash index,
+/// migration 0018). An insert that reuses an ID fails on it with SQLSTATE 23P01.
+pub const EVENT_ID_CONSTRAINT: &str = "events_event_id_hash";
+
 /// Batches with at least this many events are written with binary `COPY` ([`copy_events`])
 /// instead of the UNNEST insert: no parameter arrays to build and decode, no per-event
 /// copies of the content, and Postgres inserts the heap tuples in bulk. Below it the single
