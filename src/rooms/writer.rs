@@ -406,6 +406,7 @@ impl WriterTask {
                 _ => None,
             })
             .unzip();
+        let began = std::time::Instant::now();
         let mut tx = self.db.begin().await?;
         let start = store::rooms::begin_batch(&mut tx, &wanted, &scopes, &txn_ids).await?;
         let mut batch = Batch {
@@ -415,6 +416,7 @@ impl WriterTask {
         };
         self.load_rooms(&mut tx, start.latest, &mut batch).await?;
 
+        let loaded = began.elapsed();
         let mut outcomes = Vec::with_capacity(jobs.len());
         // Batch sends whose events move into their outcome after the commit: (outcome index,
         // their range of `batch.events`).
@@ -439,6 +441,7 @@ impl WriterTask {
             outcomes.push(outcome);
         }
 
+        let built = began.elapsed();
         for room in &batch.new_rooms {
             store::rooms::insert(&mut tx, room).await?;
         }
@@ -483,7 +486,20 @@ impl WriterTask {
             let rooms: Vec<String> = batch.receipts.iter().map(|r| r.room_id.clone()).collect();
             receipts_at = Some((position, rooms));
         }
+        let written = began.elapsed();
         tx.commit().await?;
+        // Where a slow-path batch spends its time (this is the batch send path): reading the
+        // rooms, building the events, the inserts, the commit.
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let committed = began.elapsed();
+        tracing::debug!(
+            events = batch.events.len(),
+            load_us = micros(loaded),
+            build_us = micros(built - loaded),
+            write_us = micros(written - built),
+            commit_us = micros(committed - written),
+            "batch phases"
+        );
         if let Some((position, rooms)) = receipts_at {
             self.notifier.room_data_committed(position, &rooms, &[]);
         }
