@@ -98,6 +98,7 @@ impl AppState {
         let (push, learner) = Push::new(db.clone(), synapse.clone());
         tokio::spawn(learner);
         tokio::spawn(crate::push::prune::run(db.clone()));
+        tokio::spawn(crate::rooms::txn_ids::run(db.clone()));
         match crate::push::gateway::client() {
             Ok(client) => {
                 tokio::spawn(crate::push::badge::run(

@@ -255,3 +255,42 @@ async fn an_event_id_is_stored_once_even_by_concurrent_transactions() {
             .unwrap();
     assert_eq!(stored, 2);
 }
+
+/// Transaction IDs are kept a day, as Synapse keeps its own: the pruner deletes the older ones
+/// (oldest first, batch after batch) and leaves the younger ones.
+#[tokio::test]
+async fn transaction_ids_older_than_the_retention_are_pruned() {
+    let pool = store::connect(&database(support::fresh_database().await), "one.example")
+        .await
+        .unwrap();
+    for (txn_id, age_hours) in [("old1", 30), ("old2", 25), ("old3", 49), ("young", 23)] {
+        sqlx::query(
+            "INSERT INTO transaction_ids (scope, txn_id, event_id, created_at)
+             VALUES ('s', $1, '$e', now() - make_interval(hours => $2))",
+        )
+        .bind(txn_id)
+        .bind(age_hours)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let keep = hungryserv::rooms::txn_ids::KEEP;
+    assert_eq!(keep, Duration::from_secs(24 * 3600));
+    // Two rows per statement: the pruner has to go round until a statement falls short.
+    let deleted = hungryserv::rooms::txn_ids::prune(&pool, keep, 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    let left: Vec<String> = sqlx::query_scalar("SELECT txn_id FROM transaction_ids")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["young".to_owned()]);
+    // Nothing left to prune: a second round deletes nothing.
+    assert_eq!(
+        hungryserv::rooms::txn_ids::prune(&pool, keep, 2)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -17,6 +17,7 @@ pub mod read;
 pub mod room_data;
 pub mod service;
 pub mod state;
+pub mod txn_ids;
 pub mod typing;
 pub mod visibility;
 pub mod writer;

@@ -119,6 +119,28 @@ pub async fn insert_alias(
     Ok(())
 }
 
+/// Deletes up to `limit` transaction IDs older than `keep_seconds`, oldest first. Returns how
+/// many went.
+pub async fn prune_transaction_ids(
+    conn: &mut PgConnection,
+    keep_seconds: f64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        "DELETE FROM transaction_ids t USING (
+             SELECT scope, txn_id FROM transaction_ids
+             WHERE created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at
+             LIMIT $2) old
+         WHERE t.scope = old.scope AND t.txn_id = old.txn_id",
+        keep_seconds,
+        limit,
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Takes the writer lock of migration 0003 (`writer_begin`) for the rest of the transaction:
 /// for writes outside the writer that must not fall between a writer batch's checks and its
 /// commit.
