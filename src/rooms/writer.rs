@@ -271,9 +271,10 @@ struct Batch {
 ///
 /// Looking 1,000 IDs up costs a few milliseconds per batch, and a flood of backfill almost
 /// never repeats an ID. So a batch is first written optimistically: a reused ID then fails
-/// the insert on [`store::events::EVENT_ID_CONSTRAINT`] (nothing is written), and the jobs run again with the
-/// lookup, which tells a repeat of a whole batch (answered with its IDs) from a clash
-/// (`M_INVALID_PARAM`). IDs repeated within one transaction are always caught in memory.
+/// the insert on [`store::events::EVENT_ID_CONSTRAINT`] (nothing is written), and the jobs
+/// run again with the lookup, which tells a repeat of a whole batch (answered with its IDs)
+/// from a clash (`M_INVALID_PARAM`). IDs repeated within one transaction are always caught in
+/// memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdCheck {
     Optimistic,
