@@ -26,15 +26,10 @@ const FIRST: Duration = Duration::from_secs(60);
 /// Deletes what is prunable as of `now_ms`, batch after batch; returns how many rows went.
 pub async fn prune(db: &PgPool, now_ms: i64) -> Result<u64, store::StoreError> {
     let before = now_ms.saturating_sub(i64::try_from(KEEP_READ.as_millis()).unwrap_or(i64::MAX));
-    let mut total = 0;
-    loop {
-        let mut conn = db.acquire().await?;
-        let deleted = store::push::prune_read(&mut conn, before, BATCH).await?;
-        total += deleted;
-        if deleted < BATCH.unsigned_abs() {
-            return Ok(total);
-        }
-    }
+    store::delete_in_batches(db, BATCH, |mut conn, limit| async move {
+        store::push::prune_read(&mut conn, before, limit).await
+    })
+    .await
 }
 
 /// Prunes every [`EVERY`], until the process ends.

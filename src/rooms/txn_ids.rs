@@ -25,16 +25,10 @@ const FIRST: Duration = Duration::from_secs(60);
 /// Deletes the transaction IDs older than `keep`, `batch` rows per statement; returns how
 /// many went.
 pub async fn prune(db: &PgPool, keep: Duration, batch: i64) -> Result<u64, store::StoreError> {
-    let mut total = 0;
-    loop {
-        let mut conn = db.acquire().await?;
-        let deleted =
-            store::rooms::prune_transaction_ids(&mut conn, keep.as_secs_f64(), batch).await?;
-        total += deleted;
-        if deleted < batch.unsigned_abs() {
-            return Ok(total);
-        }
-    }
+    store::delete_in_batches(db, batch, |mut conn, limit| async move {
+        store::rooms::prune_transaction_ids(&mut conn, keep.as_secs_f64(), limit).await
+    })
+    .await
 }
 
 /// Prunes every [`EVERY`], until the process ends.

@@ -200,9 +200,9 @@ pub async fn purge_state(conn: &mut PgConnection, room_id: &str) -> Result<(), S
 }
 
 /// Deletes up to `limit` of the room's events, lowest topological position first (the index
-/// over all of a room's events), with their transaction IDs, never the
-/// database's newest event (migration 0007), and with `keep_state` no state event (the
-/// room's state history, with the members' leaves, is what a late sync reads).
+/// over all of a room's events), with their transaction IDs, never the database's newest
+/// event (migration 0007), and with `keep_state` no state event (the room's state history,
+/// with the members' leaves, is what a late sync reads).
 /// Returns how many were deleted; 0 when nothing deletable is left. Counted into the
 /// deletion's `purged_events` in the same statement.
 pub async fn purge_events(

@@ -94,3 +94,25 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query!("SELECT 1 AS one").fetch_one(pool).await?;
     Ok(())
 }
+
+/// Runs `delete` (one statement deleting at most `batch` rows, on the pooled connection it is
+/// given) until a statement deletes fewer than `batch`; returns how many rows went in all. For
+/// the pruning tasks: no statement holds many row locks, and each batch commits on its own.
+pub async fn delete_in_batches<F, Fut>(
+    pool: &PgPool,
+    batch: i64,
+    mut delete: F,
+) -> Result<u64, StoreError>
+where
+    F: FnMut(sqlx::pool::PoolConnection<sqlx::Postgres>, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = delete(pool.acquire().await?, batch).await?;
+        total += deleted;
+        if deleted < batch.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
