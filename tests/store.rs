@@ -34,6 +34,33 @@ async fn migrations_apply_and_rerun_cleanly() {
     store::connect(&config, "one.example").await.unwrap();
 }
 
+/// sqlx 0.9.0 leaves Nagle's algorithm on; the pool turns it off on each connection
+/// (`store::nodelay`), or a batch send's `COPY` waits for Postgres's delayed ACK.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn database_connections_have_tcp_nodelay() {
+    let url = support::fresh_database().await;
+    let port = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .get_port();
+    let pool = store::connect(&database(url), "one.example").await.unwrap();
+    // Three connections held at once: three sockets.
+    let held = futures_util::future::try_join_all((0..3).map(|_| pool.acquire()))
+        .await
+        .unwrap();
+    let nodelay = store::nodelay::nodelay_of_connections_to(port).unwrap();
+    // Other connections of this test process to the cluster (the admin pool that created the
+    // database, closed by now) are not the pool's concern: count those with the option.
+    let on = nodelay.iter().filter(|on| **on).count();
+    assert!(
+        on >= held.len(),
+        "{on} of {} connections to port {port} have TCP_NODELAY; the pool holds {}",
+        nodelay.len(),
+        held.len()
+    );
+}
+
 /// Postgres checks a foreign key on each delete from the referenced table by looking up the
 /// referencing rows; without an index on the referencing columns that is a scan of the whole
 /// table per deleted row (purging a room's events scanned all of current_state per event).
