@@ -38,7 +38,7 @@
 //! The writer waits for a batch to commit before it builds the next one. Pipelining (sending
 //! the next fast-path batch on a second connection while one is in flight, to wait for the
 //! lock inside Postgres) was built and measured on the 2-core bench machine, and lost: the
-//! machine is short of CPU, not of overlap. Batches halved (4.3 events at 16 senders instead
+//! machine is short of CPU, not of overlap. Batches shrank (4-5 events at 16 senders instead
 //! of about 8), Postgres spent 29-45 % more CPU per event, and `hsbench ingest` fell from
 //! 8,331 to 6,180-6,930 events/s; sending a batch behind only once 8 jobs waited still did
 //! 7,605 against 8,058. Whoever tries it again (on more cores) must handle two races that
