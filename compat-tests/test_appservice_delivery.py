@@ -326,6 +326,14 @@ def test_metrics_cover_requests_upstream_events_syncs_and_the_pool():
     assert persisted and int(persisted[0].split()[1]) >= 0
     assert 'hungryserv_db_pool_connections{state="in_use"}' in text
     assert "hungryserv_db_pool_max_connections " in text
+    # The room writer's transactions by path; what each counts is tested in tests/ordering.rs.
+    for series in (
+        'hungryserv_writer_transactions_total{path="ordinary"} ',
+        'hungryserv_writer_transactions_total{path="fast"} ',
+        "hungryserv_writer_fast_declined_total ",
+    ):
+        values = [line[len(series):] for line in text.splitlines() if line.startswith(series)]
+        assert len(values) == 1 and values[0].isdigit(), (series, values)
 
 
 def test_metrics_show_delivery_per_appservice():

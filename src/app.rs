@@ -47,6 +47,8 @@ pub struct AppState {
     pub push: Arc<Push>,
     /// Requests answered, for `/_hungryserv/metrics`.
     pub requests: Arc<crate::metrics::RequestMetrics>,
+    /// The room writer's transactions, for `/_hungryserv/metrics`.
+    pub writer: Arc<crate::metrics::WriterCounters>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             },
         );
         let (writer, writer_task) = Writer::start(db.clone(), notifier.clone());
+        let writer_counters = writer.counters();
         let rooms = Rooms::new(
             db.clone(),
             writer,
@@ -138,6 +141,7 @@ impl AppState {
             deletions,
             push,
             requests: Arc::default(),
+            writer: writer_counters,
         };
         (state, writer_task)
     }

@@ -2,14 +2,14 @@
 //! endpoint (the path template, as in the request log line; forwarded requests are one
 //! endpoint, `forwarded`, so Synapse's unbounded paths never become labels) and status, with a
 //! latency histogram (time to response headers); Synapse's latency and errors as seen by the
-//! forwarder; events persisted; syncs waiting.
+//! forwarder; events persisted; syncs waiting; the room writer's transactions.
 //!
 //! May import: nothing of the crate.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Histogram bucket bounds, in seconds.
@@ -150,6 +150,45 @@ impl RequestMetrics {
     }
 }
 
+/// The room writer's transactions by path (src/rooms/writer.rs). Plain messages into rooms the
+/// writer has written recently should nearly all take the fast path; a growing `declined`
+/// means something else writes to the same database (another hungryserv process) or clients
+/// retry used transaction IDs, and ingest then pays the ordinary path's four round trips.
+#[derive(Default, Debug)]
+pub struct WriterCounters {
+    /// Transactions committed on the ordinary path: room creation, state, redactions, batch
+    /// sends, and whatever the fast path was not given or declined.
+    pub ordinary: AtomicU64,
+    /// Batches committed on the fast path (`writer_append`, one statement).
+    pub fast: AtomicU64,
+    /// Fast-path batches that declined (nothing written; they then went the ordinary path).
+    pub declined: AtomicU64,
+}
+
+impl WriterCounters {
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP hungryserv_writer_transactions_total Transactions the room writer committed, by path.\n# TYPE hungryserv_writer_transactions_total counter"
+        );
+        for (path, n) in [("ordinary", &self.ordinary), ("fast", &self.fast)] {
+            let _ = writeln!(
+                out,
+                "hungryserv_writer_transactions_total{{path=\"{path}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hungryserv_writer_fast_declined_total Fast-path batches that found the database not as the writer believed and went the ordinary path.\n# TYPE hungryserv_writer_fast_declined_total counter\nhungryserv_writer_fast_declined_total {}",
+            self.declined.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
 /// One histogram's lines.
 fn write_histogram(out: &mut String, name: &str, labels: &str, s: &Series) {
     let mut cumulative = 0;
@@ -213,5 +252,24 @@ mod tests {
         assert!(text.contains(
             "hungryserv_requests_total{route=\"local\",endpoint=\"other\",status=\"200\"} 5"
         ));
+    }
+
+    #[test]
+    fn writer_counters_render_by_path() {
+        let counters = WriterCounters::default();
+        counters.ordinary.fetch_add(2, Ordering::Relaxed);
+        counters.fast.fetch_add(5, Ordering::Relaxed);
+        counters.declined.fetch_add(1, Ordering::Relaxed);
+        let text = counters.render();
+        for line in [
+            "hungryserv_writer_transactions_total{path=\"ordinary\"} 2",
+            "hungryserv_writer_transactions_total{path=\"fast\"} 5",
+            "hungryserv_writer_fast_declined_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -201,3 +201,48 @@ async fn a_forbidden_job_fails_alone_in_its_batch() {
         }
     }
 }
+
+/// The writer's counters (`/_hungryserv/metrics`) tell the paths apart: a room's creation is
+/// an ordinary transaction, a plain message into a room the writer knows takes the fast path,
+/// and a retried transaction ID makes the fast path decline (it does not look IDs up) and
+/// the ordinary path answer the repeat.
+#[tokio::test]
+async fn the_writer_counts_its_transactions_by_path() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let url = support::fresh_database().await;
+    let (writer, _task) = Writer::start(pool(&url).await, Notifier::new(0));
+    let counters = writer.counters();
+    let paths = || {
+        (
+            counters.ordinary.load(Relaxed),
+            counters.fast.load(Relaxed),
+            counters.declined.load(Relaxed),
+        )
+    };
+    let room = new_room(&writer, 1).await;
+    assert_eq!(paths(), (1, 0, 0), "the room's creation");
+    let txn = Txn {
+        scope: "as:bridge|@bot:test.local".into(),
+        endpoint: room.to_string(),
+        txn_id: "t1".into(),
+    };
+    let send = |body: &str| {
+        let event = proposal(
+            "@bot:test.local",
+            "m.room.message",
+            None,
+            json!({ "body": body }),
+        );
+        writer.append(room.clone(), vec![event], Some(txn.clone()))
+    };
+    let first = match send("first").await.unwrap() {
+        Outcome::Written(events) => events[0].event_id.clone(),
+        other => panic!("the first send was not written: {other:?}"),
+    };
+    assert_eq!(paths(), (1, 1, 0), "a plain message");
+    match send("retried").await.unwrap() {
+        Outcome::Repeated(event_id) => assert_eq!(event_id, first),
+        other => panic!("the retry was not answered as a repeat: {other:?}"),
+    }
+    assert_eq!(paths(), (2, 1, 1), "a retried transaction ID");
+}

@@ -21,17 +21,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /_hungryserv/metrics`: Prometheus text: requests, room deletions, appservice
-/// delivery.
+/// `GET /_hungryserv/metrics`: Prometheus text: requests, the room writer, room deletions,
+/// appservice delivery.
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             state.requests.render(),
             process_metrics(&state),
+            state.writer.render(),
             state.deletions.metrics(),
             state.delivery.metrics(state.notifier.current())
         ),

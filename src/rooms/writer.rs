@@ -63,6 +63,8 @@
 //! rooms' `latest_stream` (one query) and reloads any room another process wrote since.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
@@ -73,6 +75,7 @@ use super::RoomError;
 use super::auth::{self, AuthError, Proposal};
 use super::event::{new_event_id, redacted_content};
 use super::state::{RoomState, StateEntry};
+use crate::metrics::WriterCounters;
 use crate::notify::{Commit, Notifier};
 use crate::store::{self, events::StoredEvent, rooms::RoomRow};
 
@@ -179,22 +182,31 @@ struct Pending {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Pending>,
+    /// What the writer task did, for the metrics.
+    counters: Arc<WriterCounters>,
 }
 
 impl Writer {
     /// Starts the writer task; it stops when every handle is dropped.
     pub fn start(db: PgPool, notifier: Notifier) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let counters = Arc::new(WriterCounters::default());
         let task = tokio::spawn(
             WriterTask {
                 db,
                 notifier,
                 cache: HashMap::new(),
                 last_stream: None,
+                counters: counters.clone(),
             }
             .run(rx),
         );
-        (Self { jobs: tx }, task)
+        (Self { jobs: tx, counters }, task)
+    }
+
+    /// The transactions the writer committed so far, by path.
+    pub fn counters(&self) -> Arc<WriterCounters> {
+        self.counters.clone()
     }
 
     /// Creates a room from its initial events; the first must be `m.room.create`.
@@ -251,6 +263,8 @@ struct WriterTask {
     /// The highest position this writer committed, when nothing failed since: the fast
     /// path's starting point.
     last_stream: Option<i64>,
+    /// Transactions by path, shared with the handles.
+    counters: Arc<WriterCounters>,
 }
 
 /// Everything one batch will write, built in memory first.
@@ -399,6 +413,7 @@ impl WriterTask {
         store::StoreError,
     > {
         if let Some(written) = self.write_fast(jobs).await? {
+            self.counters.fast.fetch_add(1, Relaxed);
             return Ok(written);
         }
         let mut wanted: Vec<String> = jobs
@@ -500,6 +515,7 @@ impl WriterTask {
         }
         let written = began.elapsed();
         tx.commit().await?;
+        self.counters.ordinary.fetch_add(1, Relaxed);
         // Where a slow-path batch spends its time (this is the batch send path): reading the
         // rooms, building the events, the inserts, the commit.
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -610,6 +626,7 @@ impl WriterTask {
         )
         .await?;
         if !written {
+            self.counters.declined.fetch_add(1, Relaxed);
             tracing::debug!(
                 jobs = jobs.len(),
                 "fast path declined: the database moved on"
