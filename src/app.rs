@@ -48,7 +48,7 @@ pub struct AppState {
     /// Requests answered, for `/_hungryserv/metrics`.
     pub requests: Arc<crate::metrics::RequestMetrics>,
     /// The room writer's transactions, for `/_hungryserv/metrics`.
-    pub writer: Arc<crate::metrics::WriterCounters>,
+    pub writer_counters: Arc<crate::metrics::WriterCounters>,
 }
 
 impl AppState {
@@ -141,7 +141,7 @@ impl AppState {
             deletions,
             push,
             requests: Arc::default(),
-            writer: writer_counters,
+            writer_counters,
         };
         (state, writer_task)
     }

@@ -32,7 +32,7 @@ async fn metrics(
             "{}{}{}{}{}",
             state.requests.render(),
             process_metrics(&state),
-            state.writer.render(),
+            state.writer_counters.render(),
             state.deletions.metrics(),
             state.delivery.metrics(state.notifier.current())
         ),
