@@ -314,3 +314,33 @@ def test_mautrix_beeper_batch_send_seen_by_nio(bridge):
     assert bodies == ["old0", "old1", "old2", "live", "new0", "new1"]
     assert timeline == ["live", "new0", "new1"], "history is not news; the bad batch wrote nothing"
     assert any(r.event_id == news[-1].event_id and r.user_id == user.user_id for r in receipts), receipts
+
+
+def test_v12_style_create_room_without_the_bot_in_users(bridge):
+    """A bridge that follows Synapse's default room version (12 here) leaves its bot out of
+    power_level_content_override.users: in v12 creators have unlimited power and Synapse
+    refuses them in `users`. The same request makes a local room where the bot has 100."""
+    bot = As(bridge.as_token)
+    ghost = register(bot, f"example_v12_{secrets.token_hex(3)}")
+    caps = bot.ok("GET", "/v3/capabilities")["capabilities"]["m.room_versions"]
+    assert caps["default"] == "12", "the test stack's Synapse defaults to room version 12"
+    override = {"users": {ghost: 50}, "events": {"m.room.name": 50}}
+
+    synapse_room = bot.ok("POST", "/v3/createRoom", body={"power_level_content_override": override})["room_id"]
+    assert not synapse_room.startswith("!hs_")
+    local_room = bot.ok(
+        "POST",
+        "/v3/createRoom",
+        body={
+            "name": "Portal",
+            "creation_content": {"m.federate": False},
+            "power_level_content_override": override,
+        },
+    )["room_id"]
+    assert local_room.startswith("!hs_")
+    power = bot.ok("GET", f"/v3/rooms/{q(local_room)}/state/m.room.power_levels/")
+    assert power["users"] == {bridge.bot: 100, ghost: 50}
+    # The bot can do what a creator of the v12 room it expected could.
+    bot.ok("PUT", f"/v3/rooms/{q(local_room)}/state/m.room.topic/", body={"topic": "bridged"})
+    name = bot.ok("GET", f"/v3/rooms/{q(local_room)}/state/m.room.name/")
+    assert name["name"] == "Portal"

@@ -11,7 +11,8 @@ use super::auth::Proposal;
 
 /// The body of `POST /createRoom`, as far as local rooms use it. Unknown fields are ignored
 /// (`room_version` among them: local rooms are always version 10), like Synapse ignores
-/// fields it does not know.
+/// fields it does not know. Creators absent from the power levels' `users` get 100, the
+/// effect a client expecting a version-12 room wants ([`with_creators_empowered`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CreateRoomRequest {
     #[serde(default)]
@@ -236,6 +237,7 @@ pub fn initial_events(
             content.as_object().cloned().unwrap_or_default()
         }
     };
+    let power = with_creators_empowered(power, creator, request.creation_content.as_ref());
     super::power::validate_content(&power).map_err(RoomError::BadJson)?;
     events.push(event("m.room.power_levels", "", Value::Object(power)));
 
@@ -292,6 +294,39 @@ pub fn initial_events(
         ));
     }
     Ok(events)
+}
+
+/// Gives every creator absent from the power levels' `users` the level 100: the creator, and
+/// `creation_content.additional_creators` (room version 12).
+///
+/// Why: a client that follows a Synapse whose default room version is 12 leaves its creators
+/// out of `users` (in v12 creators have unlimited power and Synapse refuses them in
+/// `power_level_content_override.users`). Local rooms are never v12 (their IDs must keep the
+/// class prefix), so without this the creator of such a room ends at `users_default` and
+/// cannot send its own initial state; the bridge's createRoom fails. 100 is the effect the
+/// client expected. A creator listed explicitly keeps the level given; for versions before
+/// 12 Synapse refuses an override that leaves the creator out, so no client expects less.
+fn with_creators_empowered(
+    mut power: Map<String, Value>,
+    creator: &str,
+    creation_content: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let additional = creation_content
+        .and_then(|content| content.get("additional_creators"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    let creators: Vec<&str> = std::iter::once(creator).chain(additional).collect();
+    let users = power
+        .entry("users")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(users) = users {
+        for creator in creators {
+            users.entry(creator).or_insert(json!(100));
+        }
+    }
+    power
 }
 
 #[cfg(test)]
@@ -354,6 +389,30 @@ mod tests {
         assert_eq!(power["events"]["m.room.power_levels"], 100);
         assert_eq!(events[3].content["join_rule"], "invite");
         assert_eq!(events[8].content["m.topic"]["m.text"][0]["body"], "About");
+    }
+
+    #[test]
+    fn creators_left_out_of_users_get_100() {
+        let creator = OwnedUserId::try_from("@bot:hs").unwrap();
+        // As a bridge shapes it for a room-version-12 Synapse: creators are not in `users`.
+        let request: CreateRoomRequest = serde_json::from_value(json!({
+            "creation_content": {"additional_creators": ["@co:hs"]},
+            "power_level_content_override": {"users": {"@ghost:hs": 50, "@co:hs": 20}},
+        }))
+        .unwrap();
+        let events = initial_events(&request, &plan(&creator, &[])).unwrap();
+        assert_eq!(
+            events[2].content["users"],
+            json!({"@bot:hs": 100, "@ghost:hs": 50, "@co:hs": 20}),
+            "an absent creator gets 100; a level given explicitly stays"
+        );
+        // The same for power levels given whole in initial_state.
+        let request: CreateRoomRequest = serde_json::from_value(json!({
+            "initial_state": [{"type": "m.room.power_levels", "content": {"users_default": 0}}],
+        }))
+        .unwrap();
+        let events = initial_events(&request, &plan(&creator, &[])).unwrap();
+        assert_eq!(events[2].content["users"], json!({"@bot:hs": 100}));
     }
 
     #[test]
