@@ -68,7 +68,7 @@ def second_hungryserv(tmp_path):
         log.close()
 
 
-def test_sigterm_drains_in_flight_requests(second_hungryserv, user):
+def test_sigterm_drains_in_flight_requests(second_hungryserv, user, tmp_path):
     proc, url, port = second_hungryserv
     params = {"filter": QUIET_FILTER, "set_presence": "offline"}
     first = httpx.get(f"{url}/_matrix/client/v3/sync", params={**params, "timeout": 0}, headers=user.auth)
@@ -110,3 +110,9 @@ def test_sigterm_drains_in_flight_requests(second_hungryserv, user):
     assert exit_code == 0
     assert took <= GRACE_PERIOD_S + 1, f"exited {took:.1f}s after SIGTERM"
     assert connection_refused(port)
+    # Every background task (pushers, purger, pruners, push, learner, reloader) stopped
+    # when signalled, none had to be aborted, and the writer finished its queue.
+    log = (tmp_path / "hungryserv.log").read_text()
+    assert "background tasks stopped" in log, log[-2000:]
+    assert "aborted after the grace period" not in log
+    assert "room writer finished" in log

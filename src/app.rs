@@ -1,5 +1,11 @@
 //! The one shared handle every request and task gets: built once, in dependency order, in
 //! [`AppState::new`]. Cheap to clone (every field is a shared handle).
+//!
+//! [`AppState::new`] also starts the background work, and hands its owners back in
+//! [`Background`]: the room writer (stops once every handle is dropped, after finishing its
+//! queue) and [`Tasks`] (the push-rule learner, the notification and transaction-ID pruners,
+//! the badge task, the push task, the purger and one pusher per appservice). `main` stops the
+//! tasks first, then awaits the writer.
 
 use std::sync::Arc;
 
@@ -18,6 +24,7 @@ use crate::rooms::writer::Writer;
 use crate::routing::LiveClasses;
 use crate::store::Positions;
 use crate::sync::Syncer;
+use crate::tasks::Tasks;
 use crate::upstream::Synapse;
 
 /// Shared state of a running hungryserv.
@@ -51,11 +58,20 @@ pub struct AppState {
     pub writer_counters: Arc<crate::metrics::WriterCounters>,
 }
 
+/// The owners of the background work [`AppState::new`] started.
+pub struct Background {
+    /// The room writer; ends once every clone of the state is dropped (the tasks hold some)
+    /// and its queue is written.
+    pub writer: JoinHandle<()>,
+    /// Every other background task.
+    pub tasks: Arc<Tasks>,
+}
+
 impl AppState {
-    /// Builds the state and starts the room writer, the appservice pushers and the push task. `start` holds
-    /// the highest positions already in the database. The returned task ends once every clone of the
-    /// state is dropped and the writer has finished its queue.
-    pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, JoinHandle<()>) {
+    /// Builds the state and starts the background work (see the module doc). `start` holds
+    /// the highest positions already in the database.
+    pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, Background) {
+        let tasks = Arc::new(Tasks::new());
         let synapse = Synapse::new(&config.synapse, &config.limits);
         let identity = Arc::new(Identity::new(
             config.server_name.clone(),
@@ -96,21 +112,29 @@ impl AppState {
             &db,
             &notifier,
             &rooms.typing,
+            &tasks,
         ));
         // Push follows the event stream like the appservice pushers, until the process ends.
         let (push, learner) = Push::new(db.clone(), synapse.clone());
-        tokio::spawn(learner);
-        tokio::spawn(crate::push::prune::run(db.clone()));
-        tokio::spawn(crate::rooms::txn_ids::run(db.clone()));
+        tasks.spawn("push rules learner", learner);
+        tasks.spawn("notifications pruner", crate::push::prune::run(db.clone()));
+        tasks.spawn(
+            "transaction IDs pruner",
+            crate::rooms::txn_ids::run(db.clone()),
+        );
         match crate::push::gateway::client() {
             Ok(client) => {
-                tokio::spawn(crate::push::badge::run(
-                    db.clone(),
-                    notifier.clone(),
-                    client.clone(),
-                    push.clone(),
-                ));
-                tokio::spawn(
+                tasks.spawn(
+                    "badge",
+                    crate::push::badge::run(
+                        db.clone(),
+                        notifier.clone(),
+                        client.clone(),
+                        push.clone(),
+                    ),
+                );
+                tasks.spawn(
+                    "push",
                     PushTask {
                         db: db.clone(),
                         notifier: notifier.clone(),
@@ -126,8 +150,7 @@ impl AppState {
                 tracing::error!(error = %err, "no TLS client for push gateways: local rooms push nothing");
             }
         }
-        // The purge task stops when the last clone of the state (holding its queue) is gone.
-        let (deletions, _purger) = Deletions::start(db.clone(), rooms.clone(), &config.deletion);
+        let deletions = Deletions::start(db.clone(), rooms.clone(), &config.deletion, &tasks);
         let state = Self {
             config: Arc::new(config),
             db,
@@ -143,7 +166,13 @@ impl AppState {
             requests: Arc::default(),
             writer_counters,
         };
-        (state, writer_task)
+        (
+            state,
+            Background {
+                writer: writer_task,
+                tasks,
+            },
+        )
     }
 }
 

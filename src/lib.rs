@@ -27,5 +27,6 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tasks;
 pub mod telemetry;
 pub mod upstream;

@@ -108,7 +108,8 @@ async fn run(config: config::Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let (state, writer) = AppState::new(config, db, start);
+    let grace_period = config.shutdown.grace_period;
+    let (state, background) = AppState::new(config, db, start);
     // Deleted rooms must be refused from the first request on.
     match state.deletions.resume().await {
         Ok(0) => {}
@@ -118,14 +119,20 @@ async fn run(config: config::Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     }
-    let reloader = tokio::spawn(reload_on_sighup(state.clone()));
+    background
+        .tasks
+        .spawn("SIGHUP reloader", reload_on_sighup(state.clone()));
     let served = server::serve(state, listener, shutdown_signal()).await;
-    // It holds a clone of the state: stop it so the writer can finish.
-    reloader.abort();
-    let _ = reloader.await;
-    // The state is gone with the server: the writer finishes its queue, then stops.
-    match tokio::time::timeout(std::time::Duration::from_secs(10), writer).await {
-        Ok(Ok(())) => {}
+    // The server has drained its connections. Stop the background tasks (they hold clones of
+    // the state, and so handles of the writer), then let the writer finish its queue.
+    let report = background.tasks.shutdown(grace_period).await;
+    if report.aborted.is_empty() {
+        tracing::info!(stopped = report.stopped, "background tasks stopped");
+    } else {
+        tracing::error!(stopped = report.stopped, aborted = ?report.aborted, "background tasks aborted after the grace period");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), background.writer).await {
+        Ok(Ok(())) => tracing::info!("room writer finished"),
         Ok(Err(err)) => tracing::error!(error = %err, "the room writer failed"),
         Err(_) => tracing::error!("the room writer did not finish within 10 s"),
     }

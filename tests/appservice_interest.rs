@@ -84,7 +84,11 @@ async fn a_transaction_full_by_size_leaves_later_member_events_unjudged() {
     let gate = Arc::new(Semaphore::new(0));
     let (addr, mut transactions) = bridge(gate.clone()).await;
     // Room for one of the 600-byte messages per transaction, not two.
-    let support::Delivering { writer, .. } = support::start_delivery(
+    let support::Delivering {
+        writer,
+        tasks: _tasks,
+        ..
+    } = support::start_delivery(
         &format!(
             "id: ghosts\nurl: http://{addr}\nas_token: as-secret\nhs_token: hs-secret\n\
              sender_localpart: ghostbot\nnamespaces:\n  users:\n    - regex: '@ghost_.*'\n      exclusive: true\n"

@@ -18,6 +18,7 @@ use hungryserv::appservice::Delivery;
 use hungryserv::notify::Notifier;
 use hungryserv::rooms::auth::Proposal;
 use hungryserv::rooms::writer::NewRoom;
+use hungryserv::tasks::Tasks;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -111,11 +112,12 @@ async fn bridge(certificate: CertificateDer<'static>, key: PrivateKeyDer<'static
 
 /// Starts delivery to `https://{bridge}` (with `extra_ca_file` when given) on a fresh
 /// database, waits until the pusher has its cursor, then creates a room whose events the
-/// appservice wants (its bot sends them). Returns what the test needs to look at.
+/// appservice wants (its bot sends them). Returns what the test needs to look at, and the
+/// tasks (the pusher stops when they are dropped).
 async fn deliver_a_room(
     bridge: SocketAddr,
     extra_ca_file: Option<&Path>,
-) -> (PgPool, Notifier, Delivery, OwnedRoomId) {
+) -> (PgPool, Notifier, Delivery, OwnedRoomId, Tasks) {
     let appservice = match extra_ca_file {
         Some(file) => format!("[appservice]\nmax_retry_interval_s = 1\nextra_ca_file = {file:?}\n"),
         None => "[appservice]\nmax_retry_interval_s = 1\n".to_owned(),
@@ -125,6 +127,7 @@ async fn deliver_a_room(
         notifier,
         writer,
         delivery,
+        tasks,
     } = support::start_delivery(
         &format!(
             "id: tls\nurl: https://{bridge}\nas_token: as-secret\nhs_token: hs-secret\n\
@@ -162,7 +165,7 @@ async fn deliver_a_room(
         )
         .await
         .unwrap();
-    (pool, notifier, delivery, room_id)
+    (pool, notifier, delivery, room_id, tasks)
 }
 
 /// The value of one of the delivery metrics for the `tls` appservice.
@@ -182,7 +185,8 @@ async fn https_delivery_trusts_the_extra_ca() {
     let ca_file = dir.path().join("bridge-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let mut bridge = bridge(certificate, key).await;
-    let (_pool, notifier, delivery, room_id) = deliver_a_room(bridge.addr, Some(&ca_file)).await;
+    let (_pool, notifier, delivery, room_id, _tasks) =
+        deliver_a_room(bridge.addr, Some(&ca_file)).await;
 
     let (path, authorization, body) =
         tokio::time::timeout(Duration::from_secs(20), bridge.requests.recv())
@@ -239,7 +243,7 @@ async fn https_delivery_trusts_the_extra_ca() {
 async fn https_delivery_refuses_an_untrusted_certificate() {
     let (_ca_pem, certificate, key) = private_ca();
     let mut bridge = bridge(certificate, key).await;
-    let (pool, notifier, delivery, _room_id) = deliver_a_room(bridge.addr, None).await;
+    let (pool, notifier, delivery, _room_id, _tasks) = deliver_a_room(bridge.addr, None).await;
 
     // The client aborts the handshake with an alert naming the certificate's issuer.
     let reason = tokio::time::timeout(Duration::from_secs(20), bridge.handshake_errors.recv())

@@ -381,7 +381,7 @@ async fn a_request_sent_as_shutdown_begins_is_answered() {
         .await
         .unwrap();
     let db = hungryserv::store::pool(&config.database).unwrap();
-    let (state, _writer) = hungryserv::app::AppState::new(config, db, Default::default());
+    let (state, _background) = hungryserv::app::AppState::new(config, db, Default::default());
     let server = tokio::spawn(hungryserv::server::serve(state, listener, async {}));
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;

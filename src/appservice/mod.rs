@@ -22,6 +22,7 @@ use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
+use crate::tasks::Tasks;
 use pusher::{Pusher, Stats};
 use websocket::Slot;
 
@@ -62,6 +63,7 @@ impl Delivery {
         db: &PgPool,
         notifier: &Notifier,
         typing: &Arc<Typing>,
+        tasks: &Tasks,
     ) -> Self {
         let http = match client::build(config) {
             Ok(http) => http,
@@ -114,7 +116,7 @@ impl Delivery {
                 url,
                 relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
             };
-            tokio::spawn(pusher.run());
+            tasks.spawn("appservice pusher", pusher.run());
             pushers.insert(registration.id.clone(), handle);
         }
         Self {

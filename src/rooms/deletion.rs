@@ -30,6 +30,8 @@ use serde_json::{Map, json};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use crate::tasks::Tasks;
+
 use super::RoomError;
 use super::auth::Proposal;
 use super::service::{Rooms, now_ms};
@@ -86,13 +88,9 @@ pub struct Deletions {
 }
 
 impl Deletions {
-    /// Starts the purge task; it stops once the returned handle is dropped (after finishing
-    /// the batch it is on — the rest resumes at the next start).
-    pub fn start(
-        db: PgPool,
-        rooms: Rooms,
-        config: &DeletionConfig,
-    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    /// Starts the purge task under `tasks`; it stops once the returned handle is dropped or
+    /// at shutdown (a batch commits whole or not at all; the rest resumes at the next start).
+    pub fn start(db: PgPool, rooms: Rooms, config: &DeletionConfig, tasks: &Tasks) -> Arc<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let in_progress = Arc::new(AtomicI64::new(0));
         let purger = Purger {
@@ -101,15 +99,14 @@ impl Deletions {
             rooms: rooms.clone(),
             leaves_kept: config.leaves_kept,
         };
-        let task = tokio::spawn(purger.run(jobs));
-        let deletions = Arc::new(Self {
+        tasks.spawn("purger", purger.run(jobs));
+        Arc::new(Self {
             db,
             rooms,
             gone: RwLock::new(HashMap::new()),
             queue,
             in_progress,
-        });
-        (deletions, task)
+        })
     }
 
     /// Loads the deleted rooms and queues the purges a restart interrupted. Call before

@@ -45,6 +45,8 @@ pub struct Running {
     pub shutdown: Option<oneshot::Sender<()>>,
     /// The server task; ends when shutdown is complete.
     pub task: JoinHandle<std::io::Result<()>>,
+    /// The background tasks and the writer (dropping them would stop the tasks).
+    pub background: hungryserv::app::Background,
 }
 
 /// Starts hungryserv with `config` on a free port, with a lazily connecting database pool.
@@ -55,7 +57,7 @@ pub async fn start(config: Config) -> Running {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
-    let (state, _writer) = AppState::new(config, db, Default::default());
+    let (state, background) = AppState::new(config, db, Default::default());
     let task = tokio::spawn(server::serve(state, listener, async {
         let _ = rx.await;
     }));
@@ -63,6 +65,7 @@ pub async fn start(config: Config) -> Running {
         addr,
         shutdown: Some(tx),
         task,
+        background,
     }
 }
 
@@ -142,6 +145,8 @@ pub struct Delivering {
     pub notifier: hungryserv::notify::Notifier,
     pub writer: Writer,
     pub delivery: hungryserv::appservice::Delivery,
+    /// Owns the pusher (dropping it would stop the pusher).
+    pub tasks: hungryserv::tasks::Tasks,
 }
 
 /// Starts the writer and delivery for one appservice `registration` (YAML) with the
@@ -168,6 +173,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         .unwrap();
     let notifier = Notifier::new(store::current_positions(&pool).await.unwrap().stream);
     let typing = Typing::start(notifier.clone());
+    let tasks = hungryserv::tasks::Tasks::new();
     let (writer, _writer_task) = Writer::start(pool.clone(), notifier.clone());
     let delivery = Delivery::start(
         &[registration],
@@ -176,6 +182,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         &pool,
         &notifier,
         &typing,
+        &tasks,
     );
     for _ in 0..100 {
         let cursors: i64 =
@@ -194,5 +201,6 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         notifier,
         writer,
         delivery,
+        tasks,
     }
 }
