@@ -11,21 +11,17 @@ rooms); the tests look only at events of the local rooms they make.
 import asyncio
 import secrets
 import time
-import urllib.parse
 from collections import defaultdict
 
 import httpx
-import pytest
 from aiohttp import web
 from mautrix.appservice import AppService
 
 import stack
+from client import q
 
 TS0 = 1_650_000_000_000
 
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
 
 
 class RecordingBridge(AppService):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import stack
-from test_rooms_access import As, of, q, send_text
+from client import As, of, q, send_text
 
 
 def batch_path(room_id: str) -> str:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import stack
-from test_rooms_access import As, create_room, of, q, send_text
+from client import As, create_room, of, q, send_text
 
 APP_ID = "org.example.compat"
 

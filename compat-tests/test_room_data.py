@@ -12,7 +12,6 @@ import time
 
 import pytest
 from nio import (
-    AsyncClient,
     FullyReadEvent,
     ReceiptEvent,
     SyncResponse,
@@ -22,8 +21,7 @@ from nio import (
 )
 
 import stack
-from test_rooms_access import create_room, failure, of, q, send_text
-from test_sync import new_nio, two_rooms
+from client import create_room, failure, new_nio, of, q, send_text, two_rooms
 
 COLLECT_SYNCS = 8
 

@@ -9,16 +9,13 @@ import json
 import secrets
 import subprocess
 import time
-import urllib.parse
 
 import httpx
 import pytest
 
 import stack
+from client import q
 
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
 
 
 def call(token: str, method: str, path: str, body=None, params=None) -> httpx.Response:

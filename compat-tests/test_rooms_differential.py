@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import secrets
-import urllib.parse
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ from mautrix.types import EventType, RoomCreatePreset
 from nio import AsyncClient, JoinedRoomsResponse, JoinResponse, MessageDirection, RoomMessagesResponse
 
 import stack
+from client import q
 
 # Massaged timestamps (?ts=): in the past, so they can never be mistaken for a
 # server's clock, and equal in both runs, so they are compared as they are.
@@ -47,9 +47,6 @@ class MemoryASStore(ASStateStore, MemoryStateStore):
         ASStateStore.__init__(self)
         MemoryStateStore.__init__(self)
 
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
 
 
 def txn() -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import stack
-from test_rooms_access import As, create_room, failure, of, q, send_text
+from client import As, create_room, failure, of, q, send_text
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 import stack
-from test_rooms_access import As, create_room, failure, of, q, send_text
+from client import create_room, failure, of, q, send_text
 
 VARIANTS = pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
 

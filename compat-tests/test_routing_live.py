@@ -15,19 +15,16 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import httpx
 import pytest
 
 import stack
+from client import q
 
 LIVE = Path(stack.STACK_DIR) / "routing-live.toml"
 
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
 
 
 def routing_toml(serve: str = "local", create: str = "local", extra: str = "") -> str:

@@ -13,27 +13,10 @@ import time
 
 import httpx
 import pytest
-from nio import AsyncClient, SyncResponse
+from nio import SyncResponse
 
 import stack
-from test_rooms_access import As, create_room, of, q, send_text
-
-
-def new_nio(user: stack.User) -> AsyncClient:
-    client = AsyncClient(stack.HS_URL, user.user_id)
-    client.access_token = user.access_token
-    client.user_id = user.user_id
-    return client
-
-
-def two_rooms(owner: stack.User, other: stack.User) -> tuple[str, str]:
-    """A Synapse room and a local room, both with owner and other joined."""
-    rooms = []
-    for federate in (True, False):
-        room_id = create_room(of(owner), federate, invite=[other.user_id])
-        of(other).ok("POST", f"/v3/join/{q(room_id)}")
-        rooms.append(room_id)
-    return rooms[0], rooms[1]
+from client import As, create_room, new_nio, of, q, send_text, two_rooms
 
 
 def raw_sync(user: As, **params) -> dict:

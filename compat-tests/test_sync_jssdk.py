@@ -13,7 +13,6 @@ import json
 import os
 import random
 import secrets
-import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 import stack
+from client import q
 
 COLLECTOR = stack.REPO / "compat-tests" / "js" / "sync_collect.mjs"
 # Set by compat-tests/run; a plain `npm ci` in compat-tests/js works too.
@@ -39,9 +39,6 @@ PREPARE_TIMEOUT = 90
 
 ROOMS = ["synapse", "local"]
 
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
 
 
 class Api:
