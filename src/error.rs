@@ -1,5 +1,8 @@
-//! The one error type of request handling and the one place it becomes a Matrix error
-//! response (`{"errcode", "error"}` with the right status).
+//! The Matrix error of request handling and the one place one is rendered as a response
+//! (`{"errcode", "error"}` with the right status). The domain errors (`rooms::RoomError`,
+//! the auth failures) are mapped to it in `api` (`ApiError`); the one response that is not
+//! built here is a refusal relayed from Synapse as it wrote it (e.g. whoami's 401 for an
+//! unknown token), so a client sees Synapse's exact answer.
 //!
 //! Internal details (I/O errors, SQL errors, upstream failures) are logged where the error is
 //! turned into a response and never copied into the body: the client sees a stable message.

@@ -1,15 +1,19 @@
 //! hungryserv: a Synapse-compatible sidecar homeserver for bridge-only rooms.
 //!
 //! One public listener receives every client and bridge request. Each request is classified
-//! once ([`routing::classify`]) and then either forwarded to Synapse unchanged
-//! ([`upstream`]), answered by hungryserv's own operations endpoints ([`admin`]), or — in
-//! later versions — served from hungryserv's own rooms. The HTTP wiring that ties these
-//! together lives in [`server`]; [`app`] builds the one shared [`app::AppState`] handle.
+//! once ([`routing::classify`]) and then forwarded to Synapse unchanged ([`upstream`]),
+//! served from hungryserv's own rooms ([`api`] handlers over the room engine [`rooms`]),
+//! merged from both worlds (`/sync` in [`sync`], `/joined_rooms`, `/notifications`,
+//! `/versions`), or answered by hungryserv's operations endpoints ([`admin`]). Local events
+//! reach bridges through [`appservice`] and push gateways through [`push`]. The HTTP wiring
+//! that ties these together lives in [`server`]; [`app`] builds the one shared
+//! [`app::AppState`] handle and starts the background work, owned by [`tasks`].
 //!
-//! Dependencies point one way (see `shared/STYLE.md`): `config` and `error` at the bottom;
-//! `store` (the only place SQL lives) and `upstream` (the only place that talks to Synapse)
-//! above them; `auth` and `routing` next; `admin` handlers; then `app` and `server`; then
-//! `main`. Nothing below `admin`/`server` knows about HTTP responses.
+//! Dependencies point one way (see `shared/STYLE.md`): `config`, `error`, `metrics` and
+//! `tasks` at the bottom; `store` (the only place SQL lives) and `upstream` (the only place
+//! that talks to Synapse) above them; then `routing`, `auth`, `notify` and `rooms`; then
+//! `sync`, `push` and `appservice`; then `app`; then the `api` and `admin` handlers; then
+//! `server`; then `main`. Nothing below `api`/`admin`/`server` builds HTTP responses.
 #![forbid(unsafe_code)]
 
 pub mod admin;

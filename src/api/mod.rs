@@ -3,7 +3,8 @@
 //! engine and builds the response; errors become Matrix errors here, in one place
 //! ([`ApiError`]).
 //!
-//! May import: `rooms`, `auth`, `routing`, `upstream`, `app`, `error`.
+//! May import: everything below it — `app`, `rooms`, `sync`, `push`, `appservice`, `auth`,
+//! `routing`, `upstream`, `config`, `error`, and `store` for its row types (never to query).
 
 mod appservice_socket;
 mod create_room;

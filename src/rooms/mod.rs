@@ -4,7 +4,8 @@
 //! Handlers call [`Rooms`]; it validates, asks Synapse for what it needs (profiles) *before*
 //! any write, then hands events to the [`writer`]. Nothing here knows about HTTP.
 //!
-//! May import: `store`, `upstream`, `auth`, `config`, `notify`.
+//! May import: `store`, `upstream`, `auth`, `config`, `notify`, `metrics` (the writer's
+//! counters), `tasks` (the purger is one).
 
 pub mod admin;
 pub mod auth;

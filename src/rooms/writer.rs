@@ -35,16 +35,12 @@
 //! anything differs (another process wrote, a txn ID was used) it writes nothing and the
 //! batch goes the ordinary way. One round trip instead of four: this is the ingest path.
 //!
-//! The writer waits for a batch to commit before it builds the next one. Pipelining (sending
-//! the next fast-path batch on a second connection while one is in flight, to wait for the
-//! lock inside Postgres) was built and measured on the 2-core bench machine, and lost: the
-//! machine is short of CPU, not of overlap. Batches shrank (4-5 events at 16 senders instead
-//! of about 8), Postgres spent 29-45 % more CPU per event, and `hsbench ingest` fell from
-//! 8,331 to 6,180-6,930 events/s; sending a batch behind only once 8 jobs waited still did
-//! 7,605 against 8,058. Whoever tries it again (on more cores) must handle two races that
-//! attempt met: the batch sent second reaches the lock first in about 3 % of batches (its
-//! backend got a core first), and a batch built on one that fails must not commit, which
-//! `MAX(stream)` alone does not ensure (check the newest event's ID).
+//! The writer waits for a batch to commit before it builds the next one. Pipelining (the
+//! next fast-path batch sent on a second connection while one is in flight) lost on 2 cores:
+//! smaller batches, more Postgres CPU per event (figures in commit 10e872b). A new attempt
+//! must handle two races: the batch sent second can reach the lock first, and a batch built
+//! on one that fails must not commit, which `MAX(stream)` alone does not ensure (check the
+//! newest event's ID).
 //!
 //! # Purged rooms
 //!

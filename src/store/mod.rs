@@ -49,10 +49,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// every query once per connection; under Postgres's default, most of ours (short lookups by
 /// room, user or event ID with arrays and stream ranges) were re-planned on every execution,
 /// and planning took longer than running them. Nearly all of them are index lookups whose plan
-/// does not depend on the values. Measured with `deploy/local/bench sync-latency` (A/B in one
-/// session, the same binary): the local wake-up p50 fell from 6.01 and 5.41 ms to 3.97 and 4.39
-/// ms on a loaded machine, sends from 4.6–5.3 ms to 2.9–4.8 ms; initial sync and ingest did
-/// not get slower.
+/// does not depend on the values, so a generic plan loses nothing (the wake-up and send
+/// figures are in the commit that made the change).
 ///
 /// Each new TCP connection gets `TCP_NODELAY` ([`nodelay`]), which sqlx 0.9.0 leaves off.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, StoreError> {

@@ -4,8 +4,7 @@
 //! transact-rs/sqlx#4336, is merged but not released as of 0.9.0). With Nagle's algorithm on,
 //! a small write that follows a small unacknowledged one waits for the peer's ACK, and Linux
 //! delays that ACK up to 40 ms. A batch send's `COPY` is exactly that: the rows' last segment
-//! is small, and the `CopyDone` after it waited. Under `hsbench batch`, 7 of 100 1,000-event
-//! batches took 41–45 ms in the write phase instead of 11–12 ms.
+//! is small, and the `CopyDone` after it waited up to 40 ms (figures in commit 8c15291).
 //!
 //! sqlx does not hand out its socket, and this crate forbids unsafe code. So after each connect
 //! [`set_on_connections_to`] looks through `/proc/self/fd` for the process's TCP sockets whose
