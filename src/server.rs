@@ -27,11 +27,9 @@ use tracing::Instrument;
 use crate::admin;
 use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
-use crate::auth::requester::{
-    SessionChange, access_token, changes_profile, query_param, session_change,
-};
+use crate::auth::requester::{access_token, query_param};
 use crate::error::{ErrorCode, MatrixError};
-use crate::routing::{self, Route};
+use crate::routing::{self, FollowUps, PushChange, Route, SessionChange};
 
 /// After the listener closes, how long connections accepted just before get to have their
 /// first request read before idle connections are closed.
@@ -161,7 +159,7 @@ async fn handle(
     async move {
         let request = request.map(Body::new);
         let response = match route {
-            Route::Forward => forward(&handlers.state, request, peer).await,
+            Route::Forward(follow_ups) => forward(&handlers.state, request, peer, follow_ups).await,
             Route::Ops => call(&handlers.ops, request).await,
             Route::Local => match gone_room(&handlers.state, request.uri().path()) {
                 Some(refusal) => refusal.into_response(),
@@ -191,7 +189,9 @@ async fn handle(
             }
             Route::Alias { alias } => {
                 match api::alias_route(&handlers.state, request, &alias).await {
-                    AliasOutcome::Forward(request) => forward(&handlers.state, request, peer).await,
+                    AliasOutcome::Forward(request) => {
+                        forward(&handlers.state, request, peer, FollowUps::NONE).await
+                    }
                     AliasOutcome::Local(request) => call(&handlers.local, request).await,
                     AliasOutcome::Answered(response) => response,
                 }
@@ -229,14 +229,6 @@ fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
     })
 }
 
-/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.
-fn appservice_ping(method: &http::Method, path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/_matrix/client/v1/appservice/")?;
-    let id = rest.strip_suffix("/ping")?;
-    (method == http::Method::POST && !id.contains('/'))
-        .then(|| routing::decode_segment(id).into_owned())
-}
-
 /// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,
 /// `/keys/changes`): Synapse gets its own half.
 fn synapse_tokens(request: Request<Body>) -> Request<Body> {
@@ -271,21 +263,26 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     }
 }
 
-/// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
-/// password change or deactivation drops the cached identities it ended; a profile change is
-/// carried into the user's local rooms as new member events; a push rule or pusher change is
-/// fetched again (the copy we keep for local rooms' push must not lag behind it).
-async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+/// Forwards to Synapse, then does what Synapse's acceptance obliges us to
+/// ([`FollowUps`], decided at classification): a logout, password change or deactivation
+/// drops the cached identities it ended; a profile change is carried into the user's local
+/// rooms as new member events; a push rule or pusher change is fetched again (the copy we keep
+/// for local rooms' push must not lag behind it); a successful appservice ping retries its
+/// delivery.
+async fn forward(
+    state: &AppState,
+    request: Request<Body>,
+    peer: SocketAddr,
+    follow_ups: FollowUps,
+) -> Response<Body> {
     let request = synapse_tokens(request);
-    let pinged = appservice_ping(request.method(), request.uri().path());
-    let change = session_change(request.method(), request.uri().path());
-    let profile = changes_profile(request.method(), request.uri().path());
-    let push_change = crate::push::push_change(request.method(), request.uri().path());
     let query = request.uri().query();
-    let token = (change.is_some() || profile || push_change.is_some())
+    let token = follow_ups
+        .need_token()
         .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
         .flatten();
-    let user_id_param = profile
+    let user_id_param = follow_ups
+        .profile
         .then(|| {
             query
                 .and_then(|q| query_param(q, "user_id"))
@@ -304,21 +301,21 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     if !response.status().is_success() {
         return response;
     }
-    if let Some(appservice_id) = pinged {
-        state.delivery.poke(&appservice_id);
+    if let Some(appservice_id) = &follow_ups.ping {
+        state.delivery.poke(appservice_id);
     }
     let Some(token) = token else {
         return response;
     };
-    match change {
+    match follow_ups.session {
         Some(SessionChange::Token) => state.identity.forget_token(&token),
         Some(SessionChange::User) => state.identity.forget_user_of(&token),
         None => {}
     }
-    if let Some(push_change) = push_change {
+    if let Some(push_change) = follow_ups.push {
         refresh_push(state, &token, push_change).await;
     }
-    if profile {
+    if follow_ups.profile {
         match state
             .identity
             .resolve(Some(&token), user_id_param.as_deref())
@@ -338,7 +335,7 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
 /// Fetches the user's push rules or pushers again after a change Synapse accepted, with the
 /// token of the request that changed them, before the answer goes back: a client that sets a
 /// pusher and then sees a message in a local room gets the push.
-async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushChange) {
+async fn refresh_push(state: &AppState, token: &str, change: PushChange) {
     let requester = match state.identity.resolve(Some(token), None).await {
         Ok(requester) if requester.appservice.is_none() => requester,
         Ok(_) => return,
@@ -349,7 +346,7 @@ async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushCh
     };
     let user = requester.user_id.as_str();
     match change {
-        crate::push::PushChange::Rules => state.push.refresh_rules(token, user).await,
-        crate::push::PushChange::Pushers => state.push.refresh_pushers(token, user).await,
+        PushChange::Rules => state.push.refresh_rules(token, user).await,
+        PushChange::Pushers => state.push.refresh_pushers(token, user).await,
     };
 }

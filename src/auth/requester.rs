@@ -337,47 +337,6 @@ impl Identity {
     }
 }
 
-/// Which cached identities a forwarded request ends, once Synapse has accepted it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionChange {
-    /// `/logout`: this token.
-    Token,
-    /// `/logout/all`, `/account/password`, `/account/deactivate`: every token of the user.
-    User,
-}
-
-/// The session change a request to `path` makes once Synapse accepts it, if any. Deleting
-/// devices ends their tokens; we cannot tell which cached token belonged to which device, so
-/// all of the user's are dropped (they are simply resolved again).
-pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange> {
-    let rest = path.strip_prefix("/_matrix/client/")?;
-    let (_version, endpoint) = rest.split_once('/')?;
-    match (method.as_str(), endpoint) {
-        ("POST", "logout") => Some(SessionChange::Token),
-        ("POST", "logout/all" | "account/password" | "account/deactivate" | "delete_devices") => {
-            Some(SessionChange::User)
-        }
-        ("DELETE", device) if device.starts_with("devices/") => Some(SessionChange::User),
-        _ => None,
-    }
-}
-
-/// Whether a request changes the profile (`PUT /profile/{userId}/displayname|avatar_url`, or
-/// the whole profile with `PUT`/`PATCH /profile/{userId}`), which local rooms must reflect.
-pub fn changes_profile(method: &http::Method, path: &str) -> bool {
-    if method != http::Method::PUT && method != http::Method::PATCH {
-        return false;
-    }
-    let Some(rest) = path.strip_prefix("/_matrix/client/") else {
-        return false;
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    matches!(
-        segments.as_slice(),
-        [_, "profile", _] | [_, "profile", _, "displayname" | "avatar_url"]
-    )
-}
-
 /// The access token of a request: `Authorization: Bearer`, else the deprecated
 /// `access_token` query parameter.
 pub fn access_token<'a>(
@@ -404,7 +363,7 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderMap, HeaderValue, Method};
+    use http::{HeaderMap, HeaderValue};
 
     #[test]
     fn tokens_from_header_or_query() {
@@ -432,58 +391,6 @@ mod tests {
         );
         assert_eq!(query_param("ts=5", "user_id"), None);
         assert_eq!(query_param("x=a+b", "x").as_deref(), Some("a b"));
-    }
-
-    #[test]
-    fn session_changes() {
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/logout"),
-            Some(SessionChange::Token)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/r0/logout/all"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/password"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/deactivate"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::GET, "/_matrix/client/v3/logout"),
-            None
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/login"),
-            None
-        );
-    }
-
-    #[test]
-    fn profile_changes() {
-        assert!(changes_profile(
-            &Method::PUT,
-            "/_matrix/client/v3/profile/@a:hs/displayname"
-        ));
-        assert!(changes_profile(
-            &Method::PUT,
-            "/_matrix/client/r0/profile/%40a%3Ahs/avatar_url"
-        ));
-        assert!(changes_profile(
-            &Method::PATCH,
-            "/_matrix/client/v3/profile/@a:hs"
-        ));
-        assert!(!changes_profile(
-            &Method::GET,
-            "/_matrix/client/v3/profile/@a:hs/displayname"
-        ));
-        assert!(!changes_profile(
-            &Method::PUT,
-            "/_matrix/client/v3/profile/@a:hs/m.tz"
-        ));
     }
 
     #[test]
