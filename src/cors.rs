@@ -22,7 +22,7 @@
 
 use axum::body::Body;
 use axum::body::HttpBody as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::error::{ErrorCode, MatrixError};
@@ -126,17 +126,17 @@ pub fn preflight_response() -> Response<Body> {
     response
 }
 
-/// Header names, for tests and callers that compare with Synapse.
-pub const HEADERS: [HeaderName; 4] = [
-    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-    header::ACCESS_CONTROL_ALLOW_METHODS,
-    header::ACCESS_CONTROL_ALLOW_HEADERS,
-    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
+
+    const HEADERS: [HeaderName; 4] = [
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    ];
 
     fn headers(cors: Cors, response: Response<Body>) -> Vec<(String, String)> {
         let response = cors.finish(response);
