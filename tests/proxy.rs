@@ -486,6 +486,12 @@ async fn answers_of_our_own_carry_synapse_cors_headers() {
         serde_json::json!({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
     );
 
+    // The same on an operations path.
+    let response = send(&server, "POST", "/_hungryserv/health", &[], vec![]).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_synapse_cors(&response);
+    assert_eq!(json_body(response).await["errcode"], "M_UNRECOGNIZED");
+
     // Preflights, without a token, for a local room's send and for the merged /sync (answered
     // here, so a browser can sync local rooms while Synapse is down).
     for (path, method) in [
