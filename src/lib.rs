@@ -22,6 +22,7 @@ pub mod app;
 pub mod appservice;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod metrics;
 pub mod notify;

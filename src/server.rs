@@ -1,7 +1,9 @@
 //! The HTTP wiring, top to bottom: accept a TCP connection → speak HTTP/1.1 or h2c (prior
 //! knowledge) on it → for each request open one span, classify it once, hand it to the
 //! route's handler (forward to Synapse, a local room endpoint, an operations endpoint, or one
-//! of the requests that span both worlds) → log its status and time to response headers.
+//! of the requests that span both worlds) → give every answer of our own Synapse's CORS
+//! headers (`cors`; Synapse's answers pass untouched) → log its status and time to response
+//! headers.
 //! Graceful shutdown stops accepting, then lets in-flight requests finish within the grace
 //! period.
 
@@ -28,6 +30,7 @@ use crate::admin;
 use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
 use crate::auth::requester::{access_token, query_param};
+use crate::cors::{self, Cors};
 use crate::error::{ErrorCode, MatrixError};
 use crate::routing::{self, FollowUps, PushChange, Route, SessionChange};
 
@@ -156,9 +159,16 @@ async fn handle(
         route = route.label(),
     );
     let label = route.label();
+    let cors = Cors::for_path(request.uri().path());
     async move {
         let request = request.map(Body::new);
         let response = match route {
+            // CORS (`cors`): a preflight for a request we answer gets Synapse's 204 here, before
+            // any handler and without authentication (browsers send preflights without
+            // credentials); `cors.finish` below gives every answer of ours Synapse's headers.
+            _ if cors::answers_preflight(&handlers.state.classes, &route, &request) => {
+                cors::preflight_response()
+            }
             Route::Forward(follow_ups) => forward(&handlers.state, request, peer, follow_ups).await,
             Route::Ops => call(&handlers.ops, request).await,
             Route::Local => match gone_room(&handlers.state, request.uri().path()) {
@@ -197,6 +207,7 @@ async fn handle(
                 }
             }
         };
+        let response = cors.finish(response);
         let latency = started.elapsed();
         handlers
             .state

@@ -37,6 +37,11 @@ pub struct Synapse {
     last_versions: std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
+/// Marks a response relayed from Synapse (set by [`Synapse::forward`]): its headers are
+/// Synapse's and stay as they are (the CORS layer, `crate::cors`, leaves it alone).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
+
 /// What went wrong reaching Synapse, for the readiness endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -141,6 +146,7 @@ impl Synapse {
         headers::prepare_response(&mut parts.headers);
         // Answer in the client's protocol version, whatever Synapse spoke.
         parts.version = client_version;
+        parts.extensions.insert(Forwarded);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
