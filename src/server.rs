@@ -264,6 +264,15 @@ fn synapse_tokens(request: Request<Body>) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
+/// Drops the cached identities a session change ends.
+fn forget(state: &AppState, change: Option<SessionChange>, token: &str) {
+    match change {
+        Some(SessionChange::Token) => state.identity.forget_token(token),
+        Some(SessionChange::User) => state.identity.forget_user_of(token),
+        None => {}
+    }
+}
+
 async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     match router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -299,7 +308,14 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
         .upstream(forwarded.is_ok(), started.elapsed());
     let response = match forwarded {
         Ok(response) => response,
-        Err(err) => return err.into_response(),
+        Err(err) => {
+            // Synapse may have carried out a revocation whose answer never reached us: drop
+            // the identities it may have ended rather than serve them in degraded mode.
+            if let Some(token) = change.is_some().then_some(token).flatten() {
+                forget(state, change, &token);
+            }
+            return err.into_response();
+        }
     };
     if !response.status().is_success() {
         return response;
@@ -310,11 +326,7 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     let Some(token) = token else {
         return response;
     };
-    match change {
-        Some(SessionChange::Token) => state.identity.forget_token(&token),
-        Some(SessionChange::User) => state.identity.forget_user_of(&token),
-        None => {}
-    }
+    forget(state, change, &token);
     if let Some(push_change) = push_change {
         refresh_push(state, &token, push_change).await;
     }
