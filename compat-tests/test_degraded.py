@@ -4,7 +4,8 @@ A user who synced before keeps syncing and sending in a local room, a bridge kee
 sending into it and receiving from it, and a long poll with the client's 3 s timeout
 answers in seconds, not after Synapse's timeout. After SIGCONT hungryserv notices within
 seconds and the user's Synapse room catches up from the Synapse half the client kept,
-with nothing lost.
+with nothing lost. An initial sync during the outage fails at once with 502 (it has no
+Synapse position to keep).
 
 The outage lasts HS_DEGRADED_STOP_S seconds (default 75: it must exceed the 60 s the
 token cache trusts an identity without asking, which is what the test is about; the
@@ -106,6 +107,12 @@ def test_local_rooms_live_through_a_hung_synapse():
                     polls.append(took)
                     since = resp.json()["next_batch"]
                     seen += timeline_ids(resp.json(), local)
+
+                # An initial sync has no Synapse position to keep: 502 Matrix JSON, at once.
+                resp, took = await sync(http, user, None, 0)
+                assert resp.status_code == 502, resp.text
+                assert resp.json()["errcode"] == "M_UNKNOWN", resp.text
+                assert took < 2, f"initial sync took {took:.1f}s to fail"
 
                 # Degraded mode is visible to operators.
                 ready = await http.get("/_hungryserv/ready")
