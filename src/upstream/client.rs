@@ -27,6 +27,9 @@ struct Call<'a> {
     max_answer: usize,
     headers: &'a [(header::HeaderName, header::HeaderValue)],
     json_body: Option<&'a Value>,
+    /// Whether running out of `timeout` means Synapse is down (see [`super::health`]): not
+    /// for a `/sync`, which Synapse may legitimately take long to compute.
+    timeout_means_down: bool,
 }
 
 impl<'a> Call<'a> {
@@ -40,6 +43,7 @@ impl<'a> Call<'a> {
             max_answer: MAX_ANSWER,
             headers: &[],
             json_body: None,
+            timeout_means_down: true,
         }
     }
 }
@@ -126,6 +130,7 @@ impl Synapse {
             max_answer,
             headers,
             json_body,
+            timeout_means_down,
         } = call;
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
@@ -167,15 +172,23 @@ impl Synapse {
                 .to_bytes();
             Ok::<_, CallError>((status, content_type, body))
         };
-        let outcome = tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(CallError::Unavailable("timeout".into())));
         // Every outcome tells whether Synapse answers (degraded mode runs on it).
-        match &outcome {
-            Ok((status, _, _)) => self.health.set(!super::is_gateway_error(*status)),
-            Err(_) => self.health.failed(),
-        }
-        let (status, content_type, body) = outcome?;
+        let (status, content_type, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => {
+                self.health.set(!super::is_gateway_error(answer.0));
+                answer
+            }
+            Ok(Err(err)) => {
+                self.health.failed();
+                return Err(err);
+            }
+            Err(_) => {
+                if timeout_means_down {
+                    self.health.failed();
+                }
+                return Err(CallError::Unavailable("timeout".into()));
+            }
+        };
         if !status.is_success() {
             return Err(CallError::Refused(Refusal {
                 status,
@@ -287,6 +300,7 @@ impl Synapse {
             timeout,
             max_answer: MAX_SYNC_ANSWER,
             headers,
+            timeout_means_down: false,
             ..Call::new(Method::GET, &path, token)
         })
         .await

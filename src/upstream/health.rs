@@ -4,8 +4,9 @@
 //!
 //! * **Passively**, every call hungryserv makes to Synapse (forwarding, whoami, `/sync`, ...)
 //!   reports its outcome: any answer (whatever its status, except 502-504) marks Synapse up, a
-//!   connect error or a timeout marks it down. A hung Synapse is noticed by the first call that
-//!   times out, a returning one by the first answer.
+//!   connect error or a timeout marks it down (not a `/sync` running past its bound: Synapse
+//!   may take long over a big one). A hung Synapse is noticed by the first call that times
+//!   out, a returning one by the first answer.
 //! * **Actively**, [`watch`] asks Synapse's `/health` every [`PROBE_INTERVAL_UP`] while it is up
 //!   and every [`PROBE_INTERVAL_DOWN`] while it is down, each probe bounded by
 //!   [`PROBE_TIMEOUT`], so a Synapse that is back is noticed within about
