@@ -28,12 +28,13 @@
 //!   local news is answered at once, else it waits for local news or its timeout (no hot
 //!   loop). The client catches up on Synapse's rooms from the half it kept, once Synapse is
 //!   back; nothing of Synapse's is lost, since Synapse's position never moved.
-//! * An initial sync (and `full_state`) fails with 502 `M_UNKNOWN` "Synapse is unreachable":
-//!   at once while Synapse is taken to be down, else when it is noticed. It has no Synapse
-//!   position to keep, and an answer without one would make the client's next sync a full
-//!   Synapse sync presented as an increment. Synapse may take minutes to compute an initial
-//!   sync of a big account, so while it is taken to be up that call waits up to
-//!   `synapse.response_timeout_s`, not the grace.
+//! * An initial sync fails with 502 `M_UNKNOWN` "Synapse is unreachable": at once while
+//!   Synapse is taken to be down, else when it is noticed. It has no Synapse position to keep,
+//!   and an answer without one would make the client's next sync a full Synapse sync
+//!   presented as an increment. Synapse may take minutes to compute an initial or
+//!   `full_state` sync of a big account, so while it is taken to be up those calls wait up to
+//!   `synapse.response_timeout_s`, not the grace (a `full_state` sync with a `since` is then
+//!   answered like any incremental one).
 //!
 //! Synapse's refusals (a bad token, a bad filter) are passed on unchanged.
 //!
