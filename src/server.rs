@@ -267,6 +267,14 @@ fn synapse_tokens(request: Request<Body>) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
+/// Drops the cached identities a session change ends.
+fn forget(state: &AppState, change: SessionChange, token: &str) {
+    match change {
+        SessionChange::Token => state.identity.forget_token(token),
+        SessionChange::User => state.identity.forget_user_of(token),
+    }
+}
+
 async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     match router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -307,7 +315,14 @@ async fn forward(
         .upstream(forwarded.is_ok(), started.elapsed());
     let response = match forwarded {
         Ok(response) => response,
-        Err(err) => return err.into_response(),
+        Err(err) => {
+            // Synapse may have carried out a revocation whose answer never reached us: drop
+            // the identities it may have ended rather than serve them in degraded mode.
+            if let (Some(change), Some(token)) = (follow_ups.session, &token) {
+                forget(state, change, token);
+            }
+            return err.into_response();
+        }
     };
     if !response.status().is_success() {
         return response;
@@ -318,10 +333,8 @@ async fn forward(
     let Some(token) = token else {
         return response;
     };
-    match follow_ups.session {
-        Some(SessionChange::Token) => state.identity.forget_token(&token),
-        Some(SessionChange::User) => state.identity.forget_user_of(&token),
-        None => {}
+    if let Some(change) = follow_ups.session {
+        forget(state, change, &token);
     }
     if let Some(push_change) = follow_ups.push {
         refresh_push(state, &token, push_change).await;
