@@ -56,18 +56,6 @@ pub struct AppState {
     pub requests: Arc<crate::metrics::RequestMetrics>,
     /// The room writer's transactions, for `/_hungryserv/metrics`.
     pub writer_counters: Arc<crate::metrics::WriterCounters>,
-    /// The Synapse health probe ([`crate::upstream::health::watch`]); aborted when the last
-    /// clone of the state is dropped (it holds a handle on Synapse, so it never ends itself).
-    pub synapse_watch: Arc<OwnedTask>,
-}
-
-/// A task that lives exactly as long as its owner: aborted on drop.
-pub struct OwnedTask(JoinHandle<()>);
-
-impl Drop for OwnedTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The owners of the background work [`AppState::new`] started.
@@ -85,9 +73,10 @@ impl AppState {
     pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, Background) {
         let tasks = Arc::new(Tasks::new());
         let synapse = Synapse::new(&config.synapse, &config.limits);
-        let synapse_watch = Arc::new(OwnedTask(tokio::spawn(crate::upstream::health::watch(
-            synapse.clone(),
-        ))));
+        tasks.spawn(
+            "Synapse health probe",
+            crate::upstream::health::watch(synapse.clone()),
+        );
         let identity = Arc::new(Identity::new(
             config.server_name.clone(),
             synapse.clone(),
@@ -180,7 +169,6 @@ impl AppState {
             push,
             requests: Arc::default(),
             writer_counters,
-            synapse_watch,
         };
         (
             state,

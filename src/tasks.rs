@@ -1,4 +1,5 @@
-//! The owner of hungryserv's long-running background tasks: the push-rule learner, the
+//! The owner of hungryserv's long-running background tasks: the Synapse health probe, the
+//! push-rule learner, the
 //! pruners, the badge and push tasks, the purger, the appservice pushers and the SIGHUP
 //! reloader. Each is spawned through [`Tasks::spawn`] under a name; [`Tasks::shutdown`]
 //! (called by `main` once the server has stopped accepting and drained its connections)

@@ -117,18 +117,20 @@ impl Health {
     }
 }
 
-/// Probes Synapse forever, keeping [`Health`] current. The caller owns the task (it holds a
-/// clone of the connection pool, so it must be aborted on shutdown).
+/// Probes Synapse forever, keeping [`Health`] current; the caller owns the task and stops it
+/// on shutdown. The first probe comes one interval after start: until then the state is up
+/// (see the module doc), and every call to Synapse keeps it current meanwhile.
 pub async fn watch(synapse: super::Synapse) {
+    let mut interval = PROBE_INTERVAL_UP;
     loop {
+        tokio::time::sleep(interval).await;
         let up = synapse.probe_within(PROBE_TIMEOUT).await.is_ok();
         synapse.health.set(up);
-        let interval = if up {
+        interval = if up {
             PROBE_INTERVAL_UP
         } else {
             PROBE_INTERVAL_DOWN
         };
-        tokio::time::sleep(interval).await;
     }
 }
 
