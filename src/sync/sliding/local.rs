@@ -252,8 +252,15 @@ async fn entries(
         .map(|(w, _)| w.room.room_id.clone())
         .collect();
     let histories = store::events::reader_histories(conn, &ids, user).await?;
-    let counts = store::sliding::member_counts(conn, &ids).await?;
-    let heroes = store::sliding::heroes(conn, &ids, user, HEROES).await?;
+    // Counts and heroes go with rooms sent whole; others read them only when their members
+    // changed (a woken request for a new message reads neither).
+    let whole: Vec<String> = to_send
+        .iter()
+        .filter(|(_, after)| after.is_none())
+        .map(|(w, _)| w.room.room_id.clone())
+        .collect();
+    let mut counts = store::sliding::member_counts(conn, &whole).await?;
+    let mut heroes = store::sliding::heroes(conn, &whole, user, HEROES).await?;
     let since = input.prev.map_or(0, |p| p.stream);
     for (w, after) in to_send {
         let room = w.room;
@@ -325,6 +332,16 @@ async fn entries(
             .iter()
             .map(|e| e.event.sender.as_str())
             .collect();
+        let members_changed = initial
+            || timeline
+                .events
+                .iter()
+                .any(|e| e.event.kind == "m.room.member");
+        if members_changed && !initial {
+            let one = [room.room_id.clone()];
+            counts.extend(store::sliding::member_counts(conn, &one).await?);
+            heroes.extend(store::sliding::heroes(conn, &one, user, HEROES).await?);
+        }
         let room_heroes = heroes.get(room_id).cloned().unwrap_or_default();
         let mut keys: Vec<(String, String)> = w.required_state.exact_keys(user);
         for fixed in ["m.room.name", "m.room.avatar"] {
@@ -377,11 +394,6 @@ async fn entries(
         {
             entry.insert("avatar".into(), json!(url));
         }
-        let members_changed = initial
-            || timeline
-                .events
-                .iter()
-                .any(|e| e.event.kind == "m.room.member");
         if members_changed {
             let (joined, invited) = counts.get(room_id).copied().unwrap_or((0, 0));
             entry.insert("joined_count".into(), json!(joined));
