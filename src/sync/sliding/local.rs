@@ -15,6 +15,7 @@
 //!   when it comes back. A room with nothing new is not sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -422,7 +423,7 @@ async fn entries(
             Some(_) => input
                 .prev
                 .and_then(|p| p.sent.get(room_id))
-                .map(|s| s.lazy_members.clone())
+                .map(|s| (*s.lazy_members).clone())
                 .unwrap_or_default(),
             None => BTreeSet::new(),
         };
@@ -451,10 +452,9 @@ async fn entries(
         let nothing_new = !initial && timeline.events.is_empty() && required.is_empty();
         let mut record = sent_record(w, input.upto);
         if w.required_state.lazy_members {
-            record.lazy_members = lazy_before.clone();
-            record
-                .lazy_members
-                .extend(senders.iter().map(|s| (*s).to_owned()));
+            let mut members = lazy_before.clone();
+            members.extend(senders.iter().map(|s| (*s).to_owned()));
+            record.lazy_members = Arc::new(members);
         }
         part.sent.insert(room.room_id.clone(), record);
         if nothing_new {
@@ -492,8 +492,8 @@ fn sent_record(w: &Wanted<'_>, upto: i64) -> Sent {
     Sent {
         upto,
         timeline_limit: w.timeline_limit,
-        required_state: w.required_state.clone(),
-        lazy_members: BTreeSet::new(),
+        required_state: Arc::new(w.required_state.clone()),
+        lazy_members: Arc::default(),
     }
 }
 
