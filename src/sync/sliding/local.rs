@@ -25,9 +25,10 @@ use super::request::{Body, RequiredState, RoomExtension, RoomFacts};
 use crate::auth::requester::Requester;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
+use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
 use crate::rooms::room_data::receipt_content;
-use crate::rooms::service::Rooms;
+use crate::rooms::service::{Rooms, now_ms};
 use crate::rooms::visibility::Reader;
 use crate::store;
 use crate::store::events::EventWithPrev;
@@ -262,6 +263,27 @@ async fn entries(
         .collect();
     let mut counts = store::sliding::member_counts(conn, &whole).await?;
     let mut heroes = store::sliding::heroes(conn, &whole, user, HEROES).await?;
+    // The newest events of every joined room to send, in one read: what [`timeline`] would
+    // read first (it reads on only when visibility hides too many of them).
+    let chunk = to_send
+        .iter()
+        .map(|(w, _)| w.timeline_limit * 2 + 2)
+        .max()
+        .unwrap_or(2);
+    let windows: Vec<(String, i64)> = to_send
+        .iter()
+        .filter(|(w, _)| w.room.membership == "join")
+        .map(|(w, after)| (w.room.room_id.clone(), after.unwrap_or(0)))
+        .collect();
+    let mut first_chunks: HashMap<String, Vec<EventWithPrev>> =
+        store::events::recent_of_rooms(conn, &windows, input.upto + 1, chunk)
+            .await?
+            .into_iter()
+            .map(|(room, _, rows)| (room, rows))
+            .collect();
+    for (room, _) in &windows {
+        first_chunks.entry(room.clone()).or_default();
+    }
     let since = input.prev.map_or(0, |p| p.stream);
     for (w, after) in to_send {
         let room = w.room;
@@ -324,6 +346,7 @@ async fn entries(
             after.unwrap_or(0),
             upper,
             w.timeline_limit,
+            first_chunks.remove(room_id).map(|rows| (rows, chunk)),
         )
         .await?;
         let initial = after.is_none();
@@ -462,7 +485,7 @@ async fn entries(
             continue;
         }
         if !required.is_empty() {
-            let values = client_events(rooms, conn, input.requester, &reader, required).await?;
+            let values = state_events(rooms, conn, input.requester, &reader, required).await?;
             entry.insert("required_state".into(), Value::Array(values));
         }
         let num_live = if since == 0 {
@@ -504,6 +527,7 @@ struct Timeline {
     prev_batch: Token,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn timeline(
     conn: &mut PgConnection,
     requester: &Requester,
@@ -512,15 +536,23 @@ async fn timeline(
     after: i64,
     upper: i64,
     limit: i64,
+    mut prefetched: Option<(Vec<EventWithPrev>, i64)>,
 ) -> Result<Timeline, RoomError> {
     let wanted = usize::try_from(limit).unwrap_or(0);
-    let chunk = limit * 2 + 2;
+    let mut chunk = limit * 2 + 2;
     let mut picked: Vec<EventWithPrev> = Vec::new();
     let mut limited = false;
     let mut top_topo = None;
     let mut before = upper + 1;
     'scan: loop {
-        let rows = store::events::recent(conn, room_id, after, before, chunk).await?;
+        let rows = match prefetched.take() {
+            // Read for `(after, upto]`; a leave's timeline ends earlier, so it reads its own.
+            Some((rows, size)) if before == upper + 1 => {
+                chunk = size;
+                rows
+            }
+            _ => store::events::recent(conn, room_id, after, before, chunk).await?,
+        };
         if rows.is_empty() {
             break;
         }
@@ -554,6 +586,39 @@ async fn timeline(
         limited,
         prev_batch,
     })
+}
+
+/// State events in client format. State rarely has relations or redactions, so the
+/// aggregation read of [`client_events`] is skipped unless one is redacted.
+async fn state_events(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    requester: &Requester,
+    reader: &Reader,
+    events: Vec<EventWithPrev>,
+) -> Result<Vec<Value>, RoomError> {
+    if events.iter().any(|e| e.event.redacted_by.is_some()) {
+        return client_events(rooms, conn, requester, reader, events).await;
+    }
+    let scope = requester.txn_scope();
+    let viewer = Viewer {
+        txn_scope: Some(&scope),
+        now_ms: now_ms(),
+    };
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let related = Related {
+                prev: e.prev,
+                redacted_because: None,
+            };
+            let mut value = to_client(&e.event, &related, viewer);
+            if let Some(object) = value.as_object_mut() {
+                object.remove("room_id");
+            }
+            value
+        })
+        .collect())
 }
 
 /// Events in the client format of sliding sync (no `room_id`).
