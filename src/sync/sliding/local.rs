@@ -136,15 +136,29 @@ pub async fn build(
             .then_with(|| a.room_id.cmp(&b.room_id))
     });
 
+    // Encryption and room type only when a filter asks (Element X's lists filter on neither).
+    let needs_facts = input
+        .body
+        .lists
+        .iter()
+        .flatten()
+        .any(|(_, l)| l.filters.as_ref().is_some_and(|f| f.needs_facts()));
+    let facts = if needs_facts {
+        let ids: Vec<String> = shown.iter().map(|r| r.room_id.clone()).collect();
+        store::sliding::room_facts(conn, &ids).await?
+    } else {
+        HashMap::new()
+    };
     let mut wanted: BTreeMap<&str, Wanted<'_>> = BTreeMap::new();
     for (name, list) in input.body.lists.iter().flatten() {
         let facts_pass = |r: &&ListedRoom| {
             list.filters.as_ref().is_none_or(|f| {
+                let known = facts.get(&r.room_id);
                 f.allows(&RoomFacts {
                     is_dm: input.direct.contains(&r.room_id),
-                    encrypted: r.encrypted,
+                    encrypted: known.is_some_and(|k| k.encrypted),
                     invited: r.membership == "invite",
-                    room_type: r.room_type.as_deref(),
+                    room_type: known.and_then(|k| k.room_type.as_deref()),
                 })
             })
         };
