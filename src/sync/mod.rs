@@ -43,6 +43,7 @@
 
 pub mod filter;
 pub mod local;
+pub mod sliding;
 pub mod token;
 
 use std::time::Duration;
@@ -102,6 +103,8 @@ pub struct Syncer {
     synapse: Synapse,
     notifier: Notifier,
     filters: FilterCache,
+    /// Sliding sync connections ([`sliding`]).
+    sliding: sliding::conn::Connections,
 }
 
 impl Syncer {
@@ -112,6 +115,7 @@ impl Syncer {
             synapse,
             notifier,
             filters: FilterCache::default(),
+            sliding: sliding::conn::Connections::default(),
         }
     }
 
