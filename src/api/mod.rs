@@ -131,6 +131,10 @@ pub fn local_router(state: AppState) -> Router {
             put(send::send),
         )
         .route(
+            &format!("{rooms}/send/{{event_type}}"),
+            post(send::send_without_txn),
+        )
+        .route(
             &format!("{rooms}/state/{{event_type}}"),
             put(send::put_state_empty_key).get(read::state_event_empty_key),
         )
@@ -146,6 +150,10 @@ pub fn local_router(state: AppState) -> Router {
         .route(
             &format!("{rooms}/redact/{{event_id}}/{{txn_id}}"),
             put(send::redact),
+        )
+        .route(
+            &format!("{rooms}/redact/{{event_id}}"),
+            post(send::redact_without_txn),
         )
         .route(&format!("{rooms}/join"), post(membership::join_room))
         .route(

@@ -351,10 +351,25 @@ pub struct BatchSend {
     pub events: Vec<Value>,
 }
 
-/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
-/// content that is not canonical JSON.
+/// The most bytes an event's type and state key may have (Synapse's limit for each).
+const MAX_ID_BYTES: usize = 255;
+
+/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields), types
+/// and state keys over [`MAX_ID_BYTES`], and content that is not canonical JSON.
 fn check_size(event: &Proposal) -> Result<(), RoomError> {
     event.content.values().try_for_each(check_canonical)?;
+    // Synapse's `validate_event_for_room_version`: each of these is at most 255 bytes, and
+    // the error names the field (413 `M_TOO_LARGE` "'type' too large").
+    if event.kind.len() > MAX_ID_BYTES {
+        return Err(RoomError::TooLarge("'type' too large".into()));
+    }
+    if event
+        .state_key
+        .as_ref()
+        .is_some_and(|key| key.len() > MAX_ID_BYTES)
+    {
+        return Err(RoomError::TooLarge("'state_key' too large".into()));
+    }
     // Counted, not collected: this runs for every event of a batch.
     let mut content_bytes = ByteCount(0);
     let size = serde_json::to_writer(&mut content_bytes, &event.content)
