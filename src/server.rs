@@ -273,8 +273,8 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 
 /// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
 /// password change or deactivation drops the cached identities it ended; a profile change is
-/// carried into the user's local rooms as new member events; a push rule or pusher change is
-/// fetched again (the copy we keep for local rooms' push must not lag behind it).
+/// carried into the user's local rooms as new member events; a push rule, pusher or ignore list
+/// change is fetched again (the copy we keep for local rooms' push must not lag behind it).
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let request = synapse_tokens(request);
     let pinged = appservice_ping(request.method(), request.uri().path());
@@ -351,5 +351,6 @@ async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushCh
     match change {
         crate::push::PushChange::Rules => state.push.refresh_rules(token, user).await,
         crate::push::PushChange::Pushers => state.push.refresh_pushers(token, user).await,
+        crate::push::PushChange::Ignored => state.push.refresh_ignored(token, user).await,
     };
 }

@@ -71,6 +71,7 @@ impl From<RoomError> for ApiError {
             RoomError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadJson),
             RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),
             RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            RoomError::Unreachable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unknown),
             RoomError::Store(_) | RoomError::Internal(_) => {
                 // The detail is for operators; the client gets a stable message.
                 tracing::error!(error = %err, "request failed");
@@ -162,7 +163,7 @@ pub fn local_router(state: AppState) -> Router {
         )
         .route(
             "/_matrix/client/{v}/join/{room_id}",
-            post(membership::join_room),
+            post(membership::join_by_id_or_alias),
         )
         .route(
             "/_matrix/client/{v}/knock/{room_id}",

@@ -4,9 +4,10 @@
 //! "is already in the room").
 //!
 //! A local room has one authoritative server, so the federation-only rules (signatures,
-//! auth_events selection, restricted joins via another server) do not apply; everything else
-//! does: membership transitions, join rules, power levels for sending, state, invite, kick,
-//! ban and redact, and the power-levels change rules.
+//! auth_events selection) do not apply; everything else does: membership transitions, join
+//! rules (restricted joins carry `join_authorised_via_users_server`, see
+//! [`super::restricted`]), power levels for sending, state, invite, kick, ban and redact, and
+//! the power-levels change rules.
 
 use serde_json::{Map, Value};
 
@@ -175,12 +176,31 @@ fn check_membership(
                 Err(forbidden("You are banned from this room"))
             } else if join_rule == "public" {
                 Ok(())
+            } else if matches!(join_rule, "restricted" | "knock_restricted")
+                && !(caller_in_room || caller_invited)
+            {
+                // MSC3083: the join names a member who could have invited the user
+                // (`join_authorised_via_users_server`); the room engine chose one after
+                // checking the `allow` rules.
+                let authoriser = event
+                    .content
+                    .get("join_authorised_via_users_server")
+                    .and_then(Value::as_str);
+                match authoriser {
+                    None => Err(forbidden("Join event is missing authorising user.")),
+                    Some(user) if !state.is_joined(user) => Err(forbidden(format!(
+                        "User {user} not in room {}",
+                        state.room_id
+                    ))),
+                    Some(user) if power.user_level(user) < invite_level => {
+                        Err(forbidden("Join event authorised by invalid server."))
+                    }
+                    Some(_) => Ok(()),
+                }
             } else if matches!(
                 join_rule,
                 "invite" | "knock" | "restricted" | "knock_restricted"
             ) {
-                // Restricted joins need another server to vouch; a local room has none, so
-                // they behave like invite-only here.
                 if caller_in_room || caller_invited {
                     Ok(())
                 } else {

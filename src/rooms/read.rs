@@ -157,6 +157,9 @@ impl Rooms {
         let reader = Reader {
             memberships,
             visibilities: store::events::visibility_history(conn, room_id.as_str()).await?,
+            ignored: std::sync::Arc::new(
+                store::ignore::ignored_by(conn, requester.user_id.as_str()).await?,
+            ),
         };
         match reader.reach() {
             Some(reach) => Ok((reader, reach)),
@@ -165,6 +168,9 @@ impl Rooms {
     }
 
     pub(crate) fn visible(reader: &Reader, requester: &Requester, event: &StoredEvent) -> bool {
+        if event.state_key.is_none() && reader.ignored.contains(event.sender.as_str()) {
+            return false;
+        }
         let key_value = match event.kind.as_str() {
             "m.room.member" => event.content.get("membership").and_then(Value::as_str),
             "m.room.history_visibility" => event
@@ -546,13 +552,11 @@ impl Rooms {
             }
         }
         let mut chunk: Vec<EventWithPrev> = Vec::new();
-        let mut last_topo = None;
-        let mut exhausted = false;
-        while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+        let mut matched_topo = None;
+        'scan: while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
             let rows =
                 store::events::page(conn, &room.room_id, low, high, forwards, limit * 2).await?;
             if rows.is_empty() {
-                exhausted = true;
                 break;
             }
             for row in rows {
@@ -561,36 +565,38 @@ impl Rooms {
                 } else {
                     high = row.event.topo;
                 }
-                last_topo = Some(row.event.topo);
                 let beyond_reach = matches!(reach, Reach::Until(end) if row.event.stream > end);
                 if beyond_reach {
                     if forwards {
-                        exhausted = true;
-                        break;
+                        break 'scan;
                     }
                     continue;
                 }
-                if filter.allows(&row.event) && Self::visible(reader, requester, &row.event) {
+                if !filter.allows(&row.event) {
+                    continue;
+                }
+                // Synapse's `end` follows the events its query returned (the filter is part
+                // of the query), before the history-visibility check.
+                matched_topo = Some(row.event.topo);
+                if Self::visible(reader, requester, &row.event) {
                     chunk.push(row);
                     if chunk.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                         break;
                     }
                 }
             }
-            if exhausted {
-                break;
-            }
         }
-        let end = match (exhausted && chunk.is_empty(), last_topo) {
-            (true, _) | (_, None) => None,
-            (false, Some(topo)) => Some(if forwards {
+        // Synapse omits `end` only when its query found no event at all in that direction; a
+        // page whose events were all invisible to the reader still has one (then the next
+        // page is empty without `end`). When this page's events reached the room's edge,
+        // `end` stays too: the next page is the empty one.
+        let end = matched_topo.map(|topo| {
+            if forwards {
                 Token(topo)
             } else {
                 Token(topo - 1)
-            }),
-        };
-        // With nothing left in that direction, Synapse omits `end`.
-        let end = if exhausted { None } else { end };
+            }
+        });
         let state = if filter.lazy_load_members {
             self.member_state(conn, requester, reader, reach, &room.room_id, &chunk)
                 .await?

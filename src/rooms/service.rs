@@ -27,7 +27,7 @@ pub const MAX_EVENT_BYTES: usize = 65_536;
 pub struct Rooms {
     pub(super) db: PgPool,
     writer: Writer,
-    synapse: Synapse,
+    pub(super) synapse: Synapse,
     server_name: OwnedServerName,
     /// Publishes room data commits.
     pub(super) notifier: Notifier,
@@ -285,6 +285,14 @@ impl Rooms {
         }
         if let Some(reason) = reason {
             content.insert("reason".into(), json!(reason));
+        }
+        if membership == "join"
+            && target == &requester.user_id
+            && let Some(authoriser) = self
+                .restricted_join_authoriser(requester, token, room_id)
+                .await?
+        {
+            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
         }
         self.append_one(
             requester,
@@ -702,6 +710,14 @@ impl Rooms {
         target: &OwnedUserId,
         action: &str,
     ) -> Result<(), RoomError> {
+        // A user of another server could only be invited over federation. Synapse answers 502
+        // when it cannot reach that server; a local room never reaches one.
+        if action == "invite" && target.server_name() != self.server_name {
+            return Err(RoomError::Unreachable(format!(
+                "Can't connect to server {}: local rooms do not federate",
+                target.server_name()
+            )));
+        }
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
         let current = store::rooms::membership(&mut conn, room_id.as_str(), target.as_str())
             .await?
