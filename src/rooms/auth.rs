@@ -398,6 +398,59 @@ mod tests {
     }
 
     #[test]
+    fn restricted_joins_need_a_member_who_could_invite() {
+        let members = [
+            ("@alice:hs", "join"),
+            ("@bob:hs", "join"),
+            ("@inv:hs", "invite"),
+        ];
+        let restricted = room("restricted", &members);
+        // @bob is joined at level 0, enough while the invite level is 0 (the default).
+        let mut strict = restricted.clone();
+        if let Some(entry) = strict
+            .entries
+            .get_mut(&("m.room.power_levels".into(), String::new()))
+        {
+            entry.content.insert("invite".into(), json!(50));
+        }
+        let join_via = |via: Option<&str>| {
+            let mut join = member("@new:hs", "@new:hs", "join");
+            if let Some(via) = via {
+                join.content
+                    .insert("join_authorised_via_users_server".into(), json!(via));
+            }
+            join
+        };
+        let cases: Vec<(&RoomState, Proposal, Result<(), &str>)> = vec![
+            (&restricted, join_via(Some("@alice:hs")), Ok(())),
+            (
+                &restricted,
+                join_via(None),
+                Err("Join event is missing authorising user."),
+            ),
+            (
+                &restricted,
+                join_via(Some("@gone:hs")),
+                Err("User @gone:hs not in room !hs_r:hs"),
+            ),
+            (
+                &strict,
+                join_via(Some("@bob:hs")),
+                Err("Join event authorised by invalid server."),
+            ),
+            // Invited or joined users need no authorisation.
+            (&restricted, member("@inv:hs", "@inv:hs", "join"), Ok(())),
+        ];
+        for (state, event, want) in cases {
+            let got = check(state, &event, None);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "{event:?}"),
+                Err(message) => assert_eq!(denied(got), message, "{event:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn membership_transitions() {
         let members = [
             ("@alice:hs", "join"),
