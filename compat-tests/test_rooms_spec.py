@@ -309,6 +309,10 @@ def test_invite_of_a_user_on_another_server(federate, owner):
     # federate); a local room never federates and answers the same status and code.
     assert answer(resp)[:2] == (502, "M_UNKNOWN"), resp.text
     assert "remote.invalid" in answer(resp)[2]
+    # The same through the state API.
+    resp = me("PUT", f"/v3/rooms/{q(room)}/state/m.room.member/{q('@someone:remote.invalid')}",
+              body={"membership": "invite"})
+    assert answer(resp)[:2] == (502, "M_UNKNOWN"), resp.text
     # Nothing was written.
     members = me.ok("GET", f"/v3/rooms/{q(room)}/members")["chunk"]
     assert [m["state_key"] for m in members] == [owner.user_id]

@@ -271,6 +271,14 @@ impl Rooms {
         extra: Map<String, Value>,
         ts: i64,
     ) -> Result<OwnedEventId, RoomError> {
+        // A user of another server could only be invited over federation. Synapse answers 502
+        // when it cannot reach that server; a local room never reaches one.
+        if membership == "invite" && target.server_name() != self.server_name {
+            return Err(RoomError::Unreachable(format!(
+                "Can't connect to server {}: local rooms do not federate",
+                target.server_name()
+            )));
+        }
         let mut content = match membership {
             "join" | "invite" => self.member_content(token, target, membership).await,
             _ => {
@@ -710,14 +718,6 @@ impl Rooms {
         target: &OwnedUserId,
         action: &str,
     ) -> Result<(), RoomError> {
-        // A user of another server could only be invited over federation. Synapse answers 502
-        // when it cannot reach that server; a local room never reaches one.
-        if action == "invite" && target.server_name() != self.server_name {
-            return Err(RoomError::Unreachable(format!(
-                "Can't connect to server {}: local rooms do not federate",
-                target.server_name()
-            )));
-        }
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
         let current = store::rooms::membership(&mut conn, room_id.as_str(), target.as_str())
             .await?
