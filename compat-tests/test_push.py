@@ -373,3 +373,21 @@ def test_notifications_merge_local_rooms_with_synapses():
         if not token:
             break
     assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))
+
+
+def test_ignored_users_push_nothing(gateway):
+    """Issue 22: a message from a user the recipient ignores pushes nothing, in a Synapse
+    room and in a local room alike; the list is learned when its PUT passes through."""
+    alice, bob, carol = stack.register_user(), stack.register_user(), stack.register_user()
+    set_pusher(alice, gateway.url, secrets.token_hex(8))
+    rooms = {federate: joined_room(bob, alice, federate, "ignoring bob") for federate in (True, False)}
+    loud = joined_room(carol, alice, False, "not ignored")
+    of(alice).ok("PUT", f"/v3/user/{q(alice.user_id)}/account_data/m.ignored_user_list",
+                 body={"ignored_users": {bob.user_id: {}}})
+    gateway.drain()
+    silent = [mention(of(bob), room_id, alice) for room_id in rooms.values()]
+    sentinel = send_text(of(carol), loud, "sentinel")
+    gateway.notification_for(sentinel)
+    time.sleep(1)
+    leaked = [n for n in gateway.drain() if n.get("event_id") in silent]
+    assert leaked == []

@@ -286,7 +286,8 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// Forwards to Synapse, then does what Synapse's acceptance obliges us to
 /// ([`FollowUps`], decided at classification): a logout, password change or deactivation
 /// drops the cached identities it ended; a profile change is carried into the user's local
-/// rooms as new member events; a push rule or pusher change is fetched again (the copy we keep
+/// rooms as new member events; a push rule, pusher or ignore list
+/// change is fetched again (the copy we keep
 /// for local rooms' push must not lag behind it); a successful appservice ping retries its
 /// delivery.
 async fn forward(
@@ -373,5 +374,6 @@ async fn refresh_push(state: &AppState, token: &str, change: PushChange) {
     match change {
         PushChange::Rules => state.push.refresh_rules(token, user).await,
         PushChange::Pushers => state.push.refresh_pushers(token, user).await,
+        PushChange::Ignored => state.push.refresh_ignored(token, user).await,
     };
 }

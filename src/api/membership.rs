@@ -18,7 +18,8 @@ fn user_id(raw: &str) -> Result<OwnedUserId, ApiError> {
         .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {raw}")).into())
 }
 
-/// Changes `target`'s membership to `membership` as the requester.
+/// Changes `target`'s membership to `membership` as the requester. Of the body only
+/// `reason` goes into the member event (Synapse's `RoomMembershipRestServlet`).
 async fn change(
     state: &AppState,
     auth: &Authed,
@@ -26,6 +27,19 @@ async fn change(
     target: &OwnedUserId,
     membership: &str,
     body: &Map<String, Value>,
+) -> Result<ruma::OwnedEventId, ApiError> {
+    change_with(state, auth, room_id, target, membership, body, Map::new()).await
+}
+
+/// [`change`] with more member content (`extra`, which wins over the profile).
+async fn change_with(
+    state: &AppState,
+    auth: &Authed,
+    room_id: &OwnedRoomId,
+    target: &OwnedUserId,
+    membership: &str,
+    body: &Map<String, Value>,
+    extra: Map<String, Value>,
 ) -> Result<ruma::OwnedEventId, ApiError> {
     let reason = optional_str(body, "reason")?;
     let ts = origin_ts(&auth.requester, auth.ts);
@@ -38,7 +52,7 @@ async fn change(
             target,
             membership,
             reason,
-            Map::new(),
+            extra,
             ts,
         )
         .await?)
@@ -63,7 +77,24 @@ async fn own_membership(
     }))
 }
 
-/// `POST /rooms/{roomId}/join`, `POST /join/{roomIdOrAlias}`.
+/// `POST /join/{roomIdOrAlias}`: unlike `/rooms/{roomId}/join`, Synapse makes the whole
+/// body the member content (`JoinRoomAliasServlet`), so clients' extra keys are kept.
+pub async fn join_by_id_or_alias(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_id(&room)?;
+    let target = auth.requester.user_id.clone();
+    let mut extra = body.clone();
+    // The membership is the endpoint's, whatever the body says.
+    extra.remove("membership");
+    change_with(&state, &auth, &room_id, &target, "join", &body, extra).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /rooms/{roomId}/join`.
 pub async fn join_room(
     State(state): State<AppState>,
     Path((_, room)): Path<(String, String)>,
@@ -114,6 +145,9 @@ pub async fn targeted(
     action: &'static str,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
+    if action == "invite" && body.contains_key("medium") && body.contains_key("address") {
+        return Err(third_party_invite(&body).into());
+    }
     let target = user_id(required_str(&body, "user_id")?)?;
     state
         .rooms
@@ -125,4 +159,22 @@ pub async fn targeted(
     };
     change(&state, &auth, &room_id, &target, membership, &body).await?;
     Ok(Json(json!({})))
+}
+
+/// A third-party invite (`id_server`, `medium`, `address`): Synapse's parameter check, then
+/// its answer when no identity server can be asked (a local room has no identity-server
+/// client; Synapse's lookup fails with a 500 when the server cannot be reached).
+fn third_party_invite(body: &Map<String, Value>) -> MatrixError {
+    if !(body.contains_key("id_server") && body.contains_key("id_access_token")) {
+        return MatrixError::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::MissingParam,
+            "`id_server` and `id_access_token` are required when doing 3pid invite",
+        );
+    }
+    MatrixError::new(
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        crate::error::ErrorCode::Unknown,
+        "Third-party invites are not available in local rooms",
+    )
 }

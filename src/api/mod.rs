@@ -73,6 +73,7 @@ impl From<RoomError> for ApiError {
             RoomError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadJson),
             RoomError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Unknown),
             RoomError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            RoomError::Unreachable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unknown),
             RoomError::Store(_) | RoomError::Internal(_) => {
                 // The detail is for operators; the client gets a stable message.
                 tracing::error!(error = %err, "request failed");
@@ -133,6 +134,10 @@ pub fn local_router(state: AppState) -> Router {
             put(send::send),
         )
         .route(
+            &format!("{rooms}/send/{{event_type}}"),
+            post(send::send_without_txn),
+        )
+        .route(
             &format!("{rooms}/state/{{event_type}}"),
             put(send::put_state_empty_key).get(read::state_event_empty_key),
         )
@@ -149,6 +154,10 @@ pub fn local_router(state: AppState) -> Router {
             &format!("{rooms}/redact/{{event_id}}/{{txn_id}}"),
             put(send::redact),
         )
+        .route(
+            &format!("{rooms}/redact/{{event_id}}"),
+            post(send::redact_without_txn),
+        )
         .route(&format!("{rooms}/join"), post(membership::join_room))
         .route(
             "/_matrix/client/unstable/com.beeper.backfill/rooms/{room_id}/batch_send",
@@ -156,7 +165,7 @@ pub fn local_router(state: AppState) -> Router {
         )
         .route(
             "/_matrix/client/{v}/join/{room_id}",
-            post(membership::join_room),
+            post(membership::join_by_id_or_alias),
         )
         .route(
             "/_matrix/client/{v}/knock/{room_id}",

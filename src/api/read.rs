@@ -10,7 +10,7 @@ use super::extract::{Authed, Query};
 use super::send::room_id;
 use crate::app::AppState;
 use crate::error::MatrixError;
-use crate::rooms::read::{EventFilter, Page, PageRequest, Token};
+use crate::rooms::read::{EventFilter, Page, PageRequest, RelationsRequest, Token};
 use crate::sync::token::SyncToken;
 
 /// A pagination position: ours (`ht…`), or a sync token (`next_batch`/`prev_batch` of the
@@ -245,27 +245,33 @@ async fn relations_of(
     auth: Authed,
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
-    if direction(&query, false)? {
-        return Err(MatrixError::invalid_param(
-            "Only dir=b is supported for relations of local rooms",
-        )
-        .into());
-    }
     let room = room_id(&room)?;
-    let from = token(&state, &room, &query, "from").await?;
+    let request = RelationsRequest {
+        rel_type: rel_type.as_deref(),
+        event_type: event_type.as_deref(),
+        from: token(&state, &room, &query, "from").await?,
+        to: token(&state, &room, &query, "to").await?,
+        forwards: direction(&query, false)?,
+        recurse: boolean(&query, "recurse")? || boolean(&query, "org.matrix.msc3981.recurse")?,
+        limit: query.int("limit")?.unwrap_or(5),
+    };
     let answer = state
         .rooms
-        .relations(
-            &auth.requester,
-            &room,
-            &event_id,
-            rel_type.as_deref(),
-            event_type.as_deref(),
-            from,
-            query.int("limit")?.unwrap_or(5),
-        )
+        .relations(&auth.requester, &room, &event_id, request)
         .await?;
     Ok(Json(answer))
+}
+
+/// A boolean query parameter as Synapse's `parse_boolean` takes it: `true` or `false`.
+fn boolean(query: &Query, key: &str) -> Result<bool, ApiError> {
+    match query.get(key) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(MatrixError::invalid_param(format!(
+            "Boolean query parameter {key:?} must be one of ['true', 'false']"
+        ))
+        .into()),
+    }
 }
 
 /// `GET /v1/rooms/{roomId}/relations/{eventId}`.

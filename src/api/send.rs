@@ -1,5 +1,5 @@
 //! Sending into local rooms: `PUT /send/{type}/{txnId}`, `PUT /state/{type}/{stateKey}`,
-//! `PUT /redact/{eventId}/{txnId}`.
+//! `PUT /redact/{eventId}/{txnId}`, and the two POSTs without a transaction ID.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -30,6 +30,28 @@ pub async fn send(
     auth: Authed,
     JsonObject(content): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
+    send_event(state, room, event_type, Some(txn_id), auth, content).await
+}
+
+/// `POST /rooms/{roomId}/send/{eventType}`: Synapse registers every transaction endpoint
+/// without its `{txnId}` for POST too; such a send is not deduplicated.
+pub async fn send_without_txn(
+    State(state): State<AppState>,
+    Path((_, room, event_type)): Path<(String, String, String)>,
+    auth: Authed,
+    JsonObject(content): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    send_event(state, room, event_type, None, auth, content).await
+}
+
+async fn send_event(
+    state: AppState,
+    room: String,
+    event_type: String,
+    txn_id: Option<String>,
+    auth: Authed,
+    content: serde_json::Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
     let redacts = match event_type.as_str() {
         "m.room.redaction" => optional_str(&content, "redacts")?
@@ -47,7 +69,9 @@ pub async fn send(
             None,
             content,
             ts,
-            Some((&txn_id, room_id.to_string())),
+            txn_id
+                .as_deref()
+                .map(|txn_id| (txn_id, room_id.to_string())),
             redacts,
         )
         .await?;
@@ -129,6 +153,27 @@ pub async fn redact(
     auth: Authed,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
+    redact_event(state, room, target, Some(txn_id), auth, body).await
+}
+
+/// `POST /rooms/{roomId}/redact/{eventId}` (no transaction ID, as Synapse allows).
+pub async fn redact_without_txn(
+    State(state): State<AppState>,
+    Path((_, room, target)): Path<(String, String, String)>,
+    auth: Authed,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    redact_event(state, room, target, None, auth, body).await
+}
+
+async fn redact_event(
+    state: AppState,
+    room: String,
+    target: String,
+    txn_id: Option<String>,
+    auth: Authed,
+    body: serde_json::Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
     let target = event_id(&target)?;
     let mut content = serde_json::Map::new();
@@ -147,7 +192,9 @@ pub async fn redact(
             None,
             content,
             ts,
-            Some((&txn_id, room_id.to_string())),
+            txn_id
+                .as_deref()
+                .map(|txn_id| (txn_id, room_id.to_string())),
             Some(target),
         )
         .await?;

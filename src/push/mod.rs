@@ -5,7 +5,9 @@
 //! `/sync` (at most every [`RELEARN_AFTER`] per user and process), and right after a write to
 //! `/pushrules` or `/pushers/set` that Synapse accepted — and keeps the latest copy in Postgres
 //! ([`crate::store::push`]), never the token. A user we never learned gets Synapse's server
-//! default rules and no pushers.
+//! default rules and no pushers. The user's ignore list (`m.ignored_user_list` account data)
+//! is learned the same way, and after a `PUT` of it ([`crate::store::ignore`]): local rooms
+//! hide ignored users' messages and invites from sync, `/messages` and pushes.
 //!
 //! The push task ([`task`]) follows the event stream: for each new, non-backfilled local event
 //! it evaluates every joined local member's rules ([`rules`]) and records the notifications
@@ -177,11 +179,12 @@ impl Push {
         }
         // Before the pushers are fetched, so a rejected one does not come back.
         self.delete_rejected(token, user_id).await;
-        let (rules, pushers) = tokio::join!(
+        let (rules, pushers, ignored) = tokio::join!(
             self.refresh_rules(token, user_id),
-            self.refresh_pushers(token, user_id)
+            self.refresh_pushers(token, user_id),
+            self.refresh_ignored(token, user_id)
         );
-        if !(rules && pushers) {
+        if !(rules && pushers && ignored) {
             let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
             learned.remove(user_id);
         }
@@ -204,6 +207,29 @@ impl Push {
             Ok(()) => true,
             Err(err) => {
                 tracing::warn!(user = %user_id, error = %err, "push rules not stored");
+                false
+            }
+        }
+    }
+
+    /// Fetches and stores the user's ignore list (`m.ignored_user_list`, which local rooms
+    /// apply to sync, `/messages` and pushes as Synapse does); whether that worked.
+    pub async fn refresh_ignored(&self, token: &str, user_id: &str) -> bool {
+        let ignored = match self.synapse.ignored_users(token, user_id).await {
+            Ok(ignored) => ignored,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "ignored users not fetched");
+                return false;
+            }
+        };
+        let saved = async {
+            let mut conn = self.db.acquire().await?;
+            store::ignore::save(&mut conn, user_id, &ignored).await
+        };
+        match saved.await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(user = %user_id, error = %err, "ignored users not stored");
                 false
             }
         }

@@ -176,12 +176,13 @@ impl PushTask {
             .collect();
         // Rooms of bots and ghosts only (a bridge's backfill, its relay rooms) have nobody to
         // evaluate for: no rules or pushers to read.
-        let (stored_rules, mut pushers) = if recipients.is_empty() {
-            (HashMap::new(), HashMap::new())
+        let (stored_rules, mut pushers, ignoring) = if recipients.is_empty() {
+            (HashMap::new(), HashMap::new(), HashMap::new())
         } else {
             (
                 store::push::rules_of(conn, &recipients).await?,
                 store::push::pushers_of(conn, &recipients).await?,
+                store::ignore::ignored_by_each(conn, &recipients).await?,
             )
         };
         let mut rulesets = HashMap::new();
@@ -200,6 +201,14 @@ impl PushTask {
                 let Ok(user_id) = UserId::parse(user.as_str()) else {
                     continue;
                 };
+                // Nothing an ignored user sends notifies (Synapse's bulk push rule evaluator
+                // skips such recipients, invites included).
+                if ignoring
+                    .get(user)
+                    .is_some_and(|ignored| ignored.contains(event.sender.as_str()))
+                {
+                    continue;
+                }
                 let ruleset = rulesets
                     .entry(user.clone())
                     .or_insert_with(|| rules::ruleset(&user_id, stored_rules.get(user)));

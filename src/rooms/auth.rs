@@ -4,9 +4,10 @@
 //! "is already in the room").
 //!
 //! A local room has one authoritative server, so the federation-only rules (signatures,
-//! auth_events selection, restricted joins via another server) do not apply; everything else
-//! does: membership transitions, join rules, power levels for sending, state, invite, kick,
-//! ban and redact, and the power-levels change rules.
+//! auth_events selection) do not apply; everything else does: membership transitions, join
+//! rules (restricted joins carry `join_authorised_via_users_server`, see
+//! [`super::restricted`]), power levels for sending, state, invite, kick, ban and redact, and
+//! the power-levels change rules.
 
 use serde_json::{Map, Value};
 
@@ -175,12 +176,31 @@ fn check_membership(
                 Err(forbidden("You are banned from this room"))
             } else if join_rule == "public" {
                 Ok(())
+            } else if matches!(join_rule, "restricted" | "knock_restricted")
+                && !(caller_in_room || caller_invited)
+            {
+                // MSC3083: the join names a member who could have invited the user
+                // (`join_authorised_via_users_server`); the room engine chose one after
+                // checking the `allow` rules.
+                let authoriser = event
+                    .content
+                    .get("join_authorised_via_users_server")
+                    .and_then(Value::as_str);
+                match authoriser {
+                    None => Err(forbidden("Join event is missing authorising user.")),
+                    Some(user) if !state.is_joined(user) => Err(forbidden(format!(
+                        "User {user} not in room {}",
+                        state.room_id
+                    ))),
+                    Some(user) if power.user_level(user) < invite_level => {
+                        Err(forbidden("Join event authorised by invalid server."))
+                    }
+                    Some(_) => Ok(()),
+                }
             } else if matches!(
                 join_rule,
                 "invite" | "knock" | "restricted" | "knock_restricted"
             ) {
-                // Restricted joins need another server to vouch; a local room has none, so
-                // they behave like invite-only here.
                 if caller_in_room || caller_invited {
                     Ok(())
                 } else {
@@ -374,6 +394,59 @@ mod tests {
         match result {
             Err(AuthError::Forbidden(message)) => message,
             other => panic!("expected Forbidden, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn restricted_joins_need_a_member_who_could_invite() {
+        let members = [
+            ("@alice:hs", "join"),
+            ("@bob:hs", "join"),
+            ("@inv:hs", "invite"),
+        ];
+        let restricted = room("restricted", &members);
+        // @bob is joined at level 0, enough while the invite level is 0 (the default).
+        let mut strict = restricted.clone();
+        if let Some(entry) = strict
+            .entries
+            .get_mut(&("m.room.power_levels".into(), String::new()))
+        {
+            entry.content.insert("invite".into(), json!(50));
+        }
+        let join_via = |via: Option<&str>| {
+            let mut join = member("@new:hs", "@new:hs", "join");
+            if let Some(via) = via {
+                join.content
+                    .insert("join_authorised_via_users_server".into(), json!(via));
+            }
+            join
+        };
+        let cases: Vec<(&RoomState, Proposal, Result<(), &str>)> = vec![
+            (&restricted, join_via(Some("@alice:hs")), Ok(())),
+            (
+                &restricted,
+                join_via(None),
+                Err("Join event is missing authorising user."),
+            ),
+            (
+                &restricted,
+                join_via(Some("@gone:hs")),
+                Err("User @gone:hs not in room !hs_r:hs"),
+            ),
+            (
+                &strict,
+                join_via(Some("@bob:hs")),
+                Err("Join event authorised by invalid server."),
+            ),
+            // Invited or joined users need no authorisation.
+            (&restricted, member("@inv:hs", "@inv:hs", "join"), Ok(())),
+        ];
+        for (state, event, want) in cases {
+            let got = check(state, &event, None);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "{event:?}"),
+                Err(message) => assert_eq!(denied(got), message, "{event:?}"),
+            }
         }
     }
 

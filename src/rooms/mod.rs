@@ -15,6 +15,7 @@ pub mod event;
 pub mod forget;
 pub mod power;
 pub mod read;
+pub mod restricted;
 pub mod room_data;
 pub mod service;
 pub mod state;
@@ -65,6 +66,10 @@ pub enum RoomError {
     /// 413 M_TOO_LARGE.
     #[error("{0}")]
     TooLarge(String),
+    /// 502 M_UNKNOWN: another server would be needed (local rooms never federate); Synapse
+    /// answers an unreachable server this way.
+    #[error("{0}")]
+    Unreachable(String),
     /// A database failure (detail for the log only).
     #[error("storage failure: {0}")]
     Store(String),

@@ -27,6 +27,19 @@ fn not_in_room(requester: &Requester, room_id: &OwnedRoomId) -> RoomError {
     ))
 }
 
+/// What a `/relations` request asks for, besides the parent event.
+#[derive(Debug, Clone, Copy)]
+pub struct RelationsRequest<'a> {
+    pub rel_type: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub from: Option<Token>,
+    pub to: Option<Token>,
+    pub forwards: bool,
+    /// Also relations of the relations (MSC3981; matrix-js-sdk asks it for threads).
+    pub recurse: bool,
+    pub limit: i64,
+}
+
 /// A `/messages` or `/relations` position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token(pub i64);
@@ -144,6 +157,9 @@ impl Rooms {
         let reader = Reader {
             memberships,
             visibilities: store::events::visibility_history(conn, room_id.as_str()).await?,
+            ignored: std::sync::Arc::new(
+                store::ignore::ignored_by(conn, requester.user_id.as_str()).await?,
+            ),
         };
         match reader.reach() {
             Some(reach) => Ok((reader, reach)),
@@ -152,6 +168,9 @@ impl Rooms {
     }
 
     pub(crate) fn visible(reader: &Reader, requester: &Requester, event: &StoredEvent) -> bool {
+        if event.state_key.is_none() && reader.ignored.contains(event.sender.as_str()) {
+            return false;
+        }
         let key_value = match event.kind.as_str() {
             "m.room.member" => event.content.get("membership").and_then(Value::as_str),
             "m.room.history_visibility" => event
@@ -533,13 +552,11 @@ impl Rooms {
             }
         }
         let mut chunk: Vec<EventWithPrev> = Vec::new();
-        let mut last_topo = None;
-        let mut exhausted = false;
-        while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+        let mut matched_topo = None;
+        'scan: while chunk.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
             let rows =
                 store::events::page(conn, &room.room_id, low, high, forwards, limit * 2).await?;
             if rows.is_empty() {
-                exhausted = true;
                 break;
             }
             for row in rows {
@@ -548,36 +565,38 @@ impl Rooms {
                 } else {
                     high = row.event.topo;
                 }
-                last_topo = Some(row.event.topo);
                 let beyond_reach = matches!(reach, Reach::Until(end) if row.event.stream > end);
                 if beyond_reach {
                     if forwards {
-                        exhausted = true;
-                        break;
+                        break 'scan;
                     }
                     continue;
                 }
-                if filter.allows(&row.event) && Self::visible(reader, requester, &row.event) {
+                if !filter.allows(&row.event) {
+                    continue;
+                }
+                // Synapse's `end` follows the events its query returned (the filter is part
+                // of the query), before the history-visibility check.
+                matched_topo = Some(row.event.topo);
+                if Self::visible(reader, requester, &row.event) {
                     chunk.push(row);
                     if chunk.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                         break;
                     }
                 }
             }
-            if exhausted {
-                break;
-            }
         }
-        let end = match (exhausted && chunk.is_empty(), last_topo) {
-            (true, _) | (_, None) => None,
-            (false, Some(topo)) => Some(if forwards {
+        // Synapse omits `end` only when its query found no event at all in that direction; a
+        // page whose events were all invisible to the reader still has one (then the next
+        // page is empty without `end`). When this page's events reached the room's edge,
+        // `end` stays too: the next page is the empty one.
+        let end = matched_topo.map(|topo| {
+            if forwards {
                 Token(topo)
             } else {
                 Token(topo - 1)
-            }),
-        };
-        // With nothing left in that direction, Synapse omits `end`.
-        let end = if exhausted { None } else { end };
+            }
+        });
         let state = if filter.lazy_load_members {
             self.member_state(conn, requester, reader, reach, &room.room_id, &chunk)
                 .await?
@@ -696,17 +715,14 @@ impl Rooms {
         }))
     }
 
-    /// `GET /v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`, newest first.
-    #[allow(clippy::too_many_arguments)]
+    /// `GET /v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`: newest first
+    /// by default, as Synapse; `dir=f` oldest first.
     pub async fn relations(
         &self,
         requester: &Requester,
         room_id: &OwnedRoomId,
         event_id: &str,
-        rel_type: Option<&str>,
-        event_type: Option<&str>,
-        from: Option<Token>,
-        limit: i64,
+        request: RelationsRequest<'_>,
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
         let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
@@ -714,32 +730,68 @@ impl Rooms {
         if !parent.is_some_and(|p| Self::visible(&reader, requester, &p.event)) {
             return Err(RoomError::NotFound("Event not found.".into()));
         }
-        let limit = limit.clamp(1, 1000);
-        let before = from.map_or(i64::MAX, |Token(topo)| topo + 1);
-        let rows = store::events::relations(
-            &mut conn,
-            room_id.as_str(),
-            event_id,
+        let RelationsRequest {
             rel_type,
             event_type,
+            from,
+            to,
+            forwards,
+            recurse,
+            limit,
+        } = request;
+        let limit = limit.clamp(1, 1000);
+        // The same positions as `/messages`: backwards from `ht{n}` reads topo <= n, forwards
+        // topo > n; `to` ends the range the same way.
+        let (mut after, mut before) = match (forwards, from) {
+            (true, from) => (from.map_or(i64::MIN, |Token(topo)| topo), i64::MAX),
+            (false, from) => (i64::MIN, from.map_or(i64::MAX, |Token(topo)| topo + 1)),
+        };
+        if let Some(Token(to)) = to {
+            if forwards {
+                before = before.min(to.saturating_add(1));
+            } else {
+                after = after.max(to);
+            }
+        }
+        let query = store::events::RelationsQuery {
+            rel_type,
+            event_type,
+            after,
             before,
-            limit + 1,
-        )
-        .await?;
+            forwards,
+            recurse,
+            limit: limit + 1,
+        };
+        let rows = store::events::relations(&mut conn, room_id.as_str(), event_id, query).await?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        let visible: Vec<EventWithPrev> = rows
+        let page: Vec<EventWithPrev> = rows
             .into_iter()
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        // Synapse makes `next_batch` from the last row of the page, visible or not.
+        let next = page.last().filter(|_| more).map(|last| {
+            if forwards {
+                Token(last.event.topo)
+            } else {
+                Token(last.event.topo - 1)
+            }
+        });
+        let visible: Vec<EventWithPrev> = page
+            .into_iter()
             .filter(|row| Self::visible(&reader, requester, &row.event))
             .collect();
-        let next = visible
-            .last()
-            .filter(|_| more)
-            .map(|last| Token(last.event.topo - 1).to_string());
         let chunk = self.serve(&mut conn, requester, &reader, visible).await?;
         let mut answer = json!({ "chunk": chunk });
         if let Some(next) = next {
-            answer["next_batch"] = json!(next);
+            answer["next_batch"] = json!(next.to_string());
+        }
+        // Synapse answers the request's own `from` as `prev_batch`.
+        if let Some(from) = from {
+            answer["prev_batch"] = json!(from.to_string());
+        }
+        if recurse {
+            // What Synapse announces (MSC3981), whatever depth its query reaches.
+            answer["recursion_depth"] = json!(3);
         }
         Ok(answer)
     }

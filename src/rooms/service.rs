@@ -27,7 +27,7 @@ pub const MAX_EVENT_BYTES: usize = 65_536;
 pub struct Rooms {
     pub(super) db: PgPool,
     writer: Writer,
-    synapse: Synapse,
+    pub(super) synapse: Synapse,
     server_name: OwnedServerName,
     /// Publishes room data commits.
     pub(super) notifier: Notifier,
@@ -271,6 +271,14 @@ impl Rooms {
         extra: Map<String, Value>,
         ts: i64,
     ) -> Result<OwnedEventId, RoomError> {
+        // A user of another server could only be invited over federation. Synapse answers 502
+        // when it cannot reach that server; a local room never reaches one.
+        if membership == "invite" && target.server_name() != self.server_name {
+            return Err(RoomError::Unreachable(format!(
+                "Can't connect to server {}: local rooms do not federate",
+                target.server_name()
+            )));
+        }
         let mut content = match membership {
             "join" | "invite" => self.member_content(token, target, membership).await,
             _ => {
@@ -285,6 +293,14 @@ impl Rooms {
         }
         if let Some(reason) = reason {
             content.insert("reason".into(), json!(reason));
+        }
+        if membership == "join"
+            && target == &requester.user_id
+            && let Some(authoriser) = self
+                .restricted_join_authoriser(requester, token, room_id)
+                .await?
+        {
+            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
         }
         self.append_one(
             requester,
@@ -351,10 +367,25 @@ pub struct BatchSend {
     pub events: Vec<Value>,
 }
 
-/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields) and
-/// content that is not canonical JSON.
+/// The most bytes an event's type and state key may have (Synapse's limit for each).
+const MAX_ID_BYTES: usize = 255;
+
+/// Refuses events over [`MAX_EVENT_BYTES`] (measured as the JSON of the event fields), types
+/// and state keys over [`MAX_ID_BYTES`], and content that is not canonical JSON.
 fn check_size(event: &Proposal) -> Result<(), RoomError> {
     event.content.values().try_for_each(check_canonical)?;
+    // Synapse's `validate_event_for_room_version`: each of these is at most 255 bytes, and
+    // the error names the field (413 `M_TOO_LARGE` "'type' too large").
+    if event.kind.len() > MAX_ID_BYTES {
+        return Err(RoomError::TooLarge("'type' too large".into()));
+    }
+    if event
+        .state_key
+        .as_ref()
+        .is_some_and(|key| key.len() > MAX_ID_BYTES)
+    {
+        return Err(RoomError::TooLarge("'state_key' too large".into()));
+    }
     // Counted, not collected: this runs for every event of a batch.
     let mut content_bytes = ByteCount(0);
     let size = serde_json::to_writer(&mut content_bytes, &event.content)

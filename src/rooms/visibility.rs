@@ -2,6 +2,7 @@
 //! a user sees an event when they were joined at it, or when the room's history visibility
 //! at that event allows it (`world_readable`; `shared` for members; `invited` from their
 //! invite on; `joined` only while joined). A user who left sees nothing after leaving.
+//! Non-state events of users the reader ignores (`m.ignored_user_list`) are never shown.
 
 /// A user's view of one room's history.
 #[derive(Debug, Clone, Default)]
@@ -10,6 +11,9 @@ pub struct Reader {
     pub memberships: Vec<(i64, String)>,
     /// The room's history visibility changes, oldest first: (stream, value).
     pub visibilities: Vec<(i64, String)>,
+    /// The users the reader ignores (`m.ignored_user_list`): their non-state events are
+    /// hidden, as Synapse's `filter_events_for_client` hides them.
+    pub ignored: std::sync::Arc<std::collections::HashSet<String>>,
 }
 
 /// How far a reader may read.
@@ -35,6 +39,7 @@ impl Reader {
         Self {
             memberships: vec![(i64::MIN, "join".into())],
             visibilities: Vec::new(),
+            ignored: Default::default(),
         }
     }
 
@@ -143,6 +148,7 @@ mod tests {
                 .iter()
                 .map(|(s, v)| (*s, v.to_string()))
                 .collect(),
+            ignored: Default::default(),
         }
     }
 

@@ -879,6 +879,22 @@ async fn accept(
                 }),
         };
     }
+    if let Some(redacts) = &proposal.redacts {
+        // Synapse's checks before the auth rules (`handle_new_client_event`).
+        if target
+            .as_ref()
+            .is_some_and(|(_, _, kind, _)| kind == "m.room.create")
+        {
+            return Ok(Err(RoomError::Forbidden(
+                "Redacting create events is not permitted".into(),
+            )));
+        }
+        if target.is_none() && in_another_room(conn, batch, state, redacts).await? {
+            return Ok(Err(RoomError::BadRequest(
+                "Cannot redact event from a different room".into(),
+            )));
+        }
+    }
     if let Err(err) = auth::check(
         state,
         proposal,
@@ -900,6 +916,25 @@ async fn accept(
         );
     }
     Ok(Ok(()))
+}
+
+/// Whether `event_id` is an event of another room than `state`'s (written, or in this batch).
+async fn in_another_room(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    state: &RoomState,
+    event_id: &OwnedEventId,
+) -> Result<bool, store::StoreError> {
+    if let Some(event) = batch
+        .events
+        .iter()
+        .find(|event| &event.event_id == event_id)
+    {
+        return Ok(event.room_id != state.room_id);
+    }
+    Ok(store::events::room_of(conn, event_id.as_str())
+        .await?
+        .is_some_and(|room| room != state.room_id.as_str()))
 }
 
 /// Gives an accepted event its ID and positions, appends it to the batch and applies it to

@@ -54,6 +54,9 @@ pub enum PushChange {
     Rules,
     /// `POST /pushers/set`.
     Pushers,
+    /// `PUT /user/{userId}/account_data/m.ignored_user_list` (local rooms hide what ignored
+    /// users send).
+    Ignored,
 }
 
 /// The follow-ups of a forwarded request to `path` (raw, percent-encoded).
@@ -73,6 +76,9 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
         }
         ("PUT" | "DELETE", [_, "pushrules", ..]) => follow_ups.push = Some(PushChange::Rules),
         ("POST", [_, "pushers", "set"]) => follow_ups.push = Some(PushChange::Pushers),
+        ("PUT", [_, "user", _, "account_data", "m.ignored_user_list"]) => {
+            follow_ups.push = Some(PushChange::Ignored);
+        }
         ("POST", ["v1", "appservice", id, "ping"]) => {
             follow_ups.ping = Some(super::decode_segment(id).into_owned());
         }
@@ -189,6 +195,21 @@ mod tests {
                 push(PushChange::Pushers),
             ),
             (&get, "/_matrix/client/v3/pushers", FollowUps::NONE),
+            (
+                &put,
+                "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list",
+                push(PushChange::Ignored),
+            ),
+            (
+                &get,
+                "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list",
+                FollowUps::NONE,
+            ),
+            (
+                &put,
+                "/_matrix/client/v3/user/@a:x/account_data/m.direct",
+                FollowUps::NONE,
+            ),
             (
                 &post,
                 "/_matrix/client/v1/appservice/tele%20gram/ping",

@@ -1098,33 +1098,59 @@ pub async fn visibility_history(
         .collect())
 }
 
-/// Events relating to `target` (optionally of one `rel_type` and event type), newest first.
+/// Which relations of an event to list, and where: `topo` in `(after, before)` (exclusive
+/// bounds), in the given direction.
+#[derive(Debug, Clone, Copy)]
+pub struct RelationsQuery<'a> {
+    pub rel_type: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub after: i64,
+    pub before: i64,
+    pub forwards: bool,
+    /// Also events relating to those events, as Synapse's `recurse` does it: its recursive
+    /// query follows relations while the depth so far is at most 3 (so five levels below the
+    /// parent), and the type filters apply to every level found.
+    pub recurse: bool,
+    pub limit: i64,
+}
+
+/// Events relating to `target` (see [`RelationsQuery`]), in topological order.
 pub async fn relations(
     conn: &mut PgConnection,
     room_id: &str,
     target: &str,
-    rel_type: Option<&str>,
-    event_type: Option<&str>,
-    before_topo: i64,
-    limit: i64,
+    query: RelationsQuery<'_>,
 ) -> Result<Vec<EventWithPrev>, StoreError> {
     let rows = sqlx::query_as!(
         Row,
-        r#"SELECT e.stream, e.topo, e.event_id, e.room_id, e.sender, e.type AS kind, e.state_key,
-                  e.origin_server_ts, e.content, e.replaces_state, e.redacts, e.redacted_by,
-                  e.txn_scope, e.txn_id, p.content AS "prev_content?", p.sender AS "prev_sender?"
-           FROM events e LEFT JOIN events p ON p.event_id = e.replaces_state
-           WHERE e.relates_to = $2 AND e.room_id = $1
-             AND ($3::text IS NULL OR e.rel_type = $3)
+        r#"WITH RECURSIVE related (event_id, depth) AS (
+               SELECT event_id, 0 FROM events WHERE relates_to = $2 AND room_id = $1
+               UNION
+               SELECT e.event_id, r.depth + 1
+               FROM events e JOIN related r ON e.relates_to = r.event_id
+               WHERE $8 AND r.depth <= 3 AND e.room_id = $1
+           )
+           SELECT e.stream AS "stream!", e.topo AS "topo!", e.event_id AS "event_id!",
+                  e.room_id AS "room_id!", e.sender AS "sender!", e.type AS "kind!", e.state_key,
+                  e.origin_server_ts AS "origin_server_ts!", e.content AS "content!",
+                  e.replaces_state, e.redacts, e.redacted_by, e.txn_scope, e.txn_id,
+                  p.content AS "prev_content?", p.sender AS "prev_sender?"
+           FROM related r JOIN events e ON e.event_id = r.event_id
+           LEFT JOIN events p ON p.event_id = e.replaces_state
+           WHERE ($3::text IS NULL OR e.rel_type = $3)
              AND ($4::text IS NULL OR e.type = $4)
-             AND e.topo < $5
-           ORDER BY e.topo DESC LIMIT $6"#,
+             AND e.topo > $5 AND e.topo < $6
+           ORDER BY CASE WHEN $7 THEN e.topo END ASC, CASE WHEN NOT $7 THEN e.topo END DESC
+           LIMIT $9"#,
         room_id,
         target,
-        rel_type,
-        event_type,
-        before_topo,
-        limit,
+        query.rel_type,
+        query.event_type,
+        query.after,
+        query.before,
+        query.forwards,
+        query.recurse,
+        query.limit,
     )
     .fetch_all(conn)
     .await?;

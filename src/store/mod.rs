@@ -10,6 +10,7 @@ pub mod appservice;
 pub mod deletion;
 pub mod events;
 pub mod identity;
+pub mod ignore;
 pub mod nodelay;
 pub mod push;
 pub mod receipts;

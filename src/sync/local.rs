@@ -12,13 +12,19 @@
 //!   changes are in the timeline). Lazy-loaded members: the member events of the timeline's
 //!   senders.
 //! * **invite** — when the invite is in the range (or initial): stripped state plus the
-//!   inviter's member event, then the invite itself, as Synapse sends them.
+//!   inviter's member event, then the invite itself, as Synapse sends them. Invites from users
+//!   the syncing user ignores (`m.ignored_user_list`) are left out.
+//! * **knock** — when the knock is in the range (or initial): `knock_state`, the stripped
+//!   state, then the knock itself (stripped too, as Synapse sends it).
 //! * **leave** — incremental: when the leave, kick or ban is in the range, with the timeline up
 //!   to it. Initial: kicks and bans always, the user's own leaves only with `include_leave`
 //!   (Synapse's rule).
 //!
 //! Every event passes the room's history visibility for the user, exactly as `/messages`
-//! applies it ([`crate::rooms::visibility`]).
+//! applies it ([`crate::rooms::visibility`]); messages of ignored users are hidden there too.
+//! A room new to an incremental sync (newly joined) is always `limited`, as Synapse marks it;
+//! a room loaded without a `since` whose timeline was not cut short has its `prev_batch` at
+//! the sync's own position, as Synapse's (paging back returns the timeline again).
 //!
 //! Room data and typing (not events) have positions of their own, `(side_since, side_upto]`:
 //! a joined room also gets an entry when a receipt in it, the user's room account data for it
@@ -27,6 +33,7 @@
 //! `account_data` the changed entries; a room new to the client gets all of them.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
@@ -66,6 +73,7 @@ pub struct LocalSync {
     pub join: Map<String, Value>,
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
+    pub knock: Map<String, Value>,
     /// Every local room the user has a membership in (for waiting on news).
     pub rooms: Vec<String>,
 }
@@ -73,7 +81,10 @@ pub struct LocalSync {
 impl LocalSync {
     /// Whether there is nothing to tell the client.
     pub fn is_empty(&self) -> bool {
-        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+        self.join.is_empty()
+            && self.invite.is_empty()
+            && self.leave.is_empty()
+            && self.knock.is_empty()
     }
 }
 
@@ -110,6 +121,8 @@ struct Prefetch {
     /// Room → its state at the sync's position, for the rooms that send state (new rooms,
     /// `full_state`, lazy-loaded members).
     states: HashMap<String, Vec<EventWithPrev>>,
+    /// The users the syncing user ignores.
+    ignored: Arc<HashSet<String>>,
 }
 
 /// What a joined room shows besides events.
@@ -195,6 +208,7 @@ enum Section {
     Join,
     Invite,
     Leave,
+    Knock,
 }
 
 /// Builds the local part of a sync.
@@ -208,13 +222,16 @@ pub async fn build(
     // trip), and for the rooms themselves when there are only a few.
     let mut conn = db.acquire().await.map_err(StoreError::from)?;
     let user_rooms = store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?;
+    let ignored = Arc::new(store::ignore::ignored_by(&mut conn, user).await?);
     let mut sync = LocalSync {
         rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
         ..LocalSync::default()
     };
+    // Invites from ignored users are not shown (Synapse's sync drops them too).
     let shown: Vec<&UserRoom> = user_rooms
         .iter()
         .filter(|room| request.filter.room.allows_room(&room.room_id))
+        .filter(|room| !(room.membership == "invite" && ignored.contains(&room.member_sender)))
         .collect();
     let joined: Vec<(String, bool)> = shown
         .iter()
@@ -233,7 +250,7 @@ pub async fn build(
                     || room.latest.is_some()
                     || side.contains_key(&room.room_id)
             }
-            "invite" => request.since == 0 || room.member_stream > request.since,
+            "invite" | "knock" => request.since == 0 || room.member_stream > request.since,
             "leave" | "ban" => shows_leave(request, room),
             _ => false,
         })
@@ -247,7 +264,7 @@ pub async fn build(
         .collect();
     let (unread, entries) = tokio::try_join!(
         pooled_unread(db, request, &counted),
-        entries(rooms, db, conn, request, side, active),
+        entries(rooms, db, conn, request, (side, ignored), active),
     )?;
     for (room, entry) in entries {
         let (section, mut value) = match entry {
@@ -267,6 +284,7 @@ pub async fn build(
             }
             Section::Invite => &mut sync.invite,
             Section::Leave => &mut sync.leave,
+            Section::Knock => &mut sync.knock,
         };
         target.insert(room.room_id.clone(), value);
     }
@@ -293,7 +311,7 @@ async fn entries<'a>(
     db: &PgPool,
     mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
     request: &LocalRequest<'_>,
-    side: HashMap<String, Side>,
+    (side, ignored): (HashMap<String, Side>, Arc<HashSet<String>>),
     active: Vec<&'a UserRoom>,
 ) -> Result<Vec<(&'a UserRoom, Option<(Section, Value)>)>, RoomError> {
     let user = request.requester.user_id.as_str();
@@ -345,6 +363,7 @@ async fn entries<'a>(
             histories: store::events::reader_histories(&mut conn, &ids, user).await?,
             side,
             timelines,
+            ignored,
         }
     };
     let mut entries = Vec::with_capacity(active.len());
@@ -394,9 +413,14 @@ async fn room_entry(
         "join" => joined_room(rooms, conn, request, pre, room)
             .await?
             .map(|value| (Section::Join, value)),
-        "invite" if request.since == 0 || room.member_stream > request.since => {
-            Some((Section::Invite, invited_room(conn, room, user).await?))
-        }
+        "invite" if request.since == 0 || room.member_stream > request.since => Some((
+            Section::Invite,
+            stripped_room(conn, room, user, "invite_state").await?,
+        )),
+        "knock" if request.since == 0 || room.member_stream > request.since => Some((
+            Section::Knock,
+            stripped_room(conn, room, user, "knock_state").await?,
+        )),
         "leave" | "ban" if shows_leave(request, room) => Some((
             Section::Leave,
             left_room(rooms, conn, request, pre, room).await?,
@@ -486,10 +510,13 @@ async fn joined_room(
         summary,
     )
     .await?;
+    // Synapse marks the timeline of a room new to an incremental sync limited, whether or not
+    // it was cut short, so the client paginates instead of trusting what it had.
+    let limited = part.limited || (newly && request.since > 0);
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
-            "limited": part.limited,
+            "limited": limited,
             "prev_batch": part.prev_batch.to_string(),
         },
         "state": { "events": part.state },
@@ -556,6 +583,7 @@ async fn room_part(
             .into_iter()
             .filter(|(s, _)| *s <= upto)
             .collect(),
+        ignored: pre.ignored.clone(),
     };
     let timeline_filter = &request.filter.room.timeline;
     let shows_timeline = timeline_filter.allows_room(room_id);
@@ -604,6 +632,10 @@ async fn room_part(
     }
     picked.reverse();
     let prev_batch = match (picked.first(), top_topo) {
+        // Synapse loads a room new to the client (initial sync, newly joined, archived)
+        // without a `since`, and unless the timeline was cut short its `prev_batch` is then
+        // the sync's own position: paging back returns the timeline again before older events.
+        (_, Some(topo)) if after == 0 && !limited => Token(topo),
         (Some(first), _) => Token(first.event.topo - 1),
         (None, Some(topo)) => Token(topo),
         (None, None) => {
@@ -756,14 +788,17 @@ async fn summary(
     Ok((summary, heroes))
 }
 
-/// An invited room: stripped prejoin state and the inviter's member event, then the invite.
-async fn invited_room(
+/// An invited room (`invite_state`): stripped prejoin state and the inviter's member event,
+/// then the invite; a knocked room (`knock_state`, Synapse's `knock_room_state`): the stripped
+/// prejoin state, then the knock, stripped as well.
+async fn stripped_room(
     conn: &mut PgConnection,
     room: &UserRoom,
     user: &str,
+    section: &str,
 ) -> Result<Value, RoomError> {
-    let events = invite_state(conn, room, user).await?;
-    Ok(json!({ "invite_state": { "events": events } }))
+    let events = stripped_state(conn, room, user, section).await?;
+    Ok(json!({ section: { "events": events } }))
 }
 
 /// The invite state of an invited room (also sliding sync's `invite_state`).
@@ -771,6 +806,16 @@ pub(crate) async fn invite_state(
     conn: &mut PgConnection,
     room: &UserRoom,
     user: &str,
+) -> Result<Vec<Value>, RoomError> {
+    stripped_state(conn, room, user, "invite_state").await
+}
+
+/// The events of [`stripped_room`]'s `section` (`invite_state` or `knock_state`).
+async fn stripped_state(
+    conn: &mut PgConnection,
+    room: &UserRoom,
+    user: &str,
+    section: &str,
 ) -> Result<Vec<Value>, RoomError> {
     let mut keys: Vec<(&str, &str)> = PREJOIN_STATE.iter().map(|kind| (*kind, "")).collect();
     keys.push(("m.room.member", room.member_sender.as_str()));
@@ -793,6 +838,12 @@ pub(crate) async fn invite_state(
         let inviter = event.kind == "m.room.member" && key == room.member_sender && key != user;
         if prejoin || inviter {
             events.push(stripped());
+        } else if event.kind == "m.room.member"
+            && event.stream == room.member_stream
+            && section == "knock_state"
+        {
+            // Synapse sends the knock itself stripped too.
+            invite = Some(stripped());
         } else if event.kind == "m.room.member" && event.stream == room.member_stream {
             invite = Some(json!({
                 "type": event.kind,

@@ -402,6 +402,7 @@ fn answer(
             ("join", local.join),
             ("invite", local.invite),
             ("leave", local.leave),
+            ("knock", local.knock),
         ] {
             if entries.is_empty() {
                 continue;

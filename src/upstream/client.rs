@@ -389,6 +389,30 @@ impl Synapse {
 }
 
 impl Synapse {
+    /// The user IDs in the `m.ignored_user_list` account data of `user_id` (the user of
+    /// `token`); empty when they never set it (Synapse answers 404).
+    pub async fn ignored_users(
+        &self,
+        token: &str,
+        user_id: &str,
+    ) -> Result<Vec<String>, CallError> {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+            encode_segment(user_id)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(value
+                .get("ignored_users")
+                .and_then(Value::as_object)
+                .map(|users| users.keys().cloned().collect())
+                .unwrap_or_default()),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => {
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// The push rules of the user of `token` (`{"global": {...}}`).
     pub async fn push_rules(&self, token: &str) -> Result<Value, CallError> {
         self.call(Method::GET, "/_matrix/client/v3/pushrules/", token)

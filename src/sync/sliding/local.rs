@@ -268,6 +268,8 @@ async fn entries(
         .map(|(w, _)| w.room.room_id.clone())
         .collect();
     let histories = store::events::reader_histories(conn, &ids, user).await?;
+    // Messages of users the reader ignores are hidden, as in /sync and /messages.
+    let ignored = std::sync::Arc::new(store::ignore::ignored_by(conn, user).await?);
     // Counts and heroes go with rooms sent whole; others read them only when their members
     // changed (a woken request for a new message reads neither).
     let whole: Vec<String> = to_send
@@ -351,6 +353,7 @@ async fn entries(
                 .into_iter()
                 .filter(|(s, _)| *s <= upper)
                 .collect(),
+            ignored: ignored.clone(),
         };
         let timeline = timeline(
             conn,
