@@ -13,11 +13,13 @@
 //! * `hungryserv synapse-room`: the Synapse room, sync and send through hungryserv (the merged
 //!   sync waiting on Synapse's long-poll).
 //!
-//! With `--delayed-hungryserv URL` (a second hungryserv whose `synapse.url` is the proxy that
-//! `--delay-proxy-port` starts, adding `--delay-ms` to every request to Synapse), two more
-//! rows do the same through it: `local, Synapse +N ms` must match `hungryserv local` (a local
-//! room's wake-up never waits for Synapse), while the Synapse room there pays the delay.
-//! `deploy/local/bench sync-latency-delayed` sets it up.
+//! With `--delay-proxy-port PORT`, hsbench first starts a proxy to Synapse on that port that
+//! adds `--delay-ms` to every request ([`crate::delay_proxy`]), and waits until `--hungryserv`
+//! is ready: that hungryserv's `synapse.url` must be the proxy. Its `hungryserv local` row must
+//! then match an undelayed run's (a local room's wake-up never waits for Synapse).
+//! `deploy/local/bench sync-latency-delayed` runs both, one after the other. (Not two
+//! hungryservs side by side: wake-ups do not cross processes yet, so a sync on one instance
+//! would not see the position another instance's commits moved to.)
 //!
 //! The sync is started, given a head start (30 ms) to be waiting on the server, then the send
 //! goes. A sync that answers without the event (other news) is followed by another from its
@@ -65,15 +67,12 @@ pub struct Options {
     #[arg(long, value_enum, default_value_t = What::Message)]
     what: What,
     /// Start a proxy to Synapse (`--synapse`) on this 127.0.0.1 port that delays every
-    /// request by `--delay-ms`, for the hungryserv of `--delayed-hungryserv`.
+    /// request by `--delay-ms`; `--hungryserv` must be configured against it.
     #[arg(long)]
     delay_proxy_port: Option<u16>,
     /// The proxy's delay, in milliseconds.
     #[arg(long, default_value_t = 200)]
     delay_ms: u64,
-    /// A hungryserv whose `synapse.url` is the delay proxy: adds its two rows.
-    #[arg(long)]
-    delayed_hungryserv: Option<String>,
 }
 
 /// The measured step.
@@ -144,17 +143,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         what,
         delay_proxy_port,
         delay_ms,
-        delayed_hungryserv,
     } = options;
+    let http = client::http();
     // Owned here: dropping it at the end stops the proxy.
     let _proxy = match delay_proxy_port {
-        Some(port) => Some(
-            crate::delay_proxy::start(port, &targets.synapse, Duration::from_millis(delay_ms))
-                .await?,
-        ),
+        Some(port) => {
+            let proxy =
+                crate::delay_proxy::start(port, &targets.synapse, Duration::from_millis(delay_ms))
+                    .await?;
+            wait_ready(&http, &targets.hungryserv).await?;
+            println!(
+                "sync-latency: Synapse answers hungryserv through a proxy adding {delay_ms} ms to every request"
+            );
+            Some(proxy)
+        }
         None => None,
     };
-    let http = client::http();
     let appservice = Appservice::load(&http, &targets.hungryserv, &registration).await?;
     // One device for the direct chain, one for the chain through hungryserv: a client talks to
     // one of them, and their Synapse sync caches stay apart.
@@ -162,19 +166,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         client::login(&http, &targets.synapse, &targets.user, &targets.password).await?;
     let proxied_token =
         client::login(&http, &targets.hungryserv, &targets.user, &targets.password).await?;
-    let delayed = match &delayed_hungryserv {
-        Some(base) => {
-            wait_ready(&http, base).await?;
-            let token = client::login(&http, base, &targets.user, &targets.password).await?;
-            Some(Delayed {
-                base: base.clone(),
-                token,
-                name_local: leak(format!("local, Synapse +{delay_ms} ms")),
-                name_synapse: leak(format!("synapse-room, +{delay_ms} ms")),
-            })
-        }
-        None => None,
-    };
     let result = measure(
         &http,
         &targets,
@@ -189,35 +180,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             head_start: Duration::from_millis(head_start_ms),
             what,
         },
-        delayed.as_ref(),
     )
     .await;
-    let mut sessions = vec![
+    for (base, token) in [
         (&targets.synapse, &direct_token),
         (&targets.hungryserv, &proxied_token),
-    ];
-    if let Some(delayed) = &delayed {
-        sessions.push((&delayed.base, &delayed.token));
-    }
-    for (base, token) in sessions {
+    ] {
         if let Err(err) = client::logout(&http, base, token).await {
             eprintln!("hsbench: {err:#}");
         }
     }
     result
-}
-
-/// The hungryserv behind which Synapse is delayed, and the user's session there.
-struct Delayed {
-    base: String,
-    token: String,
-    name_local: &'static str,
-    name_synapse: &'static str,
-}
-
-/// A row name made once per run.
-fn leak(name: String) -> &'static str {
-    Box::leak(name.into_boxed_str())
 }
 
 /// Waits until `base` says it is ready (its Synapse, behind the proxy, answers), 60 s at most.
@@ -259,7 +232,6 @@ async fn measure(
     direct_token: &str,
     proxied_token: &str,
     plan: Plan,
-    delayed: Option<&Delayed>,
 ) -> anyhow::Result<()> {
     let user_id = whoami(http, &targets.synapse, direct_token).await?;
     let local_room = create_room(http, &targets.hungryserv, appservice, &user_id, false).await?;
@@ -285,7 +257,7 @@ async fn measure(
         errors: 0,
         typing: false,
     };
-    let mut rows = vec![
+    let mut rows = [
         make_row(
             "synapse",
             &targets.synapse,
@@ -308,22 +280,6 @@ async fn measure(
             &synapse_room,
         ),
     ];
-    if let Some(delayed) = delayed {
-        rows.push(make_row(
-            delayed.name_local,
-            &delayed.base,
-            &delayed.token,
-            &delayed.base,
-            &local_room,
-        ));
-        rows.push(make_row(
-            delayed.name_synapse,
-            &delayed.base,
-            &delayed.token,
-            &delayed.base,
-            &synapse_room,
-        ));
-    }
     for row in &mut rows {
         // The user may be in many rooms (other scenarios leave theirs); one event each is
         // enough to get a position.
@@ -377,9 +333,8 @@ async fn measure(
     let share = Duration::from_secs_f64(plan.seconds) / rounds;
     for round in 0..rounds {
         // Rotate who goes first, so no row always follows the same one.
-        let count = rows.len();
-        for k in 0..count {
-            let row = &mut rows[(k + round as usize) % count];
+        for k in 0..rows.len() {
+            let row = &mut rows[(k + round as usize) % rows.len()];
             // Other rows' sends are news on this chain too; start from the present.
             start_row(http, appservice, row, plan.what).await?;
             let started = Instant::now();
@@ -731,7 +686,7 @@ async fn create_room(
         .context("createRoom answer has no room_id")
 }
 
-fn report(rows: &[Row]) {
+fn report(rows: &[Row; 3]) {
     println!("\nstep's 200 → waiting /sync answers with it (ms; negative: the sync came first)");
     println!(
         "  {:<24} {:>5} {:>6} {:>4} {:>8} {:>8} {:>10} {:>10} {:>4} {:>12} {:>12}",
@@ -747,7 +702,7 @@ fn report(rows: &[Row]) {
         "−start p50",
         "−start p99"
     );
-    let p50s: Vec<(f64, f64)> = rows.iter().map(|row| {
+    let [synapse, local, proxied] = rows.each_ref().map(|row| {
         let pick = |f: fn(&Sample) -> f64| row.samples.iter().map(f).collect::<Vec<_>>();
         let (send, after_200, after_start) = (
             pick(|s| s.send),
@@ -769,10 +724,7 @@ fn report(rows: &[Row]) {
             quantile(&after_start, 0.99),
         );
         (quantile(&after_200, 0.5), quantile(&after_start, 0.5))
-    }).collect();
-    let [synapse, local, proxied, ..] = p50s[..] else {
-        return;
-    };
+    });
     println!(
         "  ratio p50 (−start): local/synapse {:.3} ({:.1}× sooner), synapse-room via hungryserv/synapse {:.3}",
         local.1 / synapse.1,
@@ -789,14 +741,4 @@ fn report(rows: &[Row]) {
         "  target: local p50 (−200) ≤ 2 ms; measured {:.2} ms",
         local.0
     );
-    if let [_, _, _, delayed_local, delayed_synapse] = p50s[..] {
-        println!(
-            "  Synapse delayed: local p50 (−200) {:.2} ms against {:.2} ms undelayed ({:+.2} ms; target within 1 ms, ≤ 2 ms); its Synapse room {:.2} ms against {:.2} ms",
-            delayed_local.0,
-            local.0,
-            delayed_local.0 - local.0,
-            delayed_synapse.0,
-            proxied.0,
-        );
-    }
 }
