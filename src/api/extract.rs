@@ -110,13 +110,22 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|_| {
-            MatrixError::new(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                "Request body too large",
-            )
-        })?;
+        // The limit is the router's `DefaultBodyLimit` (`limits.max_local_body_bytes`).
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    http::StatusCode::PAYLOAD_TOO_LARGE => MatrixError::new(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
+                        "Request body too large",
+                    ),
+                    _ => MatrixError::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ErrorCode::Unknown,
+                        "The request body could not be read",
+                    ),
+                })?;
         parse_object(&bytes).map(JsonObject)
     }
 }

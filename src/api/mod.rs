@@ -120,8 +120,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The body limit of every handler here: `limits.max_local_body_bytes`, not axum's 2 MB
+/// default (a bridge's `batch_send` of 1,000 events is several MB). Extractors that read the
+/// body (`Bytes`, [`extract::JsonObject`]) obey it and answer 413 `M_TOO_LARGE` beyond it.
+pub(crate) fn body_limit(state: &AppState) -> axum::extract::DefaultBodyLimit {
+    let limit = usize::try_from(state.config.limits.max_local_body_bytes).unwrap_or(usize::MAX);
+    axum::extract::DefaultBodyLimit::max(limit)
+}
+
 /// The router for requests classified Local (they name a local room).
 pub fn local_router(state: AppState) -> Router {
+    let limit = body_limit(&state);
     let rooms = "/_matrix/client/{v}/rooms/{room_id}";
     let user_rooms = "/_matrix/client/{v}/user/{user_id}/rooms/{room_id}";
     Router::new()
@@ -216,6 +225,7 @@ pub fn local_router(state: AppState) -> Router {
             post(room_admin::yeet),
         )
         .fallback(unknown_local_endpoint)
+        .layer(limit)
         .with_state(state)
 }
 

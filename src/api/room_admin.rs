@@ -20,6 +20,7 @@ use crate::store::deletion::DeletionRow;
 
 /// The router for requests classified `AdminRoom`.
 pub fn router(state: AppState) -> Router {
+    let limit = super::body_limit(&state);
     Router::new()
         .route(
             "/_synapse/admin/v1/rooms/{room_id}",
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(reload_routing),
         )
         .fallback(super::unknown_local_endpoint)
+        .layer(limit)
         .with_state(state)
 }
 
