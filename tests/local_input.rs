@@ -2,7 +2,7 @@
 //! Postgres (`HUNGRYSERV_TEST_DATABASE_URL`), with a small stand-in for Synapse that answers
 //! only what a local request asks it (`whoami`, profiles): bodies up to
 //! `limits.max_local_body_bytes` are read (a 3 MB batch send is accepted), bigger ones get
-//! 413 `M_TOO_LARGE`.
+//! 413 `M_TOO_LARGE`. An appservice's admin rights are those of the user it acts as.
 
 mod support;
 
@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 const AS_TOKEN: &str = "as-input-secret";
 const BOT: &str = "@inputbot:test.local";
 const USER_TOKEN: &str = "user-token";
+/// The server admins the stand-in knows: the appservice's bot and one of its users.
+const ADMINS: [&str; 2] = [BOT, "@input_admin:test.local"];
 
 /// A stand-in for Synapse: `whoami` knows one user token; every profile exists.
 async fn synapse() -> SocketAddr {
@@ -48,6 +50,29 @@ async fn synapse() -> SocketAddr {
         .route(
             "/_matrix/client/v3/profile/{user}",
             get(|| async { axum::Json(json!({})) }),
+        )
+        .route(
+            "/_synapse/admin/v1/users/{user}/admin",
+            get(
+                |axum::extract::Path(user): axum::extract::Path<String>,
+                 axum::extract::Query(query): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    // The caller is the bot, or whom `?user_id=` names (appservice
+                    // masquerading); only admins may ask, as on Synapse.
+                    let caller = query.get("user_id").map_or(BOT, String::as_str);
+                    if !ADMINS.contains(&caller) {
+                        return (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(json!({"errcode": "M_FORBIDDEN", "error": "You are not a server admin"})),
+                        );
+                    }
+                    (
+                        StatusCode::OK,
+                        axum::Json(json!({"admin": ADMINS.contains(&user.as_str())})),
+                    )
+                },
+            ),
         )
         .fallback(|| async {
             (
@@ -217,4 +242,24 @@ async fn a_body_above_the_limit_is_413_and_writes_nothing() {
 
 pub fn urlencode(raw: &str) -> String {
     form_urlencoded::byte_serialize(raw.as_bytes()).collect()
+}
+
+/// The admin check is the effective user's: an appservice whose bot is a server admin does
+/// not make its ghosts admins (the answer was cached per token, whatever `?user_id=` said),
+/// and a ghost that is an admin is one although the bot is not asked.
+#[tokio::test]
+async fn admin_rights_follow_the_user_an_appservice_acts_as() {
+    let server = server("").await;
+    let path = "/_hungryserv/admin/v1/appservices/input/rooms";
+    let (status, answer) = server.call(Method::GET, path, Some(AS_TOKEN), "").await;
+    assert_eq!(status, StatusCode::OK, "bot: {answer}");
+    let ghost = format!("{path}?user_id={}", urlencode("@input_ghost:test.local"));
+    let (status, answer) = server.call(Method::GET, &ghost, Some(AS_TOKEN), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "ghost: {answer}");
+    assert_eq!(answer["errcode"], "M_FORBIDDEN");
+    let admin = format!("{path}?user_id={}", urlencode("@input_admin:test.local"));
+    let (status, answer) = server.call(Method::GET, &admin, Some(AS_TOKEN), "").await;
+    assert_eq!(status, StatusCode::OK, "admin ghost: {answer}");
+    let (status, answer) = server.call(Method::GET, &ghost, Some(AS_TOKEN), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "ghost again: {answer}");
 }

@@ -95,6 +95,16 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The admin cache's key: the token and the user the request acts as.
+fn admin_key(token: &str, requester: &Requester) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(token.as_bytes());
+    // A user ID never holds a NUL, so no other (token, user) pair hashes the same input.
+    hasher.update([0]);
+    hasher.update(requester.user_id.as_str().as_bytes());
+    hasher.finalize().into()
+}
+
 impl Identity {
     pub fn new(
         server_name: OwnedServerName,
@@ -263,9 +273,15 @@ impl Identity {
     }
 
     /// Whether the requester of `token` is a Synapse server admin (Synapse is asked with the
-    /// requester's own token; the answer is cached for [`ADMIN_TTL`]).
+    /// requester's own token, and an appservice's `?user_id=`; the answer is cached for
+    /// [`ADMIN_TTL`]). The cache key is the token *and* the user it acts as: one appservice
+    /// token acts as its bot and as every user of its namespaces, whose rights differ.
     pub async fn is_admin(&self, token: &str, requester: &Requester) -> Result<bool, AuthFailure> {
-        let key = digest(token);
+        let key = admin_key(token, requester);
+        let masquerade = requester
+            .appservice
+            .as_ref()
+            .map(|_| requester.user_id.as_str());
         let cached = self.admins.lock().ok().and_then(|admins| {
             admins
                 .get(&key)
@@ -277,7 +293,7 @@ impl Identity {
         }
         let admin = match self
             .synapse
-            .is_admin(token, requester.user_id.as_str())
+            .is_admin(token, requester.user_id.as_str(), masquerade)
             .await
         {
             Ok(admin) => admin,
@@ -303,8 +319,10 @@ impl Identity {
 
     /// Drops the cached resolution of `token` (after `/logout` passed through).
     pub fn forget_token(&self, token: &str) {
+        // Admin entries are keyed by token and user; which belong to this token cannot be
+        // told apart cheaply, and they are simply asked again.
         if let Ok(mut admins) = self.admins.lock() {
-            admins.remove(&digest(token));
+            admins.clear();
         }
         if let Ok(mut tokens) = self.tokens.lock() {
             self.generation
