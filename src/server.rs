@@ -30,7 +30,7 @@ use crate::app::AppState;
 use crate::auth::requester::{
     SessionChange, access_token, changes_profile, query_param, session_change,
 };
-use crate::error::{ErrorCode, MatrixError};
+use crate::error::MatrixError;
 use crate::routing::{self, Route};
 
 /// After the listener closes, how long connections accepted just before get to have their
@@ -169,16 +169,9 @@ async fn handle(
             },
             Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
             Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
-            Route::ReadOnly { class } => MatrixError::forbidden(format!(
-                "Rooms of class {class} are read-only on this server"
-            ))
-            .into_response(),
-            Route::Unavailable { class } => MatrixError::new(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!("Rooms of class {class} are switched off on this server"),
-            )
-            .into_response(),
+            Route::ReadOnly { .. } | Route::Unavailable { .. } => api::class_refusal(&route)
+                .unwrap_or_else(|| MatrixError::not_found("Unknown room"))
+                .into_response(),
             Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
@@ -218,15 +211,10 @@ async fn handle(
 fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
     let classes = state.classes.current();
     let room = routing::named_room(&classes, path)?;
-    let gone = state.deletions.gone(&room)?;
     let joins = path
         .split('/')
         .any(|segment| segment == "join" || segment == "knock");
-    Some(if gone.blocked && joins {
-        MatrixError::forbidden("This room has been blocked on this server")
-    } else {
-        MatrixError::not_found("Unknown room")
-    })
+    api::gone_refusal(state, &room, joins)
 }
 
 /// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.
@@ -282,9 +270,13 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     let profile = changes_profile(request.method(), request.uri().path());
     let push_change = crate::push::push_change(request.method(), request.uri().path());
     let query = request.uri().query();
-    let token = (change.is_some() || profile || push_change.is_some())
-        .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
-        .flatten();
+    let token = (matches!(
+        change,
+        Some(SessionChange::Token | SessionChange::UserOfToken)
+    ) || profile
+        || push_change.is_some())
+    .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
+    .flatten();
     let user_id_param = profile
         .then(|| {
             query
@@ -307,14 +299,30 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     if let Some(appservice_id) = pinged {
         state.delivery.poke(&appservice_id);
     }
+    // Revocations Synapse accepted reach the token cache before the answer goes back.
+    let response = match (&change, &token) {
+        (Some(SessionChange::Token), Some(token)) => {
+            state.identity.forget_token(token);
+            response
+        }
+        (Some(SessionChange::UserOfToken), Some(token)) => {
+            state.identity.forget_user_of(token);
+            response
+        }
+        (Some(SessionChange::User(user)), _) => {
+            state.identity.forget_user(user);
+            response
+        }
+        (Some(SessionChange::Device(user, device)), _) => {
+            state.identity.forget_device(user, device, None);
+            response
+        }
+        (Some(SessionChange::Refresh), _) => refreshed(state, response).await,
+        _ => response,
+    };
     let Some(token) = token else {
         return response;
     };
-    match change {
-        Some(SessionChange::Token) => state.identity.forget_token(&token),
-        Some(SessionChange::User) => state.identity.forget_user_of(&token),
-        None => {}
-    }
     if let Some(push_change) = push_change {
         refresh_push(state, &token, push_change).await;
     }
@@ -333,6 +341,31 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
         }
     }
     response
+}
+
+/// A `/refresh` answer (small JSON) is read to learn the new token, whose device's older
+/// tokens are then dropped from the cache; the client gets the same bytes.
+async fn refreshed(state: &AppState, response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    const MAX_REFRESH_ANSWER: usize = 64 * 1024;
+    let (parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_REFRESH_ANSWER)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return MatrixError::bad_gateway("Synapse's answer could not be read").into_response();
+        }
+    };
+    let new_token = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|answer| answer.get("access_token")?.as_str().map(str::to_owned));
+    match new_token {
+        Some(new_token) => state.identity.refreshed(&new_token).await,
+        None => tracing::warn!("a /refresh answer without access_token"),
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Fetches the user's push rules or pushers again after a change Synapse accepted, with the

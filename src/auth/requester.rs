@@ -4,8 +4,12 @@
 //!   acts as its bot, or as `?user_id=` when that user is inside its user namespaces (else
 //!   403, with Synapse's wording) and registered on Synapse.
 //! * Every other token is Synapse's: it is resolved once with `/account/whoami` and cached
-//!   by its SHA-256 for [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]). The cache entry is
-//!   dropped when a logout, password change or deactivation passes through hungryserv.
+//!   by its SHA-256 for [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]). Every revocation
+//!   that passes through hungryserv and that Synapse accepts drops the entries it ends at
+//!   once ([`session_change`]): a logout, password change or deactivation, a device deleted
+//!   by its user or by Synapse's admin API, any admin API write about a user, a `/refresh`.
+//!   Revocations that do not pass through us (Synapse's admin listener used directly) take
+//!   effect when the entry expires.
 //!
 //! Tokens are never logged and never stored in clear: the cache key is the hash.
 
@@ -355,27 +359,122 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Drops every cached token of `user` and every admin answer (after Synapse's admin API
+    /// deactivated or changed the user).
+    pub fn forget_user(&self, user: &OwnedUserId) {
+        self.forget_where(|(cached, _)| cached == user);
+    }
+
+    /// Drops the cached tokens of one device of `user` (after the device was deleted, or
+    /// its token refreshed), but `keep` (the refreshed token itself).
+    pub fn forget_device(&self, user: &OwnedUserId, device: &OwnedDeviceId, keep: Option<&str>) {
+        let keep = keep.map(digest);
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.clear();
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokens.retain(|key, entry| {
+                Some(*key) == keep
+                    || !matches!(&entry.outcome,
+                        Ok((cached_user, Some(cached_device)))
+                            if cached_user == user && cached_device == device)
+            });
+        }
+    }
+
+    /// After a `/refresh` Synapse answered with `new_token`: the device's other cached
+    /// tokens are dropped (Synapse may have deleted them). The new token is resolved to find
+    /// the device; if that fails, nothing is known about the device and every entry goes.
+    pub async fn refreshed(&self, new_token: &str) {
+        match self.resolve(Some(new_token), None).await {
+            Ok(Requester {
+                user_id,
+                device_id: Some(device),
+                ..
+            }) => self.forget_device(&user_id, &device, Some(new_token)),
+            _ => self.forget_where(|_| true),
+        }
+    }
+
+    fn forget_where(&self, matches: impl Fn(&(OwnedUserId, Option<OwnedDeviceId>)) -> bool) {
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.clear();
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokens.retain(|_, entry| !entry.outcome.as_ref().is_ok_and(&matches));
+        }
+    }
+}
+
 /// Which cached identities a forwarded request ends, once Synapse has accepted it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionChange {
     /// `/logout`: this token.
     Token,
-    /// `/logout/all`, `/account/password`, `/account/deactivate`: every token of the user.
-    User,
+    /// `/logout/all`, `/account/password`, `/account/deactivate`, the user's own
+    /// `DELETE /devices/{deviceId}` and `/delete_devices`: every token of the requester's user.
+    /// (Which cached token belongs to which deleted device is not known before whoami, so all
+    /// of the user's are dropped; they are simply resolved again.)
+    UserOfToken,
+    /// Synapse's admin API writing about a user (`v1/deactivate/{userId}`,
+    /// `v2/users/{userId}` — deactivation, password, admin flag —, `reset_password`,
+    /// `delete_devices` and the rest under `v1|v2/users/{userId}/`): every token of that
+    /// user, and every admin answer.
+    User(OwnedUserId),
+    /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}`: that device's tokens.
+    Device(OwnedUserId, OwnedDeviceId),
+    /// `POST /refresh`: Synapse may have deleted earlier access tokens of the device (the
+    /// predecessor's, or the successor of a refresh token used twice); the device's tokens
+    /// other than the new one are dropped and asked about again.
+    Refresh,
 }
 
-/// The session change a request to `path` makes once Synapse accepts it, if any. Deleting
-/// devices ends their tokens; we cannot tell which cached token belonged to which device, so
-/// all of the user's are dropped (they are simply resolved again).
+/// The session change a request to `path` makes once Synapse accepts it, if any.
 pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange> {
+    if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
+        return admin_session_change(method, rest);
+    }
     let rest = path.strip_prefix("/_matrix/client/")?;
     let (_version, endpoint) = rest.split_once('/')?;
     match (method.as_str(), endpoint) {
         ("POST", "logout") => Some(SessionChange::Token),
+        ("POST", "refresh") => Some(SessionChange::Refresh),
         ("POST", "logout/all" | "account/password" | "account/deactivate" | "delete_devices") => {
-            Some(SessionChange::User)
+            Some(SessionChange::UserOfToken)
         }
-        ("DELETE", device) if device.starts_with("devices/") => Some(SessionChange::User),
+        ("DELETE", device) if device.starts_with("devices/") => Some(SessionChange::UserOfToken),
+        _ => None,
+    }
+}
+
+/// Synapse's admin API (`/_synapse/admin/{rest}`): a write about a user ends that user's
+/// cached identities (cheap to resolve again, and it covers every way the admin API revokes
+/// or demotes: deactivation, password resets with `logout_devices`, device deletion, the
+/// admin flag).
+fn admin_session_change(method: &http::Method, rest: &str) -> Option<SessionChange> {
+    if *method == http::Method::GET || *method == http::Method::HEAD {
+        return None;
+    }
+    let decode = |segment: &str| {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let user = |segment: &str| decode(segment).and_then(|u| OwnedUserId::try_from(u).ok());
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["v2", "users", user_id, "devices", device_id] if *method == http::Method::DELETE => Some(
+            SessionChange::Device(user(user_id)?, OwnedDeviceId::from(decode(device_id)?)),
+        ),
+        ["v1", "deactivate" | "reset_password", user_id] | ["v1" | "v2", "users", user_id, ..] => {
+            Some(SessionChange::User(user(user_id)?))
+        }
         _ => None,
     }
 }
@@ -458,18 +557,88 @@ mod tests {
             session_change(&Method::POST, "/_matrix/client/v3/logout"),
             Some(SessionChange::Token)
         );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/r0/logout/all"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/password"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/deactivate"),
-            Some(SessionChange::User)
-        );
+        let user = |u: &str| Some(SessionChange::User(OwnedUserId::try_from(u).unwrap()));
+        let cases = [
+            (
+                Method::POST,
+                "/_matrix/client/r0/logout/all",
+                Some(SessionChange::UserOfToken),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/account/password",
+                Some(SessionChange::UserOfToken),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/account/deactivate",
+                Some(SessionChange::UserOfToken),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/delete_devices",
+                Some(SessionChange::UserOfToken),
+            ),
+            (
+                Method::DELETE,
+                "/_matrix/client/v3/devices/ABC",
+                Some(SessionChange::UserOfToken),
+            ),
+            (Method::GET, "/_matrix/client/v3/devices/ABC", None),
+            (
+                Method::POST,
+                "/_matrix/client/v3/refresh",
+                Some(SessionChange::Refresh),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v1/refresh",
+                Some(SessionChange::Refresh),
+            ),
+            (
+                Method::POST,
+                "/_synapse/admin/v1/deactivate/%40a%3Ahs",
+                user("@a:hs"),
+            ),
+            (
+                Method::POST,
+                "/_synapse/admin/v1/reset_password/@a:hs",
+                user("@a:hs"),
+            ),
+            (
+                Method::PUT,
+                "/_synapse/admin/v2/users/%40a%3Ahs",
+                user("@a:hs"),
+            ),
+            (Method::GET, "/_synapse/admin/v2/users/%40a%3Ahs", None),
+            (
+                Method::POST,
+                "/_synapse/admin/v2/users/@a:hs/delete_devices",
+                user("@a:hs"),
+            ),
+            (
+                Method::PUT,
+                "/_synapse/admin/v1/users/@a:hs/admin",
+                user("@a:hs"),
+            ),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v2/users/%40a%3Ahs/devices/DEV%2F1",
+                Some(SessionChange::Device(
+                    OwnedUserId::try_from("@a:hs").unwrap(),
+                    OwnedDeviceId::from("DEV/1"),
+                )),
+            ),
+            (
+                Method::DELETE,
+                "/_synapse/admin/v2/users/not-a-user/devices/D",
+                None,
+            ),
+            (Method::DELETE, "/_synapse/admin/v1/rooms/!r:hs", None),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(session_change(&method, path), want, "{method} {path}");
+        }
         assert_eq!(
             session_change(&Method::GET, "/_matrix/client/v3/logout"),
             None

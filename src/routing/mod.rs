@@ -125,7 +125,10 @@ impl RoomClasses {
         &self.classes
     }
 
-    fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
+    /// The route of a request `method` about `room_id` by its class's `serve` (`Local`,
+    /// `ReadOnly` or `Unavailable`); `None` when it is not a local room ID. Also what a
+    /// room reached through an alias is judged by.
+    pub fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
         self.class_of(room_id).map(|class| match class.serve {
             ServeMode::Local => Route::Local,
             ServeMode::ReadOnly if is_read(method) => Route::Local,
