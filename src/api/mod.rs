@@ -227,6 +227,7 @@ pub fn local_router(state: AppState) -> Router {
             post(room_admin::yeet),
         )
         .fallback(unknown_local_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(limit)
         .with_state(state)
 }
@@ -240,7 +241,7 @@ fn targeted(
     membership: &'static str,
 ) -> impl Fn(
     axum::extract::State<AppState>,
-    axum::extract::Path<(String, String)>,
+    extract::Path<(String, String)>,
     extract::Authed,
     extract::JsonObject,
 ) -> MembershipAnswer
@@ -251,6 +252,16 @@ fn targeted(
     move |state, path, auth, body| {
         Box::pin(membership::targeted(state, path, auth, body, membership))
     }
+}
+
+/// A known endpoint with another method: 405 `M_UNRECOGNIZED`, as Synapse answers (axum's
+/// own 405 has an empty body).
+async fn method_not_allowed() -> MatrixError {
+    MatrixError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unrecognized,
+        "Unrecognized request",
+    )
 }
 
 /// An endpoint hungryserv does not implement for local rooms yet. Forwarding it would give a

@@ -6,7 +6,9 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::routing::{delete, get};
 use serde_json::{Map, Value, json};
 
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(reload_routing),
         )
         .fallback(super::unknown_local_endpoint)
+        .method_not_allowed_fallback(super::method_not_allowed)
         .layer(limit)
         .with_state(state)
 }

@@ -2,6 +2,8 @@
 //! fresh Postgres database per test.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod local;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
