@@ -102,7 +102,7 @@ impl AppState {
         tokio::spawn(learner);
         tokio::spawn(crate::push::prune::run(db.clone()));
         tokio::spawn(crate::rooms::txn_ids::run(db.clone()));
-        match crate::push::gateway::client() {
+        match crate::push::gateway::client(config.push.extra_ca.as_ref()) {
             Ok(client) => {
                 tokio::spawn(crate::push::badge::run(
                     db.clone(),
