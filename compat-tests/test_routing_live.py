@@ -227,3 +227,37 @@ def test_alias_requests_obey_serve(admin, user):
     assert other.user_id not in members["joined"]
     resp = call(other.access_token, "POST", f"/_matrix/client/v3/join/{q(alias)}", {})
     assert (resp.status_code, resp.json()["room_id"]) == (200, room_id)
+
+
+def test_off_rooms_are_not_listed_until_switched_on(admin, user):
+    """`serve = "off"`: the class's rooms are unavailable — left out of /sync, /joined_rooms
+    and /notifications — and come back whole when the class is switched on again."""
+    other = stack.register_user()
+    room_id = create(user.access_token)
+    assert call(user.access_token, "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite",
+                {"user_id": other.user_id}).status_code == 200
+    assert call(other.access_token, "POST", f"/_matrix/client/v3/join/{q(room_id)}", {}).status_code == 200
+    # The other user's client syncs, so hungryserv has its push rules.
+    call(other.access_token, "GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
+    assert send(user.access_token, room_id).status_code == 200
+
+    def listed(token: str) -> dict:
+        sync = call(token, "GET", "/_matrix/client/v3/sync", params={"timeout": "0"}).json()
+        joined = call(token, "GET", "/_matrix/client/v3/joined_rooms").json()["joined_rooms"]
+        notes = call(token, "GET", "/_matrix/client/v3/notifications").json()["notifications"]
+        return {
+            "sync": room_id in sync.get("rooms", {}).get("join", {}),
+            "joined_rooms": room_id in joined,
+            "notifications": any(n["room_id"] == room_id for n in notes),
+        }
+
+    stack.wait_until(lambda: listed(other.access_token)["notifications"], 30, "the notification")
+    assert listed(other.access_token) == {"sync": True, "joined_rooms": True, "notifications": True}
+    try:
+        write(routing_toml(serve="off"))
+        assert reload(admin.access_token).status_code == 200
+        assert listed(other.access_token) == {"sync": False, "joined_rooms": False, "notifications": False}
+    finally:
+        write(routing_toml())
+        assert reload(admin.access_token).status_code == 200
+    assert listed(other.access_token) == {"sync": True, "joined_rooms": True, "notifications": True}

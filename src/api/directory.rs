@@ -108,7 +108,15 @@ async fn merged_joined_rooms(
             return Err(crate::error::MatrixError::bad_gateway("Synapse is unreachable").into());
         }
     };
-    rooms.extend(state.rooms.joined_rooms(&requester).await?);
+    let classes = state.classes.current();
+    rooms.extend(
+        state
+            .rooms
+            .joined_rooms(&requester)
+            .await?
+            .into_iter()
+            .filter(|room| classes.available(room)),
+    );
     Ok(Json(json!({ "joined_rooms": rooms })).into_response())
 }
 

@@ -121,6 +121,14 @@ impl RoomClasses {
             .find(|class| localpart.starts_with(class.prefix.as_str()))
     }
 
+    /// Whether a room is available to list and deliver: not a local room of a class whose
+    /// `serve` is `off` (those rooms are left out of `/sync`, `/joined_rooms` and
+    /// `/notifications` while the class is off, and come back when it is switched on).
+    pub fn available(&self, room_id: &str) -> bool {
+        self.class_of(room_id)
+            .is_none_or(|class| class.serve != ServeMode::Off)
+    }
+
     pub fn classes(&self) -> &[RoomClass] {
         &self.classes
     }
