@@ -492,3 +492,30 @@ def test_admin_messages_of_a_local_room_match_synapse(admin):
     bodies = [json.loads(e[3]).get("body") for e in local_view["forwards"] if e[0] == "m.room.message"]
     assert bodies == [f"before {i}" for i in range(4)] + [None, "from the member"] + [f"after {i}" for i in range(3)]
     assert [json.loads(e[3]).get("body") for e in local_view["filtered"]] == [None, "from the member"]
+
+
+def test_no_alias_points_at_a_deleted_room(admin):
+    """An appservice may put aliases of its namespace on a room it created; once the room is
+    deleted it may not (it used to get 200 and an alias naming a deleted room). A join by an
+    alias that still names one (a row left behind) gets the deleted room's answer, as a join by
+    its ID does."""
+    bridge = stack.relay_appservice()
+    room_id = create_room(bridge.as_token)
+    alias = f"#relay_{secrets.token_hex(4)}:{stack.SERVER_NAME}"
+    ok(bridge.as_token, "PUT", f"/_matrix/client/v3/directory/room/{q(alias)}", {"room_id": room_id})
+    ok(admin.access_token, "DELETE", f"/_synapse/admin/v2/rooms/{q(room_id)}", {"block": True, "purge": False})
+    resp = call(bridge.as_token, "GET", f"/_matrix/client/v3/directory/room/{q(alias)}")
+    assert resp.status_code == 404, resp.text
+    resp = call(bridge.as_token, "PUT", f"/_matrix/client/v3/directory/room/{q(alias)}", {"room_id": room_id})
+    assert (resp.status_code, resp.json()["errcode"]) == (404, "M_NOT_FOUND"), resp.text
+    assert call(bridge.as_token, "GET", f"/_matrix/client/v3/directory/room/{q(alias)}").status_code == 404
+
+    # A row naming the deleted room, as a race with the deletion could leave behind.
+    r = room_id.replace("'", "''")
+    sql(f"INSERT INTO room_aliases (alias, room_id, creator) VALUES ('{alias}', '{r}', '{bridge.bot}')")
+    other = stack.register_user()
+    for endpoint in ["join", "knock"]:
+        resp = call(other.access_token, "POST", f"/_matrix/client/v3/{endpoint}/{q(alias)}", {})
+        assert resp.json() == {"errcode": "M_FORBIDDEN", "error": "This room has been blocked on this server"}, (
+            endpoint, resp.text)
+    assert call(other.access_token, "GET", f"/_matrix/client/v3/directory/room/{q(alias)}").status_code == 404

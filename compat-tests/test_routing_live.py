@@ -186,3 +186,75 @@ def test_no_request_is_dropped_across_reloads(admin, user):
         for t in threads:
             t.join()
     assert failures == []
+
+
+def test_alias_requests_obey_serve(admin, user):
+    """A join, knock or directory lookup by alias is judged by the room's class like one by
+    room ID: the alias route used to skip `serve`."""
+    name = f"live{secrets.token_hex(4)}"
+    alias = f"#{name}:{stack.SERVER_NAME}"
+    resp = call(user.access_token, "POST", "/_matrix/client/v3/createRoom",
+                {"preset": "public_chat", "room_version": "10", "room_alias_name": name,
+                 "creation_content": {"m.federate": False}})
+    assert resp.status_code == 200, resp.text
+    room_id = resp.json()["room_id"]
+    other = stack.register_user()
+    try:
+        write(routing_toml(serve="read_only"))
+        assert reload(admin.access_token).status_code == 200
+        for endpoint in ["join", "knock"]:
+            resp = call(other.access_token, "POST", f"/_matrix/client/v3/{endpoint}/{q(alias)}", {})
+            assert (resp.status_code, resp.json()["errcode"]) == (403, "M_FORBIDDEN"), (endpoint, resp.text)
+            assert "read-only" in resp.json()["error"]
+        # A lookup is a read.
+        resp = call(other.access_token, "GET", f"/_matrix/client/v3/directory/room/{q(alias)}")
+        assert (resp.status_code, resp.json()["room_id"]) == (200, room_id)
+
+        write(routing_toml(serve="off"))
+        assert reload(admin.access_token).status_code == 200
+        for method, path in [("POST", f"/_matrix/client/v3/join/{q(alias)}"),
+                             ("POST", f"/_matrix/client/v3/knock/{q(alias)}"),
+                             ("GET", f"/_matrix/client/v3/directory/room/{q(alias)}")]:
+            resp = call(other.access_token, method, path, {} if method == "POST" else None)
+            assert (resp.status_code, resp.json()["errcode"]) == (503, "M_UNAVAILABLE"), (path, resp.text)
+    finally:
+        write(routing_toml())
+        assert reload(admin.access_token).status_code == 200
+    members = call(user.access_token, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members").json()
+    assert other.user_id not in members["joined"]
+    resp = call(other.access_token, "POST", f"/_matrix/client/v3/join/{q(alias)}", {})
+    assert (resp.status_code, resp.json()["room_id"]) == (200, room_id)
+
+
+def test_off_rooms_are_not_listed_until_switched_on(admin, user):
+    """`serve = "off"`: the class's rooms are unavailable — left out of /sync, /joined_rooms
+    and /notifications — and come back whole when the class is switched on again."""
+    other = stack.register_user()
+    room_id = create(user.access_token)
+    assert call(user.access_token, "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite",
+                {"user_id": other.user_id}).status_code == 200
+    assert call(other.access_token, "POST", f"/_matrix/client/v3/join/{q(room_id)}", {}).status_code == 200
+    # The other user's client syncs, so hungryserv has its push rules.
+    call(other.access_token, "GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
+    assert send(user.access_token, room_id).status_code == 200
+
+    def listed(token: str) -> dict:
+        sync = call(token, "GET", "/_matrix/client/v3/sync", params={"timeout": "0"}).json()
+        joined = call(token, "GET", "/_matrix/client/v3/joined_rooms").json()["joined_rooms"]
+        notes = call(token, "GET", "/_matrix/client/v3/notifications").json()["notifications"]
+        return {
+            "sync": room_id in sync.get("rooms", {}).get("join", {}),
+            "joined_rooms": room_id in joined,
+            "notifications": any(n["room_id"] == room_id for n in notes),
+        }
+
+    stack.wait_until(lambda: listed(other.access_token)["notifications"], 30, "the notification")
+    assert listed(other.access_token) == {"sync": True, "joined_rooms": True, "notifications": True}
+    try:
+        write(routing_toml(serve="off"))
+        assert reload(admin.access_token).status_code == 200
+        assert listed(other.access_token) == {"sync": False, "joined_rooms": False, "notifications": False}
+    finally:
+        write(routing_toml())
+        assert reload(admin.access_token).status_code == 200
+    assert listed(other.access_token) == {"sync": True, "joined_rooms": True, "notifications": True}

@@ -126,7 +126,7 @@ impl AppState {
             "transaction IDs pruner",
             crate::rooms::txn_ids::run(db.clone()),
         );
-        match crate::push::gateway::client() {
+        match crate::push::gateway::client(config.push.extra_ca.as_ref()) {
             Ok(client) => {
                 tasks.spawn(
                     "badge",

@@ -31,7 +31,7 @@ use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
 use crate::auth::requester::{access_token, query_param};
 use crate::cors::{self, Cors};
-use crate::error::{ErrorCode, MatrixError};
+use crate::error::MatrixError;
 use crate::routing::{self, FollowUps, PushChange, Route, SessionChange};
 
 /// After the listener closes, how long connections accepted just before get to have their
@@ -177,16 +177,9 @@ async fn handle(
             },
             Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
             Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
-            Route::ReadOnly { class } => MatrixError::forbidden(format!(
-                "Rooms of class {class} are read-only on this server"
-            ))
-            .into_response(),
-            Route::Unavailable { class } => MatrixError::new(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!("Rooms of class {class} are switched off on this server"),
-            )
-            .into_response(),
+            Route::ReadOnly { .. } | Route::Unavailable { .. } => api::class_refusal(&route)
+                .unwrap_or_else(|| MatrixError::not_found("Unknown room"))
+                .into_response(),
             Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
@@ -230,15 +223,10 @@ async fn handle(
 fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
     let classes = state.classes.current();
     let room = routing::named_room(&classes, path)?;
-    let gone = state.deletions.gone(&room)?;
     let joins = path
         .split('/')
         .any(|segment| segment == "join" || segment == "knock");
-    Some(if gone.blocked && joins {
-        MatrixError::forbidden("This room has been blocked on this server")
-    } else {
-        MatrixError::not_found("Unknown room")
-    })
+    api::gone_refusal(state, &room, joins)
 }
 
 /// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,
@@ -269,10 +257,20 @@ fn synapse_tokens(request: Request<Body>) -> Request<Body> {
 }
 
 /// Drops the cached identities a session change ends.
-fn forget(state: &AppState, change: SessionChange, token: &str) {
-    match change {
-        SessionChange::Token => state.identity.forget_token(token),
-        SessionChange::User => state.identity.forget_user_of(token),
+/// Drops the cached identities a session change ends. A `/refresh` is handled by
+/// [`refreshed`], which needs Synapse's answer; when that answer is lost, nothing is known of
+/// the new token and Synapse keeps the old one valid until the new one is used, so nothing
+/// needs dropping.
+fn forget(state: &AppState, change: &SessionChange, token: Option<&str>) {
+    match (change, token) {
+        (SessionChange::Token, Some(token)) => state.identity.forget_token(token),
+        (SessionChange::UserOfToken, Some(token)) => state.identity.forget_user_of(token),
+        (SessionChange::User(user), _) => state.identity.forget_user(user),
+        (SessionChange::Device(user, device), _) => {
+            state.identity.forget_device(user, device, None);
+        }
+        (SessionChange::Token | SessionChange::UserOfToken, None) | (SessionChange::Refresh, _) => {
+        }
     }
 }
 
@@ -320,8 +318,8 @@ async fn forward(
         Err(err) => {
             // Synapse may have carried out a revocation whose answer never reached us: drop
             // the identities it may have ended rather than serve them in degraded mode.
-            if let (Some(change), Some(token)) = (follow_ups.session, &token) {
-                forget(state, change, token);
+            if let Some(change) = &follow_ups.session {
+                forget(state, change, token.as_deref());
             }
             return err.into_response();
         }
@@ -332,12 +330,18 @@ async fn forward(
     if let Some(appservice_id) = &follow_ups.ping {
         state.delivery.poke(appservice_id);
     }
+    // Revocations Synapse accepted reach the token cache before the answer goes back.
+    let response = match &follow_ups.session {
+        Some(SessionChange::Refresh) => refreshed(state, response).await,
+        Some(change) => {
+            forget(state, change, token.as_deref());
+            response
+        }
+        None => response,
+    };
     let Some(token) = token else {
         return response;
     };
-    if let Some(change) = follow_ups.session {
-        forget(state, change, &token);
-    }
     if let Some(push_change) = follow_ups.push {
         refresh_push(state, &token, push_change).await;
     }
@@ -356,6 +360,31 @@ async fn forward(
         }
     }
     response
+}
+
+/// A `/refresh` answer (small JSON) is read to learn the new token, whose device's older
+/// tokens are then dropped from the cache; the client gets the same bytes.
+async fn refreshed(state: &AppState, response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    const MAX_REFRESH_ANSWER: usize = 64 * 1024;
+    let (parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_REFRESH_ANSWER)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return MatrixError::bad_gateway("Synapse's answer could not be read").into_response();
+        }
+    };
+    let new_token = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|answer| answer.get("access_token")?.as_str().map(str::to_owned));
+    match new_token {
+        Some(new_token) => state.identity.refreshed(&new_token).await,
+        None => tracing::warn!("a /refresh answer without access_token"),
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Fetches the user's push rules or pushers again after a change Synapse accepted, with the

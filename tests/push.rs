@@ -417,7 +417,7 @@ fn start_push_task(pool: &PgPool, notifier: &Notifier) -> tokio::task::JoinHandl
             notifier: notifier.clone(),
             server_name: "one.example".into(),
             registrations: Vec::new(),
-            client: gateway::client().unwrap(),
+            client: gateway::client(None).unwrap(),
             push,
         }
         .run(),

@@ -1,5 +1,6 @@
 //! Requests about aliases and the user's room list, which span both worlds: alias lookups and
-//! joins by alias are answered here when the alias is one of ours and forwarded otherwise;
+//! joins by alias are answered here when the alias is one of ours (after the checks a
+//! request naming the room ID passes: its class's `serve`, deletion) and forwarded otherwise;
 //! `/joined_rooms` is Synapse's list plus the local rooms.
 
 use axum::Json;
@@ -33,6 +34,13 @@ pub async fn alias_route(state: &AppState, request: Request<Body>, alias: &str) 
     let Some(room_id) = room_id else {
         return AliasOutcome::Forward(request);
     };
+    // The room's class and deletion decide as for a request naming the room ID.
+    let joining = request.method() != Method::GET;
+    if let Some(refusal) =
+        super::gate::room_refusal(state, request.method(), room_id.as_str(), joining)
+    {
+        return AliasOutcome::Answered(refusal.into_response());
+    }
     if request.method() == Method::GET {
         // The directory answer needs no authentication (as on Synapse).
         let answer = Json(json!({ "room_id": room_id, "servers": [state.config.server_name] }));
@@ -100,7 +108,15 @@ async fn merged_joined_rooms(
             return Err(crate::error::MatrixError::bad_gateway("Synapse is unreachable").into());
         }
     };
-    rooms.extend(state.rooms.joined_rooms(&requester).await?);
+    let classes = state.classes.current();
+    rooms.extend(
+        state
+            .rooms
+            .joined_rooms(&requester)
+            .await?
+            .into_iter()
+            .filter(|room| classes.available(room)),
+    );
     Ok(Json(json!({ "joined_rooms": rooms })).into_response())
 }
 

@@ -1,5 +1,6 @@
-//! Request parts every handler needs: the authenticated requester, query parameters and a
-//! JSON object body with Synapse's error codes for bad input.
+//! Request parts every handler needs: the authenticated requester, path and query
+//! parameters and a JSON object body, with Synapse's error codes for bad input (axum's own
+//! rejections are plain text, which no Matrix client reads).
 
 use std::collections::HashMap;
 
@@ -45,6 +46,28 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// Path parameters, percent-decoded. A segment that does not decode (invalid UTF-8) or holds
+/// a NUL (Postgres text cannot) is 400 `M_INVALID_PARAM`, as a Matrix error.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(MatrixError::invalid_param("NUL in a path parameter").into());
+        }
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(MatrixError::invalid_param(rejection.body_text()).into()),
+        }
+    }
+}
+
 /// Query parameters, decoded (a repeated key keeps its last value).
 #[derive(Debug, Default)]
 pub struct Query(HashMap<String, String>);
@@ -78,10 +101,38 @@ impl Query {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Query {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
+    /// A parameter holding a NUL is 400 `M_INVALID_PARAM`: no ID, type or token has one, and
+    /// Postgres text cannot store one.
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Query::parse(parts.uri.query()))
+        let query = Query::parse(parts.uri.query());
+        if query
+            .0
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(MatrixError::invalid_param("NUL in a query parameter").into());
+        }
+        Ok(query)
+    }
+}
+
+/// Whether a raw path holds `%00`.
+fn has_encoded_nul(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
+/// Whether a JSON value holds a NUL in a string or a key: Postgres' `jsonb` cannot store
+/// one (`\u0000`), so it is refused before anything is written.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -95,6 +146,9 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) if map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) => {
+            Err(MatrixError::bad_json("NUL is not allowed in JSON strings").into())
+        }
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(MatrixError::bad_json("Content must be a JSON object.").into()),
         Err(_) => Err(MatrixError::new(
@@ -110,13 +164,22 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|_| {
-            MatrixError::new(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                "Request body too large",
-            )
-        })?;
+        // The limit is the router's `DefaultBodyLimit` (`limits.max_local_body_bytes`).
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    http::StatusCode::PAYLOAD_TOO_LARGE => MatrixError::new(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
+                        "Request body too large",
+                    ),
+                    _ => MatrixError::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ErrorCode::Unknown,
+                        "The request body could not be read",
+                    ),
+                })?;
         parse_object(&bytes).map(JsonObject)
     }
 }

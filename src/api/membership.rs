@@ -2,7 +2,9 @@
 //! unban.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::{Map, Value, json};
 

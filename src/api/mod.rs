@@ -10,6 +10,7 @@ mod appservice_socket;
 mod create_room;
 mod directory;
 mod extract;
+mod gate;
 mod membership;
 mod notifications;
 mod read;
@@ -35,6 +36,7 @@ use crate::rooms::RoomError;
 pub use appservice_socket::appservice_socket;
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
+pub use gate::{class_refusal, gone_refusal};
 pub use notifications::notifications;
 pub use relay::relay;
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
@@ -124,8 +126,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The body limit of every handler here: `limits.max_local_body_bytes`, not axum's 2 MB
+/// default (a bridge's `batch_send` of 1,000 events is several MB). Extractors that read the
+/// body (`Bytes`, [`extract::JsonObject`]) obey it and answer 413 `M_TOO_LARGE` beyond it.
+pub(crate) fn body_limit(state: &AppState) -> axum::extract::DefaultBodyLimit {
+    let limit = usize::try_from(state.config.limits.max_local_body_bytes).unwrap_or(usize::MAX);
+    axum::extract::DefaultBodyLimit::max(limit)
+}
+
 /// The router for requests classified Local (they name a local room).
 pub fn local_router(state: AppState) -> Router {
+    let limit = body_limit(&state);
     let rooms = "/_matrix/client/{v}/rooms/{room_id}";
     let user_rooms = "/_matrix/client/{v}/user/{user_id}/rooms/{room_id}";
     Router::new()
@@ -228,6 +239,8 @@ pub fn local_router(state: AppState) -> Router {
             post(room_admin::yeet),
         )
         .fallback(unknown_local_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(limit)
         .with_state(state)
 }
 
@@ -240,7 +253,7 @@ fn targeted(
     membership: &'static str,
 ) -> impl Fn(
     axum::extract::State<AppState>,
-    axum::extract::Path<(String, String)>,
+    extract::Path<(String, String)>,
     extract::Authed,
     extract::JsonObject,
 ) -> MembershipAnswer
@@ -251,6 +264,16 @@ fn targeted(
     move |state, path, auth, body| {
         Box::pin(membership::targeted(state, path, auth, body, membership))
     }
+}
+
+/// A known endpoint with another method: 405 `M_UNRECOGNIZED`, as Synapse answers (axum's
+/// own 405 has an empty body).
+async fn method_not_allowed() -> MatrixError {
+    MatrixError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unrecognized,
+        "Unrecognized request",
+    )
 }
 
 /// An endpoint hungryserv does not implement for local rooms yet. Forwarding it would give a

@@ -89,7 +89,14 @@ async fn handle(state: &AppState, request: Request<Body>) -> Result<Response, Ap
     };
     let local = local.await.map_err(RoomError::from)?;
     let local_more = i64::try_from(local.len()).unwrap_or(i64::MAX) >= limit;
-    let page = merge(synapse, synapse_next, local, local_more, &cursor);
+    let classes = state.classes.current();
+    let shown = |notification: &Value| {
+        notification
+            .get("room_id")
+            .and_then(Value::as_str)
+            .is_none_or(|room| classes.available(room))
+    };
+    let page = merge(synapse, synapse_next, local, local_more, &cursor, shown);
     let mut body = json!({ "notifications": page.notifications });
     if let Some(next) = page.next_token {
         body["next_token"] = json!(next);

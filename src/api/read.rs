@@ -2,7 +2,9 @@
 //! `timestamp_to_event`, aliases.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use serde_json::{Value, json};
 
 use super::ApiError;

@@ -6,7 +6,9 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::routing::{delete, get};
 use serde_json::{Map, Value, json};
 
@@ -20,6 +22,7 @@ use crate::store::deletion::DeletionRow;
 
 /// The router for requests classified `AdminRoom`.
 pub fn router(state: AppState) -> Router {
+    let limit = super::body_limit(&state);
     Router::new()
         .route(
             "/_synapse/admin/v1/rooms/{room_id}",
@@ -57,6 +60,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(reload_routing),
         )
         .fallback(super::unknown_local_endpoint)
+        .method_not_allowed_fallback(super::method_not_allowed)
+        .layer(limit)
         .with_state(state)
 }
 

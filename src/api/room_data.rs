@@ -3,7 +3,9 @@
 //! `room.py`, `account_data.py`, `tags.py`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use serde_json::{Map, Value, json};
 
 use super::ApiError;

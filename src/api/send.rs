@@ -2,7 +2,9 @@
 //! `PUT /redact/{eventId}/{txnId}`, and the two POSTs without a transaction ID.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
 

@@ -76,6 +76,7 @@ async fn handle(
         full_state,
         timeout,
         filter: param("filter").map(str::to_owned),
+        classes: state.classes.current(),
         upstream_params: params
             .iter()
             .filter(|(key, _)| !OURS.contains(&key.as_str()))

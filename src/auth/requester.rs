@@ -6,8 +6,10 @@
 //! * Every other token is Synapse's: it is resolved with `/account/whoami` (bounded by
 //!   `synapse.whoami_timeout_s`) and cached by its SHA-256: used without asking for
 //!   [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]), then checked again on its next use.
-//!   The cache entry is dropped when a logout, password change or deactivation passes
-//!   through hungryserv.
+//!   Every revocation that passes through hungryserv and that Synapse accepts drops the
+//!   entries it ends at once (`routing::SessionChange`, acted on in `server::forward`): a
+//!   logout, password change or deactivation, a device deleted by its user or by Synapse's
+//!   admin API, any admin API write about a user, a `/refresh`.
 //!
 //! **Degraded mode.** An identity Synapse confirmed stays valid while Synapse cannot answer
 //! (connect error, timeout, 5xx): past its TTL it is checked again, and served as it was when
@@ -125,6 +127,16 @@ pub struct Identity {
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The admin cache's key: the token and the user the request acts as.
+fn admin_key(token: &str, requester: &Requester) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(token.as_bytes());
+    // A user ID never holds a NUL, so no other (token, user) pair hashes the same input.
+    hasher.update([0]);
+    hasher.update(requester.user_id.as_str().as_bytes());
+    hasher.finalize().into()
 }
 
 impl Identity {
@@ -334,9 +346,15 @@ impl Identity {
     }
 
     /// Whether the requester of `token` is a Synapse server admin (Synapse is asked with the
-    /// requester's own token; the answer is cached for [`ADMIN_TTL`]).
+    /// requester's own token, and an appservice's `?user_id=`; the answer is cached for
+    /// [`ADMIN_TTL`]). The cache key is the token *and* the user it acts as: one appservice
+    /// token acts as its bot and as every user of its namespaces, whose rights differ.
     pub async fn is_admin(&self, token: &str, requester: &Requester) -> Result<bool, AuthFailure> {
-        let key = digest(token);
+        let key = admin_key(token, requester);
+        let masquerade = requester
+            .appservice
+            .as_ref()
+            .map(|_| requester.user_id.as_str());
         let cached = self.admins.lock().ok().and_then(|admins| {
             admins
                 .get(&key)
@@ -348,7 +366,7 @@ impl Identity {
         }
         let admin = match self
             .synapse
-            .is_admin(token, requester.user_id.as_str())
+            .is_admin(token, requester.user_id.as_str(), masquerade)
             .await
         {
             Ok(admin) => admin,
@@ -374,8 +392,10 @@ impl Identity {
 
     /// Drops the cached resolution of `token` (after `/logout` passed through).
     pub fn forget_token(&self, token: &str) {
+        // Admin entries are keyed by token and user; which belong to this token cannot be
+        // told apart cheaply, and they are simply asked again.
         if let Ok(mut admins) = self.admins.lock() {
-            admins.remove(&digest(token));
+            admins.clear();
         }
         if let Ok(mut tokens) = self.tokens.lock() {
             self.generation
@@ -404,6 +424,58 @@ impl Identity {
             // We never resolved it, so we cannot tell whose it is: forget everything rather
             // than keep serving a revoked token for a minute.
             None => tokens.clear(),
+        }
+    }
+}
+
+impl Identity {
+    /// Drops every cached token of `user` and every admin answer (after Synapse's admin API
+    /// deactivated or changed the user).
+    pub fn forget_user(&self, user: &OwnedUserId) {
+        self.forget_where(|(cached, _)| cached == user);
+    }
+
+    /// Drops the cached tokens of one device of `user` (after the device was deleted, or
+    /// its token refreshed), but `keep` (the refreshed token itself).
+    pub fn forget_device(&self, user: &OwnedUserId, device: &OwnedDeviceId, keep: Option<&str>) {
+        let keep = keep.map(digest);
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.clear();
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokens.retain(|key, entry| {
+                Some(*key) == keep
+                    || !matches!(&entry.outcome,
+                        Ok((cached_user, Some(cached_device)))
+                            if cached_user == user && cached_device == device)
+            });
+        }
+    }
+
+    /// After a `/refresh` Synapse answered with `new_token`: the device's other cached
+    /// tokens are dropped (Synapse may have deleted them). The new token is resolved to find
+    /// the device; if that fails, nothing is known about the device and every entry goes.
+    pub async fn refreshed(&self, new_token: &str) {
+        match self.resolve(Some(new_token), None).await {
+            Ok(Requester {
+                user_id,
+                device_id: Some(device),
+                ..
+            }) => self.forget_device(&user_id, &device, Some(new_token)),
+            _ => self.forget_where(|_| true),
+        }
+    }
+
+    fn forget_where(&self, matches: impl Fn(&(OwnedUserId, Option<OwnedDeviceId>)) -> bool) {
+        if let Ok(mut admins) = self.admins.lock() {
+            admins.clear();
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokens.retain(|_, entry| !entry.outcome.as_ref().is_ok_and(&matches));
         }
     }
 }

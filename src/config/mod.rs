@@ -51,6 +51,16 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Room deletion.
     pub deletion: DeletionConfig,
+    /// Notifications to push gateways.
+    pub push: PushConfig,
+}
+
+/// Notifications posted to push gateways (`[push]`).
+#[derive(Debug, Clone, Default)]
+pub struct PushConfig {
+    /// CA certificates trusted for `https://` push gateways besides the built-in public roots
+    /// (a gateway with a private CA), with `appservice.extra_ca_file`'s semantics.
+    pub extra_ca: Option<CaBundle>,
 }
 
 /// Room deletion.
@@ -301,6 +311,11 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         )),
     };
     deletion_section.finish(&mut problems);
+    let mut push_section = top.table(&mut problems, "push");
+    let push = PushConfig {
+        extra_ca: read_extra_ca(&mut push_section, base_dir, &mut problems),
+    };
+    push_section.finish(&mut problems);
     top.finish(&mut problems);
 
     let mut appservices = Vec::new();
@@ -342,6 +357,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 shutdown,
                 delivery,
                 deletion,
+                push,
             })
         }
         _ => Err(problems),
@@ -425,15 +441,7 @@ fn read_delivery(
             appservice.map(|appservice| RelayConfig { appservice, url })
         })
         .collect();
-    let extra_ca = section
-        .string(problems, "extra_ca_file")
-        .and_then(|file| match CaBundle::read(&base_dir.join(file)) {
-            Ok(bundle) => Some(bundle),
-            Err(message) => {
-                section.problem(problems, "extra_ca_file", message);
-                None
-            }
-        });
+    let extra_ca = read_extra_ca(section, base_dir, problems);
     DeliveryConfig {
         relays,
         max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
@@ -442,6 +450,24 @@ fn read_delivery(
         request_timeout: Duration::from_secs(request_timeout),
         extra_ca,
     }
+}
+
+/// `extra_ca_file` of a section: a PEM file of CA certificates, relative to the config's
+/// directory, each checked as a trust anchor now (not at the first TLS handshake).
+fn read_extra_ca(
+    section: &mut Section,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<CaBundle> {
+    section.string(problems, "extra_ca_file").and_then(|file| {
+        match CaBundle::read(&base_dir.join(file)) {
+            Ok(bundle) => Some(bundle),
+            Err(message) => {
+                section.problem(problems, "extra_ca_file", message);
+                None
+            }
+        }
+    })
 }
 
 fn read_synapse(section: &mut Section, problems: &mut Problems) -> Option<SynapseConfig> {

@@ -15,11 +15,16 @@ use serde_json::{Map, Value, json};
 pub type GatewayClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the client: gateway certificates are verified against the public roots built into
-/// the binary (`webpki-roots`), with aws-lc-rs named as the provider (as for appservices).
-pub fn client() -> Result<GatewayClient, rustls::Error> {
-    let roots = rustls::RootCertStore {
+/// the binary (`webpki-roots`) plus the CAs of `push.extra_ca_file` (a gateway with a private
+/// CA), with aws-lc-rs named as the provider (as for appservices).
+pub fn client(extra_ca: Option<&crate::config::CaBundle>) -> Result<GatewayClient, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // Each was already checked when the configuration was read.
+    for certificate in extra_ca.iter().flat_map(|bundle| &bundle.certificates) {
+        roots.add(certificate.clone())?;
+    }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -70,6 +70,7 @@ pub fn merge(
     local: Vec<(i64, Value)>,
     local_more: bool,
     cursor: &Cursor,
+    shown: impl Fn(&Value) -> bool,
 ) -> Page {
     let ts = |n: &Value| n.get("ts").and_then(Value::as_i64).unwrap_or(0);
     // While Synapse has more, local entries older than its oldest wait for a later page.
@@ -82,7 +83,9 @@ pub fn merge(
     let local_left = local_more || taken.len() < local_total;
     let local_before = taken.last().map_or(cursor.local_before, |(s, _)| *s);
     let mut notifications: Vec<Value> = synapse;
-    notifications.extend(taken.into_iter().map(|(_, n)| n));
+    // Entries of rooms not shown (an `off` class) still move the cursor: the next page goes
+    // on below them, and they are listed again once the class is on.
+    notifications.extend(taken.into_iter().map(|(_, n)| n).filter(|n| shown(n)));
     // Stable: equal timestamps keep Synapse's entries first.
     notifications.sort_by_key(|n| std::cmp::Reverse(ts(n)));
     let next_token = (synapse_next.is_some() || local_left).then(|| {
@@ -171,6 +174,7 @@ mod tests {
             vec![(8, n(60)), (7, n(40)), (6, n(10))],
             false,
             &start,
+            |_| true,
         );
         let ts: Vec<i64> = page
             .notifications
@@ -185,8 +189,23 @@ mod tests {
             "the entry at 10 comes on the next page"
         );
 
-        let last = merge(vec![], None, vec![(6, n(10))], false, &next);
+        let last = merge(vec![], None, vec![(6, n(10))], false, &next, |_| true);
         assert_eq!(last.notifications, vec![n(10)]);
         assert_eq!(last.next_token, None, "both lists are exhausted");
+    }
+
+    #[test]
+    fn hidden_entries_are_left_out_but_move_the_cursor() {
+        let start = parse_from(None);
+        let page = merge(
+            vec![],
+            None,
+            vec![(8, n(60)), (7, n(40))],
+            true,
+            &start,
+            |v| v["ts"] != 40,
+        );
+        assert_eq!(page.notifications, vec![n(60)]);
+        assert_eq!(parse_from(page.next_token.as_deref()).local_before, 7);
     }
 }

@@ -660,10 +660,10 @@ impl Rooms {
             )));
         }
         let mut tx = self.db.begin().await.map_err(store::StoreError::from)?;
-        if store::rooms::get(&mut tx, room_id.as_str())
-            .await?
-            .is_none()
-        {
+        // A deleted room keeps its row until the purge ends, and lost its aliases when it was
+        // deleted: none may name it again. (An alias inserted while the deletion commits can
+        // still slip past; requests by it get the deleted room's answer, `api::alias_route`.)
+        if !store::rooms::is_live(&mut tx, room_id.as_str()).await? {
             return Err(RoomError::NotFound("Unknown room".into()));
         }
         // Under the writer's lock: a createRoom checks its alias under it and inserts it in the

@@ -6,6 +6,7 @@
 //! May import: nothing of the crate.
 
 use http::Method;
+use ruma::{OwnedDeviceId, OwnedUserId};
 
 /// Work after Synapse accepted a forwarded request. `FollowUps::NONE` for most requests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,19 +33,35 @@ impl FollowUps {
 
     /// Whether a follow-up needs the requester's access token.
     pub fn need_token(&self) -> bool {
-        self.session.is_some() || self.profile || self.push.is_some()
+        matches!(
+            self.session,
+            Some(SessionChange::Token | SessionChange::UserOfToken)
+        ) || self.profile
+            || self.push.is_some()
     }
 }
 
-/// Which cached identities a session change ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which cached identities a request ends, once Synapse has accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionChange {
-    /// The request's own token (logout).
+    /// `/logout`: this token.
     Token,
-    /// Every token of the requester: logout/all, a password change, deactivation, deleting
-    /// devices. We cannot tell which cached token belonged to which device, so all of the
-    /// user's are dropped (they are simply resolved again).
-    User,
+    /// `/logout/all`, `/account/password`, `/account/deactivate`, the user's own
+    /// `DELETE /devices/{deviceId}` and `/delete_devices`: every token of the requester's user.
+    /// (Which cached token belongs to which deleted device is not known before whoami, so all
+    /// of the user's are dropped; they are simply resolved again.)
+    UserOfToken,
+    /// Synapse's admin API writing about a user (`v1/deactivate/{userId}`,
+    /// `v2/users/{userId}` — deactivation, password, admin flag —, `reset_password`,
+    /// `delete_devices` and the rest under `v1|v2/users/{userId}/`): every token of that
+    /// user, and every admin answer.
+    User(OwnedUserId),
+    /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}`: that device's tokens.
+    Device(OwnedUserId, OwnedDeviceId),
+    /// `POST /refresh`: Synapse may have deleted earlier access tokens of the device (the
+    /// predecessor's, or the successor of a refresh token used twice); the device's tokens
+    /// other than the new one are dropped and asked about again.
+    Refresh,
 }
 
 /// Which push settings a request changes.
@@ -61,6 +78,12 @@ pub enum PushChange {
 
 /// The follow-ups of a forwarded request to `path` (raw, percent-encoded).
 pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
+    if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
+        return FollowUps {
+            session: admin_session_change(method, rest),
+            ..FollowUps::NONE
+        };
+    }
     let Some(rest) = path.strip_prefix("/_matrix/client/") else {
         return FollowUps::NONE;
     };
@@ -68,9 +91,10 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     let mut follow_ups = FollowUps::NONE;
     match (method.as_str(), segments.as_slice()) {
         ("POST", [_, "logout"]) => follow_ups.session = Some(SessionChange::Token),
+        ("POST", [_, "refresh"]) => follow_ups.session = Some(SessionChange::Refresh),
         ("POST", [_, "logout", "all"] | [_, "account", "password" | "deactivate"])
         | ("POST", [_, "delete_devices"])
-        | ("DELETE", [_, "devices", _]) => follow_ups.session = Some(SessionChange::User),
+        | ("DELETE", [_, "devices", _]) => follow_ups.session = Some(SessionChange::UserOfToken),
         ("PUT" | "PATCH", [_, "profile", _] | [_, "profile", _, "displayname" | "avatar_url"]) => {
             follow_ups.profile = true;
         }
@@ -87,148 +111,92 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     follow_ups
 }
 
+/// Synapse's admin API (`/_synapse/admin/{rest}`): a write about a user ends that user's
+/// cached identities (cheap to resolve again, and it covers every way the admin API revokes
+/// or demotes: deactivation, password resets with `logout_devices`, device deletion, the
+/// admin flag).
+fn admin_session_change(method: &Method, rest: &str) -> Option<SessionChange> {
+    if *method == Method::GET || *method == Method::HEAD {
+        return None;
+    }
+    let decode = |segment: &str| {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let user = |segment: &str| decode(segment).and_then(|u| OwnedUserId::try_from(u).ok());
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["v2", "users", user_id, "devices", device_id] if *method == Method::DELETE => Some(
+            SessionChange::Device(user(user_id)?, OwnedDeviceId::from(decode(device_id)?)),
+        ),
+        ["v1", "deactivate" | "reset_password", user_id] | ["v1" | "v2", "users", user_id, ..] => {
+            Some(SessionChange::User(user(user_id)?))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Every follow-up, and near misses that have none.
+    #[rustfmt::skip] // one row per line: the table reads as a table
     #[test]
     fn follow_ups_table() {
-        let session = |change| FollowUps {
-            session: Some(change),
-            ..FollowUps::NONE
-        };
-        let push = |change| FollowUps {
-            push: Some(change),
-            ..FollowUps::NONE
-        };
-        let profile = FollowUps {
-            profile: true,
-            ..FollowUps::NONE
-        };
-        let ping = |id: &str| FollowUps {
-            ping: Some(id.to_owned()),
-            ..FollowUps::NONE
-        };
-        let (get, put, post, delete, patch) = (
-            Method::GET,
-            Method::PUT,
-            Method::POST,
-            Method::DELETE,
-            Method::PATCH,
-        );
+        use SessionChange::{Device, Refresh, Token, User, UserOfToken};
+        let alice = || OwnedUserId::try_from("@a:x").unwrap();
+        let session = |change| FollowUps { session: Some(change), ..FollowUps::NONE };
+        let push = |change| FollowUps { push: Some(change), ..FollowUps::NONE };
+        let profile = || FollowUps { profile: true, ..FollowUps::NONE };
+        let ping = |id: &str| FollowUps { ping: Some(id.to_owned()), ..FollowUps::NONE };
+        let none = || FollowUps::NONE;
         let cases = [
-            (
-                &post,
-                "/_matrix/client/v3/logout",
-                session(SessionChange::Token),
-            ),
-            (
-                &post,
-                "/_matrix/client/r0/logout/all",
-                session(SessionChange::User),
-            ),
-            (
-                &post,
-                "/_matrix/client/v3/account/password",
-                session(SessionChange::User),
-            ),
-            (
-                &post,
-                "/_matrix/client/v3/account/deactivate",
-                session(SessionChange::User),
-            ),
-            (
-                &post,
-                "/_matrix/client/v3/delete_devices",
-                session(SessionChange::User),
-            ),
-            (
-                &delete,
-                "/_matrix/client/v3/devices/ABCDEF",
-                session(SessionChange::User),
-            ),
-            (&get, "/_matrix/client/v3/logout", FollowUps::NONE),
-            (&post, "/_matrix/client/v3/login", FollowUps::NONE),
-            (&get, "/_matrix/client/v3/devices/ABCDEF", FollowUps::NONE),
-            (
-                &put,
-                "/_matrix/client/v3/profile/@a:x/displayname",
-                profile.clone(),
-            ),
-            (
-                &put,
-                "/_matrix/client/r0/profile/@a:x/avatar_url",
-                profile.clone(),
-            ),
-            (&patch, "/_matrix/client/v3/profile/@a:x", profile.clone()),
-            (&put, "/_matrix/client/v3/profile/@a:x", profile),
-            (
-                &get,
-                "/_matrix/client/v3/profile/@a:x/displayname",
-                FollowUps::NONE,
-            ),
-            (
-                &put,
-                "/_matrix/client/v3/profile/@a:x/m.custom",
-                FollowUps::NONE,
-            ),
-            (
-                &put,
-                "/_matrix/client/v3/pushrules/global/room/!a:x",
-                push(PushChange::Rules),
-            ),
-            (
-                &delete,
-                "/_matrix/client/r0/pushrules/global/override/x",
-                push(PushChange::Rules),
-            ),
-            (
-                &put,
-                "/_matrix/client/v3/pushrules/global/override/x/enabled",
-                push(PushChange::Rules),
-            ),
-            (&get, "/_matrix/client/v3/pushrules/", FollowUps::NONE),
-            (
-                &post,
-                "/_matrix/client/v3/pushers/set",
-                push(PushChange::Pushers),
-            ),
-            (&get, "/_matrix/client/v3/pushers", FollowUps::NONE),
-            (
-                &put,
-                "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list",
-                push(PushChange::Ignored),
-            ),
-            (
-                &get,
-                "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list",
-                FollowUps::NONE,
-            ),
-            (
-                &put,
-                "/_matrix/client/v3/user/@a:x/account_data/m.direct",
-                FollowUps::NONE,
-            ),
-            (
-                &post,
-                "/_matrix/client/v1/appservice/tele%20gram/ping",
-                ping("tele gram"),
-            ),
-            (
-                &get,
-                "/_matrix/client/v1/appservice/telegram/ping",
-                FollowUps::NONE,
-            ),
-            (
-                &post,
-                "/_matrix/client/v1/appservice/a/b/ping",
-                FollowUps::NONE,
-            ),
-            (&post, "/_synapse/admin/v1/logout", FollowUps::NONE),
+            ("POST", "/_matrix/client/v3/logout", session(Token)),
+            ("POST", "/_matrix/client/v3/refresh", session(Refresh)),
+            ("POST", "/_matrix/client/v1/refresh", session(Refresh)),
+            ("POST", "/_matrix/client/r0/logout/all", session(UserOfToken)),
+            ("POST", "/_matrix/client/v3/account/password", session(UserOfToken)),
+            ("POST", "/_matrix/client/v3/account/deactivate", session(UserOfToken)),
+            ("POST", "/_matrix/client/v3/delete_devices", session(UserOfToken)),
+            ("DELETE", "/_matrix/client/v3/devices/ABCDEF", session(UserOfToken)),
+            ("GET", "/_matrix/client/v3/logout", none()),
+            ("POST", "/_matrix/client/v3/login", none()),
+            ("GET", "/_matrix/client/v3/devices/ABCDEF", none()),
+            ("POST", "/_synapse/admin/v1/deactivate/%40a%3Ax", session(User(alice()))),
+            ("PUT", "/_synapse/admin/v2/users/@a:x", session(User(alice()))),
+            ("POST", "/_synapse/admin/v1/reset_password/@a:x", session(User(alice()))),
+            ("POST", "/_synapse/admin/v2/users/@a:x/delete_devices", session(User(alice()))),
+            ("DELETE", "/_synapse/admin/v2/users/@a:x/devices/DEV", session(Device(alice(), "DEV".into()))),
+            ("DELETE", "/_synapse/admin/v2/users/@a:x/devices/DEV%2F1", session(Device(alice(), "DEV/1".into()))),
+            ("DELETE", "/_synapse/admin/v2/users/not-a-user/devices/D", none()),
+            ("POST", "/_synapse/admin/v1/deactivate/not-a-user", none()),
+            ("GET", "/_synapse/admin/v2/users/@a:x", none()),
+            ("DELETE", "/_synapse/admin/v1/rooms/!r:x", none()),
+            ("PUT", "/_matrix/client/v3/profile/@a:x/displayname", profile()),
+            ("PUT", "/_matrix/client/r0/profile/@a:x/avatar_url", profile()),
+            ("PATCH", "/_matrix/client/v3/profile/@a:x", profile()),
+            ("PUT", "/_matrix/client/v3/profile/@a:x", profile()),
+            ("GET", "/_matrix/client/v3/profile/@a:x/displayname", none()),
+            ("PUT", "/_matrix/client/v3/profile/@a:x/m.custom", none()),
+            ("PUT", "/_matrix/client/v3/pushrules/global/room/!a:x", push(PushChange::Rules)),
+            ("DELETE", "/_matrix/client/r0/pushrules/global/override/x", push(PushChange::Rules)),
+            ("PUT", "/_matrix/client/v3/pushrules/global/override/x/enabled", push(PushChange::Rules)),
+            ("GET", "/_matrix/client/v3/pushrules/", none()),
+            ("POST", "/_matrix/client/v3/pushers/set", push(PushChange::Pushers)),
+            ("GET", "/_matrix/client/v3/pushers", none()),
+            ("PUT", "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list", push(PushChange::Ignored)),
+            ("GET", "/_matrix/client/v3/user/@a:x/account_data/m.ignored_user_list", none()),
+            ("PUT", "/_matrix/client/v3/user/@a:x/account_data/m.direct", none()),
+            ("POST", "/_matrix/client/v1/appservice/tele%20gram/ping", ping("tele gram")),
+            ("GET", "/_matrix/client/v1/appservice/telegram/ping", none()),
+            ("POST", "/_matrix/client/v1/appservice/a/b/ping", none()),
         ];
         for (method, path, want) in cases {
-            assert_eq!(follow_ups(method, path), want, "{method} {path}");
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(follow_ups(&method, path), want, "{method} {path}");
         }
     }
 }

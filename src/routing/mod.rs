@@ -136,11 +136,22 @@ impl RoomClasses {
             .find(|class| localpart.starts_with(class.prefix.as_str()))
     }
 
+    /// Whether a room is available to list and deliver: not a local room of a class whose
+    /// `serve` is `off` (those rooms are left out of `/sync`, `/joined_rooms` and
+    /// `/notifications` while the class is off, and come back when it is switched on).
+    pub fn available(&self, room_id: &str) -> bool {
+        self.class_of(room_id)
+            .is_none_or(|class| class.serve != ServeMode::Off)
+    }
+
     pub fn classes(&self) -> &[RoomClass] {
         &self.classes
     }
 
-    fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
+    /// The route of a request `method` about `room_id` by its class's `serve` (`Local`,
+    /// `ReadOnly` or `Unavailable`); `None` when it is not a local room ID. Also what a
+    /// room reached through an alias is judged by.
+    pub fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
         self.class_of(room_id).map(|class| match class.serve {
             ServeMode::Local => Route::Local,
             ServeMode::ReadOnly if is_read(method) => Route::Local,

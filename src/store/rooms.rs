@@ -72,6 +72,16 @@ pub async fn get(conn: &mut PgConnection, room_id: &str) -> Result<Option<RoomRo
     .await?)
 }
 
+/// Whether the room exists and is not deleted.
+pub async fn is_live(conn: &mut PgConnection, room_id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT FROM rooms WHERE room_id = $1 AND deleted_at IS NULL) AS "live!""#,
+        room_id
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
 pub async fn insert(conn: &mut PgConnection, room: &RoomRow) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO rooms (room_id, class, room_version, creator, appservice_id, max_topo, min_topo, latest_stream)

@@ -101,6 +101,8 @@ pub struct LocalRequest<'a> {
     pub side_upto: SidePositions,
     pub full_state: bool,
     pub filter: &'a SyncFilter,
+    /// The room classes: rooms of `off` classes are not shown.
+    pub classes: &'a crate::routing::RoomClasses,
 }
 
 /// From this many rooms on, their timelines and state are read in bulk first.
@@ -230,7 +232,10 @@ pub async fn build(
     // Invites from ignored users are not shown (Synapse's sync drops them too).
     let shown: Vec<&UserRoom> = user_rooms
         .iter()
-        .filter(|room| request.filter.room.allows_room(&room.room_id))
+        .filter(|room| {
+            request.filter.room.allows_room(&room.room_id)
+                && request.classes.available(&room.room_id)
+        })
         .filter(|room| !(room.membership == "invite" && ignored.contains(&room.member_sender)))
         .collect();
     let joined: Vec<(String, bool)> = shown

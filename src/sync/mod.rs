@@ -72,6 +72,8 @@ pub struct SyncRequest {
     pub timeout: Duration,
     /// The `filter` parameter, inline JSON or a filter ID.
     pub filter: Option<String>,
+    /// The room classes in force when the request came: rooms of `off` classes are left out.
+    pub classes: std::sync::Arc<crate::routing::RoomClasses>,
     /// The other query parameters, passed to Synapse unchanged (`filter`, `set_presence`,
     /// `full_state`, ...), without `since`, `timeout` and `access_token`.
     pub upstream_params: Vec<(String, String)>,
@@ -294,6 +296,7 @@ impl Syncer {
             side_upto: upto.side,
             full_state: request.full_state,
             filter,
+            classes: &request.classes,
         };
         Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }

@@ -375,9 +375,18 @@ impl Synapse {
 impl Synapse {
     /// Whether `user_id` is a server admin, asked with `token` (Synapse's
     /// `GET /_synapse/admin/v1/users/{userId}/admin`, which only admins may call: a 403 means
-    /// "not an admin").
-    pub async fn is_admin(&self, token: &str, user_id: &str) -> Result<bool, CallError> {
-        let path = format!("/_synapse/admin/v1/users/{}/admin", encode_segment(user_id));
+    /// "not an admin"). `masquerade`: the `?user_id=` an appservice token acts as.
+    pub async fn is_admin(
+        &self,
+        token: &str,
+        user_id: &str,
+        masquerade: Option<&str>,
+    ) -> Result<bool, CallError> {
+        let mut path = format!("/_synapse/admin/v1/users/{}/admin", encode_segment(user_id));
+        if let Some(acting) = masquerade {
+            path.push_str("?user_id=");
+            path.push_str(&encode_segment(acting));
+        }
         match self.call(Method::GET, &path, token).await {
             Ok(value) => Ok(value.get("admin").and_then(Value::as_bool) == Some(true)),
             Err(CallError::Refused(refusal)) if refusal.status == StatusCode::FORBIDDEN => {

@@ -2,6 +2,8 @@
 //! fresh Postgres database per test.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod local;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,6 +29,23 @@ pub fn config(synapse: SocketAddr, database_url: &str, synapse_extra: &str, extr
             "server_name = \"test.local\"\nlisten = \"127.0.0.1:0\"\nrouting = {routing:?}\n\
              [synapse]\nurl = \"http://{synapse}\"\n{synapse_extra}\n\
              [database]\nurl = \"{database_url}\"\n{extra}\n"
+        ),
+    )
+    .expect("write config");
+    config::load(&path)
+        .unwrap_or_else(|problems| panic!("test config invalid: {:?}", problems.lines))
+}
+
+/// Like [`config`], with `extra` (top-level keys, then whole tables) before `[synapse]`.
+pub fn config_top(synapse: SocketAddr, database_url: &str, extra: &str) -> Config {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hungryserv.toml");
+    let routing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("routing.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server_name = \"test.local\"\nlisten = \"127.0.0.1:0\"\nrouting = {routing:?}\n\
+             {extra}\n[synapse]\nurl = \"http://{synapse}\"\n[database]\nurl = \"{database_url}\"\n"
         ),
     )
     .expect("write config");
