@@ -25,6 +25,7 @@ pub enum ErrorCode {
     Unavailable,
     Exclusive,
     BadState,
+    UnknownPos,
 }
 
 impl ErrorCode {
@@ -44,6 +45,7 @@ impl ErrorCode {
             ErrorCode::MissingParam => "M_MISSING_PARAM",
             ErrorCode::Exclusive => "M_EXCLUSIVE",
             ErrorCode::BadState => "M_BAD_STATE",
+            ErrorCode::UnknownPos => "M_UNKNOWN_POS",
             // Not a spec code: what a switched-off room class answers (503).
             ErrorCode::Unavailable => "M_UNAVAILABLE",
         }

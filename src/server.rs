@@ -182,6 +182,7 @@ async fn handle(
             Route::CreateRoom => api::create_room(handlers.state.clone(), request, peer).await,
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
+            Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,

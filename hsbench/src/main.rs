@@ -12,6 +12,7 @@ mod ingest;
 mod initial_sync;
 mod passthrough;
 mod receiver;
+mod sliding_sync;
 mod stats;
 mod sync_latency;
 
@@ -46,6 +47,9 @@ enum Scenario {
     /// Room deletion: a Synapse room and a local room of N messages each deleted with Synapse's
     /// v2 admin API; time until invisible, until gone from the member's sync, until purged.
     Delete(delete::Options),
+    /// Simplified sliding sync: a user in R rooms (half local, half Synapse's); the first
+    /// window at Synapse (its R/2) vs through hungryserv (all R), and a local send's wake-up.
+    SlidingSync(sliding_sync::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Scenario::Delivery(options) => delivery::run(options).await,
             Scenario::Batch(options) => batch::run(options).await,
             Scenario::Delete(options) => delete::run(options).await,
+            Scenario::SlidingSync(options) => sliding_sync::run(options).await,
         }
     });
     match result {

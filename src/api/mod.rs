@@ -16,6 +16,7 @@ mod relay;
 mod room_admin;
 mod room_data;
 mod send;
+mod sliding_sync;
 mod sync;
 mod versions;
 
@@ -36,6 +37,7 @@ pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};
 pub use notifications::notifications;
 pub use relay::relay;
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
+pub use sliding_sync::sliding_sync;
 pub use sync::sync;
 pub use versions::versions;
 

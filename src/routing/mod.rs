@@ -62,6 +62,9 @@ pub enum Route {
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
     Sync,
+    /// `POST /unstable/org.matrix.simplified_msc3575/sync`: simplified sliding sync (MSC4186),
+    /// Synapse's merged with the local rooms'.
+    SlidingSync,
     /// `GET /notifications`: Synapse's list merged with the local rooms'.
     Notifications,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
@@ -87,7 +90,11 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms | Route::Sync | Route::Versions | Route::Notifications => "merge",
+            Route::JoinedRooms
+            | Route::Sync
+            | Route::SlidingSync
+            | Route::Versions
+            | Route::Notifications => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay => "relay",
         }
@@ -257,6 +264,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "createRoom"] if method == Method::POST => Route::CreateRoom,
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
+        ["unstable", "org.matrix.simplified_msc3575", "sync"] if method == Method::POST => {
+            Route::SlidingSync
+        }
         [_, "notifications"] if method == Method::GET => Route::Notifications,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
@@ -397,6 +407,16 @@ mod tests {
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", Route::Forward),
             (Method::GET, "/_matrix/client/versions", Route::Versions),
+            (
+                Method::POST,
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                Route::SlidingSync,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                Route::Forward,
+            ),
             (
                 Method::PUT,
                 "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/1",

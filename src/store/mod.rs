@@ -16,6 +16,7 @@ pub mod receipts;
 pub mod relay;
 pub mod room_data;
 pub mod rooms;
+pub mod sliding;
 
 use std::str::FromStr;
 

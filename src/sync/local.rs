@@ -762,6 +762,16 @@ async fn invited_room(
     room: &UserRoom,
     user: &str,
 ) -> Result<Value, RoomError> {
+    let events = invite_state(conn, room, user).await?;
+    Ok(json!({ "invite_state": { "events": events } }))
+}
+
+/// The invite state of an invited room (also sliding sync's `invite_state`).
+pub(crate) async fn invite_state(
+    conn: &mut PgConnection,
+    room: &UserRoom,
+    user: &str,
+) -> Result<Vec<Value>, RoomError> {
     let mut keys: Vec<(&str, &str)> = PREJOIN_STATE.iter().map(|kind| (*kind, "")).collect();
     keys.push(("m.room.member", room.member_sender.as_str()));
     keys.push(("m.room.member", user));
@@ -796,5 +806,5 @@ async fn invited_room(
         }
     }
     events.extend(invite);
-    Ok(json!({ "invite_state": { "events": events } }))
+    Ok(events)
 }

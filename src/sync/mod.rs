@@ -27,6 +27,7 @@
 
 pub mod filter;
 pub mod local;
+pub mod sliding;
 pub mod token;
 
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub struct Syncer {
     synapse: Synapse,
     notifier: Notifier,
     filters: FilterCache,
+    /// Sliding sync connections ([`sliding`]).
+    sliding: sliding::conn::Connections,
 }
 
 impl Syncer {
@@ -96,6 +99,7 @@ impl Syncer {
             synapse,
             notifier,
             filters: FilterCache::default(),
+            sliding: sliding::conn::Connections::default(),
         }
     }
 

@@ -281,6 +281,45 @@ impl Synapse {
         .await
     }
 
+    /// The client's own simplified sliding sync (MSC4186) on Synapse, with `body` as JSON.
+    pub async fn sliding_sync(
+        &self,
+        token: &str,
+        query: &str,
+        body: &Value,
+        wait: Duration,
+        headers: &[(header::HeaderName, header::HeaderValue)],
+    ) -> Result<Value, CallError> {
+        let path = format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?{query}");
+        self.call_with(Call {
+            timeout: wait + self.response_timeout,
+            max_answer: MAX_SYNC_ANSWER,
+            headers,
+            json_body: Some(body),
+            ..Call::new(Method::POST, &path, token)
+        })
+        .await
+    }
+
+    /// One of the user's global account data entries; `Ok(None)` when Synapse has none.
+    pub async fn account_data(
+        &self,
+        token: &str,
+        user_id: &str,
+        kind: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/account_data/{}",
+            encode_segment(user_id),
+            encode_segment(kind)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(Some(value)),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// A filter the user uploaded; `Ok(None)` when Synapse has no such filter.
     pub async fn filter(
         &self,

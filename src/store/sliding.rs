@@ -1,0 +1,147 @@
+//! What simplified sliding sync reads about a user's local rooms beyond what `/sync` reads:
+//! the room list with its order and filter facts, in one query over the user's `memberships`
+//! rows, and small per-window reads (timestamps, member counts, heroes).
+//!
+//! The room list costs one row per room the user is in, read through the `memberships_user`
+//! index plus primary-key probes (`rooms`, `current_state`); no event or state of a room is
+//! scanned. Everything heavier is read only for the rooms of the window.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use super::StoreError;
+
+/// One of the user's local rooms, as the list needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedRoom {
+    pub room_id: String,
+    /// The user's current membership.
+    pub membership: String,
+    /// Position of the member event that set it.
+    pub member_stream: i64,
+    /// Who sent that member event (a kick is a leave sent by someone else).
+    pub member_sender: String,
+    /// Position of the room's latest event.
+    pub latest_stream: i64,
+    /// Whether the room has `m.room.encryption` state.
+    pub encrypted: bool,
+    /// The `type` of the room's create event.
+    pub room_type: Option<String>,
+}
+
+/// Every local room where the user has a membership, except deleted and forgotten ones.
+pub async fn user_room_list(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<Vec<ListedRoom>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT m.room_id, m.membership, m.stream AS member_stream, r.latest_stream,
+                  CASE WHEN m.membership = 'join' THEN ''
+                       ELSE COALESCE((SELECT e.sender FROM events e WHERE e.stream = m.stream), '')
+                  END AS "member_sender!",
+                  EXISTS (SELECT FROM current_state c
+                          WHERE c.room_id = m.room_id AND c.type = 'm.room.encryption'
+                            AND c.state_key = '') AS "encrypted!",
+                  (SELECT e.content->>'type' FROM current_state c JOIN events e ON e.stream = c.stream
+                   WHERE c.room_id = m.room_id AND c.type = 'm.room.create' AND c.state_key = '')
+                   AS "room_type?"
+           FROM memberships m JOIN rooms r ON r.room_id = m.room_id
+           WHERE m.user_id = $1 AND r.deleted_at IS NULL
+             AND NOT EXISTS (
+                 SELECT FROM forgotten_rooms f
+                 WHERE f.room_id = m.room_id AND f.user_id = m.user_id
+                   AND f.member_stream = m.stream)"#,
+        user_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ListedRoom {
+            room_id: row.room_id,
+            membership: row.membership,
+            member_stream: row.member_stream,
+            member_sender: row.member_sender,
+            latest_stream: row.latest_stream,
+            encrypted: row.encrypted,
+            room_type: row.room_type,
+        })
+        .collect())
+}
+
+/// `origin_server_ts` of the events at these stream positions.
+pub async fn timestamps(
+    conn: &mut PgConnection,
+    streams: &[i64],
+) -> Result<HashMap<i64, i64>, StoreError> {
+    if streams.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT stream, origin_server_ts FROM events WHERE stream = ANY($1::bigint[])"#,
+        streams,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.stream, row.origin_server_ts))
+        .collect())
+}
+
+/// Joined and invited member counts of each room.
+pub async fn member_counts(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+) -> Result<HashMap<String, (i64, i64)>, StoreError> {
+    if room_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT room_id,
+                  count(*) FILTER (WHERE membership = 'join') AS "joined!",
+                  count(*) FILTER (WHERE membership = 'invite') AS "invited!"
+           FROM memberships WHERE room_id = ANY($1::text[]) GROUP BY room_id"#,
+        room_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.room_id, (row.joined, row.invited)))
+        .collect())
+}
+
+/// Up to `limit` members of each room other than `user_id`, joined before invited, oldest
+/// first (Synapse's hero choice for an unnamed room).
+pub async fn heroes(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+    user_id: &str,
+    limit: i64,
+) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    if room_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT w.room_id AS "room_id!", h.user_id AS "user_id!"
+           FROM UNNEST($1::text[]) AS w(room_id)
+           CROSS JOIN LATERAL (
+               SELECT user_id, membership, stream FROM memberships
+               WHERE room_id = w.room_id AND user_id <> $2 AND membership IN ('join', 'invite')
+               ORDER BY CASE membership WHEN 'join' THEN 0 ELSE 1 END, stream
+               LIMIT $3) h
+           ORDER BY w.room_id, CASE h.membership WHEN 'join' THEN 0 ELSE 1 END, h.stream"#,
+        room_ids,
+        user_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for row in rows {
+        out.entry(row.room_id).or_default().push(row.user_id);
+    }
+    Ok(out)
+}
