@@ -528,6 +528,13 @@ async fn unread(s: &Session, params: &Value, sender: &Sender) -> Result<Value> {
         });
     }
 
+    // As Element X does for the rooms on screen: a room subscription (timeline_limit 20), so
+    // every new message reaches the client's count, not only the list's latest one (its
+    // timeline_limit is 1: two messages between two responses come as the newer one and
+    // `limited`, with either server).
+    let ids: Vec<&RoomId> = rooms.iter().map(|r| r.room.room_id()).collect();
+    s.sync.room_list_service().subscribe_to_rooms(&ids).await;
+
     let mut steps = serde_json::Map::new();
     steps.insert("joined".into(), unread_snapshot(&rooms, &user).await);
 
