@@ -165,6 +165,7 @@ def test_room_list_merges_local_and_synapse_rooms_by_recency(room_list):
     initial = room_list["result"]["initial"]
     assert room_order(initial, ours) == room_list["newest_first"], json.dumps(initial, indent=1)
     assert len(initial) == len(ours), f"the list shows other rooms too: {initial}"
+    assert room_list["result"]["count"] == len(ours), "the list's count is not over both servers' rooms"
     names = {e["room_id"]: e["name"] for e in initial}
     assert all(names[r] == f"rust-sdk list {k} {i}" for i, (r, k) in enumerate(zip(ours, room_list["kinds"]))), names
 

@@ -47,7 +47,7 @@ use matrix_sdk::{
     sliding_sync::VersionBuilder,
 };
 use matrix_sdk_ui::{
-    room_list_service::{RoomListItem, filters::new_filter_non_left},
+    room_list_service::{RoomListItem, RoomListLoadingState, filters::new_filter_non_left},
     sync_service::SyncService,
     timeline::{EventSendState, RoomExt, Timeline, TimelineItem, VirtualTimelineItem},
 };
@@ -332,7 +332,26 @@ async fn room_list(s: &Session, params: &Value, sender: &Sender) -> Result<Value
         },
     )
     .await?;
-    Ok(json!({"initial": initial, "bump_event_id": event_id, "after": s.list_json()}))
+    // The list's `count` as the server sent it (the merged count, through hungryserv).
+    let count = match s
+        .sync
+        .room_list_service()
+        .all_rooms()
+        .await?
+        .loading_state()
+        .get()
+    {
+        RoomListLoadingState::Loaded {
+            maximum_number_of_rooms,
+        } => maximum_number_of_rooms,
+        RoomListLoadingState::NotLoaded => None,
+    };
+    Ok(json!({
+        "initial": initial,
+        "bump_event_id": event_id,
+        "after": s.list_json(),
+        "count": count,
+    }))
 }
 
 fn item_json(item: &TimelineItem) -> Value {
@@ -442,7 +461,30 @@ async fn pagination(s: &Session, params: &Value) -> Result<Value> {
             );
         }
     }
-    Ok(json!({"pages": pages, "items": items_json(&timeline).await}))
+    // The Timeline applies the event cache's updates in a task of its own: the last page can
+    // still be on its way into the items when paginate_backwards has returned.
+    // (length, polls it has not changed for)
+    let seen = std::cell::Cell::new((0usize, 0u32));
+    let items = wait_for(
+        "the timeline start among the Timeline's items",
+        s.timeout,
+        || async {
+            let items = items_json(&timeline).await;
+            let (len, same) = seen.get();
+            let same = if items.len() == len { same + 1 } else { 0 };
+            seen.set((items.len(), same));
+            let start = items
+                .iter()
+                .any(|i| i["virtual"] == json!("timeline_start"));
+            if start && same >= 3 {
+                Ok(items)
+            } else {
+                Err(json!(items))
+            }
+        },
+    )
+    .await?;
+    Ok(json!({"pages": pages, "items": items}))
 }
 
 /// What the user sees of one room's unread state.
