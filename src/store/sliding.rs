@@ -1,10 +1,12 @@
 //! What simplified sliding sync reads about a user's local rooms beyond what `/sync` reads:
-//! the room list with its order and filter facts, in one query over the user's `memberships`
-//! rows, and small per-window reads (timestamps, member counts, heroes).
+//! the room list with its order, in one query over the user's `memberships` rows, and small
+//! per-window reads (timestamps, member counts, heroes, filter facts).
 //!
 //! The room list costs one row per room the user is in, read through the `memberships_user`
-//! index plus primary-key probes (`rooms`, `current_state`); no event or state of a room is
-//! scanned. Everything heavier is read only for the rooms of the window.
+//! index plus a primary-key probe of `rooms` (and of `events` for a non-joined room's member
+//! event); no event or state of a room is scanned. Encryption and room type, for the filters
+//! that need them, are one more probe per room ([`room_facts`]). Everything heavier is read
+//! only for the rooms of the window.
 
 use std::collections::HashMap;
 
@@ -24,6 +26,11 @@ pub struct ListedRoom {
     pub member_sender: String,
     /// Position of the room's latest event.
     pub latest_stream: i64,
+}
+
+/// What the list filters look at beyond the membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomFacts {
     /// Whether the room has `m.room.encryption` state.
     pub encrypted: bool,
     /// The `type` of the room's create event.
@@ -39,13 +46,7 @@ pub async fn user_room_list(
         r#"SELECT m.room_id, m.membership, m.stream AS member_stream, r.latest_stream,
                   CASE WHEN m.membership = 'join' THEN ''
                        ELSE COALESCE((SELECT e.sender FROM events e WHERE e.stream = m.stream), '')
-                  END AS "member_sender!",
-                  EXISTS (SELECT FROM current_state c
-                          WHERE c.room_id = m.room_id AND c.type = 'm.room.encryption'
-                            AND c.state_key = '') AS "encrypted!",
-                  (SELECT e.content->>'type' FROM current_state c JOIN events e ON e.stream = c.stream
-                   WHERE c.room_id = m.room_id AND c.type = 'm.room.create' AND c.state_key = '')
-                   AS "room_type?"
+                  END AS "member_sender!"
            FROM memberships m JOIN rooms r ON r.room_id = m.room_id
            WHERE m.user_id = $1 AND r.deleted_at IS NULL
              AND NOT EXISTS (
@@ -64,8 +65,39 @@ pub async fn user_room_list(
             member_stream: row.member_stream,
             member_sender: row.member_sender,
             latest_stream: row.latest_stream,
-            encrypted: row.encrypted,
-            room_type: row.room_type,
+        })
+        .collect())
+}
+
+/// Encryption and room type of each room (read only when a list filters on them).
+pub async fn room_facts(
+    conn: &mut PgConnection,
+    room_ids: &[String],
+) -> Result<HashMap<String, RoomFacts>, StoreError> {
+    if room_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT w.room_id AS "room_id!",
+                  EXISTS (SELECT FROM current_state c
+                          WHERE c.room_id = w.room_id AND c.type = 'm.room.encryption'
+                            AND c.state_key = '') AS "encrypted!",
+                  (SELECT e.content->>'type' FROM current_state c JOIN events e ON e.stream = c.stream
+                   WHERE c.room_id = w.room_id AND c.type = 'm.room.create' AND c.state_key = '')
+                   AS "room_type?"
+           FROM UNNEST($1::text[]) AS w(room_id)"#,
+        room_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let facts = RoomFacts {
+                encrypted: row.encrypted,
+                room_type: row.room_type,
+            };
+            (row.room_id, facts)
         })
         .collect())
 }

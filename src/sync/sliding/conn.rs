@@ -48,10 +48,10 @@ pub struct Sent {
     pub upto: i64,
     /// The timeline limit it was sent with.
     pub timeline_limit: i64,
-    /// The required state it was sent with.
-    pub required_state: RequiredState,
+    /// The required state it was sent with (shared: every answer copies the snapshot).
+    pub required_state: Arc<RequiredState>,
     /// The lazy-loaded members already sent.
-    pub lazy_members: BTreeSet<String>,
+    pub lazy_members: Arc<BTreeSet<String>>,
 }
 
 /// What Synapse told this connection about one of its rooms.

@@ -15,6 +15,7 @@
 //!   when it comes back. A room with nothing new is not sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -24,9 +25,10 @@ use super::request::{Body, RequiredState, RoomExtension, RoomFacts};
 use crate::auth::requester::Requester;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
+use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
 use crate::rooms::room_data::receipt_content;
-use crate::rooms::service::Rooms;
+use crate::rooms::service::{Rooms, now_ms};
 use crate::rooms::visibility::Reader;
 use crate::store;
 use crate::store::events::EventWithPrev;
@@ -134,15 +136,29 @@ pub async fn build(
             .then_with(|| a.room_id.cmp(&b.room_id))
     });
 
+    // Encryption and room type only when a filter asks (Element X's lists filter on neither).
+    let needs_facts = input
+        .body
+        .lists
+        .iter()
+        .flatten()
+        .any(|(_, l)| l.filters.as_ref().is_some_and(|f| f.needs_facts()));
+    let facts = if needs_facts {
+        let ids: Vec<String> = shown.iter().map(|r| r.room_id.clone()).collect();
+        store::sliding::room_facts(conn, &ids).await?
+    } else {
+        HashMap::new()
+    };
     let mut wanted: BTreeMap<&str, Wanted<'_>> = BTreeMap::new();
     for (name, list) in input.body.lists.iter().flatten() {
         let facts_pass = |r: &&ListedRoom| {
             list.filters.as_ref().is_none_or(|f| {
+                let known = facts.get(&r.room_id);
                 f.allows(&RoomFacts {
                     is_dm: input.direct.contains(&r.room_id),
-                    encrypted: r.encrypted,
+                    encrypted: known.is_some_and(|k| k.encrypted),
                     invited: r.membership == "invite",
-                    room_type: r.room_type.as_deref(),
+                    room_type: known.and_then(|k| k.room_type.as_deref()),
                 })
             })
         };
@@ -261,6 +277,27 @@ async fn entries(
         .collect();
     let mut counts = store::sliding::member_counts(conn, &whole).await?;
     let mut heroes = store::sliding::heroes(conn, &whole, user, HEROES).await?;
+    // The newest events of every joined room to send, in one read: what [`timeline`] would
+    // read first (it reads on only when visibility hides too many of them).
+    let chunk = to_send
+        .iter()
+        .map(|(w, _)| w.timeline_limit * 2 + 2)
+        .max()
+        .unwrap_or(2);
+    let windows: Vec<(String, i64)> = to_send
+        .iter()
+        .filter(|(w, _)| w.room.membership == "join")
+        .map(|(w, after)| (w.room.room_id.clone(), after.unwrap_or(0)))
+        .collect();
+    let mut first_chunks: HashMap<String, Vec<EventWithPrev>> =
+        store::events::recent_of_rooms(conn, &windows, input.upto + 1, chunk)
+            .await?
+            .into_iter()
+            .map(|(room, _, rows)| (room, rows))
+            .collect();
+    for (room, _) in &windows {
+        first_chunks.entry(room.clone()).or_default();
+    }
     let since = input.prev.map_or(0, |p| p.stream);
     for (w, after) in to_send {
         let room = w.room;
@@ -323,6 +360,7 @@ async fn entries(
             after.unwrap_or(0),
             upper,
             w.timeline_limit,
+            first_chunks.remove(room_id).map(|rows| (rows, chunk)),
         )
         .await?;
         let initial = after.is_none();
@@ -422,7 +460,7 @@ async fn entries(
             Some(_) => input
                 .prev
                 .and_then(|p| p.sent.get(room_id))
-                .map(|s| s.lazy_members.clone())
+                .map(|s| (*s.lazy_members).clone())
                 .unwrap_or_default(),
             None => BTreeSet::new(),
         };
@@ -451,10 +489,9 @@ async fn entries(
         let nothing_new = !initial && timeline.events.is_empty() && required.is_empty();
         let mut record = sent_record(w, input.upto);
         if w.required_state.lazy_members {
-            record.lazy_members = lazy_before.clone();
-            record
-                .lazy_members
-                .extend(senders.iter().map(|s| (*s).to_owned()));
+            let mut members = lazy_before.clone();
+            members.extend(senders.iter().map(|s| (*s).to_owned()));
+            record.lazy_members = Arc::new(members);
         }
         part.sent.insert(room.room_id.clone(), record);
         if nothing_new {
@@ -462,7 +499,7 @@ async fn entries(
             continue;
         }
         if !required.is_empty() {
-            let values = client_events(rooms, conn, input.requester, &reader, required).await?;
+            let values = state_events(rooms, conn, input.requester, &reader, required).await?;
             entry.insert("required_state".into(), Value::Array(values));
         }
         let num_live = if since == 0 {
@@ -492,8 +529,8 @@ fn sent_record(w: &Wanted<'_>, upto: i64) -> Sent {
     Sent {
         upto,
         timeline_limit: w.timeline_limit,
-        required_state: w.required_state.clone(),
-        lazy_members: BTreeSet::new(),
+        required_state: Arc::new(w.required_state.clone()),
+        lazy_members: Arc::default(),
     }
 }
 
@@ -504,6 +541,7 @@ struct Timeline {
     prev_batch: Token,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn timeline(
     conn: &mut PgConnection,
     requester: &Requester,
@@ -512,15 +550,23 @@ async fn timeline(
     after: i64,
     upper: i64,
     limit: i64,
+    mut prefetched: Option<(Vec<EventWithPrev>, i64)>,
 ) -> Result<Timeline, RoomError> {
     let wanted = usize::try_from(limit).unwrap_or(0);
-    let chunk = limit * 2 + 2;
+    let mut chunk = limit * 2 + 2;
     let mut picked: Vec<EventWithPrev> = Vec::new();
     let mut limited = false;
     let mut top_topo = None;
     let mut before = upper + 1;
     'scan: loop {
-        let rows = store::events::recent(conn, room_id, after, before, chunk).await?;
+        let rows = match prefetched.take() {
+            // Read for `(after, upto]`; a leave's timeline ends earlier, so it reads its own.
+            Some((rows, size)) if before == upper + 1 => {
+                chunk = size;
+                rows
+            }
+            _ => store::events::recent(conn, room_id, after, before, chunk).await?,
+        };
         if rows.is_empty() {
             break;
         }
@@ -554,6 +600,39 @@ async fn timeline(
         limited,
         prev_batch,
     })
+}
+
+/// State events in client format. State rarely has relations or redactions, so the
+/// aggregation read of [`client_events`] is skipped unless one is redacted.
+async fn state_events(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    requester: &Requester,
+    reader: &Reader,
+    events: Vec<EventWithPrev>,
+) -> Result<Vec<Value>, RoomError> {
+    if events.iter().any(|e| e.event.redacted_by.is_some()) {
+        return client_events(rooms, conn, requester, reader, events).await;
+    }
+    let scope = requester.txn_scope();
+    let viewer = Viewer {
+        txn_scope: Some(&scope),
+        now_ms: now_ms(),
+    };
+    Ok(events
+        .into_iter()
+        .map(|e| {
+            let related = Related {
+                prev: e.prev,
+                redacted_because: None,
+            };
+            let mut value = to_client(&e.event, &related, viewer);
+            if let Some(object) = value.as_object_mut() {
+                object.remove("room_id");
+            }
+            value
+        })
+        .collect())
 }
 
 /// Events in the client format of sliding sync (no `room_id`).

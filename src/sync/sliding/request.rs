@@ -109,6 +109,11 @@ impl RoomExtension {
 }
 
 impl Filters {
+    /// Whether the filters look at encryption or room type (then those are read).
+    pub fn needs_facts(&self) -> bool {
+        self.is_encrypted.is_some() || self.room_types.is_some() || self.not_room_types.is_some()
+    }
+
     /// Whether a local room passes. `spaces` never holds a local room (Synapse's space
     /// hierarchy cannot name one), so a list filtered by spaces has no local rooms.
     pub fn allows(&self, room: &RoomFacts<'_>) -> bool {
