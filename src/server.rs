@@ -183,6 +183,7 @@ async fn handle(
             Route::JoinedRooms => api::joined_rooms(handlers.state.clone(), request).await,
             Route::Sync => api::sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
+            Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay => api::relay(&handlers.state, request).await,
@@ -274,9 +275,12 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
 /// password change or deactivation drops the cached identities it ended; a profile change is
 /// carried into the user's local rooms as new member events; a push rule or pusher change is
-/// fetched again (the copy we keep for local rooms' push must not lag behind it).
+/// fetched again (the copy we keep for local rooms' push must not lag behind it); a device or
+/// cross-signing key change is recorded for local-room co-members ([`crate::devices`]).
 async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let request = synapse_tokens(request);
+    let (request, device_change) =
+        crate::devices::trigger::before_forward(&state.identity, request).await;
     let pinged = appservice_ping(request.method(), request.uri().path());
     let change = session_change(request.method(), request.uri().path());
     let profile = changes_profile(request.method(), request.uri().path());
@@ -307,6 +311,10 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     if let Some(appservice_id) = pinged {
         state.delivery.poke(&appservice_id);
     }
+    let response = match device_change {
+        Some(pending) => state.devices.after_forward(pending, response).await,
+        None => response,
+    };
     let Some(token) = token else {
         return response;
     };

@@ -64,6 +64,8 @@ pub enum Route {
     Sync,
     /// `GET /notifications`: Synapse's list merged with the local rooms'.
     Notifications,
+    /// `GET /keys/changes`: Synapse's answer plus device changes of local-room co-members.
+    KeysChanges,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
@@ -87,7 +89,11 @@ impl Route {
             Route::CreateRoom => "create_room",
             Route::Alias { .. } => "alias",
             Route::AliasWrite { .. } => "alias_write",
-            Route::JoinedRooms | Route::Sync | Route::Versions | Route::Notifications => "merge",
+            Route::JoinedRooms
+            | Route::Sync
+            | Route::Versions
+            | Route::Notifications
+            | Route::KeysChanges => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay => "relay",
         }
@@ -258,6 +264,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "joined_rooms"] if method == Method::GET => Route::JoinedRooms,
         [_, "sync"] if method == Method::GET => Route::Sync,
         [_, "notifications"] if method == Method::GET => Route::Notifications,
+        [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => Route::Forward,
@@ -541,6 +548,16 @@ mod tests {
                 Method::GET,
                 "/_matrix/client/v3/notifications",
                 Route::Notifications,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/keys/changes",
+                Route::KeysChanges,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/keys/changes",
+                Route::Forward,
             ),
             (
                 Method::GET,
