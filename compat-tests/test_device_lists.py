@@ -143,12 +143,16 @@ def test_joining_puts_members_in_each_others_changed(kind):
 def test_leaving_the_only_shared_room_gives_left(kind):
     alice, bob, room_id = shared_room(kind)
     since = next_batch(of(bob))
+    alice_since = next_batch(of(alice))
     of(alice).ok("POST", f"/v3/rooms/{q(room_id)}/leave", body={})
     lists, to = device_lists(of(bob), since)
     assert alice.user_id in lists.get("left", []), (kind, lists)
     assert alice.user_id not in lists.get("changed", []), (kind, lists)
     changes = keys_changes(of(bob), since, to)
     assert alice.user_id in changes["left"], (kind, changes)
+    # The leaver stops tracking the members of the room she left.
+    lists, _ = device_lists(of(alice), alice_since)
+    assert bob.user_id in lists.get("left", []), (kind, lists)
 
 
 @pytest.mark.parametrize("leaves", KINDS)

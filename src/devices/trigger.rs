@@ -27,7 +27,8 @@ const MAX_INSPECTED_ANSWER: usize = 64 * 1024;
 /// Whose devices a request changes, once Synapse accepts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// The requester's: cross-signing keys, signatures, logouts, device updates and deletion.
+    /// The requester's: cross-signing keys, signatures, logouts, device updates and deletion,
+    /// password changes and deactivation (they delete devices).
     Requester,
     /// The requester's, if the body carries `device_keys` (`POST /keys/upload`).
     KeysUpload,
@@ -63,7 +64,10 @@ pub fn trigger(method: &Method, path: &str) -> Option<Trigger> {
             | ["keys", "signatures", "upload"]
             | ["logout"]
             | ["logout", "all"]
-            | ["delete_devices"],
+            | ["delete_devices"]
+            // Both log the user's other devices out (`logout_devices` defaults to true).
+            | ["account", "password"]
+            | ["account", "deactivate"],
         )
         | ("DELETE" | "PUT", ["devices", _]) => Some(Trigger::Requester),
         ("POST", ["login"] | ["register"]) => Some(Trigger::NewSession),
