@@ -2,7 +2,8 @@
 only a Synapse room against two who share only a local room (!hs_...). Synapse
 tells the first pair of each other's device changes; hungryserv must tell the
 second pair the same (`device_lists` in /sync, and /keys/changes): a new login
-or a device-keys upload of one appears in the other's `changed`; joining a room
+or a device-keys upload of one, or a new (or reset) cross-signing master key,
+appears in the other's `changed`; joining a room
 puts the members in each other's `changed`; leaving the only shared room puts
 the leaver in `left`, and leaving one of two shared rooms does not.
 
@@ -11,6 +12,8 @@ other user's waiting /sync answering with it, for a Synapse room and a local
 room, and prints both.
 """
 
+import base64
+import os
 import threading
 import time
 
@@ -112,6 +115,34 @@ def test_a_new_login_and_key_upload_reach_the_other_member(kind):
     # Nothing happened since: nobody is changed (a range is not reported twice).
     lists, _ = device_lists(of(bob), after_upload)
     assert alice.user_id not in lists.get("changed", []), (kind, lists)
+
+
+def upload_master_key(user: stack.User) -> None:
+    """Uploads a new cross-signing master key (a reset when there is one: then
+    with the password, through user-interactive auth)."""
+    public = base64.b64encode(os.urandom(32)).decode().rstrip("=")
+    body = {"master_key": {"user_id": user.user_id, "usage": ["master"], "keys": {f"ed25519:{public}": public}}}
+    resp = of(user)("POST", "/v3/keys/device_signing/upload", body=body)
+    if resp.status_code == 401:
+        body["auth"] = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
+            "session": resp.json()["session"],
+        }
+        resp = of(user)("POST", "/v3/keys/device_signing/upload", body=body)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cross_signing_key_and_its_reset_reach_the_other_member(kind):
+    alice, bob, _ = shared_room(kind)
+    for _ in ("first master key", "reset"):
+        since = settled(of(bob), alice.user_id)
+        upload_master_key(alice)
+        lists, to = device_lists(of(bob), since)
+        assert alice.user_id in lists.get("changed", []), (kind, lists)
+        assert alice.user_id in keys_changes(of(bob), since, to)["changed"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
