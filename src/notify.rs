@@ -373,4 +373,21 @@ mod tests {
         assert!(notifier.side_news_for("@v:x", ["!b:x"], now));
         assert!(!notifier.side_news_for("@v:x", ["!a:x"], now));
     }
+
+    #[tokio::test]
+    async fn a_device_change_wakes_side_subscribers_and_concerns_its_viewers_only() {
+        let notifier = Notifier::new(0);
+        let mut side = notifier.subscribe_side();
+        let start = notifier.side_current();
+        notifier.devices_changed(3, &["@v:x".into()]);
+        side.changed().await.unwrap();
+        assert_eq!(side.borrow_and_update().devices, 3);
+        assert!(notifier.device_news_for("@v:x", 0));
+        assert!(!notifier.device_news_for("@v:x", 3));
+        assert!(!notifier.device_news_for("@w:x", 0), "not a co-member");
+        assert!(notifier.side_news_for("@v:x", [], start));
+        assert!(!notifier.side_news_for("@w:x", [], start));
+        notifier.devices_changed(2, &[]);
+        assert!(!side.has_changed().unwrap(), "positions never move back");
+    }
 }
