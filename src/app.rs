@@ -76,6 +76,10 @@ impl AppState {
     pub fn new(config: Config, db: PgPool, start: Positions) -> (Self, Background) {
         let tasks = Arc::new(Tasks::new());
         let synapse = Synapse::new(&config.synapse, &config.limits);
+        tasks.spawn(
+            "Synapse health probe",
+            crate::upstream::health::watch(synapse.clone()),
+        );
         let identity = Arc::new(Identity::new(
             config.server_name.clone(),
             synapse.clone(),

@@ -23,6 +23,7 @@ pub mod app;
 pub mod appservice;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod devices;
 pub mod error;
 pub mod metrics;

@@ -1,7 +1,9 @@
 //! The HTTP wiring, top to bottom: accept a TCP connection → speak HTTP/1.1 or h2c (prior
 //! knowledge) on it → for each request open one span, classify it once, hand it to the
 //! route's handler (forward to Synapse, a local room endpoint, an operations endpoint, or one
-//! of the requests that span both worlds) → log its status and time to response headers.
+//! of the requests that span both worlds) → give every answer of our own Synapse's CORS
+//! headers (`cors`; Synapse's answers pass untouched) → log its status and time to response
+//! headers.
 //! Graceful shutdown stops accepting, then lets in-flight requests finish within the grace
 //! period.
 
@@ -27,11 +29,10 @@ use tracing::Instrument;
 use crate::admin;
 use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
-use crate::auth::requester::{
-    SessionChange, access_token, changes_profile, query_param, session_change,
-};
+use crate::auth::requester::{access_token, query_param};
+use crate::cors::{self, Cors};
 use crate::error::{ErrorCode, MatrixError};
-use crate::routing::{self, Route};
+use crate::routing::{self, FollowUps, PushChange, Route, SessionChange};
 
 /// After the listener closes, how long connections accepted just before get to have their
 /// first request read before idle connections are closed.
@@ -158,10 +159,17 @@ async fn handle(
         route = route.label(),
     );
     let label = route.label();
+    let cors = Cors::for_path(request.uri().path());
     async move {
         let request = request.map(Body::new);
         let response = match route {
-            Route::Forward => forward(&handlers.state, request, peer).await,
+            // CORS (`cors`): a preflight for a request we answer gets Synapse's 204 here, before
+            // any handler and without authentication (browsers send preflights without
+            // credentials); `cors.finish` below gives every answer of ours Synapse's headers.
+            _ if cors::answers_preflight(&handlers.state.classes, &route, &request) => {
+                cors::preflight_response()
+            }
+            Route::Forward(follow_ups) => forward(&handlers.state, request, peer, follow_ups).await,
             Route::Ops => call(&handlers.ops, request).await,
             Route::Local => match gone_room(&handlers.state, request.uri().path()) {
                 Some(refusal) => refusal.into_response(),
@@ -192,12 +200,15 @@ async fn handle(
             }
             Route::Alias { alias } => {
                 match api::alias_route(&handlers.state, request, &alias).await {
-                    AliasOutcome::Forward(request) => forward(&handlers.state, request, peer).await,
+                    AliasOutcome::Forward(request) => {
+                        forward(&handlers.state, request, peer, FollowUps::NONE).await
+                    }
                     AliasOutcome::Local(request) => call(&handlers.local, request).await,
                     AliasOutcome::Answered(response) => response,
                 }
             }
         };
+        let response = cors.finish(response);
         let latency = started.elapsed();
         handlers
             .state
@@ -230,14 +241,6 @@ fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
     })
 }
 
-/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the appservice's ID.
-fn appservice_ping(method: &http::Method, path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/_matrix/client/v1/appservice/")?;
-    let id = rest.strip_suffix("/ping")?;
-    (method == http::Method::POST && !id.contains('/'))
-        .then(|| routing::decode_segment(id).into_owned())
-}
-
 /// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,
 /// `/keys/changes`): Synapse gets its own half.
 fn synapse_tokens(request: Request<Body>) -> Request<Body> {
@@ -265,6 +268,14 @@ fn synapse_tokens(request: Request<Body>) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
+/// Drops the cached identities a session change ends.
+fn forget(state: &AppState, change: SessionChange, token: &str) {
+    match change {
+        SessionChange::Token => state.identity.forget_token(token),
+        SessionChange::User => state.identity.forget_user_of(token),
+    }
+}
+
 async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     match router.clone().oneshot(request).await {
         Ok(response) => response,
@@ -272,24 +283,29 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
     }
 }
 
-/// Forwards to Synapse. Some requests that Synapse accepted need a follow-up here: a logout,
-/// password change or deactivation drops the cached identities it ended; a profile change is
-/// carried into the user's local rooms as new member events; a push rule or pusher change is
-/// fetched again (the copy we keep for local rooms' push must not lag behind it); a device or
-/// cross-signing key change is recorded for local-room co-members ([`crate::devices`]).
-async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+/// Forwards to Synapse, then does what Synapse's acceptance obliges us to
+/// ([`FollowUps`], decided at classification): a logout, password change or deactivation
+/// drops the cached identities it ended; a profile change is carried into the user's local
+/// rooms as new member events; a push rule or pusher change is fetched again (the copy we keep
+/// for local rooms' push must not lag behind it); a successful appservice ping retries its
+/// delivery; a device or cross-signing key change is recorded for local-room co-members
+/// ([`crate::devices`]).
+async fn forward(
+    state: &AppState,
+    request: Request<Body>,
+    peer: SocketAddr,
+    follow_ups: FollowUps,
+) -> Response<Body> {
     let request = synapse_tokens(request);
     let (request, device_change) =
         crate::devices::trigger::before_forward(&state.identity, request).await;
-    let pinged = appservice_ping(request.method(), request.uri().path());
-    let change = session_change(request.method(), request.uri().path());
-    let profile = changes_profile(request.method(), request.uri().path());
-    let push_change = crate::push::push_change(request.method(), request.uri().path());
     let query = request.uri().query();
-    let token = (change.is_some() || profile || push_change.is_some())
+    let token = follow_ups
+        .need_token()
         .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
         .flatten();
-    let user_id_param = profile
+    let user_id_param = follow_ups
+        .profile
         .then(|| {
             query
                 .and_then(|q| query_param(q, "user_id"))
@@ -303,13 +319,20 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
         .upstream(forwarded.is_ok(), started.elapsed());
     let response = match forwarded {
         Ok(response) => response,
-        Err(err) => return err.into_response(),
+        Err(err) => {
+            // Synapse may have carried out a revocation whose answer never reached us: drop
+            // the identities it may have ended rather than serve them in degraded mode.
+            if let (Some(change), Some(token)) = (follow_ups.session, &token) {
+                forget(state, change, token);
+            }
+            return err.into_response();
+        }
     };
     if !response.status().is_success() {
         return response;
     }
-    if let Some(appservice_id) = pinged {
-        state.delivery.poke(&appservice_id);
+    if let Some(appservice_id) = &follow_ups.ping {
+        state.delivery.poke(appservice_id);
     }
     let response = match device_change {
         Some(pending) => state.devices.after_forward(pending, response).await,
@@ -318,15 +341,13 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
     let Some(token) = token else {
         return response;
     };
-    match change {
-        Some(SessionChange::Token) => state.identity.forget_token(&token),
-        Some(SessionChange::User) => state.identity.forget_user_of(&token),
-        None => {}
+    if let Some(change) = follow_ups.session {
+        forget(state, change, &token);
     }
-    if let Some(push_change) = push_change {
+    if let Some(push_change) = follow_ups.push {
         refresh_push(state, &token, push_change).await;
     }
-    if profile {
+    if follow_ups.profile {
         match state
             .identity
             .resolve(Some(&token), user_id_param.as_deref())
@@ -346,7 +367,7 @@ async fn forward(state: &AppState, request: Request<Body>, peer: SocketAddr) -> 
 /// Fetches the user's push rules or pushers again after a change Synapse accepted, with the
 /// token of the request that changed them, before the answer goes back: a client that sets a
 /// pusher and then sees a message in a local room gets the push.
-async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushChange) {
+async fn refresh_push(state: &AppState, token: &str, change: PushChange) {
     let requester = match state.identity.resolve(Some(token), None).await {
         Ok(requester) if requester.appservice.is_none() => requester,
         Ok(_) => return,
@@ -357,7 +378,7 @@ async fn refresh_push(state: &AppState, token: &str, change: crate::push::PushCh
     };
     let user = requester.user_id.as_str();
     match change {
-        crate::push::PushChange::Rules => state.push.refresh_rules(token, user).await,
-        crate::push::PushChange::Pushers => state.push.refresh_pushers(token, user).await,
+        PushChange::Rules => state.push.refresh_rules(token, user).await,
+        PushChange::Pushers => state.push.refresh_pushers(token, user).await,
     };
 }

@@ -1,9 +1,8 @@
-//! The owner of hungryserv's long-running background tasks: the push-rule learner, the
-//! pruners, the badge and push tasks, the purger, the appservice pushers and the SIGHUP
-//! reloader. Each is spawned through [`Tasks::spawn`] under a name; [`Tasks::shutdown`]
-//! (called by `main` once the server has stopped accepting and drained its connections)
-//! signals all of them and waits for them within a deadline, then aborts the rest and says
-//! which they were.
+//! The owner of hungryserv's long-running background tasks: the Synapse health probe, the push-rule
+//! learner, the pruners, the badge and push tasks, the purger, the appservice pushers and the
+//! SIGHUP reloader. Each is spawned through [`Tasks::spawn`] under a name; [`Tasks::shutdown`]
+//! (called by `main` once the server has stopped accepting and drained its connections) signals all
+//! of them and waits for them within a deadline, then aborts the rest and says which they were.
 //!
 //! A task is stopped by dropping its future at its next `.await`. That is safe for every task
 //! here because each keeps its progress in Postgres and moves it forward in transactions (a

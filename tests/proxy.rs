@@ -287,13 +287,12 @@ async fn declared_body_over_the_limit_is_refused_before_forwarding() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        received
-            .recv()
-            .await
-            .unwrap()
-            .starts_with("POST /_matrix/media/v3/upload")
-    );
+    // The first request upstream saw, but for the health probe's.
+    let mut first = received.recv().await.unwrap();
+    while first.starts_with("GET /health") {
+        first = received.recv().await.unwrap();
+    }
+    assert!(first.starts_with("POST /_matrix/media/v3/upload"));
     assert!(
         received.try_recv().is_err(),
         "the refused request reached upstream"
@@ -393,4 +392,190 @@ async fn a_request_sent_as_shutdown_begins_is_answered() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.ends_with("answered"), "{answer:?}");
     server.await.unwrap().unwrap();
+}
+
+/// Synapse's four CORS headers (`set_cors_headers` in `synapse/http/server.py`), once each.
+fn assert_synapse_cors(response: &http::Response<hyper::body::Incoming>) {
+    for (name, value) in [
+        ("access-control-allow-origin", "*"),
+        (
+            "access-control-allow-methods",
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+        ),
+        (
+            "access-control-allow-headers",
+            "X-Requested-With, Content-Type, Authorization, Date",
+        ),
+        ("access-control-expose-headers", "Synapse-Trace-Id, Server"),
+    ] {
+        let values: Vec<_> = response.headers().get_all(name).iter().collect();
+        assert_eq!(values, [value], "{name} on a {}", response.status());
+    }
+}
+
+async fn send(
+    server: &support::Running,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> http::Response<hyper::body::Incoming> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", server.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client()
+        .request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Every answer hungryserv makes itself carries Synapse's CORS headers, errors included: the
+/// proxy layer's 502 and 413, an operations endpoint, a local room's 405 and a preflight.
+#[tokio::test]
+async fn answers_of_our_own_carry_synapse_cors_headers() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = support::config(
+        closed,
+        support::NO_DATABASE,
+        "",
+        "[limits]\nmax_forward_body_bytes = 1000",
+    );
+    let server = support::start(config).await;
+    let room = "/_matrix/client/v3/rooms/!hs_cors:test.local";
+
+    let response = send(
+        &server,
+        "GET",
+        "/_matrix/client/v3/profile/@a:hs",
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_synapse_cors(&response);
+
+    let response = send(
+        &server,
+        "POST",
+        "/_matrix/media/v3/upload",
+        &[],
+        vec![b'x'; 5000],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_synapse_cors(&response);
+
+    let response = send(&server, "GET", "/_hungryserv/health", &[], vec![]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_synapse_cors(&response);
+
+    // A wrong method on a local room's path: Synapse's 405 Matrix error, not an empty body.
+    let response = send(&server, "POST", &format!("{room}/messages"), &[], vec![]).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_synapse_cors(&response);
+    assert_eq!(
+        json_body(response).await,
+        serde_json::json!({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+    );
+
+    // The same on an operations path.
+    let response = send(&server, "POST", "/_hungryserv/health", &[], vec![]).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_synapse_cors(&response);
+    assert_eq!(json_body(response).await["errcode"], "M_UNRECOGNIZED");
+
+    // Preflights, without a token, for a local room's send and for the merged /sync (answered
+    // here, so a browser can sync local rooms while Synapse is down).
+    for (path, method) in [
+        (format!("{room}/send/m.room.message/t1"), "PUT"),
+        ("/_matrix/client/v3/sync".to_owned(), "GET"),
+        (format!("{room}/messages"), "GET"),
+    ] {
+        let response = send(
+            &server,
+            "OPTIONS",
+            &path,
+            &[
+                ("origin", "http://127.0.0.1:1"),
+                ("access-control-request-method", method),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                ),
+            ],
+            vec![],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
+        assert_synapse_cors(&response);
+        assert!(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+    }
+}
+
+/// Synapse's own answers pass as Synapse sent them: its CORS headers are not doubled, a
+/// response without them does not gain ours, and preflights for forwarded requests are
+/// Synapse's to answer.
+#[tokio::test]
+async fn synapse_answers_keep_their_own_headers() {
+    let (upstream, mut received) = upstream(|mut stream, head, _| async move {
+        let reply = if head.starts_with("GET /with-cors") {
+            "HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\ncontent-length: 2\r\n\r\n{}"
+        } else {
+            "HTTP/1.1 204 No Content\r\nx-upstream: yes\r\ncontent-length: 0\r\n\r\n"
+        };
+        let _ = stream.write_all(reply.as_bytes()).await;
+    })
+    .await;
+    let server = support::start(support::config(upstream, support::NO_DATABASE, "", "")).await;
+
+    let response = send(&server, "GET", "/with-cors", &[], vec![]).await;
+    let origins: Vec<_> = response
+        .headers()
+        .get_all("access-control-allow-origin")
+        .iter()
+        .collect();
+    assert_eq!(origins, ["*"]);
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-methods")
+    );
+
+    let response = send(
+        &server,
+        "OPTIONS",
+        "/_matrix/client/v3/profile/@a:hs",
+        &[("access-control-request-method", "GET")],
+        vec![],
+    )
+    .await;
+    assert_eq!(response.headers()["x-upstream"], "yes");
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    assert!(received.recv().await.unwrap().starts_with("GET /with-cors"));
+    assert!(
+        received
+            .recv()
+            .await
+            .unwrap()
+            .starts_with("OPTIONS /_matrix/client/v3/profile/")
+    );
 }

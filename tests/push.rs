@@ -402,6 +402,8 @@ fn start_push_task(pool: &PgPool, notifier: &Notifier) -> tokio::task::JoinHandl
             response_timeout: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
+            whoami_timeout: Duration::from_secs(1),
+            sync_grace: Duration::from_secs(1),
         },
         &LimitsConfig {
             max_forward_body_bytes: None,

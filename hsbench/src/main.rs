@@ -6,6 +6,7 @@
 
 mod batch;
 mod client;
+mod delay_proxy;
 mod delete;
 mod delivery;
 mod ingest;

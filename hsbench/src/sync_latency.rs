@@ -13,6 +13,12 @@
 //! * `hungryserv synapse-room`: the Synapse room, sync and send through hungryserv (the merged
 //!   sync waiting on Synapse's long-poll).
 //!
+//! With `--delayed-hungryserv URL` (a second hungryserv whose `synapse.url` is the proxy that
+//! `--delay-proxy-port` starts, adding `--delay-ms` to every request to Synapse), two more
+//! rows do the same through it: `local, Synapse +N ms` must match `hungryserv local` (a local
+//! room's wake-up never waits for Synapse), while the Synapse room there pays the delay.
+//! `deploy/local/bench sync-latency-delayed` sets it up.
+//!
 //! The sync is started, given a head start (30 ms) to be waiting on the server, then the send
 //! goes. A sync that answers without the event (other news) is followed by another from its
 //! `next_batch` until the event comes; those are counted. The sync can answer before the
@@ -58,6 +64,16 @@ pub struct Options {
     /// What the bot does that the waiting sync must show.
     #[arg(long, value_enum, default_value_t = What::Message)]
     what: What,
+    /// Start a proxy to Synapse (`--synapse`) on this 127.0.0.1 port that delays every
+    /// request by `--delay-ms`, for the hungryserv of `--delayed-hungryserv`.
+    #[arg(long)]
+    delay_proxy_port: Option<u16>,
+    /// The proxy's delay, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    delay_ms: u64,
+    /// A hungryserv whose `synapse.url` is the delay proxy: adds its two rows.
+    #[arg(long)]
+    delayed_hungryserv: Option<String>,
 }
 
 /// The measured step.
@@ -126,7 +142,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         rounds,
         head_start_ms,
         what,
+        delay_proxy_port,
+        delay_ms,
+        delayed_hungryserv,
     } = options;
+    // Owned here: dropping it at the end stops the proxy.
+    let _proxy = match delay_proxy_port {
+        Some(port) => Some(
+            crate::delay_proxy::start(port, &targets.synapse, Duration::from_millis(delay_ms))
+                .await?,
+        ),
+        None => None,
+    };
     let http = client::http();
     let appservice = Appservice::load(&http, &targets.hungryserv, &registration).await?;
     // One device for the direct chain, one for the chain through hungryserv: a client talks to
@@ -135,6 +162,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         client::login(&http, &targets.synapse, &targets.user, &targets.password).await?;
     let proxied_token =
         client::login(&http, &targets.hungryserv, &targets.user, &targets.password).await?;
+    let delayed = match &delayed_hungryserv {
+        Some(base) => {
+            wait_ready(&http, base).await?;
+            let token = client::login(&http, base, &targets.user, &targets.password).await?;
+            Some(Delayed {
+                base: base.clone(),
+                token,
+                name_local: leak(format!("local, Synapse +{delay_ms} ms")),
+                name_synapse: leak(format!("synapse-room, +{delay_ms} ms")),
+            })
+        }
+        None => None,
+    };
     let result = measure(
         &http,
         &targets,
@@ -149,17 +189,57 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             head_start: Duration::from_millis(head_start_ms),
             what,
         },
+        delayed.as_ref(),
     )
     .await;
-    for (base, token) in [
+    let mut sessions = vec![
         (&targets.synapse, &direct_token),
         (&targets.hungryserv, &proxied_token),
-    ] {
+    ];
+    if let Some(delayed) = &delayed {
+        sessions.push((&delayed.base, &delayed.token));
+    }
+    for (base, token) in sessions {
         if let Err(err) = client::logout(&http, base, token).await {
             eprintln!("hsbench: {err:#}");
         }
     }
     result
+}
+
+/// The hungryserv behind which Synapse is delayed, and the user's session there.
+struct Delayed {
+    base: String,
+    token: String,
+    name_local: &'static str,
+    name_synapse: &'static str,
+}
+
+/// A row name made once per run.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
+
+/// Waits until `base` says it is ready (its Synapse, behind the proxy, answers), 60 s at most.
+async fn wait_ready(http: &Http, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = client::call(
+            http,
+            Method::GET,
+            &format!("{base}/_hungryserv/ready"),
+            None,
+            None,
+        )
+        .await;
+        if matches!(ready, Ok((status, _)) if status.is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{base} was not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// How much to measure.
@@ -179,6 +259,7 @@ async fn measure(
     direct_token: &str,
     proxied_token: &str,
     plan: Plan,
+    delayed: Option<&Delayed>,
 ) -> anyhow::Result<()> {
     let user_id = whoami(http, &targets.synapse, direct_token).await?;
     let local_room = create_room(http, &targets.hungryserv, appservice, &user_id, false).await?;
@@ -204,7 +285,7 @@ async fn measure(
         errors: 0,
         typing: false,
     };
-    let mut rows = [
+    let mut rows = vec![
         make_row(
             "synapse",
             &targets.synapse,
@@ -227,6 +308,22 @@ async fn measure(
             &synapse_room,
         ),
     ];
+    if let Some(delayed) = delayed {
+        rows.push(make_row(
+            delayed.name_local,
+            &delayed.base,
+            &delayed.token,
+            &delayed.base,
+            &local_room,
+        ));
+        rows.push(make_row(
+            delayed.name_synapse,
+            &delayed.base,
+            &delayed.token,
+            &delayed.base,
+            &synapse_room,
+        ));
+    }
     for row in &mut rows {
         // The user may be in many rooms (other scenarios leave theirs); one event each is
         // enough to get a position.
@@ -280,8 +377,9 @@ async fn measure(
     let share = Duration::from_secs_f64(plan.seconds) / rounds;
     for round in 0..rounds {
         // Rotate who goes first, so no row always follows the same one.
-        for k in 0..rows.len() {
-            let row = &mut rows[(k + round as usize) % rows.len()];
+        let count = rows.len();
+        for k in 0..count {
+            let row = &mut rows[(k + round as usize) % count];
             // Other rows' sends are news on this chain too; start from the present.
             start_row(http, appservice, row, plan.what).await?;
             let started = Instant::now();
@@ -633,7 +731,7 @@ async fn create_room(
         .context("createRoom answer has no room_id")
 }
 
-fn report(rows: &[Row; 3]) {
+fn report(rows: &[Row]) {
     println!("\nstep's 200 → waiting /sync answers with it (ms; negative: the sync came first)");
     println!(
         "  {:<24} {:>5} {:>6} {:>4} {:>8} {:>8} {:>10} {:>10} {:>4} {:>12} {:>12}",
@@ -649,7 +747,7 @@ fn report(rows: &[Row; 3]) {
         "−start p50",
         "−start p99"
     );
-    let [synapse, local, proxied] = rows.each_ref().map(|row| {
+    let p50s: Vec<(f64, f64)> = rows.iter().map(|row| {
         let pick = |f: fn(&Sample) -> f64| row.samples.iter().map(f).collect::<Vec<_>>();
         let (send, after_200, after_start) = (
             pick(|s| s.send),
@@ -671,7 +769,10 @@ fn report(rows: &[Row; 3]) {
             quantile(&after_start, 0.99),
         );
         (quantile(&after_200, 0.5), quantile(&after_start, 0.5))
-    });
+    }).collect();
+    let [synapse, local, proxied, ..] = p50s[..] else {
+        return;
+    };
     println!(
         "  ratio p50 (−start): local/synapse {:.3} ({:.1}× sooner), synapse-room via hungryserv/synapse {:.3}",
         local.1 / synapse.1,
@@ -688,4 +789,14 @@ fn report(rows: &[Row; 3]) {
         "  target: local p50 (−200) ≤ 2 ms; measured {:.2} ms",
         local.0
     );
+    if let [_, _, _, delayed_local, delayed_synapse] = p50s[..] {
+        println!(
+            "  Synapse delayed: local p50 (−200) {:.2} ms against {:.2} ms undelayed ({:+.2} ms; target within 1 ms, ≤ 2 ms); its Synapse room {:.2} ms against {:.2} ms",
+            delayed_local.0,
+            local.0,
+            delayed_local.0 - local.0,
+            delayed_synapse.0,
+            proxied.0,
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `GET /_hungryserv/health` (the process is alive) and `GET /_hungryserv/ready` (it can do
-//! its job: Synapse and Postgres both answer).
+//! its job: Synapse and Postgres both answer; `degraded` says when only local rooms are
+//! served because Synapse does not answer).
 
 use axum::Json;
 use axum::extract::State;
@@ -15,8 +16,10 @@ pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when Synapse and Postgres both answer, else 503 naming what is wrong. For load
-/// balancers and deploy scripts. Details go to the log; the body says only which dependency
+/// 200 when Synapse and Postgres both answer, else 503 naming what is wrong; `degraded` is
+/// true while Synapse does not answer and local rooms are still served, and
+/// `synapse_state_s` is how long Synapse has been in its current state. For load balancers
+/// and deploy scripts. Details go to the log; the body says only which dependency
 /// failed and how.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (synapse, database) = tokio::join!(state.synapse.probe(), store::ping(&state.db));
@@ -39,6 +42,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }
     };
     let ready = synapse == "ok" && database == "ok";
+    // Degraded mode: local rooms are served, Synapse's are not (upstream::health).
+    let degraded = synapse != "ok" && database == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -50,6 +55,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "status": if ready { "ready" } else { "unavailable" },
             "synapse": synapse,
             "database": database,
+            "degraded": degraded,
+            "synapse_state_s": state.synapse.health.for_how_long().as_secs(),
         })),
     )
 }

@@ -21,16 +21,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /_hungryserv/metrics`: Prometheus text: requests, the room writer, room deletions,
-/// appservice delivery.
+/// `GET /_hungryserv/metrics`: Prometheus text: requests, Synapse's state (degraded mode),
+/// the room writer, room deletions, appservice delivery.
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         format!(
-            "{}{}{}{}{}",
+            "{}{}{}{}{}{}{}",
             state.requests.render(),
+            state.synapse.health.render(),
+            state.identity.metrics(),
             process_metrics(&state),
             state.writer_counters.render(),
             state.deletions.metrics(),

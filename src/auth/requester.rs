@@ -3,9 +3,33 @@
 //! * Appservice tokens (`as_token` of a registration) are recognised locally. The appservice
 //!   acts as its bot, or as `?user_id=` when that user is inside its user namespaces (else
 //!   403, with Synapse's wording) and registered on Synapse.
-//! * Every other token is Synapse's: it is resolved once with `/account/whoami` and cached
-//!   by its SHA-256 for [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]). The cache entry is
-//!   dropped when a logout, password change or deactivation passes through hungryserv.
+//! * Every other token is Synapse's: it is resolved with `/account/whoami` (bounded by
+//!   `synapse.whoami_timeout_s`) and cached by its SHA-256: used without asking for
+//!   [`POSITIVE_TTL`] (refusals for [`NEGATIVE_TTL`]), then checked again on its next use.
+//!   The cache entry is dropped when a logout, password change or deactivation passes
+//!   through hungryserv.
+//!
+//! **Degraded mode.** An identity Synapse confirmed stays valid while Synapse cannot answer
+//! (connect error, timeout, 5xx): past its TTL it is checked again, and served as it was when
+//! the check fails — at once, without asking, while Synapse is taken to be down
+//! ([`crate::upstream::health`]), so a hung Synapse costs a local request nothing. The entry
+//! stays due, so the first request after Synapse answers again checks it. A token Synapse
+//! never confirmed (or refused) gets 502 while Synapse cannot answer.
+//!
+//! Why that is safe: every way to revoke a token — `/logout`, `/logout/all`, a password
+//! change, deactivation, device deletion, `/refresh` — is a request to Synapse, and clients
+//! reach Synapse only through hungryserv. While Synapse cannot answer, none of them can
+//! succeed, so no revocation can happen unseen; once Synapse answers, the re-check sees any
+//! that did. A revocation that passes through hungryserv but whose answer is lost (Synapse
+//! carried it out, then the connection failed) drops the cache entries too (`server::forward`).
+//! The exceptions, where a token may be served after Synapse revoked it, for as long as
+//! Synapse cannot be asked:
+//!
+//! * a revocation made on a path that bypasses hungryserv: Synapse's admin API on its own
+//!   listener, `synctl`/database edits, a token expiring by Synapse's clock
+//!   (`refreshable_access_token_lifetime`), a user deactivated by a module;
+//! * a revocation Synapse carried out in its last moments before it became unreachable,
+//!   which arrived by one of those paths.
 //!
 //! Tokens are never logged and never stored in clear: the cache key is the hash.
 
@@ -69,8 +93,14 @@ pub enum AuthFailure {
     Unavailable(String),
 }
 
+/// What Synapse said about a token: its owner, or its refusal.
+type Resolved = Result<(OwnedUserId, Option<OwnedDeviceId>), Refusal>;
+
 struct Cached {
-    outcome: Result<(OwnedUserId, Option<OwnedDeviceId>), Refusal>,
+    outcome: Resolved,
+    /// Until then the outcome is used without asking Synapse. After it, a refusal is
+    /// forgotten, while a confirmed identity is checked again on its next use — and still
+    /// served if Synapse cannot answer (degraded mode).
     until: Instant,
 }
 
@@ -89,6 +119,8 @@ pub struct Identity {
     /// Bumped by every forget: a whoami answer that was in flight across a forget (a logout
     /// passing through meanwhile) is not cached, or it would resurrect the token.
     generation: std::sync::atomic::AtomicU64,
+    /// Requests served on a confirmed identity while Synapse could not answer.
+    served_confirmed: std::sync::atomic::AtomicU64,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -117,6 +149,7 @@ impl Identity {
             registered: Mutex::new(HashSet::new()),
             admins: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            served_confirmed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -138,62 +171,36 @@ impl Identity {
                 .await;
         }
         let key = digest(token);
+        let now = Instant::now();
         let cached = self.tokens.lock().ok().and_then(|tokens| {
             tokens
                 .get(&key)
-                .filter(|entry| entry.until > Instant::now())
-                .map(|entry| entry.outcome.clone())
+                .map(|entry| (entry.outcome.clone(), entry.until > now))
         });
         let outcome = match cached {
-            Some(outcome) => outcome,
-            None => {
-                let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-                let outcome = match self.synapse.whoami(token).await {
-                    Ok(whoami) => match OwnedUserId::try_from(whoami.user_id.as_str()) {
-                        Ok(user_id) => Ok((user_id, whoami.device_id.map(OwnedDeviceId::from))),
-                        Err(_) => {
-                            return Err(AuthFailure::Unavailable(
-                                "whoami returned an invalid user id".into(),
-                            ));
+            Some((outcome, true)) => outcome,
+            // Degraded mode: Synapse is taken to be down, so asking would only wait.
+            Some((Ok(identity), false)) if !self.synapse.health.is_up() => {
+                self.served_confirmed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(identity)
+            }
+            stale => {
+                let confirmed = stale.and_then(|(outcome, _)| outcome.ok());
+                match self.check(token, key).await {
+                    Ok(outcome) => outcome,
+                    // Synapse cannot answer: an identity it confirmed before stays valid (see
+                    // the module doc for why that is safe); the entry stays due, so it is
+                    // checked again once Synapse answers.
+                    Err(failure) => match confirmed {
+                        Some(identity) => {
+                            self.served_confirmed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Ok(identity)
                         }
+                        None => return Err(failure),
                     },
-                    Err(CallError::Refused(refusal)) if refusal.status.is_client_error() => {
-                        Err(refusal)
-                    }
-                    Err(CallError::Refused(refusal)) => {
-                        return Err(AuthFailure::Unavailable(format!(
-                            "whoami answered {}",
-                            refusal.status
-                        )));
-                    }
-                    Err(CallError::Unavailable(reason)) => {
-                        return Err(AuthFailure::Unavailable(reason));
-                    }
-                };
-                let ttl = if outcome.is_ok() {
-                    POSITIVE_TTL
-                } else {
-                    NEGATIVE_TTL
-                };
-                if let Ok(mut tokens) = self.tokens.lock()
-                    && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
-                {
-                    if tokens.len() >= MAX_ENTRIES {
-                        let now = Instant::now();
-                        tokens.retain(|_, entry| entry.until > now);
-                        if tokens.len() >= MAX_ENTRIES {
-                            tokens.clear();
-                        }
-                    }
-                    tokens.insert(
-                        key,
-                        Cached {
-                            outcome: outcome.clone(),
-                            until: Instant::now() + ttl,
-                        },
-                    );
                 }
-                outcome
             }
         };
         let (user_id, device_id) = outcome.map_err(AuthFailure::Refused)?;
@@ -202,6 +209,70 @@ impl Identity {
             device_id,
             appservice: None,
         })
+    }
+
+    /// Asks Synapse who owns `token` and caches the answer: `Err` when Synapse could not
+    /// answer (unreachable, timed out, 5xx), `Ok(Err(refusal))` when it refused the token.
+    async fn check(&self, token: &str, key: [u8; 32]) -> Result<Resolved, AuthFailure> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let outcome = match self.synapse.whoami(token).await {
+            Ok(whoami) => match OwnedUserId::try_from(whoami.user_id.as_str()) {
+                Ok(user_id) => Ok((user_id, whoami.device_id.map(OwnedDeviceId::from))),
+                Err(_) => {
+                    return Err(AuthFailure::Unavailable(
+                        "whoami returned an invalid user id".into(),
+                    ));
+                }
+            },
+            Err(CallError::Refused(refusal)) if refusal.status.is_client_error() => Err(refusal),
+            Err(CallError::Refused(refusal)) => {
+                return Err(AuthFailure::Unavailable(format!(
+                    "whoami answered {}",
+                    refusal.status
+                )));
+            }
+            Err(CallError::Unavailable(reason)) => {
+                return Err(AuthFailure::Unavailable(reason));
+            }
+        };
+        let ttl = if outcome.is_ok() {
+            POSITIVE_TTL
+        } else {
+            NEGATIVE_TTL
+        };
+        if let Ok(mut tokens) = self.tokens.lock()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
+            if tokens.len() >= MAX_ENTRIES {
+                let now = Instant::now();
+                // Due identities go first; they are what degraded mode would serve, but a
+                // full cache must not grow.
+                tokens.retain(|_, entry| entry.until > now);
+                if tokens.len() >= MAX_ENTRIES {
+                    tokens.clear();
+                }
+            }
+            tokens.insert(
+                key,
+                Cached {
+                    outcome: outcome.clone(),
+                    until: Instant::now() + ttl,
+                },
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// How many requests were served on an identity Synapse confirmed before, while it could
+    /// not answer (degraded mode), as Prometheus text.
+    pub fn metrics(&self) -> String {
+        format!(
+            "# HELP hungryserv_auth_confirmed_identities_served_total Requests authenticated from an identity Synapse confirmed before, while Synapse could not answer.\n\
+             # TYPE hungryserv_auth_confirmed_identities_served_total counter\n\
+             hungryserv_auth_confirmed_identities_served_total {}\n",
+            self.served_confirmed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        )
     }
 
     async fn appservice_requester(
@@ -337,47 +408,6 @@ impl Identity {
     }
 }
 
-/// Which cached identities a forwarded request ends, once Synapse has accepted it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionChange {
-    /// `/logout`: this token.
-    Token,
-    /// `/logout/all`, `/account/password`, `/account/deactivate`: every token of the user.
-    User,
-}
-
-/// The session change a request to `path` makes once Synapse accepts it, if any. Deleting
-/// devices ends their tokens; we cannot tell which cached token belonged to which device, so
-/// all of the user's are dropped (they are simply resolved again).
-pub fn session_change(method: &http::Method, path: &str) -> Option<SessionChange> {
-    let rest = path.strip_prefix("/_matrix/client/")?;
-    let (_version, endpoint) = rest.split_once('/')?;
-    match (method.as_str(), endpoint) {
-        ("POST", "logout") => Some(SessionChange::Token),
-        ("POST", "logout/all" | "account/password" | "account/deactivate" | "delete_devices") => {
-            Some(SessionChange::User)
-        }
-        ("DELETE", device) if device.starts_with("devices/") => Some(SessionChange::User),
-        _ => None,
-    }
-}
-
-/// Whether a request changes the profile (`PUT /profile/{userId}/displayname|avatar_url`, or
-/// the whole profile with `PUT`/`PATCH /profile/{userId}`), which local rooms must reflect.
-pub fn changes_profile(method: &http::Method, path: &str) -> bool {
-    if method != http::Method::PUT && method != http::Method::PATCH {
-        return false;
-    }
-    let Some(rest) = path.strip_prefix("/_matrix/client/") else {
-        return false;
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    matches!(
-        segments.as_slice(),
-        [_, "profile", _] | [_, "profile", _, "displayname" | "avatar_url"]
-    )
-}
-
 /// The access token of a request: `Authorization: Bearer`, else the deprecated
 /// `access_token` query parameter.
 pub fn access_token<'a>(
@@ -404,7 +434,142 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderMap, HeaderValue, Method};
+    use http::{HeaderMap, HeaderValue};
+
+    /// How the fake Synapse answers `/account/whoami`.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Answer,
+        Refuse,
+        Fail,
+        Hang,
+    }
+
+    /// A fake Synapse on a free port whose whoami answers as `mode` says; returns its handle
+    /// and how many whoami calls it received.
+    async fn fake_synapse(
+        mode: Arc<Mutex<Mode>>,
+    ) -> (Synapse, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::routing::get;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/_matrix/client/v3/account/whoami",
+            get(move || {
+                let mode = *mode.lock().unwrap();
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    match mode {
+                        Mode::Answer => (
+                            http::StatusCode::OK,
+                            r#"{"user_id":"@a:hs","device_id":"D"}"#,
+                        ),
+                        Mode::Refuse => (
+                            http::StatusCode::UNAUTHORIZED,
+                            r#"{"errcode":"M_UNKNOWN_TOKEN","error":"gone"}"#,
+                        ),
+                        Mode::Fail => (http::StatusCode::BAD_GATEWAY, "{}"),
+                        Mode::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            (http::StatusCode::OK, "{}")
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let synapse = Synapse::new(
+            &crate::config::SynapseConfig {
+                base: address.to_string().parse().unwrap(),
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(5),
+                pool_idle_timeout: Duration::from_secs(5),
+                pool_max_idle: 4,
+                whoami_timeout: Duration::from_millis(300),
+                sync_grace: Duration::from_secs(1),
+            },
+            &crate::config::LimitsConfig {
+                max_forward_body_bytes: None,
+                max_local_body_bytes: 1 << 20,
+            },
+        );
+        (synapse, calls)
+    }
+
+    /// Makes every cached identity due for a check, as if its TTL had passed.
+    fn expire(identity: &Identity) {
+        let past = Instant::now() - Duration::from_secs(1);
+        for entry in identity.tokens.lock().unwrap().values_mut() {
+            entry.until = past;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_identity_outlives_synapse_trouble() {
+        let mode = Arc::new(Mutex::new(Mode::Answer));
+        let (synapse, calls) = fake_synapse(mode.clone()).await;
+        let identity = Identity::new("hs".try_into().unwrap(), synapse.clone(), &[]);
+        let user = |r: Result<Requester, AuthFailure>| r.map(|r| r.user_id.to_string());
+        assert_eq!(
+            user(identity.resolve(Some("t"), None).await).unwrap(),
+            "@a:hs"
+        );
+
+        for trouble in [Mode::Fail, Mode::Hang] {
+            // Past the TTL, Synapse fails or hangs: the identity stays, after a bounded wait.
+            *mode.lock().unwrap() = trouble;
+            synapse.health.answered();
+            expire(&identity);
+            let started = Instant::now();
+            assert_eq!(
+                user(identity.resolve(Some("t"), None).await).unwrap(),
+                "@a:hs"
+            );
+            assert!(started.elapsed() < Duration::from_secs(2));
+            // Synapse is now taken to be down: served at once, Synapse not asked.
+            assert!(!synapse.health.is_up());
+            let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                user(identity.resolve(Some("t"), None).await).unwrap(),
+                "@a:hs"
+            );
+            assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), before);
+        }
+        // A token Synapse never confirmed is not let in meanwhile.
+        assert!(matches!(
+            identity.resolve(Some("other"), None).await,
+            Err(AuthFailure::Unavailable(_))
+        ));
+
+        // Synapse answers again and has revoked the token: the check sees it.
+        *mode.lock().unwrap() = Mode::Refuse;
+        synapse.health.answered();
+        assert!(matches!(
+            identity.resolve(Some("t"), None).await,
+            Err(AuthFailure::Refused(_))
+        ));
+        // Refused is not confirmed: with Synapse down again it stays out.
+        *mode.lock().unwrap() = Mode::Fail;
+        expire(&identity);
+        assert!(identity.resolve(Some("t"), None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_logout_ends_a_confirmed_identity_in_degraded_mode() {
+        let mode = Arc::new(Mutex::new(Mode::Answer));
+        let (synapse, _calls) = fake_synapse(mode.clone()).await;
+        let identity = Identity::new("hs".try_into().unwrap(), synapse.clone(), &[]);
+        assert!(identity.resolve(Some("t"), None).await.is_ok());
+        *mode.lock().unwrap() = Mode::Fail;
+        synapse.health.failed();
+        identity.forget_token("t");
+        assert!(matches!(
+            identity.resolve(Some("t"), None).await,
+            Err(AuthFailure::Unavailable(_))
+        ));
+    }
 
     #[test]
     fn tokens_from_header_or_query() {
@@ -432,58 +597,6 @@ mod tests {
         );
         assert_eq!(query_param("ts=5", "user_id"), None);
         assert_eq!(query_param("x=a+b", "x").as_deref(), Some("a b"));
-    }
-
-    #[test]
-    fn session_changes() {
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/logout"),
-            Some(SessionChange::Token)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/r0/logout/all"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/password"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/account/deactivate"),
-            Some(SessionChange::User)
-        );
-        assert_eq!(
-            session_change(&Method::GET, "/_matrix/client/v3/logout"),
-            None
-        );
-        assert_eq!(
-            session_change(&Method::POST, "/_matrix/client/v3/login"),
-            None
-        );
-    }
-
-    #[test]
-    fn profile_changes() {
-        assert!(changes_profile(
-            &Method::PUT,
-            "/_matrix/client/v3/profile/@a:hs/displayname"
-        ));
-        assert!(changes_profile(
-            &Method::PUT,
-            "/_matrix/client/r0/profile/%40a%3Ahs/avatar_url"
-        ));
-        assert!(changes_profile(
-            &Method::PATCH,
-            "/_matrix/client/v3/profile/@a:hs"
-        ));
-        assert!(!changes_profile(
-            &Method::GET,
-            "/_matrix/client/v3/profile/@a:hs/displayname"
-        ));
-        assert!(!changes_profile(
-            &Method::PUT,
-            "/_matrix/client/v3/profile/@a:hs/m.tz"
-        ));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct SynapseConfig {
     pub pool_idle_timeout: Duration,
     /// At most this many idle connections are kept.
     pub pool_max_idle: usize,
+    /// Time allowed for `/account/whoami` when a token is (re)checked.
+    pub whoami_timeout: Duration,
+    /// How long a merged `/sync` waits for Synapse's half beyond the client's timeout.
+    pub sync_grace: Duration,
 }
 
 /// hungryserv's Postgres database.
@@ -456,6 +460,11 @@ fn read_synapse(section: &mut Section, problems: &mut Problems) -> Option<Synaps
     let pool_idle_timeout =
         Duration::from_secs(section.integer(problems, "pool_idle_timeout_s", 90));
     let pool_max_idle = section.integer(problems, "pool_max_idle", 512);
+    let whoami_timeout = Duration::from_secs(section.integer(problems, "whoami_timeout_s", 5));
+    let sync_grace = Duration::from_secs(section.integer(problems, "sync_grace_s", 5));
+    if whoami_timeout.is_zero() {
+        section.problem(problems, "whoami_timeout_s", "must be greater than 0");
+    }
     if connect_timeout.is_zero() {
         section.problem(problems, "connect_timeout_ms", "must be greater than 0");
     }
@@ -468,6 +477,8 @@ fn read_synapse(section: &mut Section, problems: &mut Problems) -> Option<Synaps
         response_timeout,
         pool_idle_timeout,
         pool_max_idle: usize::try_from(pool_max_idle).unwrap_or(usize::MAX),
+        whoami_timeout,
+        sync_grace,
     })
 }
 

@@ -257,57 +257,11 @@ fn http_pushers(listed: Vec<Value>) -> Vec<(String, String, Value)> {
         .collect()
 }
 
-/// What a request that Synapse accepted changed about the user's push settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushChange {
-    Rules,
-    Pushers,
-}
-
-/// Whether a request writes push rules (`PUT`/`DELETE /pushrules/...`, including `enabled`
-/// and `actions`) or pushers (`POST /pushers/set`).
-pub fn push_change(method: &http::Method, path: &str) -> Option<PushChange> {
-    let rest = path.strip_prefix("/_matrix/client/")?;
-    let (_version, endpoint) = rest.split_once('/')?;
-    if endpoint.starts_with("pushrules/") && method != http::Method::GET {
-        return Some(PushChange::Rules);
-    }
-    (endpoint == "pushers/set" && method == http::Method::POST).then_some(PushChange::Pushers)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn push_writes_are_recognised() {
-        let put = http::Method::PUT;
-        assert_eq!(
-            push_change(&put, "/_matrix/client/v3/pushrules/global/room/!a:x"),
-            Some(PushChange::Rules)
-        );
-        assert_eq!(
-            push_change(
-                &http::Method::DELETE,
-                "/_matrix/client/r0/pushrules/global/override/x"
-            ),
-            Some(PushChange::Rules)
-        );
-        assert_eq!(
-            push_change(&http::Method::GET, "/_matrix/client/v3/pushrules/"),
-            None
-        );
-        assert_eq!(
-            push_change(&http::Method::POST, "/_matrix/client/v3/pushers/set"),
-            Some(PushChange::Pushers)
-        );
-        assert_eq!(
-            push_change(&http::Method::GET, "/_matrix/client/v3/pushers"),
-            None
-        );
-    }
 
     #[test]
     fn only_enabled_http_pushers_with_a_url() {

@@ -7,7 +7,15 @@
 //! the requester decide), alias lookups and joins by alias (local if the alias is ours).
 //! Unknown endpoints are always forwarded.
 //!
+//! A forwarded request carries its [`FollowUps`]: what hungryserv must do once Synapse has
+//! accepted it (drop cached identities, carry a profile change into local rooms, fetch push
+//! settings again, retry an appservice's delivery).
+//!
 //! May import: `config`.
+
+mod follow_up;
+
+pub use follow_up::{FollowUps, PushChange, SessionChange, follow_ups};
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
@@ -19,8 +27,8 @@ use crate::config::{RoomClass, RoutingConfig, ServeMode};
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Not ours: streamed to Synapse and back unchanged.
-    Forward,
+    /// Not ours: streamed to Synapse and back unchanged; then what its success obliges us to.
+    Forward(FollowUps),
     /// hungryserv's own operations endpoints under `/_hungryserv/`.
     Ops,
     /// Names a local room of a served class.
@@ -78,7 +86,7 @@ impl Route {
     /// Short label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Route::Forward => "forward",
+            Route::Forward(_) => "forward",
             Route::Ops => "ops",
             Route::AdminRoom => "admin_room",
             Route::Admin => "admin",
@@ -204,8 +212,26 @@ pub fn decode_segment(segment: &str) -> Cow<'_, str> {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
+/// A forwarded request without follow-ups.
+pub const FORWARD: Route = Route::Forward(FollowUps::NONE);
+
+impl Route {
+    /// Whether the request goes to Synapse.
+    pub fn is_forward(&self) -> bool {
+        matches!(self, Route::Forward(_))
+    }
+}
+
 /// Decides where a request goes from its method and raw (still percent-encoded) path.
 pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
+    match place(classes, method, path) {
+        Route::Forward(_) => Route::Forward(follow_ups(method, path)),
+        route => route,
+    }
+}
+
+/// [`classify`] without the follow-ups.
+fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path.starts_with("/_hungryserv/admin/") {
         return Route::Admin;
     }
@@ -222,7 +248,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         return admin_route(classes, rest);
     }
     let Some(rest) = path.strip_prefix("/_matrix/client/") else {
-        return Route::Forward;
+        return FORWARD;
     };
     let segments: Vec<&str> = rest.split('/').collect();
     // segments[0] is the version (r0, v1, v3, unstable, unstable/<feature> prefixes…).
@@ -247,9 +273,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
                     alias: target.into_owned(),
                 }
             } else {
-                classes
-                    .room_route(method, &target)
-                    .unwrap_or(Route::Forward)
+                classes.room_route(method, &target).unwrap_or(FORWARD)
             }
         }
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
@@ -267,7 +291,7 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
-        _ => Route::Forward,
+        _ => FORWARD,
     }
 }
 
@@ -285,11 +309,7 @@ fn admin_route(classes: &RoomClasses, rest: &str) -> Route {
         ["v1" | "v2", "rooms", room, ..] => classes.class_of(&decode_segment(room)).is_some(),
         _ => false,
     };
-    if ours {
-        Route::AdminRoom
-    } else {
-        Route::Forward
-    }
+    if ours { Route::AdminRoom } else { FORWARD }
 }
 
 /// The local-room ID a client request's path names (decoded), if any: what a deleted room's
@@ -402,12 +422,12 @@ mod tests {
                 Route::ReadOnly { class: "ro".into() },
             ),
             (Method::GET, "/_hungryserv", Route::Ops),
-            (Method::GET, "/_hungryservx/health", Route::Forward),
+            (Method::GET, "/_hungryservx/health", FORWARD),
             (Method::GET, "/_matrix/client/versions", Route::Versions),
             (
                 Method::PUT,
                 "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/1",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::PUT,
@@ -428,7 +448,7 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v3/rooms/!hs_abc:other.org/state",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::POST,
@@ -448,7 +468,7 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v1/room_summary/!abc:example.org",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::PUT,
@@ -463,22 +483,22 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v3/user/@a:example.org/rooms/!abc:example.org/tags",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
                 "/_matrix/client/v3/user/@a:example.org/account_data/m.direct",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
                 "/_matrix/client/unstable/org.matrix.msc2432/rooms/!abc:example.org/aliases",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
                 "/_matrix/client/v3/rooms/!hs_abc/state",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
@@ -505,7 +525,7 @@ mod tests {
             (
                 Method::POST,
                 "/_matrix/client/v3/join/!abc:example.org",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
@@ -531,14 +551,14 @@ mod tests {
             (
                 Method::POST,
                 "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::POST,
                 "/_matrix/client/v3/createRoom",
                 Route::CreateRoom,
             ),
-            (Method::GET, "/_matrix/client/v3/createRoom", Route::Forward),
+            (Method::GET, "/_matrix/client/v3/createRoom", FORWARD),
             (
                 Method::GET,
                 "/_matrix/client/v3/joined_rooms",
@@ -554,17 +574,13 @@ mod tests {
                 "/_matrix/client/v3/keys/changes",
                 Route::KeysChanges,
             ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/keys/changes",
-                Route::Forward,
-            ),
+            (Method::POST, "/_matrix/client/v3/keys/changes", FORWARD),
             (
                 Method::GET,
                 "/_synapse/admin/v1/rooms",
                 Route::AdminRoomList,
             ),
-            (Method::POST, "/_synapse/admin/v1/rooms", Route::Forward),
+            (Method::POST, "/_synapse/admin/v1/rooms", FORWARD),
             (
                 Method::DELETE,
                 "/_synapse/admin/v2/rooms/%21hs_abc%3Aexample.org",
@@ -578,7 +594,7 @@ mod tests {
             (
                 Method::GET,
                 "/_synapse/admin/v1/rooms/!abc:example.org/members",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
@@ -588,7 +604,7 @@ mod tests {
             (
                 Method::GET,
                 "/_synapse/admin/v2/rooms/delete_status/abcdef",
-                Route::Forward,
+                FORWARD,
             ),
             (
                 Method::GET,
@@ -598,9 +614,9 @@ mod tests {
             (
                 Method::GET,
                 "/_synapse/admin/v1/users/@a:example.org/admin",
-                Route::Forward,
+                FORWARD,
             ),
-            (Method::GET, "/", Route::Forward),
+            (Method::GET, "/", FORWARD),
         ];
         let classes = classes();
         for (method, path, want) in cases {

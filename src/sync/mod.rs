@@ -17,10 +17,26 @@
 //!      Synapse request (a `/sync` read has no effect on Synapse's side until the client
 //!      presents the next token) and return with Synapse's half of the token **unchanged**.
 //!
-//! Synapse down: an initial sync (nothing to keep from Synapse) fails with 502; an incremental
-//! one keeps serving local rooms with Synapse's half unchanged, waiting for local news or the
-//! timeout (no hot loop). The client catches up on Synapse's rooms once Synapse is back, from
-//! the half it kept. Synapse's refusals (a bad token, a bad filter) are passed on unchanged.
+//! **Degraded mode** (Synapse down, hung or slow). A local room never waits for Synapse:
+//!
+//! * The wait for Synapse's half is bounded ([`Syncer::synapse_sync`]): Synapse is not asked
+//!   while it is taken to be down ([`crate::upstream::health`]), a call in flight is dropped as
+//!   soon as it is taken to be down, and an incremental call is given up after the client's
+//!   timeout + `synapse.sync_grace_s`. A hung Synapse is taken to be down within
+//!   `PROBE_INTERVAL_UP + PROBE_TIMEOUT` (7 s) of hanging, or at the first call that times out.
+//! * An incremental sync then keeps serving local rooms with Synapse's half unchanged:
+//!   local news is answered at once, else it waits for local news or its timeout (no hot
+//!   loop). The client catches up on Synapse's rooms from the half it kept, once Synapse is
+//!   back; nothing of Synapse's is lost, since Synapse's position never moved.
+//! * An initial sync fails with 502 `M_UNKNOWN` "Synapse is unreachable": at once while
+//!   Synapse is taken to be down, else when it is noticed. It has no Synapse position to keep,
+//!   and an answer without one would make the client's next sync a full Synapse sync
+//!   presented as an increment. Synapse may take minutes to compute an initial or
+//!   `full_state` sync of a big account, so while it is taken to be up those calls wait up to
+//!   `synapse.response_timeout_s`, not the grace (a `full_state` sync with a `since` is then
+//!   answered like any incremental one).
+//!
+//! Synapse's refusals (a bad token, a bad filter) are passed on unchanged.
 //!
 //! We never call Synapse's `/sync` except for a client's own request, with its own token:
 //! to-device messages, presence, account data, device lists and key counts stay Synapse's.
@@ -309,14 +325,29 @@ impl Syncer {
         Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }
 
-    /// The client's own `/sync` on Synapse, from `since` (Synapse's half), waiting at most
-    /// `wait` for news.
+    /// The client's own `/sync` on Synapse, from `since` (Synapse's half), Synapse waiting at
+    /// most `wait` for news. Bounded for degraded mode: fails at once when Synapse is taken to
+    /// be down, and as soon as it is taken to be down while we wait (the probe or another call
+    /// noticed); else gives up after `wait` + `synapse.sync_grace_s` (an initial or full-state
+    /// sync, which Synapse may legitimately compute for minutes, after `wait` +
+    /// `synapse.response_timeout_s`).
     async fn synapse_sync(
         &self,
         request: &SyncRequest,
         since: Option<&str>,
         wait: Duration,
     ) -> Result<Value, CallError> {
+        let mut health = self.synapse.health.subscribe();
+        if !*health.borrow_and_update() {
+            return Err(CallError::Unavailable(
+                "Synapse does not answer (degraded mode)".into(),
+            ));
+        }
+        let limit = if since.is_none() || request.full_state {
+            wait + self.synapse.response_timeout()
+        } else {
+            wait + self.synapse.sync_grace()
+        };
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
             for (key, value) in &request.upstream_params {
@@ -328,9 +359,16 @@ impl Syncer {
             query.append_pair("timeout", &wait.as_millis().to_string());
             query.finish()
         };
-        self.synapse
-            .sync(&request.token, &query, wait, &request.client_headers)
-            .await
+        let call = self
+            .synapse
+            .sync(&request.token, &query, limit, &request.client_headers);
+        tokio::select! {
+            result = call => result,
+            // A sender dropped (never: the handle holds it) disables this branch.
+            Ok(_) = health.wait_for(|up| !*up) => Err(CallError::Unavailable(
+                "Synapse stopped answering (degraded mode)".into(),
+            )),
+        }
     }
 }
 

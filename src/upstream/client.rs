@@ -27,6 +27,9 @@ struct Call<'a> {
     max_answer: usize,
     headers: &'a [(header::HeaderName, header::HeaderValue)],
     json_body: Option<&'a Value>,
+    /// Whether running out of `timeout` means Synapse is down (see [`super::health`]): not
+    /// for a `/sync`, which Synapse may legitimately take long to compute.
+    timeout_means_down: bool,
 }
 
 impl<'a> Call<'a> {
@@ -40,6 +43,7 @@ impl<'a> Call<'a> {
             max_answer: MAX_ANSWER,
             headers: &[],
             json_body: None,
+            timeout_means_down: true,
         }
     }
 }
@@ -126,6 +130,7 @@ impl Synapse {
             max_answer,
             headers,
             json_body,
+            timeout_means_down,
         } = call;
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
@@ -167,9 +172,23 @@ impl Synapse {
                 .to_bytes();
             Ok::<_, CallError>((status, content_type, body))
         };
-        let (status, content_type, body) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| CallError::Unavailable("timeout".into()))??;
+        // Every outcome tells whether Synapse answers (degraded mode runs on it).
+        let (status, content_type, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => {
+                self.health.set(!super::is_gateway_error(answer.0));
+                answer
+            }
+            Ok(Err(err)) => {
+                self.health.failed();
+                return Err(err);
+            }
+            Err(_) => {
+                if timeout_means_down {
+                    self.health.failed();
+                }
+                return Err(CallError::Unavailable("timeout".into()));
+            }
+        };
         if !status.is_success() {
             return Err(CallError::Refused(Refusal {
                 status,
@@ -181,10 +200,14 @@ impl Synapse {
             .map_err(|err| CallError::Unavailable(format!("answer is not JSON: {err}")))
     }
 
-    /// Who owns `token`.
+    /// Who owns `token`, waiting at most `synapse.whoami_timeout_ms` (every request of a user
+    /// whose cached identity is due for a check waits for it).
     pub async fn whoami(&self, token: &str) -> Result<Whoami, CallError> {
         let value = self
-            .call(Method::GET, "/_matrix/client/v3/account/whoami", token)
+            .call_with(Call {
+                timeout: self.whoami_timeout,
+                ..Call::new(Method::GET, "/_matrix/client/v3/account/whoami", token)
+            })
             .await?;
         serde_json::from_value(value)
             .map_err(|err| CallError::Unavailable(format!("whoami answer: {err}")))
@@ -260,22 +283,24 @@ impl Synapse {
 const MAX_SYNC_ANSWER: usize = 512 * 1024 * 1024;
 
 impl Synapse {
-    /// The user's own `/sync` with `query` (built by the caller, without the access token),
-    /// waiting at most `wait` beyond Synapse's usual answer time. `headers` carries what
+    /// The user's own `/sync` with `query` (built by the caller, without the access token,
+    /// with Synapse's `timeout`), waiting at most `limit` for the whole answer: past that,
+    /// Synapse is taken to be hung ([`CallError::Unavailable`]). `headers` carries what
     /// Synapse records about the client (User-Agent, X-Forwarded-For).
     pub async fn sync(
         &self,
         token: &str,
         query: &str,
-        wait: Duration,
+        limit: Duration,
         headers: &[(header::HeaderName, header::HeaderValue)],
     ) -> Result<Value, CallError> {
         let path = format!("/_matrix/client/v3/sync?{query}");
-        let timeout = wait + self.response_timeout;
+        let timeout = limit;
         self.call_with(Call {
             timeout,
             max_answer: MAX_SYNC_ANSWER,
             headers,
+            timeout_means_down: false,
             ..Call::new(Method::GET, &path, token)
         })
         .await

@@ -8,6 +8,7 @@
 
 pub mod client;
 mod headers;
+pub mod health;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,7 +36,18 @@ pub struct Synapse {
     max_body: Option<u64>,
     /// Synapse's last `/versions` answer to an anonymous request, served while it is down.
     last_versions: std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    /// Time allowed for `/account/whoami` (a hung Synapse must not hang local requests).
+    whoami_timeout: Duration,
+    /// How long a merged `/sync` waits for Synapse's half beyond the client's timeout.
+    sync_grace: Duration,
+    /// Whether Synapse answers, from every call's outcome and the probe ([`health`]).
+    pub health: std::sync::Arc<health::Health>,
 }
+
+/// Marks a response relayed from Synapse (set by [`Synapse::forward`]): its headers are
+/// Synapse's and stay as they are (the CORS layer, `crate::cors`, leaves it alone).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
 
 /// What went wrong reaching Synapse, for the readiness endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +70,6 @@ pub fn client_identity(
     headers::client_identity(headers, client_uri, peer)
 }
 
-/// Time allowed for the readiness probe's whole exchange.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Synapse {
     pub fn new(config: &SynapseConfig, limits: &LimitsConfig) -> Self {
         let mut connector = HttpConnector::new();
@@ -77,7 +86,20 @@ impl Synapse {
             response_timeout: config.response_timeout,
             max_body: limits.max_forward_body_bytes,
             last_versions: std::sync::Arc::default(),
+            whoami_timeout: config.whoami_timeout,
+            sync_grace: config.sync_grace,
+            health: std::sync::Arc::default(),
         }
+    }
+
+    /// How long a merged `/sync` waits for Synapse's half beyond the client's timeout.
+    pub fn sync_grace(&self) -> Duration {
+        self.sync_grace
+    }
+
+    /// Time allowed until Synapse's response headers (`synapse.response_timeout_s`).
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// Forwards a client request to Synapse and returns Synapse's response, both streamed.
@@ -119,8 +141,12 @@ impl Synapse {
         )
         .await
         {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                self.health.set(!is_gateway_error(response.status()));
+                response
+            }
             Ok(Err(err)) if err.is_connect() => {
+                self.health.failed();
                 tracing::warn!(error = %error_chain(&err), "cannot connect to Synapse");
                 return Err(MatrixError::bad_gateway("Synapse is unreachable"));
             }
@@ -131,6 +157,7 @@ impl Synapse {
                 ));
             }
             Err(_) => {
+                self.health.failed();
                 tracing::warn!(timeout = ?self.response_timeout, "Synapse did not answer in time");
                 return Err(MatrixError::gateway_timeout(
                     "Synapse did not answer in time",
@@ -141,11 +168,20 @@ impl Synapse {
         headers::prepare_response(&mut parts.headers);
         // Answer in the client's protocol version, whatever Synapse spoke.
         parts.version = client_version;
+        parts.extensions.insert(Forwarded);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
-    /// Checks that Synapse answers its `/health` endpoint.
+    /// Checks that Synapse answers its `/health` endpoint within [`health::PROBE_TIMEOUT`],
+    /// and records the outcome in [`Self::health`].
     pub async fn probe(&self) -> Result<(), ProbeError> {
+        let outcome = self.probe_within(health::PROBE_TIMEOUT).await;
+        self.health.set(outcome.is_ok());
+        outcome
+    }
+
+    /// Checks that Synapse answers its `/health` endpoint within `timeout`.
+    async fn probe_within(&self, timeout: Duration) -> Result<(), ProbeError> {
         let uri = self
             .upstream_uri(&Uri::from_static("/health"))
             .map_err(|err| ProbeError::Unreachable(err.message))?;
@@ -153,8 +189,8 @@ impl Synapse {
             .header(header::HOST, self.base.as_str())
             .body(Body::empty())
             .map_err(|err| ProbeError::Unreachable(err.to_string()))?;
-        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(request)).await {
-            Err(_) => Err(ProbeError::Timeout(PROBE_TIMEOUT)),
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(ProbeError::Timeout(timeout)),
             Ok(Err(err)) => Err(ProbeError::Unreachable(error_chain(&err))),
             Ok(Ok(response)) if response.status().is_success() => Ok(()),
             Ok(Ok(response)) => Err(ProbeError::Unhealthy(response.status())),
@@ -176,6 +212,12 @@ impl Synapse {
             MatrixError::bad_gateway("Cannot forward this request")
         })
     }
+}
+
+/// Whether Synapse's answer says Synapse itself cannot serve (what a proxy or worker setup in
+/// front of it answers while it is down), as opposed to an answer about the request.
+fn is_gateway_error(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 /// An error with its sources, `a: b: c`, for operators (hyper's own text is often just
