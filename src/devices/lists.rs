@@ -15,6 +15,13 @@ use crate::sync::token::SyncToken;
 /// stay out of `left` (tracked a little longer: harmless).
 const MAX_LEFT_CHECKS: usize = 50;
 
+/// Mutual-rooms checks asked of Synapse at once.
+const CONCURRENT_LEFT_CHECKS: usize = 8;
+
+/// The longest the checks of one answer may take: a hung Synapse must not hold a sync that
+/// local rooms answer (degraded mode); past it nobody is `left`.
+const LEFT_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A position in the two streams device lists are read from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct At {
@@ -137,9 +144,21 @@ impl DeviceLists {
         let Some(token) = viewer.token else {
             return BTreeSet::new();
         };
+        use futures_util::stream::{self, StreamExt};
+        let checks = stream::iter(candidates.into_iter().take(MAX_LEFT_CHECKS))
+            .map(|user| async move {
+                let shares = self.synapse.shares_a_room(token, &user).await;
+                (user, shares)
+            })
+            .buffer_unordered(CONCURRENT_LEFT_CHECKS)
+            .collect::<Vec<_>>();
+        let Ok(answers) = tokio::time::timeout(LEFT_CHECK_BUDGET, checks).await else {
+            tracing::warn!("mutual rooms: Synapse too slow; not telling `left` this time");
+            return BTreeSet::new();
+        };
         let mut left = BTreeSet::new();
-        for user in candidates.into_iter().take(MAX_LEFT_CHECKS) {
-            match self.synapse.shares_a_room(token, &user).await {
+        for (user, shares) in answers {
+            match shares {
                 Ok(false) => {
                     left.insert(user);
                 }

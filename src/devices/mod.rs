@@ -19,9 +19,10 @@
 //!   (Synapse does the same for its rooms);
 //! * `left` gets P when P left (or was kicked or banned from) a local room V is in, or V left a
 //!   room P is in, in the range — and V now shares neither a local room nor a Synapse room
-//!   with P. The Synapse side is asked with V's own token (MSC2666 mutual rooms); when it
-//!   cannot be asked (an appservice viewer, Synapse down), P stays out of `left`: a stale
-//!   tracked user costs a key query, a wrongly dropped one breaks encryption.
+//!   with P. The Synapse side is asked with V's own token (MSC2666 mutual rooms, within a
+//!   2-second budget per answer); when it cannot be asked (an appservice viewer, Synapse down
+//!   or slow), P stays out of `left`: a stale tracked user costs a key query, a wrongly
+//!   dropped one breaks encryption.
 //!
 //! Merged with Synapse's answer ([`lists::merge`]): `changed` is the union; `left` is the
 //! union minus anyone still sharing a local room with V (Synapse's `left` does not know them)
