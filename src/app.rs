@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
 use crate::config::Config;
+use crate::devices::DeviceLists;
 use crate::notify::{Notifier, SidePositions};
 use crate::push::Push;
 use crate::push::task::PushTask;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub notifier: Notifier,
     /// The merged `/sync`.
     pub syncer: Arc<Syncer>,
+    /// The device-change stream of local-room co-members.
+    pub devices: Arc<DeviceLists>,
     /// The appservice pushers.
     pub delivery: Arc<Delivery>,
     /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
@@ -92,6 +95,7 @@ impl AppState {
                 room_data: start.room_data,
                 // Typing serials start at the clock (rooms::typing).
                 typing: 0,
+                devices: start.devices,
             },
         );
         let (writer, writer_task) = Writer::start(db.clone(), notifier.clone());
@@ -103,11 +107,17 @@ impl AppState {
             config.server_name.clone(),
             notifier.clone(),
         );
+        let devices = Arc::new(DeviceLists::new(
+            db.clone(),
+            notifier.clone(),
+            synapse.clone(),
+        ));
         let syncer = Arc::new(Syncer::new(
             db.clone(),
             rooms.clone(),
             synapse.clone(),
             notifier.clone(),
+            devices.clone(),
         ));
         let delivery = Arc::new(Delivery::start(
             &config.appservices,
@@ -164,6 +174,7 @@ impl AppState {
             rooms,
             notifier,
             syncer,
+            devices,
             delivery,
             deletions,
             push,

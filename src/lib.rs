@@ -12,7 +12,8 @@
 //! Dependencies point one way (see `shared/STYLE.md`): `config`, `error`, `metrics` and
 //! `tasks` at the bottom; `store` (the only place SQL lives) and `upstream` (the only place
 //! that talks to Synapse) above them; then `routing`, `auth`, `notify` and `rooms`; then
-//! `sync`, `push` and `appservice`; then `app`; then the `api` and `admin` handlers; then
+//! `sync`, `push` and `appservice` (and `devices`, the device lists of local-room co-members,
+//! which reads a forwarded device change's body and answer); then `app`; then the `api` and `admin` handlers; then
 //! `server`; then `main`. Nothing below `api`/`admin`/`server` builds HTTP responses.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod appservice;
 pub mod auth;
 pub mod config;
 pub mod cors;
+pub mod devices;
 pub mod error;
 pub mod metrics;
 pub mod notify;

@@ -11,7 +11,9 @@
 //! Room data (receipts, read markers, room account data) and typing are not events: they have
 //! positions of their own ([`SidePositions`]: the room data stream of migration 0008 and the
 //! typing serial of [`crate::rooms::typing`]), published on a second channel with the same
-//! subscribe-then-read rule.
+//! subscribe-then-read rule. The device-change stream ([`crate::devices`]) is a third side
+//! position: a change is recorded with the users who hear of it (the changed user's local-room
+//! co-members), so a waiting sync knows from memory whether it concerns its user.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +85,8 @@ struct Touched {
     data_users: HashMap<String, i64>,
     /// Room ID → typing serial of its latest typing change.
     typing_rooms: HashMap<String, i64>,
+    /// User ID → device-change position of the latest change they hear of.
+    device_viewers: HashMap<String, i64>,
 }
 
 /// Positions of what is not an event: a sync token holds them next to the stream position.
@@ -92,6 +96,8 @@ pub struct SidePositions {
     pub room_data: i64,
     /// The typing serial.
     pub typing: i64,
+    /// The device-change stream position (migration 0021).
+    pub devices: i64,
 }
 
 /// What one commit wrote: `(room, stream)` per event, and `(user, stream)` per member event.
@@ -197,6 +203,34 @@ impl Notifier {
         });
     }
 
+    /// Called after a device change is committed at `position`: `viewers` hear of it.
+    pub fn devices_changed(&self, position: i64, viewers: &[String]) {
+        {
+            let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+            for viewer in viewers {
+                let latest = touched
+                    .device_viewers
+                    .entry(viewer.clone())
+                    .or_insert(position);
+                *latest = (*latest).max(position);
+            }
+        }
+        self.side.send_if_modified(|current| {
+            let advanced = position > current.devices;
+            if advanced {
+                current.devices = position;
+            }
+            advanced
+        });
+    }
+
+    /// Whether `user` hears of a device change committed by this process after position
+    /// `since` of the device-change stream.
+    pub fn device_news_for(&self, user: &str, since: i64) -> bool {
+        let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
+        touched.device_viewers.get(user).is_some_and(|p| *p > since)
+    }
+
     /// The side positions now.
     pub fn side_current(&self) -> SidePositions {
         *self.side.borrow()
@@ -207,14 +241,17 @@ impl Notifier {
         self.side.subscribe()
     }
 
-    /// Whether room data or typing changed after `since` in one of `rooms`, or `user`'s
-    /// private room data changed.
+    /// Whether room data or typing changed after `since` in one of `rooms`, `user`'s private
+    /// room data changed, or `user` hears of a device change.
     pub fn side_news_for<'a>(
         &self,
         user: &str,
         rooms: impl IntoIterator<Item = &'a str>,
         since: SidePositions,
     ) -> bool {
+        if self.device_news_for(user, since.devices) {
+            return true;
+        }
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
         touched
             .data_users
@@ -335,5 +372,22 @@ mod tests {
         assert_eq!(side.borrow().typing, 100);
         assert!(notifier.side_news_for("@v:x", ["!b:x"], now));
         assert!(!notifier.side_news_for("@v:x", ["!a:x"], now));
+    }
+
+    #[tokio::test]
+    async fn a_device_change_wakes_side_subscribers_and_concerns_its_viewers_only() {
+        let notifier = Notifier::new(0);
+        let mut side = notifier.subscribe_side();
+        let start = notifier.side_current();
+        notifier.devices_changed(3, &["@v:x".into()]);
+        side.changed().await.unwrap();
+        assert_eq!(side.borrow_and_update().devices, 3);
+        assert!(notifier.device_news_for("@v:x", 0));
+        assert!(!notifier.device_news_for("@v:x", 3));
+        assert!(!notifier.device_news_for("@w:x", 0), "not a co-member");
+        assert!(notifier.side_news_for("@v:x", [], start));
+        assert!(!notifier.side_news_for("@w:x", [], start));
+        notifier.devices_changed(2, &[]);
+        assert!(!side.has_changed().unwrap(), "positions never move back");
     }
 }

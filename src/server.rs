@@ -185,6 +185,7 @@ async fn handle(
             Route::Sync => api::sync(&handlers.state, request, peer).await,
             Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
+            Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay => api::relay(&handlers.state, request).await,
@@ -287,7 +288,8 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// rooms as new member events; a push rule, pusher or ignore list
 /// change is fetched again (the copy we keep
 /// for local rooms' push must not lag behind it); a successful appservice ping retries its
-/// delivery.
+/// delivery; a device or cross-signing key change is recorded for local-room co-members
+/// ([`crate::devices`]).
 async fn forward(
     state: &AppState,
     request: Request<Body>,
@@ -295,6 +297,8 @@ async fn forward(
     follow_ups: FollowUps,
 ) -> Response<Body> {
     let request = synapse_tokens(request);
+    let (request, device_change) =
+        crate::devices::trigger::before_forward(&state.identity, request).await;
     let query = request.uri().query();
     let token = follow_ups
         .need_token()
@@ -337,6 +341,11 @@ async fn forward(
             forget(state, change, token.as_deref());
             response
         }
+        None => response,
+    };
+    // Device and cross-signing key changes Synapse accepted, for local-room co-members.
+    let response = match device_change {
+        Some(pending) => state.devices.after_forward(pending, response).await,
         None => response,
     };
     let Some(token) = token else {

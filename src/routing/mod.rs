@@ -75,6 +75,8 @@ pub enum Route {
     SlidingSync,
     /// `GET /notifications`: Synapse's list merged with the local rooms'.
     Notifications,
+    /// `GET /keys/changes`: Synapse's answer plus device changes of local-room co-members.
+    KeysChanges,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
@@ -102,7 +104,8 @@ impl Route {
             | Route::Sync
             | Route::SlidingSync
             | Route::Versions
-            | Route::Notifications => "merge",
+            | Route::Notifications
+            | Route::KeysChanges => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay => "relay",
         }
@@ -303,6 +306,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
             Route::SlidingSync
         }
         [_, "notifications"] if method == Method::GET => Route::Notifications,
+        [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => FORWARD,
@@ -593,6 +597,12 @@ mod tests {
                 "/_matrix/client/v3/notifications",
                 Route::Notifications,
             ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/keys/changes",
+                Route::KeysChanges,
+            ),
+            (Method::POST, "/_matrix/client/v3/keys/changes", FORWARD),
             (
                 Method::GET,
                 "/_synapse/admin/v1/rooms",

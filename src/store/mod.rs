@@ -8,6 +8,7 @@
 
 pub mod appservice;
 pub mod deletion;
+pub mod devices;
 pub mod events;
 pub mod identity;
 pub mod ignore;
@@ -94,6 +95,7 @@ pub async fn current_positions(pool: &PgPool) -> Result<Positions, StoreError> {
     Ok(Positions {
         stream: events::max_stream(&mut conn).await?,
         room_data: room_data::current_position(&mut conn).await?,
+        devices: devices::current_position(&mut conn).await?,
     })
 }
 
@@ -102,6 +104,8 @@ pub async fn current_positions(pool: &PgPool) -> Result<Positions, StoreError> {
 pub struct Positions {
     pub stream: i64,
     pub room_data: i64,
+    /// The device-change stream (migration 0021).
+    pub devices: i64,
 }
 
 /// A cheap round trip, for readiness.

@@ -40,6 +40,9 @@
 //!
 //! We never call Synapse's `/sync` except for a client's own request, with its own token:
 //! to-device messages, presence, account data, device lists and key counts stay Synapse's.
+//! Device-list changes of local-room co-members, which Synapse cannot know, are added to
+//! `device_lists` by [`crate::devices`] for the answer's whole range; one of them wakes a
+//! waiting sync like a local event does.
 
 pub mod filter;
 pub mod local;
@@ -53,6 +56,8 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
 use crate::auth::requester::Requester;
+use crate::devices::DeviceLists;
+use crate::devices::lists::Viewer;
 use crate::notify::{Notifier, SidePositions};
 use crate::rooms::RoomError;
 use crate::rooms::service::Rooms;
@@ -107,10 +112,17 @@ pub struct Syncer {
     filters: FilterCache,
     /// Sliding sync connections ([`sliding`]).
     sliding: sliding::conn::Connections,
+    devices: std::sync::Arc<DeviceLists>,
 }
 
 impl Syncer {
-    pub fn new(db: PgPool, rooms: Rooms, synapse: Synapse, notifier: Notifier) -> Self {
+    pub fn new(
+        db: PgPool,
+        rooms: Rooms,
+        synapse: Synapse,
+        notifier: Notifier,
+        devices: std::sync::Arc<DeviceLists>,
+    ) -> Self {
         Self {
             db,
             rooms,
@@ -118,11 +130,29 @@ impl Syncer {
             notifier,
             filters: FilterCache::default(),
             sliding: sliding::conn::Connections::default(),
+            devices,
         }
     }
 
-    /// Answers one `/sync`.
+    /// Answers one `/sync`: the merged rooms, then the device lists of the answer's range.
     pub async fn sync(&self, request: &SyncRequest) -> Result<Value, SyncError> {
+        let mut body = self.merged(request).await?;
+        let viewer = Viewer {
+            user_id: request.requester.user_id.as_str(),
+            token: request
+                .requester
+                .appservice
+                .is_none()
+                .then_some(request.token.as_str()),
+        };
+        self.devices
+            .add_to_sync(&viewer, request.since.as_deref(), &mut body)
+            .await;
+        Ok(body)
+    }
+
+    /// The merged rooms of one `/sync`.
+    async fn merged(&self, request: &SyncRequest) -> Result<Value, SyncError> {
         let since = request
             .since
             .as_deref()
@@ -168,7 +198,8 @@ impl Syncer {
             return answer(synapse, synapse_since.as_deref(), local?, upto);
         }
         let local = self.local(request, &filter, since, upto).await?;
-        if !local.is_empty() {
+        let user = request.requester.user_id.as_str();
+        if !local.is_empty() || self.notifier.device_news_for(user, since.side.devices) {
             let synapse = self
                 .synapse_sync(request, synapse_since.as_deref(), Duration::ZERO)
                 .await;
@@ -181,7 +212,6 @@ impl Syncer {
         let mut synapse_down = false;
         let mut rooms = local.rooms;
         let mut checked = upto;
-        let user = request.requester.user_id.as_str();
         loop {
             tokio::select! {
                 result = &mut synapse_call, if !synapse_down => match result {
@@ -275,7 +305,8 @@ impl Syncer {
             return Ok(Woken::Checked(now, None));
         }
         let local = self.local(request, filter, since, now).await?;
-        if local.is_empty() {
+        let user = request.requester.user_id.as_str();
+        if local.is_empty() && !self.notifier.device_news_for(user, since.side.devices) {
             return Ok(Woken::Checked(now, Some(local.rooms)));
         }
         Ok(Woken::Answer(local, now))
@@ -459,6 +490,7 @@ mod tests {
             side: SidePositions {
                 room_data: 2,
                 typing: 3,
+                devices: 4,
             },
         }
     }

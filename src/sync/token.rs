@@ -2,8 +2,10 @@
 //!
 //! Shape: `h1_` followed by unpadded base64url of a small JSON object
 //! `{"s": <Synapse's token or absent>, "l": <our stream position>, "r": <room data position>,
-//! "t": <typing serial>}` (`r` and `t` absent mean 0: tokens from before they existed still
-//! read, and their owners get receipts and typing as new). The leading `h` cannot start a
+//! "t": <typing serial>, "d": <device-change position>}` (`r`, `t` and `d` absent mean 0:
+//! tokens from before they existed still read, and their owners get receipts and typing as
+//! new, and every local-room co-member in `device_lists.changed` once — a client then fetches
+//! keys it may already have, which is harmless). The leading `h` cannot start a
 //! Synapse token (those start with `s`, `t`, `m` or a digit), so the two are never confused;
 //! the digit after it is the format version, so a later format can change shape and still read
 //! this one.
@@ -43,6 +45,8 @@ struct Wire {
     room_data: i64,
     #[serde(rename = "t", default)]
     typing: i64,
+    #[serde(rename = "d", default)]
+    devices: i64,
 }
 
 /// The token could not be read.
@@ -58,6 +62,7 @@ impl SyncToken {
             local: self.local,
             room_data: self.side.room_data,
             typing: self.side.typing,
+            devices: self.side.devices,
         };
         // Serialising two plain fields cannot fail.
         let json = serde_json::to_vec(&wire).unwrap_or_default();
@@ -75,7 +80,8 @@ impl SyncToken {
         if let Some(payload) = text.strip_prefix(V1) {
             let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidToken)?;
             let wire: Wire = serde_json::from_slice(&json).map_err(|_| InvalidToken)?;
-            let negative = wire.local < 0 || wire.room_data < 0 || wire.typing < 0;
+            let negative =
+                wire.local < 0 || wire.room_data < 0 || wire.typing < 0 || wire.devices < 0;
             if negative || wire.synapse.as_deref().is_some_and(|s| !is_synapse(s)) {
                 return Err(InvalidToken);
             }
@@ -85,6 +91,7 @@ impl SyncToken {
                 side: SidePositions {
                     room_data: wire.room_data,
                     typing: wire.typing,
+                    devices: wire.devices,
                 },
             });
         }
@@ -160,8 +167,9 @@ mod tests {
             local in 0..i64::MAX,
             room_data in 0..i64::MAX,
             typing in 0..i64::MAX,
+            devices in 0..i64::MAX,
         ) {
-            let token = SyncToken { synapse, local, side: SidePositions { room_data, typing } };
+            let token = SyncToken { synapse, local, side: SidePositions { room_data, typing, devices } };
             let text = token.encode();
             prop_assert_eq!(SyncToken::parse(&text), Ok(token));
         }
@@ -195,7 +203,7 @@ mod tests {
             let text = SyncToken { synapse: Some("s12_3".into()), local, ..SyncToken::default() }.encode();
             let damaged = format!("{}{junk}", &text[..cut.min(text.len())]);
             if let Ok(token) = SyncToken::parse(&damaged) {
-                prop_assert!(token.local >= 0 && token.side.room_data >= 0 && token.side.typing >= 0);
+                prop_assert!(token.local >= 0 && token.side.room_data >= 0 && token.side.typing >= 0 && token.side.devices >= 0);
             }
         }
     }
@@ -220,6 +228,8 @@ mod tests {
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
         let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"l":1,"t":-5}"#));
         assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
+        let wrong = format!("h1_{}", URL_SAFE_NO_PAD.encode(br#"{"l":1,"d":-1}"#));
+        assert_eq!(SyncToken::parse(&wrong), Err(InvalidToken));
     }
 
     #[test]
@@ -233,6 +243,17 @@ mod tests {
                 side: SidePositions::default(),
             })
         );
+    }
+
+    #[test]
+    fn tokens_from_before_device_changes_still_read() {
+        let old = format!(
+            "h1_{}",
+            URL_SAFE_NO_PAD.encode(br#"{"s":"s5_1","l":7,"r":3,"t":9}"#)
+        );
+        let token = SyncToken::parse(&old).unwrap();
+        assert_eq!(token.side.room_data, 3);
+        assert_eq!(token.side.devices, 0);
     }
 
     #[test]

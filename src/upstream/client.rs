@@ -469,3 +469,26 @@ impl Synapse {
         self.call(Method::GET, &path, token).await
     }
 }
+
+impl Synapse {
+    /// Whether the user of `token` shares a joined room with `other` on Synapse (MSC2666
+    /// mutual rooms, stable in Synapse 1.163 at `/_matrix/client/v1/mutual_rooms`, served
+    /// without configuration). One page is enough: any room answers the question.
+    pub async fn shares_a_room(&self, token: &str, other: &str) -> Result<bool, CallError> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("user_id", other)
+            .finish();
+        let path = format!("/_matrix/client/v1/mutual_rooms?{query}");
+        let value = self.call(Method::GET, &path, token).await?;
+        Ok(value
+            .get("joined")
+            .and_then(Value::as_array)
+            .is_some_and(|rooms| !rooms.is_empty()))
+    }
+
+    /// The user's own `GET /keys/changes` with `query` (Synapse's halves of the tokens).
+    pub async fn keys_changes(&self, token: &str, query: &str) -> Result<Value, CallError> {
+        let path = format!("/_matrix/client/v3/keys/changes?{query}");
+        self.call(Method::GET, &path, token).await
+    }
+}
