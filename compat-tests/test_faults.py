@@ -206,6 +206,18 @@ def test_postgres_restart_during_ingest_and_long_polls():
     answered, errors, poll_errors = asyncio.run(asyncio.wait_for(scenario(), 240))
     print(f"Postgres restart: {answered} sends settled; {errors} send and {poll_errors} sync error answers")
 
+    # Synapse shares the Postgres: its pooled connections broke too, and it answers 500 until
+    # it has reconnected them. Wait until it registers a user again, so the next test starts
+    # on a working stack.
+    def synapse_recovered() -> bool:
+        try:
+            stack.register_user()
+            return True
+        except httpx.HTTPStatusError:
+            return False
+
+    stack.wait_until(synapse_recovered, 60, "Synapse to recover from the Postgres restart")
+
 
 def test_synapse_restart_during_long_polls():
     user = stack.register_user()
