@@ -701,8 +701,9 @@ async fn room_part(
 }
 
 /// State events in client format. State rarely has relations or redactions, so the
-/// aggregation queries of [`client_events`] are skipped unless one is redacted.
-async fn state_events(
+/// aggregation queries of [`client_events`] are skipped unless one is redacted. (Sliding
+/// sync's rooms use it too.)
+pub(crate) async fn state_events(
     rooms: &Rooms,
     conn: &mut PgConnection,
     requester: &Requester,
@@ -733,8 +734,9 @@ async fn state_events(
         .collect())
 }
 
-/// Events in sync's client format (no `room_id`: the room is the key they are under).
-async fn client_events(
+/// Events in sync's client format (no `room_id`: the room is the key they are under), for
+/// `/sync` and sliding sync alike.
+pub(crate) async fn client_events(
     rooms: &Rooms,
     conn: &mut PgConnection,
     requester: &Requester,

@@ -25,15 +25,15 @@ use super::request::{Body, RequiredState, RoomExtension, RoomFacts};
 use crate::auth::requester::Requester;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
-use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::read::Token;
 use crate::rooms::room_data::receipt_content;
-use crate::rooms::service::{Rooms, now_ms};
+use crate::rooms::service::Rooms;
 use crate::rooms::visibility::Reader;
 use crate::store;
 use crate::store::events::EventWithPrev;
 use crate::store::rooms::UserRoom;
 use crate::store::sliding::ListedRoom;
+use crate::sync::local::{client_events, state_events};
 
 /// The largest timeline a room config may ask for.
 const MAX_TIMELINE_LIMIT: i64 = 1000;
@@ -603,56 +603,6 @@ async fn timeline(
         limited,
         prev_batch,
     })
-}
-
-/// State events in client format. State rarely has relations or redactions, so the
-/// aggregation read of [`client_events`] is skipped unless one is redacted.
-async fn state_events(
-    rooms: &Rooms,
-    conn: &mut PgConnection,
-    requester: &Requester,
-    reader: &Reader,
-    events: Vec<EventWithPrev>,
-) -> Result<Vec<Value>, RoomError> {
-    if events.iter().any(|e| e.event.redacted_by.is_some()) {
-        return client_events(rooms, conn, requester, reader, events).await;
-    }
-    let scope = requester.txn_scope();
-    let viewer = Viewer {
-        txn_scope: Some(&scope),
-        now_ms: now_ms(),
-    };
-    Ok(events
-        .into_iter()
-        .map(|e| {
-            let related = Related {
-                prev: e.prev,
-                redacted_because: None,
-            };
-            let mut value = to_client(&e.event, &related, viewer);
-            if let Some(object) = value.as_object_mut() {
-                object.remove("room_id");
-            }
-            value
-        })
-        .collect())
-}
-
-/// Events in the client format of sliding sync (no `room_id`).
-async fn client_events(
-    rooms: &Rooms,
-    conn: &mut PgConnection,
-    requester: &Requester,
-    reader: &Reader,
-    events: Vec<EventWithPrev>,
-) -> Result<Vec<Value>, RoomError> {
-    let mut values = rooms.serve(conn, requester, reader, events).await?;
-    for value in &mut values {
-        if let Some(object) = value.as_object_mut() {
-            object.remove("room_id");
-        }
-    }
-    Ok(values)
 }
 
 /// Receipts, typing and room account data of the window rooms the extensions cover.
