@@ -38,6 +38,22 @@ def device_lists(user: As, since: str) -> tuple[dict, str]:
     return body.get("device_lists", {}), body["next_batch"]
 
 
+def changed_within(user: As, since: str, wanted: str, seconds: float = 10) -> tuple[dict, str]:
+    """Syncs from `since` until `wanted` is in `changed` or `seconds` pass; returns the
+    lists seen (changed and left of every answer) and the last `next_batch`. Synapse
+    announces some key changes (cross-signing uploads) from a background write after it
+    answered the upload, so one sync right after the answer may come too early."""
+    seen: dict = {"changed": [], "left": []}
+    deadline = time.monotonic() + seconds
+    while True:
+        body = user.ok("GET", "/v3/sync", {"since": since, "timeout": "1000"})
+        since = body["next_batch"]
+        for key in ("changed", "left"):
+            seen[key] += body.get("device_lists", {}).get(key, [])
+        if wanted in seen["changed"] or time.monotonic() >= deadline:
+            return seen, since
+
+
 def settled(user: As, changing: str) -> str:
     """A token after which `changing` is not (yet again) in `changed`: two
     checks a second apart find nothing (Synapse writes some device-list
@@ -147,7 +163,7 @@ def test_a_cross_signing_key_and_its_reset_reach_the_other_member(kind):
     for _ in ("first master key", "reset"):
         since = settled(of(bob), alice.user_id)
         upload_master_key(alice)
-        lists, to = device_lists(of(bob), since)
+        lists, to = changed_within(of(bob), since, alice.user_id)
         assert alice.user_id in lists.get("changed", []), (kind, lists)
         assert alice.user_id in keys_changes(of(bob), since, to)["changed"]
 

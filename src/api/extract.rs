@@ -3,6 +3,7 @@
 //! rejections are plain text, which no Matrix client reads).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
@@ -204,5 +205,41 @@ pub fn optional_str(body: &Map<String, Value>, key: &str) -> Result<Option<Strin
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(value)) => Ok(Some(value.clone())),
         Some(_) => Err(MatrixError::bad_json(format!("'{key}' must be a string")).into()),
+    }
+}
+
+/// The longest long-poll wait honoured (`/sync`, sliding sync). Synapse does not cap it; a
+/// day is enough for any client.
+const MAX_LONG_POLL: Duration = Duration::from_secs(24 * 3600);
+
+/// A long poll's `timeout` query parameter (milliseconds; absent means 0), capped at a day.
+pub fn long_poll_timeout(value: Option<&str>) -> Result<Duration, MatrixError> {
+    match value {
+        None => Ok(Duration::ZERO),
+        Some(text) => text
+            .parse::<u64>()
+            .map(|ms| Duration::from_millis(ms).min(MAX_LONG_POLL))
+            .map_err(|_| MatrixError::invalid_param("Query parameter timeout must be an integer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_poll_timeouts() {
+        assert_eq!(long_poll_timeout(None).unwrap(), Duration::ZERO);
+        assert_eq!(
+            long_poll_timeout(Some("30000")).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            long_poll_timeout(Some("999999999999")).unwrap(),
+            MAX_LONG_POLL
+        );
+        for bad in ["", "-1", "1.5", "soon"] {
+            assert!(long_poll_timeout(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }

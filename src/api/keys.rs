@@ -13,10 +13,8 @@ use crate::app::AppState;
 use crate::auth::requester::access_token;
 use crate::devices::lists::{At, Viewer};
 use crate::devices::merge;
-use crate::error::MatrixError;
 use crate::rooms::RoomError;
 use crate::sync::token::{SyncToken, query_for_synapse};
-use crate::upstream::client::CallError;
 
 pub async fn keys_changes(state: &AppState, request: Request<Body>) -> Response {
     match handle(state, request).await {
@@ -40,13 +38,7 @@ async fn handle(state: &AppState, request: Request<Body>) -> Result<Response, Ap
         .synapse
         .keys_changes(token.as_deref().unwrap_or_default(), &upstream_query)
         .await
-        .map_err(|err| match err {
-            CallError::Refused(refusal) => ApiError::Refused(refusal),
-            CallError::Unavailable(reason) => {
-                tracing::warn!(%reason, "keys/changes: Synapse unavailable");
-                ApiError::Matrix(MatrixError::bad_gateway("Synapse is unreachable"))
-            }
-        })?;
+        .map_err(|err| ApiError::from_upstream(err, "keys/changes"))?;
     // A bare Synapse token starts the local halves at 0: every co-member counts as changed
     // once (a key query too many, never one too few).
     let position = |name: &str| params.get(name).and_then(|t| SyncToken::parse(t).ok());

@@ -92,6 +92,20 @@ impl From<RoomError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A call to Synapse made for a merged answer failed: Synapse's refusal goes back as it
+    /// wrote it; an unreachable Synapse is a 502 (the reason is logged, with `what`).
+    pub fn from_upstream(err: crate::upstream::client::CallError, what: &str) -> Self {
+        match err {
+            crate::upstream::client::CallError::Refused(refusal) => ApiError::Refused(refusal),
+            crate::upstream::client::CallError::Unavailable(reason) => {
+                tracing::warn!(%reason, "{what}: Synapse unavailable");
+                ApiError::Matrix(MatrixError::bad_gateway("Synapse is unreachable"))
+            }
+        }
+    }
+}
+
 impl From<AuthFailure> for ApiError {
     fn from(err: AuthFailure) -> Self {
         match err {

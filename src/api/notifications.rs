@@ -10,10 +10,8 @@ use super::ApiError;
 use super::extract::Query;
 use crate::app::AppState;
 use crate::auth::requester::access_token;
-use crate::error::MatrixError;
 use crate::push::notifications::{local_page, merge, parse_from};
 use crate::rooms::RoomError;
-use crate::upstream::client::CallError;
 
 /// Entries per page when the client gives no limit (Synapse's default).
 const DEFAULT_LIMIT: i64 = 50;
@@ -62,13 +60,7 @@ async fn handle(state: &AppState, request: Request<Body>) -> Result<Response, Ap
             .synapse
             .notifications(token.as_deref().unwrap_or_default(), &upstream_query)
             .await
-            .map_err(|err| match err {
-                CallError::Refused(refusal) => ApiError::Refused(refusal),
-                CallError::Unavailable(reason) => {
-                    tracing::warn!(%reason, "notifications: Synapse unavailable");
-                    ApiError::Matrix(MatrixError::bad_gateway("Synapse is unreachable"))
-                }
-            })?;
+            .map_err(|err| ApiError::from_upstream(err, "notifications"))?;
         let list = answer
             .get("notifications")
             .and_then(Value::as_array)

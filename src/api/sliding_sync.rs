@@ -3,7 +3,6 @@
 //! to Synapse's answers.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -18,8 +17,6 @@ use crate::auth::requester::access_token;
 use crate::error::{ErrorCode, MatrixError};
 use crate::sync::sliding::{SlidingError, SlidingRequest};
 
-/// The longest wait honoured (as for `/sync`).
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The largest body read (a client with thousands of room subscriptions stays far below).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -46,15 +43,7 @@ async fn handle(
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     };
-    let timeout = match param("timeout") {
-        None => Duration::ZERO,
-        Some(text) => text
-            .parse::<u64>()
-            .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT))
-            .map_err(|_| {
-                MatrixError::invalid_param("Query parameter timeout must be an integer")
-            })?,
-    };
+    let timeout = super::extract::long_poll_timeout(param("timeout"))?;
     let token = access_token(request.headers(), request.uri().query()).map(|t| t.into_owned());
     let requester = state
         .identity

@@ -2,7 +2,6 @@
 //! the outcome to Synapse's answers.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -15,9 +14,6 @@ use crate::auth::requester::access_token;
 use crate::error::{ErrorCode, MatrixError};
 use crate::sync::filter::FilterError;
 use crate::sync::{SyncError, SyncRequest};
-
-/// The longest wait honoured (Synapse does not cap it; a day is enough for any client).
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Parameters we read; the others go to Synapse as they came.
 const OURS: [&str; 3] = ["since", "timeout", "access_token"];
@@ -45,15 +41,7 @@ async fn handle(
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
     };
-    let timeout = match param("timeout") {
-        None => Duration::ZERO,
-        Some(text) => text
-            .parse::<u64>()
-            .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT))
-            .map_err(|_| {
-                MatrixError::invalid_param("Query parameter timeout must be an integer")
-            })?,
-    };
+    let timeout = super::extract::long_poll_timeout(param("timeout"))?;
     let full_state = match param("full_state") {
         None | Some("false") => false,
         Some("true") => true,
