@@ -6,7 +6,9 @@ use super::StoredEvent;
 use super::write::relation;
 use crate::store::StoreError;
 
-/// The columns [`copy_events`] fills, in the order of its rows.
+/// The columns [`copy_events`] fills, in the order of its rows. `write_batch`, `fast_append`
+/// and migration 0015 list them too: `tests::event_column_lists_agree` holds the copies
+/// together.
 const COPY_EVENTS: &str = "COPY events (stream, room_id, topo, event_id, type, state_key, sender, \
      origin_server_ts, content, replaces_state, redacts, relates_to, rel_type, txn_scope, txn_id, \
      backfilled, silent) FROM STDIN (FORMAT binary)";
@@ -103,4 +105,116 @@ fn copy_field(data: &mut Vec<u8>, value: Option<&[u8]>) -> Result<(), StoreError
 
 fn field_length(length: usize) -> Result<i32, StoreError> {
     i32::try_from(length).map_err(|_| StoreError::Corrupt(format!("a {length}-byte field")))
+}
+
+/// The events column list is written four times: [`COPY_EVENTS`], the INSERT of
+/// `write_batch` and its binds, the binds of `fast_append`, and the INSERT in
+/// `writer_append` (migration 0015, which cannot change). sqlx's macros need literal SQL, so
+/// they cannot share one constant; this test holds the copies together instead.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRITE_RS: &str = include_str!("write.rs");
+    const WRITER_APPEND: &str =
+        include_str!("../../../migrations/0015_writer_append_checks_in_writes.sql");
+
+    /// The comma-separated names between the `(` that follows `after` and its `)`.
+    fn list_after<'a>(text: &'a str, after: &str) -> Vec<&'a str> {
+        let start = text.find(after).expect("marker present") + after.len();
+        let rest = &text[start..];
+        let open = rest.find('(').expect("an opening parenthesis") + 1;
+        let close = rest[open..].find(')').expect("a closing parenthesis") + open;
+        rest[open..close]
+            .split(',')
+            .map(|name| name.trim().trim_end_matches('\\').trim())
+            .collect()
+    }
+
+    /// The `&columns.NAME` binds of the function starting at `marker`, in order, with the
+    /// struct field `kind` named as its column `type`.
+    fn binds<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
+        let start = text.find(marker).expect("function present");
+        let body = &text[start..];
+        let end = body[1..].find("\npub ").map_or(body.len(), |end| end + 1);
+        body[..end]
+            .split("&columns.")
+            .skip(1)
+            .map(|rest| {
+                let name = rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default();
+                if name == "kind" { "type" } else { name }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn event_column_lists_agree() {
+        let copy = list_after(COPY_EVENTS, "COPY events");
+        assert_eq!(copy.len(), 17, "{copy:?}");
+
+        let insert = list_after(WRITE_RS, "INSERT INTO events");
+        assert_eq!(insert, copy, "write_batch's INSERT and COPY_EVENTS");
+        // write_batch's UNNEST takes $1..$15 and then $23, $24: its column binds, in bind
+        // order, are in column order.
+        assert_eq!(
+            binds(WRITE_RS, "pub async fn write_batch"),
+            copy,
+            "write_batch's binds"
+        );
+
+        // The fast path writes plain messages: the columns it leaves out take their defaults.
+        let fast = list_after(WRITER_APPEND, "INSERT INTO events");
+        assert_eq!(
+            binds(WRITE_RS, "pub async fn fast_append"),
+            fast,
+            "fast_append's binds and writer_append's INSERT"
+        );
+        let mut rest = copy.iter();
+        assert!(
+            fast.iter().all(|column| rest.any(|c| c == column)),
+            "writer_append's columns in COPY_EVENTS' order: {fast:?}"
+        );
+        let left_out: Vec<&str> = copy
+            .iter()
+            .copied()
+            .filter(|column| !fast.contains(column))
+            .collect();
+        assert_eq!(
+            left_out,
+            [
+                "state_key",
+                "replaces_state",
+                "redacts",
+                "backfilled",
+                "silent"
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_rows_have_a_field_per_column() {
+        let event = StoredEvent {
+            stream: 1,
+            topo: 1,
+            event_id: "$e".try_into().expect("valid"),
+            room_id: "!r:one.example".try_into().expect("valid"),
+            sender: "@u:one.example".try_into().expect("valid"),
+            kind: "m.room.message".into(),
+            state_key: None,
+            origin_server_ts: 1,
+            content: serde_json::Map::new(),
+            replaces_state: None,
+            redacts: None,
+            redacted_by: None,
+            txn: None,
+        };
+        let data = copy_data(&[event], &[], &[]).expect("encodes");
+        // Signature (11 bytes), flags and header extension length, then the row's field count.
+        let count = i16::from_be_bytes([data[19], data[20]]);
+        let columns = list_after(COPY_EVENTS, "COPY events").len();
+        assert_eq!(usize::try_from(count).ok(), Some(columns));
+    }
 }
