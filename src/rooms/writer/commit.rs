@@ -23,6 +23,26 @@ fn is_event_id_clash(err: &store::StoreError) -> bool {
     )
 }
 
+/// What a committed batch leaves behind.
+struct Committed {
+    /// Each job's outcome, in job order.
+    outcomes: Vec<Result<Outcome, RoomError>>,
+    /// The rooms as the batch left them, for the cache.
+    rooms: HashMap<OwnedRoomId, RoomState>,
+    /// The highest stream position written.
+    max_stream: i64,
+}
+
+/// A room's counters as `state` holds them, for the store.
+fn positions_of(state: &RoomState) -> store::events::RoomPositions {
+    store::events::RoomPositions {
+        room_id: state.room_id.to_string(),
+        max_topo: state.max_topo,
+        min_topo: state.min_topo,
+        latest_stream: state.latest_stream,
+    }
+}
+
 /// What a batch wrote, for the notifier.
 fn commit_of(outcomes: &[Result<Outcome, RoomError>]) -> Commit {
     let mut commit = Commit::default();
@@ -58,7 +78,11 @@ impl WriterTask {
         let jobs: Vec<&Job> = batch.iter().map(|pending| &pending.job).collect();
         let started = std::time::Instant::now();
         match self.write(&jobs, ids).await {
-            Ok((outcomes, rooms, max_stream)) => {
+            Ok(Committed {
+                outcomes,
+                rooms,
+                max_stream,
+            }) => {
                 self.last_stream = Some(max_stream);
                 tracing::debug!(
                     jobs = batch.len(),
@@ -107,19 +131,7 @@ impl WriterTask {
 
     /// Runs the jobs in one transaction. Returns each job's outcome, the rooms as left, and
     /// the highest stream position written.
-    #[allow(clippy::type_complexity)]
-    async fn write(
-        &mut self,
-        jobs: &[&Job],
-        ids: IdCheck,
-    ) -> Result<
-        (
-            Vec<Result<Outcome, RoomError>>,
-            HashMap<OwnedRoomId, RoomState>,
-            i64,
-        ),
-        store::StoreError,
-    > {
+    async fn write(&mut self, jobs: &[&Job], ids: IdCheck) -> Result<Committed, store::StoreError> {
         if let Some(written) = self.write_fast(jobs).await? {
             self.counters.fast.fetch_add(1, Relaxed);
             return Ok(written);
@@ -180,18 +192,7 @@ impl WriterTask {
         for room in &batch.new_rooms {
             store::rooms::insert(&mut tx, room).await?;
         }
-        let positions = batch
-            .rooms
-            .values()
-            .map(|state| {
-                (
-                    state.room_id.to_string(),
-                    state.max_topo,
-                    state.min_topo,
-                    state.latest_stream,
-                )
-            })
-            .collect();
+        let positions = batch.rooms.values().map(positions_of).collect();
         store::events::write_batch(
             &mut tx,
             &store::events::BatchWrite {
@@ -248,24 +249,17 @@ impl WriterTask {
             }
         }
         let max_stream = batch.next_stream - 1;
-        Ok((outcomes, batch.rooms, max_stream))
+        Ok(Committed {
+            outcomes,
+            rooms: batch.rooms,
+            max_stream,
+        })
     }
 
     /// The fast path (see the module doc). `Ok(None)`: not eligible, or the database moved
     /// on since this writer's last commit; nothing was written and the cached state of the
     /// rooms involved was dropped.
-    #[allow(clippy::type_complexity)]
-    async fn write_fast(
-        &mut self,
-        jobs: &[&Job],
-    ) -> Result<
-        Option<(
-            Vec<Result<Outcome, RoomError>>,
-            HashMap<OwnedRoomId, RoomState>,
-            i64,
-        )>,
-        store::StoreError,
-    > {
+    async fn write_fast(&mut self, jobs: &[&Job]) -> Result<Option<Committed>, store::StoreError> {
         let Some(last_stream) = self.last_stream else {
             return Ok(None);
         };
@@ -314,13 +308,10 @@ impl WriterTask {
             .iter()
             .filter_map(|(room_id, expected_latest)| {
                 let state = batch.rooms.get(room_id)?;
-                Some((
-                    room_id.to_string(),
-                    *expected_latest,
-                    state.max_topo,
-                    state.min_topo,
-                    state.latest_stream,
-                ))
+                Some(store::events::FastAppendRoom {
+                    expected_latest: *expected_latest,
+                    positions: positions_of(state),
+                })
             })
             .collect();
         let written = store::events::fast_append(
@@ -343,7 +334,11 @@ impl WriterTask {
             return Ok(None);
         }
         let max_stream = batch.next_stream - 1;
-        Ok(Some((outcomes, batch.rooms, max_stream)))
+        Ok(Some(Committed {
+            outcomes,
+            rooms: batch.rooms,
+            max_stream,
+        }))
     }
 
     /// Puts the current state of every room the jobs append to into `batch.rooms`, from the

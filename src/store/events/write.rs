@@ -17,10 +17,22 @@ pub struct BatchWrite<'a> {
     pub backfilled: &'a [i64],
     /// Stream positions (ascending) of the events that never push or count as unread.
     pub silent: &'a [i64],
-    /// Rooms' new counters: `(room_id, max_topo, min_topo, latest_stream)`.
-    pub positions: Vec<(String, i64, i64, i64)>,
+    /// Rooms' new counters.
+    pub positions: Vec<RoomPositions>,
     /// Used transaction IDs: `(scope, txn_id, event_id)`.
     pub txns: Vec<(String, String, String)>,
+}
+
+/// A room's counters as a batch leaves them (the `rooms` columns of the same names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPositions {
+    pub room_id: String,
+    /// The highest topological position (the newest event).
+    pub max_topo: i64,
+    /// The lowest topological position (the oldest event, backfill included).
+    pub min_topo: i64,
+    /// The stream position of the room's newest event.
+    pub latest_stream: i64,
 }
 
 /// The constraint that keeps event IDs unique (an exclusion constraint on a hash index,
@@ -36,7 +48,8 @@ pub const COPY_MIN_EVENTS: usize = 64;
 /// Writes a batch: events, room counters and transaction IDs in one statement (this is the
 /// ingest path: one round trip whatever the batch size; big batches copy their events first,
 /// see [`COPY_MIN_EVENTS`]), then current state and memberships when the batch has state
-/// events. Backfilled and silent events get their flags in the insert itself.
+/// events. Backfilled and silent events get their flags in the insert itself. Its column
+/// list and binds must agree with `copy::COPY_EVENTS` (a test there holds them together).
 pub async fn write_batch(
     conn: &mut PgConnection,
     batch: &BatchWrite<'_>,
@@ -54,10 +67,10 @@ pub async fn write_batch(
             );
         }
     }
-    let position_rooms: Vec<String> = batch.positions.iter().map(|p| p.0.clone()).collect();
-    let max_topo: Vec<i64> = batch.positions.iter().map(|p| p.1).collect();
-    let min_topo: Vec<i64> = batch.positions.iter().map(|p| p.2).collect();
-    let latest: Vec<i64> = batch.positions.iter().map(|p| p.3).collect();
+    let position_rooms: Vec<String> = batch.positions.iter().map(|p| p.room_id.clone()).collect();
+    let max_topo: Vec<i64> = batch.positions.iter().map(|p| p.max_topo).collect();
+    let min_topo: Vec<i64> = batch.positions.iter().map(|p| p.min_topo).collect();
+    let latest: Vec<i64> = batch.positions.iter().map(|p| p.latest_stream).collect();
     let (txn_scopes, txn_ids, txn_events) = txn_columns(&batch.txns);
     // Data-modifying CTEs on three unrelated tables: no ordering between them is needed.
     sqlx::query!(
@@ -277,12 +290,22 @@ pub async fn redact(
 pub struct FastAppend<'a> {
     /// The highest stream position the writer believes committed.
     pub expected_max: i64,
-    /// `(room_id, latest_stream the writer believes, new max_topo, new min_topo, new latest)`.
-    pub rooms: Vec<(String, i64, i64, i64, i64)>,
+    /// The rooms written, each with its `latest_stream` as the writer believes it.
+    pub rooms: Vec<FastAppendRoom>,
     /// Transaction IDs to record: `(scope, txn_id, event_id)`.
     pub txns: &'a [(String, String, String)],
     /// The events, in stream order.
     pub events: &'a [StoredEvent],
+}
+
+/// A room of a fast-path batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastAppendRoom {
+    /// The room's `latest_stream` as the writer believes it: the batch is declined if the
+    /// room was written since.
+    pub expected_latest: i64,
+    /// The room's counters after the batch.
+    pub positions: RoomPositions,
 }
 
 /// SQLSTATE with which `writer_append` (migration 0015) undoes itself: a room or transaction
@@ -301,11 +324,19 @@ pub async fn fast_append(
     for event in batch.events {
         columns.push(event, false, false);
     }
-    let rooms: Vec<String> = batch.rooms.iter().map(|r| r.0.clone()).collect();
-    let expected_latest: Vec<i64> = batch.rooms.iter().map(|r| r.1).collect();
-    let max_topo: Vec<i64> = batch.rooms.iter().map(|r| r.2).collect();
-    let min_topo: Vec<i64> = batch.rooms.iter().map(|r| r.3).collect();
-    let latest: Vec<i64> = batch.rooms.iter().map(|r| r.4).collect();
+    let rooms: Vec<String> = batch
+        .rooms
+        .iter()
+        .map(|r| r.positions.room_id.clone())
+        .collect();
+    let expected_latest: Vec<i64> = batch.rooms.iter().map(|r| r.expected_latest).collect();
+    let max_topo: Vec<i64> = batch.rooms.iter().map(|r| r.positions.max_topo).collect();
+    let min_topo: Vec<i64> = batch.rooms.iter().map(|r| r.positions.min_topo).collect();
+    let latest: Vec<i64> = batch
+        .rooms
+        .iter()
+        .map(|r| r.positions.latest_stream)
+        .collect();
     let (txn_scopes, txn_ids, txn_events) = txn_columns(batch.txns);
     let written = sqlx::query_scalar!(
         r#"SELECT writer_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
