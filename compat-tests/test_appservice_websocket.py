@@ -19,8 +19,8 @@ import aiohttp
 import httpx
 
 import stack
+from bridge import Api, portal, register_ghost, wait_for
 from client import q
-from test_appservice_delivery import Api, portal, register_ghost, wait_for
 
 SOCKET_PATH = "/_matrix/client/unstable/fi.mau.as_sync"
 

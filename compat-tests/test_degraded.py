@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 
 import stack
-from test_appservice_delivery import Api, RecordingBridge, portal, q, received, register_ghost, wait_for
+from bridge import Api, RecordingBridge, portal, received, register_ghost, wait_for
+from client import q
 
 STOP_S = float(os.environ.get("HS_DEGRADED_STOP_S", "75"))
 # The token cache's POSITIVE_TTL (src/auth/requester.rs).

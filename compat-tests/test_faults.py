@@ -14,7 +14,8 @@ import time
 import httpx
 
 import stack
-from test_appservice_delivery import Api, portal, q, register_ghost
+from bridge import Api, portal, register_ghost
+from client import q
 
 SENDERS = 16
 # Timelines long enough that no sync in these tests is `limited` (a gap the client would

@@ -276,7 +276,7 @@ def test_purge_resumes_after_sigkill(admin, user):
 def test_bridge_gets_the_leaves_of_a_yeeted_room():
     import asyncio
 
-    from test_appservice_delivery import Api, RecordingBridge, portal, received, register_ghost, wait_for
+    from bridge import Api, RecordingBridge, portal, received, register_ghost, wait_for
 
     reg = stack.example_appservice()
     record: list = []

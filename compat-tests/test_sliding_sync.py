@@ -15,7 +15,7 @@ import time
 import pytest
 
 import stack
-from test_rooms_access import As, create_room, of, q, send_text
+from client import As, create_room, of, q, send_text
 
 PATH = "/unstable/org.matrix.simplified_msc3575/sync"
 

@@ -188,7 +188,9 @@ async fn handle(
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
-            Route::Relay => api::relay(&handlers.state, request).await,
+            Route::Relay { appservice, path } => {
+                api::relay(&handlers.state, request, &appservice, &path).await
+            }
             Route::AliasWrite { alias } => {
                 api::alias_write(handlers.state.clone(), request, peer, &alias).await
             }

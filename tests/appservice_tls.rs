@@ -8,107 +8,19 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
 use hungryserv::appservice::Delivery;
 use hungryserv::notify::Notifier;
 use hungryserv::rooms::auth::Proposal;
 use hungryserv::rooms::writer::NewRoom;
 use hungryserv::tasks::Tasks;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use ruma::{OwnedRoomId, OwnedUserId};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use support::tls::{Received, https_server, private_ca};
 
 const BOT: &str = "@tlsbot:test.local";
-
-/// A CA of the bridge's own, and a certificate for 127.0.0.1 it issued. Returns the CA
-/// certificate (PEM) and the server's certificate and key.
-fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-    (ca.pem(), server.der().clone(), key)
-}
-
-/// What the bridge saw.
-struct Bridge {
-    addr: SocketAddr,
-    /// `(path, Authorization header, body)` of each request.
-    requests: mpsc::UnboundedReceiver<(String, String, Value)>,
-    /// Why each failed TLS handshake failed.
-    handshake_errors: mpsc::UnboundedReceiver<String>,
-}
-
-/// A bridge listening with TLS on 127.0.0.1 that answers every request `200 {}`.
-async fn bridge(certificate: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Bridge {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certificate], key)
-        .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (request_tx, requests) = mpsc::unbounded_channel();
-    let (error_tx, handshake_errors) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, request_tx, error_tx) =
-                (acceptor.clone(), request_tx.clone(), error_tx.clone());
-            tokio::spawn(async move {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        let _ = error_tx.send(err.to_string());
-                        return;
-                    }
-                };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let request_tx = request_tx.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let authorization = request
-                            .headers()
-                            .get(http::header::AUTHORIZATION)
-                            .and_then(|value| value.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let body = request.into_body().collect().await?.to_bytes();
-                        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let _ = request_tx.send((path, authorization, body));
-                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Bridge {
-        addr,
-        requests,
-        handshake_errors,
-    }
-}
 
 /// Starts delivery to `https://{bridge}` (with `extra_ca_file` when given) on a fresh
 /// database, waits until the pusher has its cursor, then creates a room whose events the
@@ -184,15 +96,18 @@ async fn https_delivery_trusts_the_extra_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("bridge-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
-    let mut bridge = bridge(certificate, key).await;
+    let mut bridge = https_server(certificate, key, b"{}").await;
     let (_pool, notifier, delivery, room_id, _tasks) =
         deliver_a_room(bridge.addr, Some(&ca_file)).await;
 
-    let (path, authorization, body) =
-        tokio::time::timeout(Duration::from_secs(20), bridge.requests.recv())
-            .await
-            .expect("no transaction reached the bridge within 20 s")
-            .unwrap();
+    let Received {
+        path,
+        authorization,
+        body,
+    } = tokio::time::timeout(Duration::from_secs(20), bridge.requests.recv())
+        .await
+        .expect("no transaction reached the bridge within 20 s")
+        .unwrap();
     assert!(
         path.starts_with("/_matrix/app/v1/transactions/hungryserv."),
         "{path}"
@@ -242,7 +157,7 @@ async fn https_delivery_trusts_the_extra_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_delivery_refuses_an_untrusted_certificate() {
     let (_ca_pem, certificate, key) = private_ca();
-    let mut bridge = bridge(certificate, key).await;
+    let mut bridge = https_server(certificate, key, b"{}").await;
     let (pool, notifier, delivery, _room_id, _tasks) = deliver_a_room(bridge.addr, None).await;
 
     // The client aborts the handshake with an alert naming the certificate's issuer.

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use hungryserv::config::DatabaseConfig;
-use hungryserv::store::events::{FastAppend, StoredEvent};
+use hungryserv::store::events::{FastAppend, FastAppendRoom, RoomPositions, StoredEvent};
 use hungryserv::store::{self, StoreError};
 
 fn database(url: String) -> DatabaseConfig {
@@ -214,7 +214,15 @@ async fn the_fast_path_declines_whole_and_writes_whole() {
             &mut conn,
             &FastAppend {
                 expected_max: 1,
-                rooms: vec![(ROOM.into(), believed_latest, 2, 1, 2)],
+                rooms: vec![FastAppendRoom {
+                    expected_latest: believed_latest,
+                    positions: RoomPositions {
+                        room_id: ROOM.into(),
+                        max_topo: 2,
+                        min_topo: 1,
+                        latest_stream: 2,
+                    },
+                }],
                 txns: &txns,
                 events: &events,
             },

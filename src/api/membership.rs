@@ -13,7 +13,7 @@ use super::extract::{Authed, JsonObject, optional_str, required_str};
 use super::send::room_id;
 use crate::app::AppState;
 use crate::error::MatrixError;
-use crate::rooms::service::origin_ts;
+use crate::rooms::service::{MembershipChange, origin_ts};
 
 fn user_id(raw: &str) -> Result<OwnedUserId, ApiError> {
     OwnedUserId::try_from(raw)
@@ -51,11 +51,13 @@ async fn change_with(
             &auth.requester,
             &auth.token,
             room_id,
-            target,
-            membership,
-            reason,
-            extra,
-            ts,
+            MembershipChange {
+                target,
+                membership,
+                reason,
+                extra,
+                ts,
+            },
         )
         .await?)
 }

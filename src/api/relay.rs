@@ -25,14 +25,10 @@ use crate::routing::decode_segment;
 /// Largest transaction body Synapse may send (100 events of up to 64 KiB, with room to spare).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
-    let path = request.uri().path().to_owned();
-    let rest = path
-        .strip_prefix("/_hungryserv/appservice/")
-        .unwrap_or_default();
-    let (id, inner) = rest.split_once('/').unwrap_or((rest, ""));
-    let id = decode_segment(id).into_owned();
-    let Some(relay) = state.delivery.relay(&id).cloned() else {
+/// Answers Synapse's request to appservice `id` for `inner` (as [`crate::routing::Route::Relay`]
+/// classified it).
+pub async fn relay(state: &AppState, request: Request<Body>, id: &str, inner: &str) -> Response {
+    let Some(relay) = state.delivery.relay(id).cloned() else {
         return MatrixError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -67,7 +63,7 @@ pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
                         .into_response();
                 }
             };
-            if let Err(err) = crate::store::relay::store(&state.db, &id, &txn_id, &body).await {
+            if let Err(err) = crate::store::relay::store(&state.db, id, &txn_id, &body).await {
                 tracing::error!(appservice = %id, error = %err, "cannot store a relayed transaction");
                 return MatrixError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,16 +72,16 @@ pub async fn relay(state: &AppState, request: Request<Body>) -> Response {
                 )
                 .into_response();
             }
-            state.delivery.relayed(&id);
+            state.delivery.relayed(id);
             axum::Json(json!({})).into_response()
         }
         (&Method::POST, ["_matrix", "app", "v1", "ping"])
-            if relay.url.is_none() || state.delivery.socket(&id).is_some_and(|s| s.connected()) =>
+            if relay.url.is_none() || state.delivery.socket(id).is_some_and(|s| s.connected()) =>
         {
             axum::Json(json!({})).into_response()
         }
-        _ if state.delivery.socket(&id).is_some_and(|s| s.connected()) => {
-            over_socket(state, &id, inner, request).await
+        _ if state.delivery.socket(id).is_some_and(|s| s.connected()) => {
+            over_socket(state, id, inner, request).await
         }
         _ => match &relay.url {
             Some(url) => to_bridge(state, url, &relay.hs_token, inner, request).await,

@@ -12,7 +12,7 @@ use super::ApiError;
 use super::extract::{Authed, JsonObject, optional_str};
 use crate::app::AppState;
 use crate::error::MatrixError;
-use crate::rooms::service::{BatchSend, origin_ts};
+use crate::rooms::service::{BatchSend, MembershipChange, NewEvent, origin_ts};
 
 pub(super) fn room_id(raw: &str) -> Result<OwnedRoomId, ApiError> {
     OwnedRoomId::try_from(raw)
@@ -67,14 +67,14 @@ async fn send_event(
         .append_one(
             &auth.requester,
             &room_id,
-            &event_type,
-            None,
-            content,
-            ts,
-            txn_id
-                .as_deref()
-                .map(|txn_id| (txn_id, room_id.to_string())),
-            redacts,
+            NewEvent {
+                kind: event_type,
+                content,
+                ts,
+                txn_id,
+                redacts,
+                ..NewEvent::default()
+            },
         )
         .await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -123,11 +123,13 @@ async fn set_state(
                 &auth.requester,
                 &auth.token,
                 &room_id,
-                &target,
-                &membership,
-                None,
-                extra,
-                ts,
+                MembershipChange {
+                    target: &target,
+                    membership: &membership,
+                    reason: None,
+                    extra,
+                    ts,
+                },
             )
             .await?
     } else {
@@ -136,12 +138,13 @@ async fn set_state(
             .append_one(
                 &auth.requester,
                 &room_id,
-                &event_type,
-                Some(state_key),
-                content,
-                ts,
-                None,
-                None,
+                NewEvent {
+                    kind: event_type,
+                    state_key: Some(state_key),
+                    content,
+                    ts,
+                    ..NewEvent::default()
+                },
             )
             .await?
     };
@@ -190,14 +193,14 @@ async fn redact_event(
         .append_one(
             &auth.requester,
             &room_id,
-            "m.room.redaction",
-            None,
-            content,
-            ts,
-            txn_id
-                .as_deref()
-                .map(|txn_id| (txn_id, room_id.to_string())),
-            Some(target),
+            NewEvent {
+                kind: "m.room.redaction".into(),
+                content,
+                ts,
+                txn_id,
+                redacts: Some(target),
+                ..NewEvent::default()
+            },
         )
         .await?;
     Ok(Json(json!({ "event_id": event_id })))

@@ -35,6 +35,53 @@ pub struct Rooms {
     pub typing: Arc<Typing>,
 }
 
+/// One event a requester sends into a room (a message, a state event or a redaction), for
+/// [`Rooms::append_one`].
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// The event type.
+    pub kind: String,
+    /// Present for state events.
+    pub state_key: Option<String>,
+    pub content: Map<String, Value>,
+    /// Its `origin_server_ts`.
+    pub ts: i64,
+    /// The client's transaction ID: sent again to the same room, it answers with the first
+    /// event instead of writing another.
+    pub txn_id: Option<String>,
+    /// For redactions: the target.
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    /// A member event for `target` with `content`, as the server builds it (no transaction
+    /// ID).
+    fn member(target: &OwnedUserId, content: Map<String, Value>, ts: i64) -> Self {
+        Self {
+            kind: "m.room.member".into(),
+            state_key: Some(target.to_string()),
+            content,
+            ts,
+            ..Self::default()
+        }
+    }
+}
+
+/// A membership change, for [`Rooms::set_membership`].
+#[derive(Debug, Clone)]
+pub struct MembershipChange<'a> {
+    /// Whose membership changes.
+    pub target: &'a OwnedUserId,
+    /// The new membership: `join`, `leave`, `invite`, `ban` or `knock`.
+    pub membership: &'a str,
+    /// Goes into the member event as `reason`.
+    pub reason: Option<String>,
+    /// More member content, which wins over the profile.
+    pub extra: Map<String, Value>,
+    /// Its `origin_server_ts`.
+    pub ts: i64,
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -167,17 +214,8 @@ impl Rooms {
             if request.is_direct == Some(true) {
                 content.insert("is_direct".into(), json!(true));
             }
-            self.append_one(
-                requester,
-                &room_id,
-                "m.room.member",
-                Some(invitee.to_string()),
-                content,
-                ts,
-                None,
-                None,
-            )
-            .await?;
+            self.append_one(requester, &room_id, NewEvent::member(&invitee, content, ts))
+                .await?;
         }
         Ok(room_id)
     }
@@ -213,34 +251,28 @@ impl Rooms {
         }
     }
 
-    /// Sends one event (message or state). `txn` (the transaction ID and the endpoint it was
-    /// sent to) makes it idempotent.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one event (message, state or redaction). A transaction ID makes it idempotent
+    /// within the room.
     pub async fn append_one(
         &self,
         requester: &Requester,
         room_id: &OwnedRoomId,
-        kind: &str,
-        state_key: Option<String>,
-        content: Map<String, Value>,
-        ts: i64,
-        txn: Option<(&str, String)>,
-        redacts: Option<OwnedEventId>,
+        event: NewEvent,
     ) -> Result<OwnedEventId, RoomError> {
-        self.check_relation(room_id, &content).await?;
+        self.check_relation(room_id, &event.content).await?;
         let proposal = Proposal {
             sender: requester.user_id.clone(),
-            kind: kind.to_owned(),
-            state_key,
-            content,
-            origin_server_ts: ts,
-            redacts,
+            kind: event.kind,
+            state_key: event.state_key,
+            content: event.content,
+            origin_server_ts: event.ts,
+            redacts: event.redacts,
         };
         check_size(&proposal)?;
-        let txn = txn.map(|(txn_id, endpoint)| Txn {
+        let txn = event.txn_id.map(|txn_id| Txn {
             scope: requester.txn_scope(),
-            endpoint,
-            txn_id: txn_id.to_owned(),
+            endpoint: room_id.to_string(),
+            txn_id,
         });
         match self
             .writer
@@ -259,18 +291,20 @@ impl Rooms {
 
     /// A membership change by `requester` for `target` (join, leave, invite, kick, ban,
     /// unban). Joins and invites carry the target's profile.
-    #[allow(clippy::too_many_arguments)]
     pub async fn set_membership(
         &self,
         requester: &Requester,
         token: &str,
         room_id: &OwnedRoomId,
-        target: &OwnedUserId,
-        membership: &str,
-        reason: Option<String>,
-        extra: Map<String, Value>,
-        ts: i64,
+        change: MembershipChange<'_>,
     ) -> Result<OwnedEventId, RoomError> {
+        let MembershipChange {
+            target,
+            membership,
+            reason,
+            extra,
+            ts,
+        } = change;
         // A user of another server could only be invited over federation. Synapse answers 502
         // when it cannot reach that server; a local room never reaches one.
         if membership == "invite" && target.server_name() != self.server_name {
@@ -302,17 +336,8 @@ impl Rooms {
         {
             content.insert("join_authorised_via_users_server".into(), json!(authoriser));
         }
-        self.append_one(
-            requester,
-            room_id,
-            "m.room.member",
-            Some(target.to_string()),
-            content,
-            ts,
-            None,
-            None,
-        )
-        .await
+        self.append_one(requester, room_id, NewEvent::member(target, content, ts))
+            .await
     }
 
     /// Appends events the server itself decided on (the leaves of a room deletion), all or
@@ -588,16 +613,7 @@ impl Rooms {
             }
             let ts = now_ms();
             match self
-                .append_one(
-                    requester,
-                    &room_id,
-                    "m.room.member",
-                    Some(user.to_string()),
-                    content,
-                    ts,
-                    None,
-                    None,
-                )
+                .append_one(requester, &room_id, NewEvent::member(user, content, ts))
                 .await
             {
                 Ok(_) => updated += 1,

@@ -81,8 +81,14 @@ pub enum Route {
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
     AppserviceSocket,
-    /// `/_hungryserv/appservice/{id}/…`: Synapse talking to an appservice in relay mode.
-    Relay,
+    /// `/_hungryserv/appservice/{id}/{path}`: Synapse talking to an appservice in relay mode.
+    Relay {
+        /// The decoded appservice ID.
+        appservice: String,
+        /// What follows the ID, still percent-encoded and without its leading `/`: the path
+        /// Synapse asks the appservice for (`_matrix/app/v1/transactions/1`).
+        path: String,
+    },
 }
 
 impl Route {
@@ -107,7 +113,7 @@ impl Route {
             | Route::Notifications
             | Route::KeysChanges => "merge",
             Route::AppserviceSocket => "appservice_socket",
-            Route::Relay => "relay",
+            Route::Relay { .. } => "relay",
         }
     }
 }
@@ -250,8 +256,12 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path.starts_with("/_hungryserv/admin/") {
         return Route::Admin;
     }
-    if path.starts_with("/_hungryserv/appservice/") {
-        return Route::Relay;
+    if let Some(rest) = path.strip_prefix("/_hungryserv/appservice/") {
+        let (appservice, path) = rest.split_once('/').unwrap_or((rest, ""));
+        return Route::Relay {
+            appservice: decode_segment(appservice).into_owned(),
+            path: path.to_owned(),
+        };
     }
     if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
         return Route::Ops;
@@ -419,6 +429,22 @@ mod tests {
         };
         let cases = [
             (Method::GET, "/_hungryserv/health", Route::Ops),
+            (
+                Method::PUT,
+                "/_hungryserv/appservice/tele%2Fgram/_matrix/app/v1/transactions/7",
+                Route::Relay {
+                    appservice: "tele/gram".into(),
+                    path: "_matrix/app/v1/transactions/7".into(),
+                },
+            ),
+            (
+                Method::POST,
+                "/_hungryserv/appservice/wa",
+                Route::Relay {
+                    appservice: "wa".into(),
+                    path: String::new(),
+                },
+            ),
             (
                 Method::POST,
                 "/_hungryserv/admin/v1/routing/reload",

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod local;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
