@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 
 pub use fields::Problems;
 use fields::Section;
-pub use registration::Registration;
+pub use registration::{Namespace, Registration};
 pub use routing::{CreateMatch, CreateTarget, RoomClass, RoutingConfig, ServeMode};
 
 /// Everything hungryserv needs to start, validated.
@@ -158,6 +158,9 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
     /// Appservices in relay mode (`[[appservice.relay]]`).
     pub relays: Vec<RelayConfig>,
+    /// The id of the umbrella registration (`appservice.umbrella`): the one registration
+    /// Synapse knows for every bridge registered at run time (see `appservice::umbrella`).
+    pub umbrella: Option<String>,
     /// CA certificates trusted for `https://` appservice URLs besides the built-in public
     /// roots (a bridge with a private CA).
     pub extra_ca: Option<CaBundle>,
@@ -335,6 +338,23 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         }
     }
 
+    if let Some(umbrella) = &delivery.umbrella {
+        match appservices.iter().find(|r| &r.id == umbrella) {
+            None => problems.push(format!(
+                "appservice.umbrella names {umbrella:?}, but no registration has that id"
+            )),
+            Some(registration) if registration.users.is_empty() => problems.push(format!(
+                "appservice.umbrella: registration {umbrella:?} has no user namespace to share out"
+            )),
+            Some(_) if delivery.relays.iter().any(|r| &r.appservice == umbrella) => {
+                problems.push(format!(
+                    "appservice.umbrella: {umbrella:?} cannot also be in [[appservice.relay]]"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
     let routing = routing::load(&routing_path, &mut problems);
     if let Some(routing) = &routing {
         routing.check_appservices(&routing_path, &appservices, &mut problems);
@@ -442,8 +462,10 @@ fn read_delivery(
         })
         .collect();
     let extra_ca = read_extra_ca(section, base_dir, problems);
+    let umbrella = section.string(problems, "umbrella");
     DeliveryConfig {
         relays,
+        umbrella,
         max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
         max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         max_backoff: Duration::from_secs(max_backoff),

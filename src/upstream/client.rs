@@ -132,6 +132,12 @@ impl Synapse {
             json_body,
             timeout_means_down,
         } = call;
+        // A dynamic bridge's token goes out as the umbrella's (`super::umbrella`).
+        let swapped = self.umbrella.swap_call(token, path_and_query);
+        let (token, path_and_query) = match &swapped {
+            Some((umbrella, path)) => (&**umbrella, path.as_str()),
+            None => (token, path_and_query),
+        };
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
             .method(method)
