@@ -301,3 +301,61 @@ def test_two_bridges_come_and_go_without_a_restart():
     assert stack.hungryserv_pid() == pid_before, "no restart"
     print(f"admin call answered after (ms): {put_ms}")
     print(f"admin call to first delivered transaction (ms): {first_delivery_ms}")
+
+
+def test_a_websocket_only_bridge_hears_local_and_synapse_rooms():
+    """A bridge registered without `url` gets its transactions, local and Synapse
+    events alike, over `fi.mau.as_sync` only; its removal closes the socket."""
+    import aiohttp
+
+    from test_appservice_delivery import Api, portal, register_ghost
+    from test_appservice_websocket import Bridge as SocketBridge
+
+    admin = stack.register_user(admin=True)
+    alice = stack.register_user()
+    tag = f"w{secrets.token_hex(3)}"
+    bridge_id = f"dyn-{tag}"
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http, aiohttp.ClientSession() as session:
+            answer = await http.put(
+                f"{ADMIN_API}/{bridge_id}", json={**registration(tag, 0), "url": None}, headers=admin.auth
+            )
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["url"] is None
+            token = answer.json()["as_token"]
+            socket_bridge = SocketBridge(token)
+            await socket_bridge.connect(session)
+            assert socket_bridge.first["status"] == "connected", socket_bridge.first
+            ping = await http.post(
+                f"/_matrix/client/v1/appservice/{q(bridge_id)}/ping", json={},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert ping.status_code == 200, ping.text
+
+            bot = Api(http, token)
+            ghost = f"@dyn_{tag}_g1:{stack.SERVER_NAME}"
+            await register_ghost(bot, ghost[1:].split(":")[0])
+            room_id = await portal(bot, [ghost])
+            local = await bot.send(room_id, "local", user_id=ghost)
+            created = await http.post(
+                "/_matrix/client/v3/createRoom", json={"invite": [ghost]}, headers=alice.auth
+            )
+            dm = created.json()["room_id"]
+            await bot.call("POST", f"/v3/join/{q(dm)}", {"user_id": ghost}, {})
+            remote = await Api(http, alice.access_token).send(dm, "from Synapse")
+            await wait_for(
+                lambda: {local, remote}
+                <= {e["event_id"] for _, events in socket_bridge.transactions for e in events},
+                30,
+                "both events on the socket",
+            )
+            removed = await http.delete(f"{ADMIN_API}/{bridge_id}", headers=admin.auth)
+            assert removed.status_code == 200, removed.text
+            await wait_for(lambda: socket_bridge.close_code is not None, 10, "the socket to close")
+            refused = await http.get(
+                "/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert refused.status_code == 401, refused.text
+
+    asyncio.run(scenario())

@@ -121,6 +121,12 @@ async fn register(
     {
         Ok(registered) => registered,
         Err(BridgeError::Store(err)) => return Err(internal(err)),
+        Err(err @ BridgeError::Synapse(_)) => {
+            tracing::warn!(appservice = %appservice_id, error = %err, "bridge not registered");
+            return Err(
+                MatrixError::bad_gateway("Synapse did not register the bridge's bot").into(),
+            );
+        }
         Err(err) => {
             return Err(MatrixError::new(
                 StatusCode::BAD_REQUEST,

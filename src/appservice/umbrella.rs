@@ -13,7 +13,8 @@
 //! What holds, and where:
 //! * **Stored first, then in force**: a registration is written to Postgres
 //!   (`dynamic_appservices`; the as_token only as its SHA-256, never logged) and then put in
-//!   force in this process in one step — its token recognised ([`crate::auth`]), its token
+//!   force in this process in one step (its bot is registered in Synapse through the umbrella
+//!   first, as Synapse registers each registration's bot at start) — its token recognised ([`crate::auth`]), its token
 //!   swap known to [`crate::upstream::umbrella`], its pusher started. A removal takes the
 //!   token out of all three before anything else, so the next request with it is refused.
 //!   All of it happens inside the admin request: effective when the answer arrives.
@@ -118,6 +119,9 @@ pub enum BridgeError {
     /// No umbrella is configured: 400 too.
     #[error("no umbrella registration is configured (appservice.umbrella)")]
     NoUmbrella,
+    /// Synapse did not register the bridge's bot: 502.
+    #[error("Synapse did not register the bridge's bot: {0}")]
+    Synapse(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -270,6 +274,12 @@ impl Bridges {
             None => existing.as_ref().map(|b| b.token_hash).unwrap_or_default(),
         };
         let registration = self.build(id, &spec, hs_token.clone())?;
+        // Synapse registers each registration's bot at start; a bridge's bot is registered
+        // here, through the umbrella, before the bridge can act as it.
+        self.synapse
+            .register_appservice_user(&umbrella.as_token, &spec.sender_localpart)
+            .await
+            .map_err(|err| BridgeError::Synapse(err.to_string()))?;
         let stored = StoredBridge {
             id: id.to_owned(),
             as_token_hash: token_hash.to_vec(),

@@ -673,6 +673,60 @@ mod tests {
     }
 
     #[test]
+    fn the_umbrella_must_be_a_registration_with_users_and_not_relayed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("routing.toml"), "").unwrap();
+        let registration = |id: &str, users: &str| {
+            format!(
+                "id: {id}\nas_token: a-{id}\nhs_token: h-{id}\nsender_localpart: {id}bot\n\
+                 namespaces:\n  users: {users}\n"
+            )
+        };
+        std::fs::write(
+            dir.path().join("wide.yaml"),
+            registration("wide", "[{regex: '@br_.*'}]"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bare.yaml"), registration("bare", "[]")).unwrap();
+        let config = |umbrella: &str, relay: bool| {
+            let path = dir.path().join("hungryserv.toml");
+            let relay = if relay {
+                "[[appservice.relay]]\nappservice = \"wide\"\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &path,
+                format!(
+                    "server_name = \"hs\"\nappservice_registrations = [\"wide.yaml\", \"bare.yaml\"]\n\
+                     [synapse]\nurl = \"http://127.0.0.1:8009\"\n[database]\nurl = \"postgres://x\"\n\
+                     [appservice]\numbrella = {umbrella:?}\n{relay}"
+                ),
+            )
+            .unwrap();
+            load(&path)
+                .map(|config| config.delivery.umbrella)
+                .map_err(|p| p.lines.join("\n"))
+        };
+        assert_eq!(config("wide", false), Ok(Some("wide".to_owned())));
+        assert!(
+            config("none", false)
+                .unwrap_err()
+                .contains("no registration has that id")
+        );
+        assert!(
+            config("bare", false)
+                .unwrap_err()
+                .contains("no user namespace")
+        );
+        assert!(
+            config("wide", true)
+                .unwrap_err()
+                .contains("cannot also be in")
+        );
+    }
+
+    #[test]
     fn extra_ca_file_is_read_relative_to_the_config_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("routing.toml"), "").unwrap();

@@ -230,6 +230,40 @@ impl Synapse {
     }
 }
 
+impl Synapse {
+    /// Registers an appservice user (`m.login.application_service`) with an appservice's
+    /// `token`, as Synapse does for each registration's bot at start; a user that exists
+    /// already is fine.
+    pub async fn register_appservice_user(
+        &self,
+        token: &str,
+        localpart: &str,
+    ) -> Result<(), CallError> {
+        let body = serde_json::json!({
+            "type": "m.login.application_service",
+            "username": localpart,
+            "inhibit_login": true,
+        });
+        match self
+            .call_with(Call {
+                json_body: Some(&body),
+                ..Call::new(Method::POST, "/_matrix/client/v3/register", token)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CallError::Refused(refusal))
+                if refusal.status == StatusCode::BAD_REQUEST
+                    && serde_json::from_slice::<Value>(&refusal.body)
+                        .is_ok_and(|answer| answer["errcode"] == "M_USER_IN_USE") =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
 /// Percent-encodes one path segment (everything but unreserved characters).
 pub fn encode_segment(segment: &str) -> String {
     const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
