@@ -359,3 +359,35 @@ def test_a_websocket_only_bridge_hears_local_and_synapse_rooms():
             assert refused.status_code == 401, refused.text
 
     asyncio.run(scenario())
+
+
+def test_a_bridge_outlives_a_hungryserv_restart():
+    """Stored in Postgres: after hungryserv is SIGKILLed and started again, the bridge's
+    token works and its delivery goes on (Synapse was never restarted)."""
+    admin = stack.register_user(admin=True)
+    tag = f"r{secrets.token_hex(3)}"
+    port = free_port()
+    tokens = (secrets.token_hex(16), secrets.token_hex(16))
+
+    async def before():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http:
+            answer = await http.put(
+                f"{ADMIN_API}/dyn-{tag}",
+                json=registration(tag, port, as_token=tokens[0], hs_token=tokens[1]),
+                headers=admin.auth,
+            )
+            assert answer.status_code == 201, answer.text
+
+    async def after():
+        bridge = Bridge(f"dyn-{tag}", tag, *tokens, port)
+        await bridge.start(host="127.0.0.1", port=port)
+        try:
+            room_id = await bridge.intent.create_room(creation_content={"m.federate": False})
+            event_id = await bridge.intent.send_text(room_id, "after the restart")
+            await wait_for(lambda: event_id in bridge.event_ids(), 30, "delivery after the restart")
+        finally:
+            await bridge.stop()
+
+    asyncio.run(before())
+    stack.restart_hungryserv_after_sigkill()
+    asyncio.run(after())
