@@ -1,6 +1,9 @@
 //! Appservice delivery: every event of a local room reaches each interested appservice
 //! ([`interest`]), in stream order, at least once, through one pusher task per appservice
-//! ([`pusher`]) whose progress lives in Postgres.
+//! ([`pusher`]) whose progress lives in Postgres. Bridges registered at run time behind the
+//! umbrella registration ([`umbrella`]) get their pusher when they are registered and lose it
+//! when they are removed; theirs always run in relay mode, carrying their share of Synapse's
+//! transactions to the umbrella.
 //!
 //! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
 
