@@ -5,7 +5,8 @@
 //! when they are removed; theirs always run in relay mode, carrying their share of Synapse's
 //! transactions to the umbrella.
 //!
-//! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
+//! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers),
+//! `auth` (the token table a bridge registered at run time joins).
 
 pub mod client;
 pub mod interest;
