@@ -51,6 +51,8 @@ pub struct AppState {
     pub devices: Arc<DeviceLists>,
     /// The appservice pushers.
     pub delivery: Arc<Delivery>,
+    /// Bridges registered at run time behind the umbrella registration.
+    pub bridges: Arc<crate::appservice::umbrella::Bridges>,
     /// Room deletion: the set of deleted rooms requests are checked against, and the purge.
     pub deletions: Arc<Deletions>,
     /// Users' push rules and pushers, learned from Synapse.
@@ -128,6 +130,15 @@ impl AppState {
             &rooms.typing,
             &tasks,
         ));
+        let bridges = Arc::new(crate::appservice::umbrella::Bridges::new(
+            db.clone(),
+            identity.clone(),
+            synapse.clone(),
+            delivery.clone(),
+            &config.appservices,
+            config.delivery.umbrella.as_deref(),
+            config.server_name.as_str(),
+        ));
         // Push follows the event stream like the appservice pushers, until the process ends.
         let (push, learner) = Push::new(db.clone(), synapse.clone());
         tasks.spawn("push rules learner", learner);
@@ -176,6 +187,7 @@ impl AppState {
             syncer,
             devices,
             delivery,
+            bridges,
             deletions,
             push,
             requests: Arc::default(),

@@ -119,6 +119,12 @@ async fn run(config: config::Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     }
+    // Bridges registered at run time (appservice::umbrella) are recognised from the first
+    // request on, and their pushers resume.
+    if let Err(err) = state.bridges.load().await {
+        tracing::error!(error = %err, "cannot load the dynamic appservices");
+        return ExitCode::from(EX_UNAVAILABLE);
+    }
     background
         .tasks
         .spawn("SIGHUP reloader", reload_on_sighup(state.clone()));

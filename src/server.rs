@@ -169,6 +169,12 @@ async fn handle(
             _ if cors::answers_preflight(&handlers.state.classes, &route, &request) => {
                 cors::preflight_response()
             }
+            // Synapse does not know a bridge registered at run time: its ping is ours.
+            Route::Forward(FollowUps { ping: Some(id), .. })
+                if handlers.state.bridges.get(&id).is_some() =>
+            {
+                api::dynamic_appservice_ping(&handlers.state, request, &id).await
+            }
             Route::Forward(follow_ups) => forward(&handlers.state, request, peer, follow_ups).await,
             Route::Ops => call(&handlers.ops, request).await,
             Route::Local => match gone_room(&handlers.state, request.uri().path()) {

@@ -29,7 +29,13 @@ const BOT: &str = "@tlsbot:test.local";
 async fn deliver_a_room(
     bridge: SocketAddr,
     extra_ca_file: Option<&Path>,
-) -> (PgPool, Notifier, Delivery, OwnedRoomId, Tasks) {
+) -> (
+    PgPool,
+    Notifier,
+    Delivery,
+    OwnedRoomId,
+    std::sync::Arc<Tasks>,
+) {
     let appservice = match extra_ca_file {
         Some(file) => format!("[appservice]\nmax_retry_interval_s = 1\nextra_ca_file = {file:?}\n"),
         None => "[appservice]\nmax_retry_interval_s = 1\n".to_owned(),

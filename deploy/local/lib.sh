@@ -154,6 +154,10 @@ EOF
         printf 'STACK_AS3_TOKEN=%s\nSTACK_HS3_TOKEN=%s\n' "$(random_secret)" "$(random_secret)" \
             >>"$stack/secrets.env"
     fi
+    if ! grep -q '^STACK_UMBRELLA_AS_TOKEN=' "$stack/secrets.env"; then
+        printf 'STACK_UMBRELLA_AS_TOKEN=%s\nSTACK_UMBRELLA_HS_TOKEN=%s\n' "$(random_secret)" \
+            "$(random_secret)" >>"$stack/secrets.env"
+    fi
 }
 
 # stack_load STACK: read stack.env and secrets.env into this shell.
@@ -406,6 +410,27 @@ namespaces:
       regex: "#relay_.*:${STACK_SERVER_NAME//./\\\\.}"
   rooms: []
 EOF
+    # The umbrella: the one registration Synapse knows for every bridge registered at run
+    # time through hungryserv's admin API (hungryserv.toml appservice.umbrella). Its users
+    # are every @dyn_…; each bridge gets a part of that (e.g. @dyn_tg_…).
+    cat >"$dir/appservice-umbrella.yaml" <<EOF
+id: umbrella
+url: "http://127.0.0.1:$STACK_HS_PORT/_hungryserv/appservice/umbrella"
+as_token: "$STACK_UMBRELLA_AS_TOKEN"
+hs_token: "$STACK_UMBRELLA_HS_TOKEN"
+sender_localpart: dyn_umbrella
+rate_limited: false
+receive_ephemeral: true
+org.matrix.msc3202: true
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@dyn_.*:${STACK_SERVER_NAME//./\\\\.}"
+  aliases:
+    - exclusive: true
+      regex: "#dyn_.*:${STACK_SERVER_NAME//./\\\\.}"
+  rooms: []
+EOF
     # Rate limits are raised far beyond anything a test does: a throttled test
     # fails for a reason that has nothing to do with hungryserv.
     local fast='{per_second: 10000, burst_count: 100000}'
@@ -453,6 +478,7 @@ app_service_config_files:
   - "$dir/appservice-example.yaml"
   - "$dir/appservice-other.yaml"
   - "$dir/appservice-relay.yaml"
+  - "$dir/appservice-umbrella.yaml"
 rc_message: $fast
 rc_registration: $fast
 rc_registration_token_validity: $fast
@@ -522,6 +548,7 @@ appservice_registrations = [
     "$stack/synapse/appservice-example.yaml",
     "$stack/synapse/appservice-other.yaml",
     "$stack/synapse/appservice-relay.yaml",
+    "$stack/synapse/appservice-umbrella.yaml",
 ]
 
 [synapse]
@@ -540,6 +567,10 @@ grace_period_s = 10
 [deletion]
 # Short, so tests and benchmarks see a deleted room's last rows go.
 leaves_kept_s = 3
+
+[appservice]
+# Bridges registered at run time (/_hungryserv/admin/v1/appservices) hide behind it.
+umbrella = "umbrella"
 
 # Synapse's registration of relay-bridge points at hungryserv; this is the bridge itself.
 [[appservice.relay]]

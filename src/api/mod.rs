@@ -6,6 +6,7 @@
 //! May import: everything below it — `app`, `rooms`, `sync`, `push`, `appservice`, `auth`,
 //! `routing`, `upstream`, `config`, `error`, and `store` for its row types (never to query).
 
+mod appservice_admin;
 mod appservice_socket;
 mod create_room;
 mod directory;
@@ -34,6 +35,7 @@ use crate::auth::requester::AuthFailure;
 use crate::error::{ErrorCode, MatrixError};
 use crate::rooms::RoomError;
 
+pub use appservice_admin::ping as dynamic_appservice_ping;
 pub use appservice_socket::appservice_socket;
 pub use create_room::create_room;
 pub use directory::{AliasOutcome, alias_route, alias_write, joined_rooms};

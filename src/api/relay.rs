@@ -9,6 +9,11 @@
 //!   same token; the answer comes back unchanged. With neither, 404, as from a bridge that
 //!   knows nothing. `ping` is answered by hungryserv when the bridge has no address or holds
 //!   a socket (hungryserv is the endpoint Synapse reaches, and delivers over the socket).
+//!
+//! The umbrella registration (`appservice::umbrella`) is reached here too, under its own id:
+//! its transactions are split among the bridges registered at run time, its pings answered,
+//! and a user or alias query goes to the bridge that claims the ID. A bridge registered at
+//! run time has no relay endpoint of its own (Synapse knows only the umbrella).
 
 use axum::body::{Body, to_bytes};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +33,19 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Answers Synapse's request to appservice `id` for `inner` (as [`crate::routing::Route::Relay`]
 /// classified it).
 pub async fn relay(state: &AppState, request: Request<Body>, id: &str, inner: &str) -> Response {
-    let Some(relay) = state.delivery.relay(id).cloned() else {
+    if state
+        .bridges
+        .umbrella()
+        .is_some_and(|umbrella| umbrella.id == id)
+    {
+        return umbrella(state, inner, request).await;
+    }
+    // A dynamic bridge's pusher is in relay mode, but Synapse knows only the umbrella.
+    let relay = match state.delivery.relay(id) {
+        Some(_) if state.bridges.get(id).is_some() => None,
+        relay => relay,
+    };
+    let Some(relay) = relay else {
         return MatrixError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -45,23 +62,9 @@ pub async fn relay(state: &AppState, request: Request<Body>, id: &str, inner: &s
     match (&method, segments.as_slice()) {
         (&Method::PUT, ["_matrix", "app", "v1", "transactions", txn_id]) => {
             let txn_id = decode_segment(txn_id).into_owned();
-            let bytes = match to_bytes(request.into_body(), MAX_BODY_BYTES).await {
-                Ok(bytes) => bytes,
-                Err(_) => {
-                    return MatrixError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        ErrorCode::TooLarge,
-                        "Transaction too large",
-                    )
-                    .into_response();
-                }
-            };
-            let body: Value = match serde_json::from_slice(&bytes) {
-                Ok(body @ Value::Object(_)) => body,
-                _ => {
-                    return MatrixError::bad_json("Transaction is not a JSON object")
-                        .into_response();
-                }
+            let body = match read_transaction(request).await {
+                Ok(body) => body,
+                Err(refusal) => return refusal,
             };
             if let Err(err) = crate::store::relay::store(&state.db, id, &txn_id, &body).await {
                 tracing::error!(appservice = %id, error = %err, "cannot store a relayed transaction");
@@ -92,6 +95,102 @@ pub async fn relay(state: &AppState, request: Request<Body>, id: &str, inner: &s
             )
             .into_response(),
         },
+    }
+}
+
+/// A transaction body from Synapse: a JSON object of bounded size.
+async fn read_transaction(request: Request<Body>) -> Result<Value, Response> {
+    let bytes = to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            MatrixError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                "Transaction too large",
+            )
+            .into_response()
+        })?;
+    match serde_json::from_slice(&bytes) {
+        Ok(body @ Value::Object(_)) => Ok(body),
+        _ => Err(MatrixError::bad_json("Transaction is not a JSON object").into_response()),
+    }
+}
+
+/// Synapse talking to the umbrella registration (`appservice::umbrella`): transactions are
+/// split among the dynamic bridges and stored before the 200; pings are answered here; a
+/// user or alias query goes to the bridge whose namespace claims it (over its websocket or
+/// to its address), else 404.
+async fn umbrella(state: &AppState, inner: &str, request: Request<Body>) -> Response {
+    let Some(umbrella) = state.bridges.umbrella().cloned() else {
+        return MatrixError::not_found("No umbrella").into_response();
+    };
+    let token = access_token(request.headers(), request.uri().query()).map(|t| t.into_owned());
+    if token.as_deref() != Some(umbrella.hs_token.as_str()) {
+        return MatrixError::forbidden("Invalid hs_token").into_response();
+    }
+    let segments: Vec<&str> = inner.split('/').collect();
+    let method = request.method().clone();
+    let claimed = |namespaces: fn(&crate::config::Registration) -> &[crate::config::Namespace],
+                   id: &str| {
+        state.bridges.list().into_iter().find(|bridge| {
+            namespaces(&bridge.registration)
+                .iter()
+                .any(|ns| ns.matches(id))
+        })
+    };
+    let bridge = match (&method, segments.as_slice()) {
+        (&Method::PUT, ["_matrix", "app", "v1", "transactions", txn_id]) => {
+            let txn_id = decode_segment(txn_id).into_owned();
+            let body = match read_transaction(request).await {
+                Ok(body) => body,
+                Err(refusal) => return refusal,
+            };
+            return match state.bridges.ingest(&txn_id, &body).await {
+                Ok(bridges) => {
+                    for id in bridges {
+                        state.delivery.relayed(&id);
+                    }
+                    axum::Json(json!({})).into_response()
+                }
+                Err(err) => {
+                    tracing::error!(appservice = %umbrella.id, error = %err, "cannot split a transaction to the umbrella");
+                    MatrixError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ErrorCode::Unknown,
+                        "Internal server error",
+                    )
+                    .into_response()
+                }
+            };
+        }
+        (&Method::POST, ["_matrix", "app", "v1", "ping"]) => {
+            return axum::Json(json!({})).into_response();
+        }
+        (&Method::GET, ["_matrix", "app", "v1", "users", user]) => {
+            let user = decode_segment(user);
+            state.bridges.list().into_iter().find(|bridge| {
+                let registration = &bridge.registration;
+                user == format!(
+                    "@{}:{}",
+                    registration.sender_localpart, state.config.server_name
+                ) || registration.users.iter().any(|ns| ns.matches(&user))
+            })
+        }
+        (&Method::GET, ["_matrix", "app", "v1", "rooms", alias]) => {
+            claimed(|r| &r.aliases, &decode_segment(alias))
+        }
+        _ => None,
+    };
+    let Some(bridge) = bridge else {
+        return MatrixError::not_found("No bridge claims this").into_response();
+    };
+    let id = bridge.registration.id.clone();
+    if state.delivery.socket(&id).is_some_and(|s| s.connected()) {
+        return over_socket(state, &id, inner, request).await;
+    }
+    match &bridge.registration.url {
+        Some(url) => to_bridge(state, url, &bridge.registration.hs_token, inner, request).await,
+        None => MatrixError::not_found("The bridge has no address to ask").into_response(),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::store::deletion::DeletionRow;
 /// The router for requests classified `AdminRoom`.
 pub fn router(state: AppState) -> Router {
     let limit = super::body_limit(&state);
-    Router::new()
+    super::appservice_admin::routes(Router::new())
         .route(
             "/_synapse/admin/v1/rooms/{room_id}",
             delete(delete_v1).get(room_details),
@@ -124,7 +124,7 @@ async fn reload_routing(
 }
 
 /// Refuses anyone but a Synapse server admin, in Synapse's words.
-async fn require_admin(state: &AppState, auth: &Authed) -> Result<(), ApiError> {
+pub(super) async fn require_admin(state: &AppState, auth: &Authed) -> Result<(), ApiError> {
     if state
         .identity
         .is_admin(&auth.token, &auth.requester)
@@ -431,16 +431,21 @@ async fn room_messages(
     Ok(Json(super::read::page_json(page)))
 }
 
-/// The registration named in the path; 404 when there is none.
-fn registration<'a>(
-    state: &'a AppState,
+/// The registration named in the path (a file's or a bridge registered at run time); 404
+/// when there is none.
+fn registration(
+    state: &AppState,
     appservice_id: &str,
-) -> Result<&'a crate::config::Registration, ApiError> {
+) -> Result<std::sync::Arc<crate::config::Registration>, ApiError> {
+    if let Some(bridge) = state.bridges.get(appservice_id) {
+        return Ok(bridge.registration.clone());
+    }
     state
         .config
         .appservices
         .iter()
         .find(|r| r.id == appservice_id)
+        .map(|r| std::sync::Arc::new(r.clone()))
         .ok_or_else(|| MatrixError::not_found(format!("Unknown appservice {appservice_id}")).into())
 }
 
@@ -464,9 +469,19 @@ async fn delete_appservice_rooms(
     Path(appservice_id): Path<String>,
     auth: Authed,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::rooms::admin::BulkOutcome;
     require_admin(&state, &auth).await?;
     let registration = registration(&state, &appservice_id)?;
+    Ok(Json(bulk_delete(&state, &registration, &auth).await?))
+}
+
+/// Deletes the rooms the appservice's token created (see [`delete_appservice_rooms`]):
+/// `{"deleted": [...], "refused": [...]}`.
+pub(super) async fn bulk_delete(
+    state: &AppState,
+    registration: &crate::config::Registration,
+    auth: &Authed,
+) -> Result<Value, ApiError> {
+    use crate::rooms::admin::BulkOutcome;
     let outcomes = state
         .deletions
         .delete_appservice_rooms(
@@ -487,7 +502,7 @@ async fn delete_appservice_rooms(
             }
         }
     }
-    Ok(Json(json!({ "deleted": deleted, "refused": refused })))
+    Ok(json!({ "deleted": deleted, "refused": refused }))
 }
 
 /// Largest answer of Synapse's room list read (it is JSON about rooms, not events).

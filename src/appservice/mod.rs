@@ -1,19 +1,25 @@
 //! Appservice delivery: every event of a local room reaches each interested appservice
 //! ([`interest`]), in stream order, at least once, through one pusher task per appservice
-//! ([`pusher`]) whose progress lives in Postgres.
+//! ([`pusher`]) whose progress lives in Postgres. Bridges registered at run time behind the
+//! umbrella registration ([`umbrella`]) get their pusher when they are registered and lose it
+//! when they are removed; theirs always run in relay mode, carrying their share of Synapse's
+//! transactions to the umbrella.
 //!
-//! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
+//! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers),
+//! `auth` (the token table a bridge registered at run time joins).
 
 pub mod client;
 pub mod interest;
+pub mod namespaces;
 pub mod pusher;
 pub mod relay;
+pub mod umbrella;
 pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -29,9 +35,22 @@ use websocket::Slot;
 /// The running pushers. Cheap to share.
 #[derive(Default)]
 pub struct Delivery {
-    pushers: BTreeMap<String, Handle>,
+    /// One per appservice; bridges registered at run time ([`umbrella`]) come and go.
+    pushers: RwLock<BTreeMap<String, Handle>>,
     /// The HTTP client of the pushers, also for requests relayed to bridges.
     http: Option<client::PushClient>,
+    /// What a pusher started later needs.
+    spawner: Option<Spawner>,
+}
+
+/// What every pusher shares, kept to start pushers of bridges registered at run time.
+struct Spawner {
+    server_name: String,
+    config: DeliveryConfig,
+    db: PgPool,
+    notifier: Notifier,
+    typing: Arc<Typing>,
+    tasks: Arc<Tasks>,
 }
 
 struct Handle {
@@ -39,6 +58,8 @@ struct Handle {
     stats: Arc<Stats>,
     socket: Arc<Slot>,
     relay: Option<Relay>,
+    /// Ends the pusher (a bridge removed or registered anew).
+    stop: Arc<Notify>,
 }
 
 /// An appservice in relay mode.
@@ -55,7 +76,8 @@ pub struct Relay {
 impl Delivery {
     /// Starts one pusher per registration: it pushes to the `url` over HTTP or HTTPS, or over
     /// the appservice's websocket while one is connected (a registration without `url` waits
-    /// for one). Must be called inside the runtime.
+    /// for one). The umbrella registration gets none: its bridges have their own. Must be
+    /// called inside the runtime.
     pub fn start(
         registrations: &[Registration],
         server_name: &str,
@@ -63,7 +85,7 @@ impl Delivery {
         db: &PgPool,
         notifier: &Notifier,
         typing: &Arc<Typing>,
-        tasks: &Tasks,
+        tasks: &Arc<Tasks>,
     ) -> Self {
         let http = match client::build(config) {
             Ok(http) => http,
@@ -72,8 +94,22 @@ impl Delivery {
                 return Self::default();
             }
         };
-        let mut pushers = BTreeMap::new();
+        let delivery = Self {
+            pushers: RwLock::default(),
+            http: Some(http),
+            spawner: Some(Spawner {
+                server_name: server_name.to_owned(),
+                config: config.clone(),
+                db: db.clone(),
+                notifier: notifier.clone(),
+                typing: typing.clone(),
+                tasks: tasks.clone(),
+            }),
+        };
         for registration in registrations {
+            if config.umbrella.as_deref() == Some(registration.id.as_str()) {
+                continue;
+            }
             // In relay mode the registration's url is hungryserv itself; the bridge's own
             // address is in the relay's configuration. Without a url the appservice gets its
             // transactions over the websocket only.
@@ -81,53 +117,90 @@ impl Delivery {
                 .relays
                 .iter()
                 .find(|relay| relay.appservice == registration.id);
-            let url = match relay {
-                Some(relay) => relay.url.clone(),
-                None => registration.url.clone(),
-            };
-            if let Some(url) = url.as_deref()
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                tracing::error!(appservice = %registration.id, "only http:// and https:// appservice URLs are supported; events of local rooms are not pushed to it");
-                continue;
+            match relay {
+                Some(relay) => {
+                    delivery.add(Arc::new(registration.clone()), relay.url.clone(), true)
+                }
+                None => delivery.add(
+                    Arc::new(registration.clone()),
+                    registration.url.clone(),
+                    false,
+                ),
             }
-            let poke = Arc::new(Notify::new());
-            let handle = Handle {
-                socket: Arc::new(Slot::new(&registration.id, poke.clone())),
-                poke,
-                stats: Arc::new(Stats::default()),
-                relay: relay.map(|relay| Relay {
-                    relayed: Arc::new(AtomicBool::new(false)),
-                    url: relay.url.clone(),
-                    hs_token: registration.hs_token.clone(),
-                }),
-            };
-            let pusher = Pusher {
-                registration: Arc::new(registration.clone()),
-                server_name: server_name.to_owned(),
-                db: db.clone(),
-                notifier: notifier.clone(),
-                typing: typing.clone(),
-                http: http.clone(),
-                config: config.clone(),
-                poke: handle.poke.clone(),
-                stats: handle.stats.clone(),
-                socket: handle.socket.clone(),
-                url,
-                relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
-            };
-            tasks.spawn("appservice pusher", pusher.run());
-            pushers.insert(registration.id.clone(), handle);
         }
-        Self {
-            pushers,
-            http: Some(http),
+        delivery
+    }
+
+    /// Starts the pusher of one appservice (stopping one of the same id first): to `url`,
+    /// and in relay mode with Synapse's transactions stored for it. Its queue and cursor are
+    /// the id's, so a pusher started again goes on where the last one stopped.
+    pub fn add(&self, registration: Arc<Registration>, url: Option<String>, relay: bool) {
+        let (Some(http), Some(spawner)) = (&self.http, &self.spawner) else {
+            return;
+        };
+        if let Some(url) = url.as_deref()
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            tracing::error!(appservice = %registration.id, "only http:// and https:// appservice URLs are supported; events of local rooms are not pushed to it");
+            return;
+        }
+        self.remove(&registration.id);
+        let poke = Arc::new(Notify::new());
+        let handle = Handle {
+            socket: Arc::new(Slot::new(&registration.id, poke.clone())),
+            poke,
+            stats: Arc::new(Stats::default()),
+            relay: relay.then(|| Relay {
+                relayed: Arc::new(AtomicBool::new(false)),
+                url: url.clone(),
+                hs_token: registration.hs_token.clone(),
+            }),
+            stop: Arc::new(Notify::new()),
+        };
+        let pusher = Pusher {
+            registration: registration.clone(),
+            server_name: spawner.server_name.clone(),
+            db: spawner.db.clone(),
+            notifier: spawner.notifier.clone(),
+            typing: spawner.typing.clone(),
+            http: http.clone(),
+            config: spawner.config.clone(),
+            poke: handle.poke.clone(),
+            stats: handle.stats.clone(),
+            socket: handle.socket.clone(),
+            url,
+            relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
+        };
+        let stop = handle.stop.clone();
+        // Stopping drops the pusher at an await: safe, as at shutdown (see `tasks`).
+        spawner.tasks.spawn("appservice pusher", async move {
+            tokio::select! {
+                () = pusher.run() => {}
+                () = stop.notified() => {}
+            }
+        });
+        self.write().insert(registration.id.clone(), handle);
+    }
+
+    /// Stops the appservice's pusher and closes its websocket, if it has them.
+    pub fn remove(&self, appservice_id: &str) {
+        if let Some(handle) = self.write().remove(appservice_id) {
+            handle.stop.notify_one();
+            handle.socket.close();
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Handle>> {
+        self.pushers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Handle>> {
+        self.pushers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The appservice's relay, if it is in relay mode.
-    pub fn relay(&self, appservice_id: &str) -> Option<&Relay> {
-        self.pushers.get(appservice_id)?.relay.as_ref()
+    pub fn relay(&self, appservice_id: &str) -> Option<Relay> {
+        self.read().get(appservice_id)?.relay.clone()
     }
 
     /// The HTTP client for requests to bridges.
@@ -137,7 +210,7 @@ impl Delivery {
 
     /// A transaction from Synapse was stored for the appservice: deliver it.
     pub fn relayed(&self, appservice_id: &str) {
-        if let Some(handle) = self.pushers.get(appservice_id) {
+        if let Some(handle) = self.read().get(appservice_id) {
             if let Some(relay) = &handle.relay {
                 relay.relayed.store(true, Ordering::Release);
             }
@@ -147,7 +220,7 @@ impl Delivery {
 
     /// The appservice's websocket slot (for `fi.mau.as_sync`), if it has a pusher.
     pub fn socket(&self, appservice_id: &str) -> Option<Arc<Slot>> {
-        self.pushers
+        self.read()
             .get(appservice_id)
             .map(|handle| handle.socket.clone())
     }
@@ -155,7 +228,7 @@ impl Delivery {
     /// Retries the appservice's transaction in flight at once (Synapse does the same after a
     /// successful `/appservice/{id}/ping`).
     pub fn poke(&self, appservice_id: &str) {
-        if let Some(handle) = self.pushers.get(appservice_id) {
+        if let Some(handle) = self.read().get(appservice_id) {
             handle.poke.notify_one();
         }
     }
@@ -198,7 +271,7 @@ impl Delivery {
         ];
         for (name, kind, help) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (id, handle) in &self.pushers {
+            for (id, handle) in self.read().iter() {
                 let stats = &handle.stats;
                 let value = match name {
                     "hungryserv_appservice_transactions_sent_total" => {

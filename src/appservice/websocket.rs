@@ -75,6 +75,19 @@ impl Slot {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Closes the connection, if any (the appservice was removed): code 1000, reason
+    /// `{"command":"disconnect","status":"appservice_removed"}`.
+    pub fn close(&self) {
+        if let Some(old) = self.lock().take() {
+            let reason =
+                json!({"command": "disconnect", "status": "appservice_removed"}).to_string();
+            let _ = old.outgoing.send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: Utf8Bytes::from(reason),
+            })));
+        }
+    }
+
     /// Whether a bridge is connected.
     pub fn connected(&self) -> bool {
         self.lock().is_some()

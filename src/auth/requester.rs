@@ -1,6 +1,7 @@
 //! Who is making a request: an access token becomes a [`Requester`].
 //!
-//! * Appservice tokens (`as_token` of a registration) are recognised locally. The appservice
+//! * Appservice tokens (`as_token` of a registration file, or of a bridge registered at run
+//!   time behind the umbrella, known by its SHA-256 only) are recognised locally. The appservice
 //!   acts as its bot, or as `?user_id=` when that user is inside its user namespaces (else
 //!   403, with Synapse's wording) and registered on Synapse.
 //! * Every other token is Synapse's: it is resolved with `/account/whoami` (bounded by
@@ -110,8 +111,9 @@ struct Cached {
 pub struct Identity {
     server_name: OwnedServerName,
     synapse: Synapse,
-    /// `sha256(as_token) → registration`.
-    appservices: HashMap<[u8; 32], Arc<Registration>>,
+    /// `sha256(as_token) → registration`: the files', and bridges registered at run time
+    /// (`appservice::umbrella`), which come and go.
+    appservices: std::sync::RwLock<HashMap<[u8; 32], Arc<Registration>>>,
     /// `sha256(token) → whoami outcome`.
     tokens: Mutex<HashMap<[u8; 32], Cached>>,
     /// Users an appservice may act as, seen registered on Synapse.
@@ -148,15 +150,17 @@ impl Identity {
         Self {
             server_name,
             synapse,
-            appservices: registrations
-                .iter()
-                .map(|registration| {
-                    (
-                        digest(&registration.as_token),
-                        Arc::new(registration.clone()),
-                    )
-                })
-                .collect(),
+            appservices: std::sync::RwLock::new(
+                registrations
+                    .iter()
+                    .map(|registration| {
+                        (
+                            digest(&registration.as_token),
+                            Arc::new(registration.clone()),
+                        )
+                    })
+                    .collect(),
+            ),
             tokens: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashSet::new()),
             admins: Mutex::new(HashMap::new()),
@@ -166,8 +170,26 @@ impl Identity {
     }
 
     /// The appservice whose `as_token` this is, without any network call (for routing).
-    pub fn appservice(&self, token: &str) -> Option<&Arc<Registration>> {
-        self.appservices.get(&digest(token))
+    pub fn appservice(&self, token: &str) -> Option<Arc<Registration>> {
+        self.appservices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest(token))
+            .cloned()
+    }
+
+    /// Recognises a bridge registered at run time by its token's SHA-256 (replacing any
+    /// earlier registration of the same id: an old token stops working at once).
+    pub fn insert_appservice(&self, token_hash: [u8; 32], registration: Arc<Registration>) {
+        let mut appservices = self.appservices.write().unwrap_or_else(|e| e.into_inner());
+        appservices.retain(|_, old| old.id != registration.id);
+        appservices.insert(token_hash, registration);
+    }
+
+    /// Stops recognising the appservice with this id.
+    pub fn remove_appservice(&self, id: &str) {
+        let mut appservices = self.appservices.write().unwrap_or_else(|e| e.into_inner());
+        appservices.retain(|_, old| old.id != id);
     }
 
     /// Authenticates `token`; `user_id_param` is the `?user_id=` query parameter.
@@ -179,7 +201,7 @@ impl Identity {
         let token = token.ok_or(AuthFailure::MissingToken)?;
         if let Some(appservice) = self.appservice(token) {
             return self
-                .appservice_requester(token, appservice.clone(), user_id_param)
+                .appservice_requester(token, appservice, user_id_param)
                 .await;
         }
         let key = digest(token);

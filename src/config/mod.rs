@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 
 pub use fields::Problems;
 use fields::Section;
-pub use registration::Registration;
+pub use registration::{Namespace, Registration};
 pub use routing::{CreateMatch, CreateTarget, RoomClass, RoutingConfig, ServeMode};
 
 /// Everything hungryserv needs to start, validated.
@@ -158,6 +158,9 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
     /// Appservices in relay mode (`[[appservice.relay]]`).
     pub relays: Vec<RelayConfig>,
+    /// The id of the umbrella registration (`appservice.umbrella`): the one registration
+    /// Synapse knows for every bridge registered at run time (see `appservice::umbrella`).
+    pub umbrella: Option<String>,
     /// CA certificates trusted for `https://` appservice URLs besides the built-in public
     /// roots (a bridge with a private CA).
     pub extra_ca: Option<CaBundle>,
@@ -335,6 +338,23 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         }
     }
 
+    if let Some(umbrella) = &delivery.umbrella {
+        match appservices.iter().find(|r| &r.id == umbrella) {
+            None => problems.push(format!(
+                "appservice.umbrella names {umbrella:?}, but no registration has that id"
+            )),
+            Some(registration) if registration.users.is_empty() => problems.push(format!(
+                "appservice.umbrella: registration {umbrella:?} has no user namespace to share out"
+            )),
+            Some(_) if delivery.relays.iter().any(|r| &r.appservice == umbrella) => {
+                problems.push(format!(
+                    "appservice.umbrella: {umbrella:?} cannot also be in [[appservice.relay]]"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
     let routing = routing::load(&routing_path, &mut problems);
     if let Some(routing) = &routing {
         routing.check_appservices(&routing_path, &appservices, &mut problems);
@@ -442,8 +462,10 @@ fn read_delivery(
         })
         .collect();
     let extra_ca = read_extra_ca(section, base_dir, problems);
+    let umbrella = section.string(problems, "umbrella");
     DeliveryConfig {
         relays,
+        umbrella,
         max_events: usize::try_from(max_events).unwrap_or(usize::MAX),
         max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         max_backoff: Duration::from_secs(max_backoff),
@@ -647,6 +669,60 @@ mod tests {
         assert!(
             !problems.contains("mysql://x"),
             "a database URL may hold a password: {problems}"
+        );
+    }
+
+    #[test]
+    fn the_umbrella_must_be_a_registration_with_users_and_not_relayed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("routing.toml"), "").unwrap();
+        let registration = |id: &str, users: &str| {
+            format!(
+                "id: {id}\nas_token: a-{id}\nhs_token: h-{id}\nsender_localpart: {id}bot\n\
+                 namespaces:\n  users: {users}\n"
+            )
+        };
+        std::fs::write(
+            dir.path().join("wide.yaml"),
+            registration("wide", "[{regex: '@br_.*'}]"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bare.yaml"), registration("bare", "[]")).unwrap();
+        let config = |umbrella: &str, relay: bool| {
+            let path = dir.path().join("hungryserv.toml");
+            let relay = if relay {
+                "[[appservice.relay]]\nappservice = \"wide\"\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &path,
+                format!(
+                    "server_name = \"hs\"\nappservice_registrations = [\"wide.yaml\", \"bare.yaml\"]\n\
+                     [synapse]\nurl = \"http://127.0.0.1:8009\"\n[database]\nurl = \"postgres://x\"\n\
+                     [appservice]\numbrella = {umbrella:?}\n{relay}"
+                ),
+            )
+            .unwrap();
+            load(&path)
+                .map(|config| config.delivery.umbrella)
+                .map_err(|p| p.lines.join("\n"))
+        };
+        assert_eq!(config("wide", false), Ok(Some("wide".to_owned())));
+        assert!(
+            config("none", false)
+                .unwrap_err()
+                .contains("no registration has that id")
+        );
+        assert!(
+            config("bare", false)
+                .unwrap_err()
+                .contains("no user namespace")
+        );
+        assert!(
+            config("wide", true)
+                .unwrap_err()
+                .contains("cannot also be in")
         );
     }
 

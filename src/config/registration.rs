@@ -32,6 +32,9 @@ pub struct Registration {
     pub rooms: Vec<Namespace>,
     /// Whether the appservice wants ephemeral events (MSC2409, stable or unstable key).
     pub receive_ephemeral: bool,
+    /// Whether the appservice wants MSC3202 data (device lists, one-time key counts) in its
+    /// transactions (`org.matrix.msc3202`).
+    pub msc3202: bool,
 }
 
 impl std::fmt::Debug for Registration {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Registration {
             .field("aliases", &self.aliases)
             .field("rooms", &self.rooms)
             .field("receive_ephemeral", &self.receive_ephemeral)
+            .field("msc3202", &self.msc3202)
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +62,16 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// A namespace from its registration regex, anchored at the start only, as Synapse
+    /// matches (Python `re.match`): a namespace like "@bot_[0-9]+" without a server part
+    /// covers "@bot_1:example.org".
+    pub fn new(regex: &str, exclusive: bool) -> Result<Self, regex::Error> {
+        Ok(Self {
+            regex: Regex::new(&format!("^(?:{regex})"))?,
+            exclusive,
+        })
+    }
+
     /// Whether `id` is inside this namespace.
     pub fn matches(&self, id: &str) -> bool {
         self.regex.is_match(id)
@@ -78,6 +92,8 @@ struct RawRegistration {
     receive_ephemeral: Option<bool>,
     #[serde(default, rename = "de.sorunome.msc2409.push_ephemeral")]
     push_ephemeral_unstable: Option<bool>,
+    #[serde(default, rename = "org.matrix.msc3202")]
+    msc3202: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,6 +160,7 @@ pub fn parse(text: &str) -> Result<Registration, String> {
             .receive_ephemeral
             .or(raw.push_ephemeral_unstable)
             .unwrap_or(false),
+        msc3202: raw.msc3202,
         id: raw.id,
         url: raw.url,
         as_token: raw.as_token,

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod room_data;
 pub mod rooms;
 pub mod sliding;
+pub mod umbrella;
 
 use std::str::FromStr;
 

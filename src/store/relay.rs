@@ -67,3 +67,24 @@ pub async fn any_after(pool: &PgPool, appservice_id: &str, seq: i64) -> Result<b
     .fetch_one(pool)
     .await?)
 }
+
+/// Stores a transaction for an appservice inside the caller's transaction (the umbrella's
+/// split, under its lock, so seqs of one appservice commit in order). A txnId stored before
+/// is not stored again.
+pub async fn insert(
+    conn: &mut PgConnection,
+    appservice_id: &str,
+    synapse_txn_id: &str,
+    body: &Value,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO relayed_transactions (appservice_id, synapse_txn_id, body)
+         VALUES ($1, $2, $3) ON CONFLICT (appservice_id, synapse_txn_id) DO NOTHING",
+        appservice_id,
+        synapse_txn_id,
+        body
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -132,6 +132,12 @@ impl Synapse {
             json_body,
             timeout_means_down,
         } = call;
+        // A dynamic bridge's token goes out as the umbrella's (`super::umbrella`).
+        let swapped = self.umbrella.swap_call(token, path_and_query);
+        let (token, path_and_query) = match &swapped {
+            Some((umbrella, path)) => (&**umbrella, path.as_str()),
+            None => (token, path_and_query),
+        };
         let uri = format!("http://{}{path_and_query}", self.base);
         let mut builder = Request::builder()
             .method(method)
@@ -219,6 +225,40 @@ impl Synapse {
         match self.call(Method::GET, &path, token).await {
             Ok(value) => Ok(Some(serde_json::from_value(value).unwrap_or_default())),
             Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Synapse {
+    /// Registers an appservice user (`m.login.application_service`) with an appservice's
+    /// `token`, as Synapse does for each registration's bot at start; a user that exists
+    /// already is fine.
+    pub async fn register_appservice_user(
+        &self,
+        token: &str,
+        localpart: &str,
+    ) -> Result<(), CallError> {
+        let body = serde_json::json!({
+            "type": "m.login.application_service",
+            "username": localpart,
+            "inhibit_login": true,
+        });
+        match self
+            .call_with(Call {
+                json_body: Some(&body),
+                ..Call::new(Method::POST, "/_matrix/client/v3/register", token)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CallError::Refused(refusal))
+                if refusal.status == StatusCode::BAD_REQUEST
+                    && serde_json::from_slice::<Value>(&refusal.body)
+                        .is_ok_and(|answer| answer["errcode"] == "M_USER_IN_USE") =>
+            {
+                Ok(())
+            }
             Err(err) => Err(err),
         }
     }

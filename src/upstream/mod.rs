@@ -9,6 +9,7 @@
 pub mod client;
 mod headers;
 pub mod health;
+pub mod umbrella;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct Synapse {
     sync_grace: Duration,
     /// Whether Synapse answers, from every call's outcome and the probe ([`health`]).
     pub health: std::sync::Arc<health::Health>,
+    /// Bridges Synapse does not know, spoken for by the umbrella registration ([`umbrella`]).
+    pub umbrella: std::sync::Arc<umbrella::Umbrella>,
 }
 
 /// Marks a response relayed from Synapse (set by [`Synapse::forward`]): its headers are
@@ -89,6 +92,7 @@ impl Synapse {
             whoami_timeout: config.whoami_timeout,
             sync_grace: config.sync_grace,
             health: std::sync::Arc::default(),
+            umbrella: std::sync::Arc::default(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Synapse {
         peer: SocketAddr,
     ) -> Result<Response<Body>, MatrixError> {
         let (mut parts, body) = request.into_parts();
+        let body = self.umbrella.swap_forward(&mut parts, body).await?;
         let client_version = parts.version;
         let body = match self.max_body {
             None => body,

@@ -166,7 +166,7 @@ pub struct Delivering {
     pub writer: Writer,
     pub delivery: hungryserv::appservice::Delivery,
     /// Owns the pusher (dropping it would stop the pusher).
-    pub tasks: hungryserv::tasks::Tasks,
+    pub tasks: std::sync::Arc<hungryserv::tasks::Tasks>,
 }
 
 /// Starts the writer and delivery for one appservice `registration` (YAML) with the
@@ -193,7 +193,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         .unwrap();
     let notifier = Notifier::new(store::current_positions(&pool).await.unwrap().stream);
     let typing = Typing::start(notifier.clone());
-    let tasks = hungryserv::tasks::Tasks::new();
+    let tasks = std::sync::Arc::new(hungryserv::tasks::Tasks::new());
     let (writer, _writer_task) = Writer::start(pool.clone(), notifier.clone());
     let delivery = Delivery::start(
         &[registration],
