@@ -297,8 +297,12 @@ async fn forward(
     follow_ups: FollowUps,
 ) -> Response<Body> {
     let request = synapse_tokens(request);
-    let (request, device_change) =
-        crate::devices::trigger::before_forward(&state.identity, request).await;
+    let (request, device_change) = crate::devices::trigger::before_forward(
+        &state.identity,
+        request,
+        follow_ups.devices.as_ref(),
+    )
+    .await;
     let query = request.uri().query();
     let token = follow_ups
         .need_token()

@@ -15,7 +15,7 @@
 
 mod follow_up;
 
-pub use follow_up::{FollowUps, PushChange, SessionChange, follow_ups};
+pub use follow_up::{DeviceChange, FollowUps, PushChange, SessionChange, follow_ups};
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
