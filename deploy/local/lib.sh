@@ -397,6 +397,9 @@ hs_token: "$STACK_HS3_TOKEN"
 sender_localpart: relaybot
 rate_limited: false
 receive_ephemeral: true
+# MSC3202: device lists and key counts in the transactions (Synapse's, relayed, and
+# hungryserv's own for local rooms).
+org.matrix.msc3202: true
 namespaces:
   users:
     - exclusive: true
@@ -479,6 +482,9 @@ rc_room_creation: $fast
 rc_reports: $fast
 rc_user_directory: $fast
 rc_profile: $fast
+# MSC3202 for the registrations that ask for it (appservice-relay.yaml).
+experimental_features:
+  msc3202_transaction_extensions: true
 EOF
     if [[ ! -s $dir/signing.key ]]; then
         "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null

@@ -5,6 +5,7 @@
 //! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers).
 
 pub mod client;
+pub mod device_lists;
 pub mod interest;
 pub mod pusher;
 pub mod relay;

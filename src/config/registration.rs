@@ -32,6 +32,9 @@ pub struct Registration {
     pub rooms: Vec<Namespace>,
     /// Whether the appservice wants ephemeral events (MSC2409, stable or unstable key).
     pub receive_ephemeral: bool,
+    /// Whether the appservice wants device-list changes (and key counts) in its transactions
+    /// (MSC3202, `org.matrix.msc3202: true`).
+    pub msc3202: bool,
 }
 
 impl std::fmt::Debug for Registration {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Registration {
             .field("aliases", &self.aliases)
             .field("rooms", &self.rooms)
             .field("receive_ephemeral", &self.receive_ephemeral)
+            .field("msc3202", &self.msc3202)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +82,8 @@ struct RawRegistration {
     receive_ephemeral: Option<bool>,
     #[serde(default, rename = "de.sorunome.msc2409.push_ephemeral")]
     push_ephemeral_unstable: Option<bool>,
+    #[serde(default, rename = "org.matrix.msc3202")]
+    msc3202: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,6 +150,7 @@ pub fn parse(text: &str) -> Result<Registration, String> {
             .receive_ephemeral
             .or(raw.push_ephemeral_unstable)
             .unwrap_or(false),
+        msc3202: raw.msc3202,
         id: raw.id,
         url: raw.url,
         as_token: raw.as_token,
@@ -205,6 +212,9 @@ namespaces:
             "anchored at the start"
         );
         assert!(reg.rooms.is_empty());
+        assert!(!reg.msc3202, "MSC3202 only when asked for");
+        let opted_in = parse(&format!("{TELEGRAM}org.matrix.msc3202: true\n")).unwrap();
+        assert!(opted_in.msc3202);
     }
 
     #[test]

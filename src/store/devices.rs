@@ -130,3 +130,49 @@ pub async fn joined_members_of(
     .await?;
     Ok(rows.into_iter().map(|r| (r.room_id, r.user_id)).collect())
 }
+
+/// One entry of the device-change stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub position: i64,
+    pub user_id: String,
+}
+
+/// The changes in `(after, upto]`, oldest first, at most `limit`.
+pub async fn changes_between(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Change>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT position, user_id FROM device_changes
+         WHERE position > $1 AND position <= $2
+         ORDER BY position, user_id LIMIT $3",
+        after,
+        upto,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Change {
+            position: r.position,
+            user_id: r.user_id,
+        })
+        .collect())
+}
+
+/// The local rooms `user_id` is joined to.
+pub async fn joined_rooms(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT room_id FROM memberships WHERE user_id = $1 AND membership = 'join'",
+        user_id
+    )
+    .fetch_all(conn)
+    .await?)
+}
