@@ -186,6 +186,7 @@ async fn handle(
             Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
+            Route::UserDirectory => api::user_directory(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay => api::relay(&handlers.state, request).await,

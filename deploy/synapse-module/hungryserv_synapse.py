@@ -23,7 +23,7 @@ gives no extra users (Synapse's own presence is unaffected) and a warning in Syn
 What it does not do: `GET /presence/{userId}/status` ignores presence routers in Synapse
 (it asks "share a room?" itself), so it still answers 403 for a user met only in local rooms;
 and the user directory has no module interface that can add results (the spam checker can only
-remove them) — hungryserv would have to merge `/user_directory/search` itself.
+remove them), so hungryserv merges `/user_directory/search` itself (src/api/user_directory.rs).
 
 Install (one Python file): put this file's directory on Synapse's `PYTHONPATH` (or copy the file
 into Synapse's site-packages) and add to homeserver.yaml, in every Synapse process:
