@@ -192,6 +192,7 @@ async fn handle(
             Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
+            Route::UserDirectory => api::user_directory(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay { appservice, path } => {
@@ -305,8 +306,12 @@ async fn forward(
     follow_ups: FollowUps,
 ) -> Response<Body> {
     let request = synapse_tokens(request);
-    let (request, device_change) =
-        crate::devices::trigger::before_forward(&state.identity, request).await;
+    let (request, device_change) = crate::devices::trigger::before_forward(
+        &state.identity,
+        request,
+        follow_ups.devices.as_ref(),
+    )
+    .await;
     let query = request.uri().query();
     let token = follow_ups
         .need_token()

@@ -401,6 +401,9 @@ hs_token: "$STACK_HS3_TOKEN"
 sender_localpart: relaybot
 rate_limited: false
 receive_ephemeral: true
+# MSC3202: device lists and key counts in the transactions (Synapse's, relayed, and
+# hungryserv's own for local rooms).
+org.matrix.msc3202: true
 namespaces:
   users:
     - exclusive: true
@@ -505,9 +508,21 @@ rc_room_creation: $fast
 rc_reports: $fast
 rc_user_directory: $fast
 rc_profile: $fast
+# MSC3202 for the registrations that ask for it (appservice-relay.yaml).
+experimental_features:
+  msc3202_transaction_extensions: true
+# hungryserv's Synapse module (deploy/synapse-module): presence for users who share local
+# rooms, read from hungryserv's database. synapse_start puts it on PYTHONPATH. A short cache
+# so tests need not wait long after a join.
+modules:
+  - module: hungryserv_synapse.PresenceRouter
+    config:
+      database_url: "$(pg_url "$stack" hungryserv)"
+      cache_seconds: 2
 EOF
     if [[ ! -s $dir/signing.key ]]; then
-        "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null
+        PYTHONPATH="$HUNGRYSERV_REPO/deploy/synapse-module" \
+            "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null
     fi
 }
 
@@ -521,7 +536,9 @@ synapse_start() {
     else
         venv=$(synapse_venv)
         log "starting Synapse on 127.0.0.1:$STACK_SYNAPSE_PORT (log: $dir/synapse.log)"
-        start_background "$dir/synapse.pid" "$dir/synapse.log" \
+        # hungryserv's Synapse module (homeserver.yaml `modules`) is imported from here.
+        PYTHONPATH="$HUNGRYSERV_REPO/deploy/synapse-module" \
+            start_background "$dir/synapse.pid" "$dir/synapse.log" \
             "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml"
     fi
     # The first start creates Synapse's schema, which takes a while on 2 cores.

@@ -22,6 +22,7 @@ mod room_data;
 mod send;
 mod sliding_sync;
 mod sync;
+mod user_directory;
 mod versions;
 
 use axum::Router;
@@ -46,6 +47,7 @@ pub use relay::relay;
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
 pub use sliding_sync::sliding_sync;
 pub use sync::sync;
+pub use user_directory::user_directory;
 pub use versions::versions;
 
 /// Everything a handler can fail with.

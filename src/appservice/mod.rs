@@ -9,6 +9,7 @@
 //! `auth` (the token table a bridge registered at run time joins).
 
 pub mod client;
+pub mod device_lists;
 pub mod interest;
 pub mod namespaces;
 pub mod pusher;

@@ -17,6 +17,10 @@
 //!   (`m.typing`) of local rooms they are interested in. Receipts follow a room data cursor
 //!   stored and acknowledged with the event cursor (at least once, like events); typing is
 //!   sent as it changes and not kept across restarts (as in Synapse).
+//! * Appservices that opt into MSC3202 (`org.matrix.msc3202: true`) also get
+//!   `org.matrix.msc3202.device_lists.changed`: the device-list changes of their users and of
+//!   members of local rooms they are interested in ([`super::device_lists`]), following a
+//!   device-change cursor stored and acknowledged with the event cursor (at least once).
 //! * While the appservice holds a websocket ([`super::websocket`]) transactions go over it,
 //!   with the same guarantees (acknowledged by the bridge, else sent again); otherwise over
 //!   HTTP to the registration's `url`.
@@ -37,6 +41,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::client::PushClient;
+use super::device_lists;
 use super::interest::Interest;
 use super::relay::{self, Relayed};
 use super::websocket::Slot;
@@ -46,7 +51,8 @@ use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
-use crate::store::{self, StoreError, appservice::PendingTxn};
+use crate::store::appservice::{PendingTxn, Positions};
+use crate::store::{self, StoreError};
 
 /// Receipts read at once for one transaction.
 const RECEIPTS_CHUNK: i64 = 1_000;
@@ -129,6 +135,7 @@ impl Pusher {
     async fn run_once(&self) -> Result<std::convert::Infallible, StoreError> {
         let id = self.registration.id.as_str();
         let ephemeral = self.registration.receive_ephemeral;
+        let msc3202 = self.registration.msc3202;
         let prefix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         // Delivery starts with events after the first start with this registration.
         let cursor =
@@ -140,6 +147,11 @@ impl Pusher {
             .room_data
             .unwrap_or_else(|| self.notifier.side_current().room_data);
         let mut room_data_persisted = cursor.room_data;
+        // Device-list changes (MSC3202) from the first start that asked for them.
+        let mut devices = cursor
+            .devices
+            .unwrap_or_else(|| self.notifier.side_current().devices);
+        let mut devices_persisted = cursor.devices;
         // Typing changes from now on (in memory, as Synapse keeps typing).
         let mut typing_seen = self.typing.current();
         let mut next_txn = cursor.next_txn;
@@ -168,6 +180,10 @@ impl Pusher {
                 if let Some(last) = pending.last_relay_seq {
                     relay_seq = relay_seq.max(last);
                 }
+                if let Some(last) = pending.last_devices {
+                    devices = devices.max(last);
+                    devices_persisted = Some(devices);
+                }
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 self.stats.in_flight_events.store(0, Ordering::Relaxed);
                 self.stats.in_flight_since_ms.store(0, Ordering::Relaxed);
@@ -177,25 +193,32 @@ impl Pusher {
             let side = *side_wake.borrow_and_update();
             let side_news =
                 ephemeral && (side.room_data > room_data || self.typing.current() > typing_seen);
+            let device_news = msc3202 && side.devices > devices;
             if let Some(flag) = &self.relayed {
                 relay_pending |= flag.swap(false, Ordering::AcqRel);
             }
-            if position >= committed && !side_news && !relay_pending {
+            if position >= committed && !side_news && !device_news && !relay_pending {
                 // Caught up. What was skipped is persisted once the stream has been quiet for
                 // IDLE_PERSIST (or, further down, every SKIP_PERSIST_EVERY positions): while
                 // others write, an appservice that wants none of it would otherwise commit a
                 // cursor update per commit of theirs.
                 let room_data_behind = ephemeral && room_data_persisted < Some(room_data);
-                let behind = persisted < position || room_data_behind;
+                let devices_behind = msc3202 && devices_persisted < Some(devices);
+                let behind = persisted < position || room_data_behind || devices_behind;
                 tokio::select! {
                     _ = wake.changed() => {}
-                    _ = side_wake.changed(), if ephemeral => {}
+                    _ = side_wake.changed(), if ephemeral || msc3202 => {}
                     () = self.poke.notified() => {}
                     () = tokio::time::sleep(IDLE_PERSIST), if behind => {
-                        let room_data = ephemeral.then_some(room_data);
-                        store::appservice::skip_to(&self.db, id, position, room_data).await?;
+                        let to = Positions {
+                            stream: position,
+                            room_data: ephemeral.then_some(room_data),
+                            devices: msc3202.then_some(devices),
+                        };
+                        store::appservice::skip_to(&self.db, id, to).await?;
                         persisted = position;
-                        room_data_persisted = room_data.or(room_data_persisted);
+                        room_data_persisted = to.room_data.or(room_data_persisted);
+                        devices_persisted = to.devices.or(devices_persisted);
                         continue;
                     }
                 }
@@ -219,6 +242,12 @@ impl Pusher {
                     ..Ephemeral::default()
                 }
             };
+            let (changed, devices_upto) = if device_news {
+                let mut conn = self.db.acquire().await?;
+                device_lists::changed(&mut conn, &mut interest, devices, side.devices).await?
+            } else {
+                (Vec::new(), devices)
+            };
             let mut relayed_upto = None;
             let mut relayed = Relayed::default();
             if relay_pending {
@@ -228,15 +257,25 @@ impl Pusher {
                 relayed_upto = rows.last().map(|(seq, _)| *seq);
                 relayed = Relayed::merge(rows.iter().map(|(_, body)| body));
             }
-            if built.events.is_empty() && extra.events.is_empty() && relayed_upto.is_none() {
+            if built.events.is_empty()
+                && extra.events.is_empty()
+                && relayed_upto.is_none()
+                && changed.is_empty()
+            {
                 position = built.last;
                 room_data = extra.last_room_data;
+                devices = devices_upto;
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 if position - persisted >= SKIP_PERSIST_EVERY {
-                    let room_data = ephemeral.then_some(room_data);
-                    store::appservice::skip_to(&self.db, id, position, room_data).await?;
+                    let to = Positions {
+                        stream: position,
+                        room_data: ephemeral.then_some(room_data),
+                        devices: msc3202.then_some(devices),
+                    };
+                    store::appservice::skip_to(&self.db, id, to).await?;
                     persisted = position;
-                    room_data_persisted = room_data.or(room_data_persisted);
+                    room_data_persisted = to.room_data.or(room_data_persisted);
+                    devices_persisted = to.devices.or(devices_persisted);
                 }
                 continue;
             }
@@ -246,6 +285,8 @@ impl Pusher {
             let mut body = serde_json::Map::new();
             body.insert("events".into(), Value::Array(events));
             body.insert("ephemeral".into(), Value::Array(extra.events));
+            // Local device-list changes are united with Synapse's (relay mode).
+            relayed.add_changed(changed);
             relayed.add_to(&mut body);
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let txn = PendingTxn {
@@ -253,6 +294,7 @@ impl Pusher {
                 last_stream: built.last,
                 last_room_data: ephemeral.then_some(extra.last_room_data),
                 last_relay_seq: relayed_upto,
+                last_devices: msc3202.then_some(devices_upto),
                 body,
                 events: i32::try_from(count).unwrap_or(i32::MAX),
                 age_s: 0.0,

@@ -20,7 +20,8 @@
 //! names: `ephemeral` (MSC2409), `to_device` (MSC2409), `device_lists`,
 //! `device_one_time_keys_count` and `device_unused_fallback_key_types` (MSC3202). When several
 //! of Synapse's transactions go out in one of ours, events, ephemeral and to-device events are
-//! concatenated, device list changes are united and key counts keep the latest value.
+//! concatenated, device list changes are united and key counts keep the latest value. Local
+//! device-list changes (MSC3202, [`super::device_lists`]) join Synapse's `changed`.
 
 use serde_json::{Map, Value, json};
 
@@ -35,6 +36,8 @@ const OTK_COUNTS: (&str, &str) = (
     "device_one_time_keys_count",
     "org.matrix.msc3202.device_one_time_keys_count",
 );
+/// Synapse's second, misspelled name for the counts (`appservice/api.py push_bulk`).
+const OTK_COUNTS_MISSPELLED: &str = "org.matrix.msc3202.device_one_time_key_counts";
 const FALLBACK_TYPES: (&str, &str) = (
     "device_unused_fallback_key_types",
     "org.matrix.msc3202.device_unused_fallback_key_types",
@@ -110,6 +113,17 @@ impl Relayed {
         relayed
     }
 
+    /// Adds local device-list changes to `changed` (a user already there stays where it is).
+    pub fn add_changed(&mut self, users: Vec<String>) {
+        for user in users {
+            let user = Value::String(user);
+            if !self.changed.contains(&user) {
+                self.changed.push(user);
+            }
+        }
+        self.left.retain(|user| !self.changed.contains(user));
+    }
+
     /// Adds the fields that are not events (the caller puts the events first: local ones,
     /// then these) to a transaction body, under both names; `ephemeral` is appended to what
     /// the body holds already.
@@ -120,25 +134,26 @@ impl Relayed {
             .cloned()
             .unwrap_or_default();
         ephemeral.extend(self.ephemeral);
-        let mut both = |(stable, unstable): (&str, &str), value: Value| {
+        fn both(body: &mut Map<String, Value>, (stable, unstable): (&str, &str), value: Value) {
             body.insert(unstable.to_owned(), value.clone());
             body.insert(stable.to_owned(), value);
-        };
-        both(EPHEMERAL, Value::Array(ephemeral));
+        }
+        both(body, EPHEMERAL, Value::Array(ephemeral));
         if !self.to_device.is_empty() {
-            both(TO_DEVICE, Value::Array(self.to_device));
+            both(body, TO_DEVICE, Value::Array(self.to_device));
         }
         if !self.changed.is_empty() || !self.left.is_empty() {
-            both(
-                DEVICE_LISTS,
-                json!({"changed": self.changed, "left": self.left}),
-            );
+            let lists = json!({"changed": self.changed, "left": self.left});
+            both(body, DEVICE_LISTS, lists);
         }
         if !self.otk_counts.is_empty() {
-            both(OTK_COUNTS, Value::Object(self.otk_counts));
+            // Synapse also sends the counts under a misspelled name, which some bridges read.
+            let counts = Value::Object(self.otk_counts);
+            body.insert(OTK_COUNTS_MISSPELLED.to_owned(), counts.clone());
+            both(body, OTK_COUNTS, counts);
         }
         if !self.fallback_types.is_empty() {
-            both(FALLBACK_TYPES, Value::Object(self.fallback_types));
+            both(body, FALLBACK_TYPES, Value::Object(self.fallback_types));
         }
     }
 }
@@ -190,6 +205,28 @@ mod tests {
         assert_eq!(
             body["device_one_time_keys_count"]["@bot:x"]["D"]["signed_curve25519"], 4,
             "the latest count wins"
+        );
+    }
+
+    #[test]
+    fn local_device_changes_join_synapse_changed_and_leave_left() {
+        let synapse = json!({
+            "org.matrix.msc3202.device_lists": {"changed": ["@s:x"], "left": ["@l:x"]},
+            "org.matrix.msc3202.device_one_time_keys_count": {"@bot:x": {"D": {"signed_curve25519": 2}}},
+        });
+        let mut relayed = Relayed::merge([&synapse]);
+        relayed.add_changed(vec!["@l:x".into(), "@s:x".into(), "@n:x".into()]);
+        let mut body = Map::new();
+        relayed.add_to(&mut body);
+        assert_eq!(
+            body["org.matrix.msc3202.device_lists"],
+            json!({"changed": ["@s:x", "@l:x", "@n:x"], "left": []}),
+            "never changed and left at once"
+        );
+        assert_eq!(
+            body["org.matrix.msc3202.device_one_time_key_counts"],
+            body["org.matrix.msc3202.device_one_time_keys_count"],
+            "the counts under Synapse's two names"
         );
     }
 

@@ -32,8 +32,8 @@ pub struct Registration {
     pub rooms: Vec<Namespace>,
     /// Whether the appservice wants ephemeral events (MSC2409, stable or unstable key).
     pub receive_ephemeral: bool,
-    /// Whether the appservice wants MSC3202 data (device lists, one-time key counts) in its
-    /// transactions (`org.matrix.msc3202`).
+    /// Whether the appservice wants device-list changes (and key counts) in its transactions
+    /// (MSC3202, `org.matrix.msc3202: true`).
     pub msc3202: bool,
 }
 
@@ -222,6 +222,9 @@ namespaces:
             "anchored at the start"
         );
         assert!(reg.rooms.is_empty());
+        assert!(!reg.msc3202, "MSC3202 only when asked for");
+        let opted_in = parse(&format!("{TELEGRAM}org.matrix.msc3202: true\n")).unwrap();
+        assert!(opted_in.msc3202);
     }
 
     #[test]

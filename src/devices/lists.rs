@@ -1,7 +1,8 @@
 //! `changed` and `left` for one viewer between two positions, and their merge with Synapse's
-//! (the rules are in the [module doc](super)). Used by `/sync`, `/keys/changes`, and meant for
-//! sliding sync's `e2ee` extension: [`DeviceLists::between`] answers "changed/left for user V
-//! between positions A and B".
+//! (the rules are in the [module doc](super)). Used by `/sync` (`crate::sync`), `/keys/changes`,
+//! and meant for sliding sync's `e2ee` extension: [`DeviceLists::between`] answers
+//! "changed/left for user V between positions A and B". Positions come in as [`At`]; turning
+//! a sync token into one is the token's business (`crate::sync::token`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -9,7 +10,6 @@ use serde_json::{Value, json};
 
 use super::DeviceLists;
 use crate::store::{self, StoreError};
-use crate::sync::token::SyncToken;
 
 /// At most this many users are checked against Synapse's mutual rooms for one answer; the rest
 /// stay out of `left` (tracked a little longer: harmless).
@@ -29,15 +29,6 @@ pub struct At {
     pub events: i64,
     /// The device-change stream.
     pub devices: i64,
-}
-
-impl From<&SyncToken> for At {
-    fn from(token: &SyncToken) -> Self {
-        At {
-            events: token.local,
-            devices: token.side.devices,
-        }
-    }
 }
 
 /// Who asks, for the Synapse side of `left`.
@@ -169,39 +160,6 @@ impl DeviceLists {
             }
         }
         left
-    }
-
-    /// Adds the local device lists to a merged incremental `/sync` answer (`since` is the
-    /// client's token, the answer's `next_batch` the end of the range). An initial sync has
-    /// no device lists (Synapse's rule). On a database error Synapse's lists stay as they are.
-    pub async fn add_to_sync(&self, viewer: &Viewer<'_>, since: Option<&str>, body: &mut Value) {
-        let Some(since) = since.and_then(|s| SyncToken::parse(s).ok()) else {
-            return;
-        };
-        let Some(next) = body
-            .get("next_batch")
-            .and_then(Value::as_str)
-            .and_then(|s| SyncToken::parse(s).ok())
-        else {
-            return;
-        };
-        let has_synapse_left = body
-            .pointer("/device_lists/left")
-            .and_then(Value::as_array)
-            .is_some_and(|left| !left.is_empty());
-        let (from, to) = (At::from(&since), At::from(&next));
-        if from == to && !has_synapse_left {
-            return;
-        }
-        match self.between(viewer, from, to).await {
-            Ok(local) => {
-                let merged = merge(body.get("device_lists"), local);
-                if let Some(body) = body.as_object_mut() {
-                    body.insert("device_lists".into(), merged);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "sync: local device lists not read"),
-        }
     }
 }
 

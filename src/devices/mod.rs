@@ -31,7 +31,8 @@
 //! A waiting `/sync` of a co-member is woken through [`crate::notify`]: a change is published
 //! with the users who hear of it.
 //!
-//! May import: `store`, `notify`, `upstream`, `auth`, `sync::token`.
+//! May import: `store`, `notify`, `upstream`, `auth`, `routing` (the classified change). Not
+//! `sync`: sync asks this module for a range of positions ([`At`]), never the reverse.
 
 pub mod lists;
 pub mod trigger;
@@ -43,7 +44,7 @@ use crate::store::{self, StoreError};
 use crate::upstream::Synapse;
 
 pub use lists::{At, LocalLists, merge};
-pub use trigger::{Pending, Trigger, trigger};
+pub use trigger::Pending;
 
 /// The device-change stream and what is read from it. Cheap to share behind an `Arc`.
 pub struct DeviceLists {

@@ -1,5 +1,7 @@
-//! Which requests change a user's devices or cross-signing keys, and the follow-up that
-//! records the change once Synapse accepted it.
+//! The follow-up that records a device or cross-signing key change once Synapse accepted the
+//! request. Which requests change whose devices is decided by the classifier
+//! ([`crate::routing::DeviceChange`], part of a forwarded request's follow-ups); this module
+//! finds the user and records.
 //!
 //! Whose devices changed is learned *before* the request is forwarded when it is the
 //! requester's (a logout ends the token that would tell us afterwards), from Synapse's answer
@@ -10,70 +12,19 @@
 //! entry costs a key query; a missing one breaks encryption).
 
 use axum::body::Body;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::DeviceLists;
 use crate::auth::requester::{Identity, access_token, query_param};
-use crate::routing::decode_segment;
+use crate::routing::DeviceChange;
 
 /// The largest `/keys/upload` body read to look for `device_keys`.
 const MAX_INSPECTED_BODY: u64 = 1024 * 1024;
 
 /// The largest login or registration answer read for its `user_id`.
 const MAX_INSPECTED_ANSWER: usize = 64 * 1024;
-
-/// Whose devices a request changes, once Synapse accepts it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// The requester's: cross-signing keys, signatures, logouts, device updates and deletion,
-    /// password changes and deactivation (they delete devices).
-    Requester,
-    /// The requester's, if the body carries `device_keys` (`POST /keys/upload`).
-    KeysUpload,
-    /// The user Synapse's answer names, if it made a device (`POST /login`, `/register`).
-    NewSession,
-    /// The user named in the path (Synapse's admin device API).
-    Admin {
-        /// The decoded user ID.
-        user: String,
-    },
-}
-
-/// The device-changing request `method path` is, if any.
-pub fn trigger(method: &Method, path: &str) -> Option<Trigger> {
-    if let Some(rest) = path.strip_prefix("/_synapse/admin/v2/users/") {
-        let segments: Vec<&str> = rest.split('/').collect();
-        let user = |u: &str| decode_segment(u).into_owned();
-        return match (method.as_str(), segments.as_slice()) {
-            ("DELETE" | "PUT", [u, "devices", _]) | ("POST", [u, "delete_devices" | "devices"]) => {
-                Some(Trigger::Admin { user: user(u) })
-            }
-            _ => None,
-        };
-    }
-    let rest = path.strip_prefix("/_matrix/client/")?;
-    let (_version, endpoint) = rest.split_once('/')?;
-    let segments: Vec<&str> = endpoint.split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
-        ("POST", ["keys", "upload"] | ["keys", "upload", _]) => Some(Trigger::KeysUpload),
-        (
-            "POST",
-            ["keys", "device_signing", "upload"]
-            | ["keys", "signatures", "upload"]
-            | ["logout"]
-            | ["logout", "all"]
-            | ["delete_devices"]
-            // Both log the user's other devices out (`logout_devices` defaults to true).
-            | ["account", "password"]
-            | ["account", "deactivate"],
-        )
-        | ("DELETE" | "PUT", ["devices", _]) => Some(Trigger::Requester),
-        ("POST", ["login"] | ["register"]) => Some(Trigger::NewSession),
-        _ => None,
-    }
-}
 
 /// A device change to record once Synapse accepts the request.
 #[derive(Debug)]
@@ -90,15 +41,16 @@ pub enum Pending {
 pub async fn before_forward(
     identity: &Identity,
     request: Request<Body>,
+    change: Option<&DeviceChange>,
 ) -> (Request<Body>, Option<Pending>) {
-    let Some(trigger) = trigger(request.method(), request.uri().path()) else {
+    let Some(change) = change else {
         return (request, None);
     };
-    let (request, changes) = match trigger {
-        Trigger::NewSession => return (request, Some(Pending::FromAnswer)),
-        Trigger::Admin { user } => return (request, Some(Pending::User(user))),
-        Trigger::Requester => (request, true),
-        Trigger::KeysUpload => uploads_device_keys(request).await,
+    let (request, changes) = match change {
+        DeviceChange::NewSession => return (request, Some(Pending::FromAnswer)),
+        DeviceChange::Admin(user) => return (request, Some(Pending::User(user.to_string()))),
+        DeviceChange::Requester => (request, true),
+        DeviceChange::KeysUpload => uploads_device_keys(request).await,
     };
     if !changes {
         return (request, None);
@@ -194,90 +146,6 @@ async fn session_user(response: Response<Body>) -> (Option<String>, Response<Bod
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_changing_requests() {
-        let cases = [
-            (
-                Method::POST,
-                "/_matrix/client/v3/keys/upload",
-                Some(Trigger::KeysUpload),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/r0/keys/upload/DEV",
-                Some(Trigger::KeysUpload),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/keys/device_signing/upload",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/unstable/keys/signatures/upload",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/logout",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/logout/all",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::DELETE,
-                "/_matrix/client/v3/devices/ABC",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::PUT,
-                "/_matrix/client/v3/devices/ABC",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/delete_devices",
-                Some(Trigger::Requester),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/login",
-                Some(Trigger::NewSession),
-            ),
-            (
-                Method::POST,
-                "/_matrix/client/v3/register",
-                Some(Trigger::NewSession),
-            ),
-            (
-                Method::DELETE,
-                "/_synapse/admin/v2/users/%40a%3Ahs/devices/D",
-                Some(Trigger::Admin {
-                    user: "@a:hs".into(),
-                }),
-            ),
-            (
-                Method::POST,
-                "/_synapse/admin/v2/users/@a:hs/delete_devices",
-                Some(Trigger::Admin {
-                    user: "@a:hs".into(),
-                }),
-            ),
-            (Method::GET, "/_matrix/client/v3/devices/ABC", None),
-            (Method::GET, "/_matrix/client/v3/login", None),
-            (Method::POST, "/_matrix/client/v3/keys/query", None),
-            (Method::POST, "/_matrix/client/v3/keys/claim", None),
-            (Method::GET, "/_synapse/admin/v2/users/@a:hs/devices", None),
-            (Method::GET, "/_matrix/client/v3/keys/changes", None),
-        ];
-        for (method, path, expected) in cases {
-            assert_eq!(trigger(&method, path), expected, "{method} {path}");
-        }
-    }
 
     #[tokio::test]
     async fn key_uploads_count_only_with_device_keys() {

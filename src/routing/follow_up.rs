@@ -20,6 +20,9 @@ pub struct FollowUps {
     /// `POST /_matrix/client/v1/appservice/{id}/ping` succeeded: that appservice's delivery
     /// is retried at once (the decoded ID).
     pub ping: Option<String>,
+    /// Someone's devices or cross-signing keys changed: recorded for the users who share
+    /// local rooms with them (`crate::devices`).
+    pub devices: Option<DeviceChange>,
 }
 
 impl FollowUps {
@@ -29,6 +32,7 @@ impl FollowUps {
         profile: false,
         push: None,
         ping: None,
+        devices: None,
     };
 
     /// Whether a follow-up needs the requester's access token.
@@ -76,11 +80,28 @@ pub enum PushChange {
     Ignored,
 }
 
+/// Whose devices or cross-signing keys a request changes, once Synapse accepts it (the
+/// triggers Synapse itself announces to room-mates: `handlers/device.py`, `e2e_keys.py`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// The requester's: cross-signing keys, signatures, logouts, device updates and deletion,
+    /// password changes and deactivation (they delete devices).
+    Requester,
+    /// The requester's, if the body carries `device_keys` (`POST /keys/upload`; one-time and
+    /// fallback keys alone change no device list).
+    KeysUpload,
+    /// The user Synapse's answer names, if it made a device (`POST /login`, `/register`).
+    NewSession,
+    /// The user named in the path (Synapse's admin device API).
+    Admin(OwnedUserId),
+}
+
 /// The follow-ups of a forwarded request to `path` (raw, percent-encoded).
 pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
         return FollowUps {
             session: admin_session_change(method, rest),
+            devices: admin_device_change(method, rest),
             ..FollowUps::NONE
         };
     }
@@ -89,6 +110,7 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let mut follow_ups = FollowUps::NONE;
+    follow_ups.devices = device_change(method, &segments);
     match (method.as_str(), segments.as_slice()) {
         ("POST", [_, "logout"]) => follow_ups.session = Some(SessionChange::Token),
         ("POST", [_, "refresh"]) => follow_ups.session = Some(SessionChange::Refresh),
@@ -109,6 +131,43 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
         _ => {}
     }
     follow_ups
+}
+
+/// The device change of a client-server request (`segments` start with the version).
+fn device_change(method: &Method, segments: &[&str]) -> Option<DeviceChange> {
+    match (method.as_str(), segments) {
+        ("POST", [_, "keys", "upload"] | [_, "keys", "upload", _]) => Some(DeviceChange::KeysUpload),
+        (
+            "POST",
+            [_, "keys", "device_signing", "upload"]
+            | [_, "keys", "signatures", "upload"]
+            | [_, "logout"]
+            | [_, "logout", "all"]
+            | [_, "delete_devices"]
+            // Both log the user's other devices out (`logout_devices` defaults to true).
+            | [_, "account", "password"]
+            | [_, "account", "deactivate"],
+        )
+        | ("DELETE" | "PUT", [_, "devices", _]) => Some(DeviceChange::Requester),
+        ("POST", [_, "login"] | [_, "register"]) => Some(DeviceChange::NewSession),
+        _ => None,
+    }
+}
+
+/// Synapse's admin device API (`/_synapse/admin/{rest}`): the user whose devices it changes.
+fn admin_device_change(method: &Method, rest: &str) -> Option<DeviceChange> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let user = match (method.as_str(), segments.as_slice()) {
+        ("DELETE" | "PUT", ["v2", "users", user, "devices", _])
+        | ("POST", ["v2", "users", user, "delete_devices" | "devices"]) => user,
+        _ => return None,
+    };
+    let user = percent_encoding::percent_decode_str(user)
+        .decode_utf8()
+        .ok()?;
+    OwnedUserId::try_from(user.as_ref())
+        .ok()
+        .map(DeviceChange::Admin)
 }
 
 /// Synapse's admin API (`/_synapse/admin/{rest}`): a write about a user ends that user's
@@ -196,7 +255,47 @@ mod tests {
         ];
         for (method, path, want) in cases {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
-            assert_eq!(follow_ups(&method, path), want, "{method} {path}");
+            // Device changes have their own table below.
+            let got = FollowUps { devices: None, ..follow_ups(&method, path) };
+            assert_eq!(got, want, "{method} {path}");
+        }
+    }
+
+    /// Every request that changes someone's device list, and near misses.
+    #[rustfmt::skip] // one row per line: the table reads as a table
+    #[test]
+    fn device_changes_table() {
+        use DeviceChange::{Admin, KeysUpload, NewSession, Requester};
+        let alice = || OwnedUserId::try_from("@a:x").unwrap();
+        let cases = [
+            ("POST", "/_matrix/client/v3/keys/upload", Some(KeysUpload)),
+            ("POST", "/_matrix/client/r0/keys/upload/DEV", Some(KeysUpload)),
+            ("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(Requester)),
+            ("POST", "/_matrix/client/unstable/keys/signatures/upload", Some(Requester)),
+            ("POST", "/_matrix/client/v3/logout", Some(Requester)),
+            ("POST", "/_matrix/client/v3/logout/all", Some(Requester)),
+            ("DELETE", "/_matrix/client/v3/devices/ABC", Some(Requester)),
+            ("PUT", "/_matrix/client/v3/devices/ABC", Some(Requester)),
+            ("POST", "/_matrix/client/v3/delete_devices", Some(Requester)),
+            ("POST", "/_matrix/client/v3/account/password", Some(Requester)),
+            ("POST", "/_matrix/client/v3/account/deactivate", Some(Requester)),
+            ("POST", "/_matrix/client/v3/login", Some(NewSession)),
+            ("POST", "/_matrix/client/v3/register", Some(NewSession)),
+            ("DELETE", "/_synapse/admin/v2/users/%40a%3Ax/devices/D", Some(Admin(alice()))),
+            ("PUT", "/_synapse/admin/v2/users/@a:x/devices/D", Some(Admin(alice()))),
+            ("POST", "/_synapse/admin/v2/users/@a:x/delete_devices", Some(Admin(alice()))),
+            ("POST", "/_synapse/admin/v2/users/@a:x/devices", Some(Admin(alice()))),
+            ("DELETE", "/_synapse/admin/v2/users/not-a-user/devices/D", None),
+            ("GET", "/_synapse/admin/v2/users/@a:x/devices", None),
+            ("GET", "/_matrix/client/v3/devices/ABC", None),
+            ("GET", "/_matrix/client/v3/login", None),
+            ("POST", "/_matrix/client/v3/keys/query", None),
+            ("POST", "/_matrix/client/v3/keys/claim", None),
+            ("GET", "/_matrix/client/v3/keys/changes", None),
+        ];
+        for (method, path, want) in cases {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(follow_ups(&method, path).devices, want, "{method} {path}");
         }
     }
 }

@@ -15,7 +15,7 @@
 
 mod follow_up;
 
-pub use follow_up::{FollowUps, PushChange, SessionChange, follow_ups};
+pub use follow_up::{DeviceChange, FollowUps, PushChange, SessionChange, follow_ups};
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
@@ -77,6 +77,8 @@ pub enum Route {
     Notifications,
     /// `GET /keys/changes`: Synapse's answer plus device changes of local-room co-members.
     KeysChanges,
+    /// `POST /user_directory/search`: Synapse's answer plus local-room co-members.
+    UserDirectory,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
@@ -111,7 +113,8 @@ impl Route {
             | Route::SlidingSync
             | Route::Versions
             | Route::Notifications
-            | Route::KeysChanges => "merge",
+            | Route::KeysChanges
+            | Route::UserDirectory => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay { .. } => "relay",
         }
@@ -317,6 +320,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         }
         [_, "notifications"] if method == Method::GET => Route::Notifications,
         [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
+        [_, "user_directory", "search"] if method == Method::POST => Route::UserDirectory,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => FORWARD,
@@ -629,6 +633,16 @@ mod tests {
                 Route::KeysChanges,
             ),
             (Method::POST, "/_matrix/client/v3/keys/changes", FORWARD),
+            (
+                Method::POST,
+                "/_matrix/client/v3/user_directory/search",
+                Route::UserDirectory,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/user_directory/search",
+                FORWARD,
+            ),
             (
                 Method::GET,
                 "/_synapse/admin/v1/rooms",

@@ -14,6 +14,8 @@ pub struct Cursor {
     pub room_data: Option<i64>,
     /// Relayed Synapse transactions delivered (relay mode).
     pub relay_seq: i64,
+    /// Device-change position delivered (MSC3202); `None` until the appservice first opts in.
+    pub devices: Option<i64>,
     pub txn_prefix: String,
     pub next_txn: i64,
 }
@@ -27,6 +29,8 @@ pub struct PendingTxn {
     pub last_room_data: Option<i64>,
     /// The relay cursor once it is acknowledged (relay mode).
     pub last_relay_seq: Option<i64>,
+    /// The device-change cursor once it is acknowledged (MSC3202 appservices).
+    pub last_devices: Option<i64>,
     pub body: Vec<u8>,
     pub events: i32,
     /// Seconds since it was built.
@@ -51,7 +55,7 @@ pub async fn cursor(
     .execute(pool)
     .await?;
     let row = sqlx::query!(
-        "SELECT stream, room_data, relay_seq, txn_prefix, next_txn FROM appservice_cursors
+        "SELECT stream, room_data, relay_seq, devices, txn_prefix, next_txn FROM appservice_cursors
          WHERE appservice_id = $1",
         appservice_id
     )
@@ -61,6 +65,7 @@ pub async fn cursor(
         stream: row.stream,
         room_data: row.room_data,
         relay_seq: row.relay_seq,
+        devices: row.devices,
         txn_prefix: row.txn_prefix,
         next_txn: row.next_txn,
     })
@@ -69,7 +74,7 @@ pub async fn cursor(
 /// The transaction in flight, if any.
 pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<PendingTxn>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT txn_id, last_stream, last_room_data, last_relay_seq, body, events,
+        r#"SELECT txn_id, last_stream, last_room_data, last_relay_seq, last_devices, body, events,
                   EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_s!"
            FROM appservice_transactions WHERE appservice_id = $1"#,
         appservice_id
@@ -81,6 +86,7 @@ pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<Pendin
         last_stream: row.last_stream,
         last_room_data: row.last_room_data,
         last_relay_seq: row.last_relay_seq,
+        last_devices: row.last_devices,
         body: row.body,
         events: row.events,
         age_s: row.age_s,
@@ -96,13 +102,15 @@ pub async fn store_txn(
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO appservice_transactions
-             (appservice_id, txn_id, last_stream, last_room_data, last_relay_seq, body, events)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             (appservice_id, txn_id, last_stream, last_room_data, last_relay_seq, last_devices,
+              body, events)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         appservice_id,
         txn.txn_id,
         txn.last_stream,
         txn.last_room_data,
         txn.last_relay_seq,
+        txn.last_devices,
         txn.body,
         txn.events
     )
@@ -127,20 +135,19 @@ pub async fn acknowledge(
     let mut tx = pool.begin().await?;
     let last = sqlx::query!(
         "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2
-         RETURNING last_stream, last_room_data, last_relay_seq",
+         RETURNING last_stream, last_room_data, last_relay_seq, last_devices",
         appservice_id,
         txn_id
     )
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(last) = last {
-        advance(
-            &mut tx,
-            appservice_id,
-            last.last_stream,
-            last.last_room_data,
-        )
-        .await?;
+        let to = Positions {
+            stream: last.last_stream,
+            room_data: last.last_room_data,
+            devices: last.last_devices,
+        };
+        advance(&mut tx, appservice_id, to).await?;
         if let Some(relay_seq) = last.last_relay_seq {
             // Delivered: the bodies go, the txnIds stay (a late retry by Synapse is still
             // recognised as a repeat).
@@ -166,33 +173,40 @@ pub async fn acknowledge(
     Ok(())
 }
 
-/// Moves the cursors forward over what is of no interest (never backwards; a `None` room
-/// data position leaves that cursor as it is).
-pub async fn skip_to(
-    pool: &PgPool,
-    appservice_id: &str,
-    stream: i64,
-    room_data: Option<i64>,
-) -> Result<(), StoreError> {
+/// Where an appservice's cursors move to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    /// The event stream.
+    pub stream: i64,
+    /// The room data stream (receipts); `None` leaves that cursor as it is.
+    pub room_data: Option<i64>,
+    /// The device-change stream (MSC3202); `None` leaves that cursor as it is.
+    pub devices: Option<i64>,
+}
+
+/// Moves the cursors forward over what is of no interest (never backwards).
+pub async fn skip_to(pool: &PgPool, appservice_id: &str, to: Positions) -> Result<(), StoreError> {
     let mut conn = pool.acquire().await?;
-    advance(&mut conn, appservice_id, stream, room_data).await
+    advance(&mut conn, appservice_id, to).await
 }
 
 async fn advance(
     conn: &mut PgConnection,
     appservice_id: &str,
-    stream: i64,
-    room_data: Option<i64>,
+    to: Positions,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "UPDATE appservice_cursors
          SET stream = GREATEST(stream, $2),
              room_data = CASE WHEN $3::bigint IS NULL THEN room_data
-                              ELSE GREATEST(COALESCE(room_data, $3), $3) END
+                              ELSE GREATEST(COALESCE(room_data, $3), $3) END,
+             devices = CASE WHEN $4::bigint IS NULL THEN devices
+                            ELSE GREATEST(COALESCE(devices, $4), $4) END
          WHERE appservice_id = $1",
         appservice_id,
-        stream,
-        room_data
+        to.stream,
+        to.room_data,
+        to.devices
     )
     .execute(conn)
     .await?;

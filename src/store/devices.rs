@@ -130,3 +130,89 @@ pub async fn joined_members_of(
     .await?;
     Ok(rows.into_iter().map(|r| (r.room_id, r.user_id)).collect())
 }
+
+/// One entry of the device-change stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub position: i64,
+    pub user_id: String,
+}
+
+/// The changes in `(after, upto]`, oldest first, at most `limit`.
+pub async fn changes_between(
+    conn: &mut PgConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Change>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT position, user_id FROM device_changes
+         WHERE position > $1 AND position <= $2
+         ORDER BY position, user_id LIMIT $3",
+        after,
+        upto,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Change {
+            position: r.position,
+            user_id: r.user_id,
+        })
+        .collect())
+}
+
+/// The local rooms `user_id` is joined to.
+pub async fn joined_rooms(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT room_id FROM memberships WHERE user_id = $1 AND membership = 'join'",
+        user_id
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A user who shares a joined local room with the viewer, as their member event there shows
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoMemberProfile {
+    pub user_id: String,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// The users joined to a local room `user_id` is joined to, with the profile of their latest
+/// join among those rooms.
+pub async fn co_member_profiles(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<Vec<CoMemberProfile>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT ON (other.user_id)
+                  other.user_id AS "user_id!",
+                  e.content->>'displayname' AS "displayname?",
+                  e.content->>'avatar_url' AS "avatar_url?"
+           FROM memberships mine
+           JOIN memberships other ON other.room_id = mine.room_id
+           JOIN events e ON e.room_id = other.room_id AND e.stream = other.stream
+           WHERE mine.user_id = $1 AND mine.membership = 'join'
+             AND other.membership = 'join' AND other.user_id <> $1
+           ORDER BY other.user_id, other.stream DESC"#,
+        user_id
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CoMemberProfile {
+            user_id: r.user_id,
+            displayname: r.displayname,
+            avatar_url: r.avatar_url,
+        })
+        .collect())
+}

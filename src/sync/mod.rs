@@ -41,9 +41,11 @@
 //! We never call Synapse's `/sync` except for a client's own request, with its own token:
 //! to-device messages, presence, account data, device lists and key counts stay Synapse's.
 //! Device-list changes of local-room co-members, which Synapse cannot know, are added to
-//! `device_lists` by [`crate::devices`] for the answer's whole range; one of them wakes a
-//! waiting sync like a local event does.
+//! `device_lists` from [`crate::devices`] for the answer's whole range ([`device_lists`]; sync
+//! depends on `devices`, never the reverse); one of them wakes a waiting sync like a local
+//! event does.
 
+mod device_lists;
 pub mod filter;
 pub mod local;
 pub mod sliding;
@@ -145,8 +147,7 @@ impl Syncer {
                 .is_none()
                 .then_some(request.token.as_str()),
         };
-        self.devices
-            .add_to_sync(&viewer, request.since.as_deref(), &mut body)
+        device_lists::add_to_sync(&self.devices, &viewer, request.since.as_deref(), &mut body)
             .await;
         Ok(body)
     }

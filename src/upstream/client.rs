@@ -531,4 +531,20 @@ impl Synapse {
         let path = format!("/_matrix/client/v3/keys/changes?{query}");
         self.call(Method::GET, &path, token).await
     }
+
+    /// `POST /user_directory/search` as the user (`query` passed on: an appservice's
+    /// `user_id`).
+    pub async fn user_directory_search(
+        &self,
+        token: &str,
+        query: &str,
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        let path = format!("/_matrix/client/v3/user_directory/search?{query}");
+        self.call_with(Call {
+            json_body: Some(body),
+            ..Call::new(Method::POST, &path, token)
+        })
+        .await
+    }
 }

@@ -19,9 +19,13 @@
 //!   each room are reported after each step: the client's own (`num_unread_*`, from the
 //!   events and receipts it has: what Element X shows) and the server's
 //!   (`notification_count`, `highlight_count`; Synapse 1.163's sliding sync always sends 0).
+//! - `e2ee`: real encryption over the classic `/sync` with a new device and an identity reset
+//!   (see `e2ee.rs`); it runs its own clients instead of the `SyncService`.
 
 // matrix-sdk's futures nest deeply (Timeline::send inside an async fn).
 #![recursion_limit = "256"]
+
+mod e2ee;
 
 use std::{
     future::Future,
@@ -81,6 +85,7 @@ enum Scenario {
     Timeline,
     Pagination,
     Unread,
+    E2ee,
 }
 
 /// Someone else in the rooms who sends messages over plain HTTP (the bridge bot, with its
@@ -624,6 +629,16 @@ async fn unread(s: &Session, params: &Value, sender: &Sender) -> Result<Value> {
 
 async fn run(args: Args) -> Result<Value> {
     let params: Value = serde_json::from_str(&args.params).context("--params is not JSON")?;
+    if let Scenario::E2ee = args.scenario {
+        let alice = (args.user.as_str(), args.password.as_str());
+        return e2ee::run(
+            &args.homeserver,
+            alice,
+            &params,
+            Duration::from_secs(args.timeout),
+        )
+        .await;
+    }
     let session = Session::start(&args).await?;
     let sender = || Sender::from_params(&args.homeserver, &params);
     let result = match args.scenario {
@@ -631,6 +646,7 @@ async fn run(args: Args) -> Result<Value> {
         Scenario::Timeline => timeline(&session, &params, &sender()?).await,
         Scenario::Pagination => pagination(&session, &params).await,
         Scenario::Unread => unread(&session, &params, &sender()?).await,
+        Scenario::E2ee => Err(anyhow!("e2ee runs its own clients (see above)")),
     };
     let version = format!("{:?}", session.client.sliding_sync_version());
     session.stop().await;
