@@ -69,6 +69,13 @@ impl From<RoomError> for ApiError {
             RoomError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
             RoomError::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParam),
             RoomError::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorCode::RoomInUse),
+            RoomError::UnsupportedRoomVersion(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedRoomVersion)
+            }
+            RoomError::BadAlias(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadAlias),
+            RoomError::UnknownMembership(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Forbidden)
+            }
             RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
             RoomError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unknown),
             RoomError::BadState(_) => (StatusCode::FORBIDDEN, ErrorCode::BadState),

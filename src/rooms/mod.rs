@@ -8,6 +8,7 @@
 //! counters), `tasks` (the purger is one).
 
 pub mod admin;
+pub mod aliases;
 pub mod auth;
 pub mod create;
 pub mod deletion;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod state;
 pub mod txn_ids;
 pub mod typing;
+pub mod version;
 pub mod visibility;
 pub mod writer;
 
@@ -45,6 +47,15 @@ pub enum RoomError {
     /// 400 M_INVALID_PARAM.
     #[error("{0}")]
     InvalidParam(String),
+    /// 400 M_UNSUPPORTED_ROOM_VERSION: a version local rooms cannot have ([`version`]).
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    /// 400 M_BAD_ALIAS: a canonical alias naming an alias that does not name the room.
+    #[error("{0}")]
+    BadAlias(String),
+    /// 500 M_FORBIDDEN: Synapse's answer to a knock where the room version has no knocking.
+    #[error("{0}")]
+    UnknownMembership(String),
     /// 400 M_ROOM_IN_USE.
     #[error("{0}")]
     RoomInUse(String),

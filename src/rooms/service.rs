@@ -228,6 +228,9 @@ impl Rooms {
         redacts: Option<OwnedEventId>,
     ) -> Result<OwnedEventId, RoomError> {
         self.check_relation(room_id, &content).await?;
+        if kind == "m.room.canonical_alias" && state_key.as_deref() == Some("") {
+            self.check_canonical_alias(room_id, &content).await?;
+        }
         let proposal = Proposal {
             sender: requester.user_id.clone(),
             kind: kind.to_owned(),
@@ -684,26 +687,6 @@ impl Rooms {
                 "Room alias {alias} already exists"
             )));
         }
-        Ok(())
-    }
-
-    /// `DELETE /directory/room/{alias}` for a local alias: its creator, or the appservice whose
-    /// namespace holds it, may delete it.
-    pub async fn delete_alias(&self, requester: &Requester, alias: &str) -> Result<(), RoomError> {
-        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        let creator = store::rooms::alias_creator(&mut conn, alias)
-            .await?
-            .ok_or_else(|| RoomError::NotFound("Unknown room alias".into()))?;
-        let by_appservice = requester
-            .appservice
-            .as_ref()
-            .is_some_and(|appservice| appservice.aliases.iter().any(|ns| ns.matches(alias)));
-        if creator != requester.user_id.as_str() && !by_appservice {
-            return Err(RoomError::Forbidden(
-                "You don't have permission to delete the alias.".into(),
-            ));
-        }
-        store::rooms::delete_alias(&mut conn, alias).await?;
         Ok(())
     }
 }

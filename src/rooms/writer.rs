@@ -68,7 +68,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::RoomError;
-use super::auth::{self, AuthError, Proposal};
+use super::auth::{self, Proposal};
 use super::event::{new_event_id, redacted_content};
 use super::state::{RoomState, StateEntry};
 use crate::metrics::WriterCounters;
@@ -813,7 +813,13 @@ async fn create(
             "a room must start with m.room.create".into(),
         )));
     };
-    let mut state = RoomState::new(room.room_id.clone(), "10", room.creator.clone());
+    // The version createRoom chose (`rooms::version`) is the create event's.
+    let version = create_event
+        .content
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or(super::version::DEFAULT.as_str());
+    let mut state = RoomState::new(room.room_id.clone(), version, room.creator.clone());
     let snapshot = (batch.next_stream, batch.events.len());
     push_event(batch, &mut state, create_event, None);
     for proposal in rest {
@@ -900,10 +906,7 @@ async fn accept(
         proposal,
         target.as_ref().map(|(_, sender, _, _)| sender.as_str()),
     ) {
-        return Ok(Err(match err {
-            AuthError::Forbidden(message) => RoomError::Forbidden(message),
-            AuthError::BadJson(message) => RoomError::BadJson(message),
-        }));
+        return Ok(Err(err.into()));
     }
     let event_id = push_event(batch, state, proposal, txn);
     if let Some((target_id, _, kind, content)) = target {
@@ -911,7 +914,7 @@ async fn accept(
             batch,
             state,
             &target_id,
-            &redacted_content(&kind, &content),
+            &redacted_content(&state.room_version, &kind, &content),
             &event_id,
         );
     }
