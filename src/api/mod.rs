@@ -21,6 +21,7 @@ mod room_data;
 mod send;
 mod sliding_sync;
 mod sync;
+mod upgrade;
 mod versions;
 
 use axum::Router;
@@ -207,6 +208,7 @@ pub fn local_router(state: AppState) -> Router {
         )
         .route(&format!("{rooms}/leave"), post(membership::leave))
         .route(&format!("{rooms}/forget"), post(membership::forget))
+        .route(&format!("{rooms}/upgrade"), post(upgrade::upgrade))
         .route(&format!("{rooms}/invite"), post(targeted("invite")))
         .route(&format!("{rooms}/kick"), post(targeted("kick")))
         .route(&format!("{rooms}/ban"), post(targeted("ban")))

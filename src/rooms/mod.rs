@@ -1,5 +1,6 @@
-//! The room engine for local rooms: building events, the authorization rules, redaction,
-//! visibility of history, and the writer that orders and commits events.
+//! The room engine for local rooms: building events, the authorization rules and redaction
+//! of each room version ([`version`]), visibility of history, aliases, upgrades, and the
+//! writer that orders and commits events.
 //!
 //! Handlers call [`Rooms`]; it validates, asks Synapse for what it needs (profiles) *before*
 //! any write, then hands events to the [`writer`]. Nothing here knows about HTTP.
@@ -22,6 +23,7 @@ pub mod service;
 pub mod state;
 pub mod txn_ids;
 pub mod typing;
+pub mod upgrade;
 pub mod version;
 pub mod visibility;
 pub mod writer;

@@ -105,6 +105,22 @@ impl Rooms {
         request: CreateRoomRequest,
         ts: i64,
     ) -> Result<OwnedRoomId, RoomError> {
+        let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
+        self.create_with_id(requester, token, class, request, ts, room_id)
+            .await
+    }
+
+    /// [`Self::create`] with the room ID chosen by the caller (an upgrade names the new room
+    /// in the old room's tombstone before creating it).
+    pub(super) async fn create_with_id(
+        &self,
+        requester: &Requester,
+        token: &str,
+        class: &RoomClass,
+        request: CreateRoomRequest,
+        ts: i64,
+        room_id: OwnedRoomId,
+    ) -> Result<OwnedRoomId, RoomError> {
         let alias = create::alias(&request, self.server_name.as_str())?;
         if let Some(alias) = &alias
             && self.synapse_has_alias(token, alias).await
@@ -114,7 +130,6 @@ impl Rooms {
         let invitees = create::invitees(&request)?;
         let joined_at_once = create::initial_members(&request, &requester.user_id)?;
         let creator_member = self.member_content(token, &requester.user_id, "join").await;
-        let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
         let events = create::initial_events(
             &request,
             &Plan {
