@@ -5,11 +5,13 @@ Synapse room and in a local room (`federate`) with the same client-visible resul
 Synapse variant is the reference the expected values were read from."""
 
 import secrets
+import time
 
+import httpx
 import pytest
 
 import stack
-from client import create_room, failure, of, q
+from client import As, create_room, failure, of, q
 
 VARIANTS = pytest.mark.parametrize("federate", [True, False], ids=["synapse", "local"])
 
@@ -93,3 +95,39 @@ def test_a_room_moderator_may_delete_another_users_alias(federate, owner, other)
     resp = me("GET", f"/v3/directory/room/{q(others)}")
     assert failure(resp) == (404, "M_NOT_FOUND"), resp.text
     assert me.ok("GET", f"/v3/directory/room/{q(owners)}")["room_id"] == room
+
+
+def register_guest() -> tuple[As, str]:
+    """A guest account (`/register?kind=guest`, Synapse's `allow_guest_access`)."""
+    resp = httpx.post(f"{stack.HS_URL}/_matrix/client/v3/register", params={"kind": "guest"}, json={}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return As(resp.json()["access_token"]), resp.json()["user_id"]
+
+
+@VARIANTS
+def test_guests_join_only_where_guest_access_allows_and_leave_when_revoked(federate, owner):
+    me = of(owner)
+    guest, guest_id = register_guest()
+    closed = create_room(me, federate, preset="public_chat")
+    resp = guest("POST", f"/v3/join/{q(closed)}", body={})
+    assert failure(resp) == (403, "M_FORBIDDEN"), resp.text
+    assert resp.json()["error"] == "Guest access not allowed"
+
+    room = create_room(
+        me,
+        federate,
+        preset="public_chat",
+        initial_state=[{"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}],
+    )
+    guest.ok("POST", f"/v3/join/{q(room)}", body={})
+    member = me.ok("GET", f"/v3/rooms/{q(room)}/state/m.room.member/{q(guest_id)}")
+    assert member["membership"] == "join" and member["kind"] == "guest", member
+
+    me.ok("PUT", f"/v3/rooms/{q(room)}/state/m.room.guest_access/", body={"guest_access": "forbidden"})
+    deadline = time.monotonic() + 10
+    while True:
+        member = me.ok("GET", f"/v3/rooms/{q(room)}/state/m.room.member/{q(guest_id)}")
+        if member["membership"] == "leave" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert member == {"membership": "leave", "kind": "guest"}, member

@@ -15,6 +15,7 @@ pub mod create;
 pub mod deletion;
 pub mod event;
 pub mod forget;
+pub mod guests;
 pub mod power;
 pub mod read;
 pub mod restricted;

@@ -260,11 +260,17 @@ impl Rooms {
             endpoint,
             txn_id: txn_id.to_owned(),
         });
-        match self
+        let revokes_guests = kind == "m.room.guest_access"
+            && proposal.state_key.as_deref() == Some("")
+            && proposal.content.get("guest_access").and_then(Value::as_str) != Some("can_join");
+        let outcome = self
             .writer
             .append(room_id.clone(), vec![proposal], txn)
-            .await?
-        {
+            .await?;
+        if revokes_guests && matches!(outcome, Outcome::Written(_)) {
+            self.remove_guests(room_id).await;
+        }
+        match outcome {
             Outcome::Written(events) => events
                 .into_iter()
                 .next()
@@ -311,6 +317,14 @@ impl Rooms {
         }
         if let Some(reason) = reason {
             content.insert("reason".into(), json!(reason));
+        }
+        if requester.is_guest {
+            // As Synapse marks every membership a guest sends (`kind`), which is also how
+            // the guests of a room are found when guest access is revoked (`rooms::guests`).
+            content.insert("kind".into(), json!("guest"));
+            if membership == "join" && target == &requester.user_id {
+                self.check_guest_may_join(room_id).await?;
+            }
         }
         if membership == "join"
             && target == &requester.user_id
