@@ -59,7 +59,7 @@ def create_room(creator: As, federate: bool, **fields) -> str:
         "/v3/createRoom",
         body={
             "preset": "private_chat",
-            # Synapse 1.163 defaults to version 12; local rooms are version 10.
+            # Synapse 1.163 defaults to version 12, which local rooms cannot be.
             "room_version": "10",
             "creation_content": {"m.federate": federate},
             **fields,

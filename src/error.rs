@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Exclusive,
     BadState,
     UnknownPos,
+    UnsupportedRoomVersion,
+    BadAlias,
 }
 
 impl ErrorCode {
@@ -49,6 +51,8 @@ impl ErrorCode {
             ErrorCode::Exclusive => "M_EXCLUSIVE",
             ErrorCode::BadState => "M_BAD_STATE",
             ErrorCode::UnknownPos => "M_UNKNOWN_POS",
+            ErrorCode::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            ErrorCode::BadAlias => "M_BAD_ALIAS",
             // Not a spec code: what a switched-off room class answers (503).
             ErrorCode::Unavailable => "M_UNAVAILABLE",
         }

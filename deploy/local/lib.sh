@@ -474,6 +474,8 @@ suppress_key_server_warning: true
 # The compat suite's push gateway listens on 127.0.0.1, which Synapse blocks by default.
 ip_range_whitelist: ["127.0.0.1"]
 enable_registration: false
+# Guests (POST /register?kind=guest), for the compat suite's guest-access scenarios.
+allow_guest_access: true
 registration_shared_secret: "$STACK_REGISTRATION_SECRET"
 macaroon_secret_key: "$STACK_MACAROON_SECRET"
 form_secret: "$STACK_FORM_SECRET"

@@ -22,6 +22,7 @@ mod room_data;
 mod send;
 mod sliding_sync;
 mod sync;
+mod upgrade;
 mod user_directory;
 mod versions;
 
@@ -73,6 +74,13 @@ impl From<RoomError> for ApiError {
             RoomError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
             RoomError::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidParam),
             RoomError::RoomInUse(_) => (StatusCode::BAD_REQUEST, ErrorCode::RoomInUse),
+            RoomError::UnsupportedRoomVersion(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedRoomVersion)
+            }
+            RoomError::BadAlias(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadAlias),
+            RoomError::UnknownMembership(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Forbidden)
+            }
             RoomError::Exclusive(_) => (StatusCode::BAD_REQUEST, ErrorCode::Exclusive),
             RoomError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unknown),
             RoomError::BadState(_) => (StatusCode::FORBIDDEN, ErrorCode::BadState),
@@ -204,6 +212,7 @@ pub fn local_router(state: AppState) -> Router {
         )
         .route(&format!("{rooms}/leave"), post(membership::leave))
         .route(&format!("{rooms}/forget"), post(membership::forget))
+        .route(&format!("{rooms}/upgrade"), post(upgrade::upgrade))
         .route(&format!("{rooms}/invite"), post(targeted("invite")))
         .route(&format!("{rooms}/kick"), post(targeted("kick")))
         .route(&format!("{rooms}/ban"), post(targeted("ban")))

@@ -65,6 +65,9 @@ pub struct Requester {
     pub device_id: Option<OwnedDeviceId>,
     /// The appservice, when the token is an `as_token`.
     pub appservice: Option<Arc<Registration>>,
+    /// A guest account, as whoami said: guests join local rooms only where `guest_access`
+    /// is `can_join`.
+    pub is_guest: bool,
 }
 
 impl Requester {
@@ -118,6 +121,9 @@ pub struct Identity {
     tokens: Mutex<HashMap<[u8; 32], Cached>>,
     /// Users an appservice may act as, seen registered on Synapse.
     registered: Mutex<HashSet<OwnedUserId>>,
+    /// Users whose latest whoami said `is_guest` (a guest who registers properly keeps the
+    /// user ID and leaves this set at the next whoami).
+    guests: Mutex<HashSet<OwnedUserId>>,
     /// `sha256(token) → (is a server admin, until)`.
     admins: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
     /// Bumped by every forget: a whoami answer that was in flight across a forget (a logout
@@ -163,6 +169,7 @@ impl Identity {
             ),
             tokens: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashSet::new()),
+            guests: Mutex::new(HashSet::new()),
             admins: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             served_confirmed: std::sync::atomic::AtomicU64::new(0),
@@ -238,10 +245,15 @@ impl Identity {
             }
         };
         let (user_id, device_id) = outcome.map_err(AuthFailure::Refused)?;
+        let is_guest = self
+            .guests
+            .lock()
+            .is_ok_and(|guests| guests.contains(&user_id));
         Ok(Requester {
             user_id,
             device_id,
             appservice: None,
+            is_guest,
         })
     }
 
@@ -251,7 +263,19 @@ impl Identity {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let outcome = match self.synapse.whoami(token).await {
             Ok(whoami) => match OwnedUserId::try_from(whoami.user_id.as_str()) {
-                Ok(user_id) => Ok((user_id, whoami.device_id.map(OwnedDeviceId::from))),
+                Ok(user_id) => {
+                    if let Ok(mut guests) = self.guests.lock() {
+                        if whoami.is_guest {
+                            if guests.len() >= MAX_ENTRIES {
+                                guests.clear();
+                            }
+                            guests.insert(user_id.clone());
+                        } else {
+                            guests.remove(&user_id);
+                        }
+                    }
+                    Ok((user_id, whoami.device_id.map(OwnedDeviceId::from)))
+                }
                 Err(_) => {
                     return Err(AuthFailure::Unavailable(
                         "whoami returned an invalid user id".into(),
@@ -364,6 +388,7 @@ impl Identity {
             user_id: parsed,
             device_id: None,
             appservice: Some(appservice),
+            is_guest: false,
         })
     }
 
@@ -700,11 +725,13 @@ mod tests {
             user_id: user.clone(),
             device_id: Some("D1".into()),
             appservice: None,
+            is_guest: false,
         };
         let other_device = Requester {
             user_id: user.clone(),
             device_id: Some("D2".into()),
             appservice: None,
+            is_guest: false,
         };
         assert_ne!(by_device.txn_scope(), other_device.txn_scope());
     }

@@ -1,5 +1,8 @@
-//! The authorization rules for local rooms (room version 10), checked against the current
-//! state before an event is accepted. Messages and codes follow Synapse's
+//! The authorization rules for local rooms, checked against the current state before an
+//! event is accepted. What differs between room versions is read from ruma's
+//! `AuthorizationRules` for the room's version ([`super::version`]): knocking (7+),
+//! `restricted` (8+) and `knock_restricted` (10+) join rules, which are unknown join rules —
+//! no one may join — in older rooms, and the `notifications` power-level limits (6+). Messages and codes follow Synapse's
 //! `synapse/event_auth.py`, because bridges match on them (mautrix looks for
 //! "is already in the room").
 //!
@@ -23,6 +26,20 @@ pub enum AuthError {
     /// 400 `M_BAD_JSON`: the content is malformed for its type.
     #[error("{0}")]
     BadJson(String),
+    /// A knock in a room whose version has no knocking: Synapse's event auth does not know
+    /// the membership there and answers 500 `M_FORBIDDEN` ("Unknown membership knock").
+    #[error("{0}")]
+    UnknownMembership(String),
+}
+
+impl From<AuthError> for super::RoomError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Forbidden(message) => Self::Forbidden(message),
+            AuthError::BadJson(message) => Self::BadJson(message),
+            AuthError::UnknownMembership(message) => Self::UnknownMembership(message),
+        }
+    }
 }
 
 fn forbidden(message: impl Into<String>) -> AuthError {
@@ -100,7 +117,13 @@ pub fn check(
     }
 
     if event.kind == "m.room.power_levels" {
-        check_power_levels(&power, sender, &event.content)?;
+        let rules = super::version::rules(&state.room_version).authorization;
+        check_power_levels(
+            &power,
+            sender,
+            &event.content,
+            rules.limit_notifications_power_levels,
+        )?;
     }
     // Redacting someone else's event needs the redact level; one's own needs nothing more.
     if event.kind == "m.room.redaction"
@@ -129,7 +152,15 @@ fn check_membership(
     let target_membership = state.membership(target);
     let target_in_room = target_membership == Some("join");
     let target_banned = target_membership == Some("ban");
+    let rules = super::version::rules(&state.room_version).authorization;
     let join_rule = state.join_rule();
+    // A join rule the room's version does not know lets no one in (Synapse's `else`).
+    let restricted = (rules.restricted_join_rule && join_rule == "restricted")
+        || (rules.knock_restricted_join_rule && join_rule == "knock_restricted");
+    let invite_only =
+        join_rule == "invite" || (rules.knocking && join_rule == "knock") || restricted;
+    let knockable = join_rule == "knock"
+        || (rules.knock_restricted_join_rule && join_rule == "knock_restricted");
     let user_level = power.user_level(sender);
     let target_level = power.user_level(target);
     let invite_level = power.named("invite");
@@ -176,9 +207,7 @@ fn check_membership(
                 Err(forbidden("You are banned from this room"))
             } else if join_rule == "public" {
                 Ok(())
-            } else if matches!(join_rule, "restricted" | "knock_restricted")
-                && !(caller_in_room || caller_invited)
-            {
+            } else if restricted && !(caller_in_room || caller_invited) {
                 // MSC3083: the join names a member who could have invited the user
                 // (`join_authorised_via_users_server`); the room engine chose one after
                 // checking the `allow` rules.
@@ -197,10 +226,7 @@ fn check_membership(
                     }
                     Some(_) => Ok(()),
                 }
-            } else if matches!(
-                join_rule,
-                "invite" | "knock" | "restricted" | "knock_restricted"
-            ) {
+            } else if invite_only {
                 if caller_in_room || caller_invited {
                     Ok(())
                 } else {
@@ -233,8 +259,8 @@ fn check_membership(
                 Ok(())
             }
         }
-        "knock" => {
-            if !matches!(join_rule, "knock" | "knock_restricted") {
+        "knock" if rules.knocking => {
+            if !knockable {
                 Err(forbidden("You don't have permission to knock"))
             } else if target != sender {
                 Err(forbidden("You cannot knock for other users"))
@@ -248,17 +274,23 @@ fn check_membership(
                 Ok(())
             }
         }
+        "knock" => Err(AuthError::UnknownMembership(
+            "Unknown membership knock".to_owned(),
+        )),
         other => Err(AuthError::BadJson(format!("Unknown membership {other}"))),
     }
 }
 
-/// The spec's power-levels change rules (room version 10): integers only; a sender may only
-/// change levels that are at most their own, to values at most their own, and may not change
-/// another user's level that is equal to or above their own.
+/// The spec's power-levels change rules: integers only (Synapse refuses string levels from
+/// clients in every room version); a sender may only change levels that are at most their
+/// own, to values at most their own, and may not change another user's level that is equal to
+/// or above their own. `notifications` levels are held to this from room version 6
+/// (`limit_notifications`).
 fn check_power_levels(
     current: &PowerLevels,
     sender: &str,
     new: &Map<String, Value>,
+    limit_notifications: bool,
 ) -> Result<(), AuthError> {
     power::validate_content(new).map_err(AuthError::BadJson)?;
     let Some(old) = current.content() else {
@@ -288,7 +320,12 @@ fn check_power_levels(
     ] {
         check_change(level(old, key), level(new, key))?;
     }
-    for key in ["events", "notifications"] {
+    let maps: &[&str] = if limit_notifications {
+        &["events", "notifications"]
+    } else {
+        &["events"]
+    };
+    for &key in maps {
         let empty = Map::new();
         let old_map = old.get(key).and_then(Value::as_object).unwrap_or(&empty);
         let new_map = new.get(key).and_then(Value::as_object).unwrap_or(&empty);
@@ -596,6 +633,38 @@ mod tests {
                 None
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn join_rules_and_knocks_follow_the_room_version() {
+        let in_version = |version: &str, join_rule: &str| {
+            let mut state = room(join_rule, &[("@alice:hs", "join"), ("@inv:hs", "invite")]);
+            state.room_version = version.to_owned();
+            state
+        };
+        let knock = member("@new:hs", "@new:hs", "knock");
+        assert_eq!(check(&in_version("7", "knock"), &knock, None), Ok(()));
+        assert_eq!(
+            check(&in_version("6", "knock"), &knock, None),
+            Err(AuthError::UnknownMembership(
+                "Unknown membership knock".into()
+            ))
+        );
+        // An invitee may join a restricted room from version 8; before, the rule is unknown.
+        let join = member("@inv:hs", "@inv:hs", "join");
+        assert_eq!(check(&in_version("8", "restricted"), &join, None), Ok(()));
+        assert_eq!(
+            denied(check(&in_version("7", "restricted"), &join, None)),
+            "You are not allowed to join this room"
+        );
+        assert_eq!(
+            denied(check(&in_version("9", "knock_restricted"), &join, None)),
+            "You are not allowed to join this room"
+        );
+        assert_eq!(
+            check(&in_version("10", "knock_restricted"), &join, None),
+            Ok(())
         );
     }
 

@@ -9,9 +9,9 @@ use serde_json::{Map, Value, json};
 use super::RoomError;
 use super::auth::Proposal;
 
-/// The body of `POST /createRoom`, as far as local rooms use it. Unknown fields are ignored
-/// (`room_version` among them: local rooms are always version 10), like Synapse ignores
-/// fields it does not know. Creators absent from the power levels' `users` get 100, the
+/// The body of `POST /createRoom`, as far as local rooms use it. Unknown fields are ignored,
+/// like Synapse ignores fields it does not know. `room_version` is one of 1–11
+/// ([`super::version`]), 10 when absent. Creators absent from the power levels' `users` get 100, the
 /// effect a client expecting a version-12 room wants ([`with_creators_empowered`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CreateRoomRequest {
@@ -35,6 +35,10 @@ pub struct CreateRoomRequest {
     pub power_level_content_override: Option<Map<String, Value>>,
     #[serde(default)]
     pub room_alias_name: Option<String>,
+    /// Kept as JSON: a version that is not a string is Synapse's 400 `M_BAD_JSON`, not a
+    /// body that fails to parse.
+    #[serde(default)]
+    pub room_version: Option<Value>,
     /// Beeper extension: everyone in `invite` is joined at creation.
     #[serde(default, rename = "com.beeper.auto_join_invites")]
     pub auto_join_invites: bool,
@@ -160,6 +164,8 @@ pub fn initial_events(
     plan: &Plan<'_>,
 ) -> Result<Vec<Proposal>, RoomError> {
     let preset = preset(request)?;
+    let version = super::version::requested(request.room_version.as_ref())?;
+    let rules = super::version::rules(version.as_str());
     let creator = plan.creator.as_str();
     let event = |kind: &str, state_key: &str, content: Value| Proposal {
         sender: plan.creator.clone(),
@@ -180,8 +186,12 @@ pub fn initial_events(
     };
 
     let mut create_content = request.creation_content.clone().unwrap_or_default();
-    create_content.insert("creator".into(), json!(creator));
-    create_content.insert("room_version".into(), json!("10"));
+    // From version 11 the create event's sender is the creator, and Synapse writes no
+    // `creator` key (it keeps one the client put in `creation_content`).
+    if !rules.authorization.use_room_create_sender {
+        create_content.insert("creator".into(), json!(creator));
+    }
+    create_content.insert("room_version".into(), json!(version.as_str()));
     let mut events = vec![
         event("m.room.create", "", Value::Object(create_content)),
         event(
@@ -376,9 +386,12 @@ mod tests {
                 "m.room.topic"
             ]
         );
-        assert_eq!(events[0].content["room_version"], "10");
+        assert_eq!(events[0].content["room_version"], "11");
         assert_eq!(events[0].content["m.federate"], false);
-        assert_eq!(events[0].content["creator"], "@bot:hs");
+        assert!(
+            !events[0].content.contains_key("creator"),
+            "version 11 has no creator key"
+        );
         let power = &events[2].content;
         assert_eq!(power["invite"], 0, "private_chat lets members invite");
         assert_eq!(
@@ -447,6 +460,26 @@ mod tests {
             initial_events(&bad_power, &plan(&creator, &[])),
             Err(RoomError::BadJson(_))
         ));
+        for (version, refusal) in [
+            (json!("12"), "unsupported"),
+            (json!("foo"), "unsupported"),
+            (json!(10), "bad json"),
+        ] {
+            let request: CreateRoomRequest =
+                serde_json::from_value(json!({"room_version": version})).unwrap();
+            let got = initial_events(&request, &plan(&creator, &[]));
+            match refusal {
+                "unsupported" => assert!(
+                    matches!(got, Err(RoomError::UnsupportedRoomVersion(_))),
+                    "{version}"
+                ),
+                _ => assert!(matches!(got, Err(RoomError::BadJson(_))), "{version}"),
+            }
+        }
+        let old: CreateRoomRequest = serde_json::from_value(json!({"room_version": "1"})).unwrap();
+        let events = initial_events(&old, &plan(&creator, &[])).unwrap();
+        assert_eq!(events[0].content["room_version"], "1");
+        assert_eq!(events[0].content["creator"], "@bot:hs");
         let alias_req: CreateRoomRequest =
             serde_json::from_value(json!({"room_alias_name": "bad alias"})).unwrap();
         assert!(matches!(

@@ -89,10 +89,15 @@ pub fn to_client(event: &StoredEvent, related: &Related, viewer: Viewer<'_>) -> 
     Value::Object(object)
 }
 
-/// The content left after redaction under the room version 10 rules (which keep, e.g., a
-/// member event's `membership` and the power levels' levels, and empty everything else).
-pub fn redacted_content(kind: &str, content: &Map<String, Value>) -> Map<String, Value> {
-    let rules = ruma::room_version_rules::RedactionRules::V9; // v10 redacts as v9 does
+/// The content left after redaction under the rules of `room_version` (ruma's
+/// `RedactionRules`: e.g. a member event keeps `membership` in every version, the power
+/// levels keep `invite` only from version 11, the join rules keep `allow` from 8).
+pub fn redacted_content(
+    room_version: &str,
+    kind: &str,
+    content: &Map<String, Value>,
+) -> Map<String, Value> {
+    let rules = super::version::rules(room_version).redaction;
     match ruma::canonical_json::try_from_json_map(content.clone()) {
         Ok(mut canonical) => {
             ruma::canonical_json::redact_content_in_place(&mut canonical, &rules, kind);
@@ -133,10 +138,11 @@ mod tests {
     }
 
     #[test]
-    fn v10_redaction_keeps_only_protocol_keys() {
+    fn redaction_follows_the_room_version() {
         let content = |value: Value| value.as_object().unwrap().clone();
         assert_eq!(
             redacted_content(
+                "10",
                 "m.room.message",
                 &content(json!({"body": "secret", "msgtype": "m.text"}))
             ),
@@ -144,6 +150,7 @@ mod tests {
         );
         assert_eq!(
             redacted_content(
+                "10",
                 "m.room.member",
                 &content(
                     json!({"membership": "join", "displayname": "A", "join_authorised_via_users_server": "@x:y"})
@@ -153,6 +160,7 @@ mod tests {
         );
         assert_eq!(
             redacted_content(
+                "10",
                 "m.room.power_levels",
                 &content(json!({"ban": 50, "invite": 0, "users": {"@a:b": 100}}))
             ),
@@ -161,6 +169,24 @@ mod tests {
         );
         assert_eq!(
             redacted_content(
+                "11",
+                "m.room.power_levels",
+                &content(json!({"ban": 50, "invite": 0, "users": {"@a:b": 100}}))
+            ),
+            content(json!({"ban": 50, "invite": 0, "users": {"@a:b": 100}}))
+        );
+        let join_rules = content(json!({"join_rule": "restricted", "allow": [], "x": 1}));
+        assert_eq!(
+            redacted_content("7", "m.room.join_rules", &join_rules),
+            content(json!({"join_rule": "restricted"}))
+        );
+        assert_eq!(
+            redacted_content("8", "m.room.join_rules", &join_rules),
+            content(json!({"join_rule": "restricted", "allow": []}))
+        );
+        assert_eq!(
+            redacted_content(
+                "10",
                 "m.room.member",
                 &content(json!({"membership": "leave", "x": 1.5}))
             ),

@@ -1,5 +1,6 @@
-//! The room engine for local rooms: building events, the authorization rules, redaction,
-//! visibility of history, and the writer that orders and commits events.
+//! The room engine for local rooms: building events, the authorization rules and redaction
+//! of each room version ([`version`]), visibility of history, aliases, upgrades, and the
+//! writer that orders and commits events.
 //!
 //! Handlers call [`Rooms`]; it validates, asks Synapse for what it needs (profiles) *before*
 //! any write, then hands events to the [`writer`]. Nothing here knows about HTTP.
@@ -8,11 +9,13 @@
 //! counters), `tasks` (the purger is one).
 
 pub mod admin;
+pub mod aliases;
 pub mod auth;
 pub mod create;
 pub mod deletion;
 pub mod event;
 pub mod forget;
+pub mod guests;
 pub mod power;
 pub mod read;
 pub mod restricted;
@@ -21,6 +24,8 @@ pub mod service;
 pub mod state;
 pub mod txn_ids;
 pub mod typing;
+pub mod upgrade;
+pub mod version;
 pub mod visibility;
 pub mod writer;
 
@@ -45,6 +50,15 @@ pub enum RoomError {
     /// 400 M_INVALID_PARAM.
     #[error("{0}")]
     InvalidParam(String),
+    /// 400 M_UNSUPPORTED_ROOM_VERSION: a version local rooms cannot have ([`version`]).
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    /// 400 M_BAD_ALIAS: a canonical alias naming an alias that does not name the room.
+    #[error("{0}")]
+    BadAlias(String),
+    /// 500 M_FORBIDDEN: Synapse's answer to a knock where the room version has no knocking.
+    #[error("{0}")]
+    UnknownMembership(String),
     /// 400 M_ROOM_IN_USE.
     #[error("{0}")]
     RoomInUse(String),

@@ -1,6 +1,7 @@
-//! Power levels (`m.room.power_levels`) as the room version 10 auth rules read them: integers
-//! only (room versions 10+ reject string levels), with the spec's defaults for absent keys and
-//! for a room that has no power levels event yet.
+//! Power levels (`m.room.power_levels`) as the auth rules read them: integers only (Synapse
+//! refuses string levels from clients in every room version, and local rooms get events from
+//! clients only), with the spec's defaults for absent keys and for a room that has no power
+//! levels event yet.
 
 use serde_json::{Map, Value};
 
@@ -90,7 +91,7 @@ impl PowerLevels {
     }
 }
 
-/// Checks the shape rules of a new power levels content for room version 10: every level an
+/// Checks the shape rules of a new power levels content (any room version): every level an
 /// integer (no strings, no floats), `users` keys valid user IDs. Returns a Synapse-style
 /// message for the first violation.
 pub fn validate_content(content: &Map<String, Value>) -> Result<(), String> {

@@ -44,8 +44,20 @@ impl Rooms {
         let Some(join_rules) = find("m.room.join_rules", "") else {
             return Ok(None);
         };
+        // In a room version without them, these join rules are unknown: the auth rules
+        // refuse the join, as Synapse's do, with no `allow` to check first.
+        let version = find("m.room.create", "")
+            .and_then(|content| content.get("room_version"))
+            .and_then(Value::as_str)
+            .unwrap_or(super::version::DEFAULT.as_str());
+        let rules = super::version::rules(version).authorization;
         let join_rule = join_rules.get("join_rule").and_then(Value::as_str);
-        if !matches!(join_rule, Some("restricted" | "knock_restricted")) {
+        let restricted = match join_rule {
+            Some("restricted") => rules.restricted_join_rule,
+            Some("knock_restricted") => rules.knock_restricted_join_rule,
+            _ => false,
+        };
+        if !restricted {
             return Ok(None);
         }
         let membership = find("m.room.member", user)

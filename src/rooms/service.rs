@@ -54,6 +54,22 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// A state event as the server builds it (no transaction ID).
+    pub fn state(
+        kind: &str,
+        state_key: impl Into<String>,
+        content: Map<String, Value>,
+        ts: i64,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            ts,
+            ..Self::default()
+        }
+    }
+
     /// A member event for `target` with `content`, as the server builds it (no transaction
     /// ID).
     fn member(target: &OwnedUserId, content: Map<String, Value>, ts: i64) -> Self {
@@ -152,6 +168,22 @@ impl Rooms {
         request: CreateRoomRequest,
         ts: i64,
     ) -> Result<OwnedRoomId, RoomError> {
+        let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
+        self.create_with_id(requester, token, class, request, ts, room_id)
+            .await
+    }
+
+    /// [`Self::create`] with the room ID chosen by the caller (an upgrade names the new room
+    /// in the old room's tombstone before creating it).
+    pub(super) async fn create_with_id(
+        &self,
+        requester: &Requester,
+        token: &str,
+        class: &RoomClass,
+        request: CreateRoomRequest,
+        ts: i64,
+        room_id: OwnedRoomId,
+    ) -> Result<OwnedRoomId, RoomError> {
         let alias = create::alias(&request, self.server_name.as_str())?;
         if let Some(alias) = &alias
             && self.synapse_has_alias(token, alias).await
@@ -161,7 +193,6 @@ impl Rooms {
         let invitees = create::invitees(&request)?;
         let joined_at_once = create::initial_members(&request, &requester.user_id)?;
         let creator_member = self.member_content(token, &requester.user_id, "join").await;
-        let room_id = super::event::new_room_id(&class.prefix, &self.server_name);
         let events = create::initial_events(
             &request,
             &Plan {
@@ -260,6 +291,9 @@ impl Rooms {
         event: NewEvent,
     ) -> Result<OwnedEventId, RoomError> {
         self.check_relation(room_id, &event.content).await?;
+        if event.kind == "m.room.canonical_alias" && event.state_key.as_deref() == Some("") {
+            self.check_canonical_alias(room_id, &event.content).await?;
+        }
         let proposal = Proposal {
             sender: requester.user_id.clone(),
             kind: event.kind,
@@ -274,11 +308,17 @@ impl Rooms {
             endpoint: room_id.to_string(),
             txn_id,
         });
-        match self
+        let revokes_guests = proposal.kind == "m.room.guest_access"
+            && proposal.state_key.as_deref() == Some("")
+            && proposal.content.get("guest_access").and_then(Value::as_str) != Some("can_join");
+        let outcome = self
             .writer
             .append(room_id.clone(), vec![proposal], txn)
-            .await?
-        {
+            .await?;
+        if revokes_guests && matches!(outcome, Outcome::Written(_)) {
+            self.remove_guests(room_id).await;
+        }
+        match outcome {
             Outcome::Written(events) => events
                 .into_iter()
                 .next()
@@ -327,6 +367,14 @@ impl Rooms {
         }
         if let Some(reason) = reason {
             content.insert("reason".into(), json!(reason));
+        }
+        if requester.is_guest {
+            // As Synapse marks every membership a guest sends (`kind`), which is also how
+            // the guests of a room are found when guest access is revoked (`rooms::guests`).
+            content.insert("kind".into(), json!("guest"));
+            if membership == "join" && target == &requester.user_id {
+                self.check_guest_may_join(room_id).await?;
+            }
         }
         if membership == "join"
             && target == &requester.user_id
@@ -700,26 +748,6 @@ impl Rooms {
                 "Room alias {alias} already exists"
             )));
         }
-        Ok(())
-    }
-
-    /// `DELETE /directory/room/{alias}` for a local alias: its creator, or the appservice whose
-    /// namespace holds it, may delete it.
-    pub async fn delete_alias(&self, requester: &Requester, alias: &str) -> Result<(), RoomError> {
-        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        let creator = store::rooms::alias_creator(&mut conn, alias)
-            .await?
-            .ok_or_else(|| RoomError::NotFound("Unknown room alias".into()))?;
-        let by_appservice = requester
-            .appservice
-            .as_ref()
-            .is_some_and(|appservice| appservice.aliases.iter().any(|ns| ns.matches(alias)));
-        if creator != requester.user_id.as_str() && !by_appservice {
-            return Err(RoomError::Forbidden(
-                "You don't have permission to delete the alias.".into(),
-            ));
-        }
-        store::rooms::delete_alias(&mut conn, alias).await?;
         Ok(())
     }
 }

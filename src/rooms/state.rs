@@ -28,7 +28,7 @@ pub struct StateEntry {
 pub struct RoomState {
     /// The room.
     pub room_id: OwnedRoomId,
-    /// Room version string (always "10" for rooms we create).
+    /// Room version string, "1" to "11" (`rooms::version`).
     pub room_version: String,
     /// Who created the room.
     pub creator: OwnedUserId,

@@ -73,6 +73,9 @@ pub struct Whoami {
     pub user_id: String,
     #[serde(default)]
     pub device_id: Option<String>,
+    /// A guest account (`/register?kind=guest`).
+    #[serde(default)]
+    pub is_guest: bool,
 }
 
 /// The parts of a profile that go into member events.

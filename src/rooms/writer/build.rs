@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::{Batch, BatchJob, IdCheck, NewRoom, Outcome, Placement, Txn};
 use crate::rooms::RoomError;
-use crate::rooms::auth::{self, AuthError, Proposal};
+use crate::rooms::auth::{self, Proposal};
 use crate::rooms::event::{new_event_id, redacted_content};
 use crate::rooms::state::{RoomState, StateEntry};
 use crate::store::{self, events::StoredEvent, rooms::RoomRow};
@@ -135,7 +135,13 @@ pub(super) async fn create(
             "a room must start with m.room.create".into(),
         )));
     };
-    let mut state = RoomState::new(room.room_id.clone(), "10", room.creator.clone());
+    // The version createRoom chose (`rooms::version`) is the create event's.
+    let version = create_event
+        .content
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or(crate::rooms::version::DEFAULT.as_str());
+    let mut state = RoomState::new(room.room_id.clone(), version, room.creator.clone());
     let snapshot = (batch.next_stream, batch.events.len());
     push_event(batch, &mut state, create_event, None);
     for proposal in rest {
@@ -222,10 +228,7 @@ async fn accept(
         proposal,
         target.as_ref().map(|(_, sender, _, _)| sender.as_str()),
     ) {
-        return Ok(Err(match err {
-            AuthError::Forbidden(message) => RoomError::Forbidden(message),
-            AuthError::BadJson(message) => RoomError::BadJson(message),
-        }));
+        return Ok(Err(err.into()));
     }
     let event_id = push_event(batch, state, proposal, txn);
     if let Some((target_id, _, kind, content)) = target {
@@ -233,7 +236,7 @@ async fn accept(
             batch,
             state,
             &target_id,
-            &redacted_content(&kind, &content),
+            &redacted_content(&state.room_version, &kind, &content),
             &event_id,
         );
     }
