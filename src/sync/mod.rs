@@ -45,6 +45,8 @@
 //! waiting sync like a local event does.
 
 pub mod filter;
+pub mod format;
+pub mod lazy;
 pub mod local;
 pub mod sliding;
 pub mod token;
@@ -113,6 +115,8 @@ pub struct Syncer {
     /// Sliding sync connections ([`sliding`]).
     sliding: sliding::conn::Connections,
     devices: std::sync::Arc<DeviceLists>,
+    /// The member events each device was sent while lazy-loading ([`lazy`]).
+    lazy_members: lazy::LazyMembers,
 }
 
 impl Syncer {
@@ -131,6 +135,7 @@ impl Syncer {
             filters: FilterCache::default(),
             sliding: sliding::conn::Connections::default(),
             devices,
+            lazy_members: lazy::LazyMembers::default(),
         }
     }
 
@@ -328,6 +333,7 @@ impl Syncer {
             full_state: request.full_state,
             filter,
             classes: &request.classes,
+            lazy_members: &self.lazy_members,
         };
         Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }
