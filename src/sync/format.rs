@@ -135,7 +135,13 @@ fn copy_path(source: &Value, target: &mut Map<String, Value>, path: &[String]) {
         target.insert(first.clone(), value.clone());
         return;
     }
-    if !value.is_object() {
+    // Objects on the way are made only when the whole path exists (Synapse leaves out a
+    // `content` whose named field is absent).
+    let exists = rest
+        .iter()
+        .try_fold(value, |at, key| at.as_object()?.get(key))
+        .is_some();
+    if !exists {
         return;
     }
     let entry = target
@@ -152,7 +158,7 @@ mod tests {
 
     #[test]
     fn event_fields_keep_the_paths_named() {
-        let event = json!({"type": "m.room.message", "sender": "@a:x",
+        let event = json!({"type": "m.room.message", "sender": "@a:x", "unsigned": {"age": 1},
                            "content": {"body": "hi", "msgtype": "m.text", "a.b": 1}});
         let kept = only_fields(
             &event,
@@ -161,6 +167,8 @@ mod tests {
                 "content.body".into(),
                 r"content.a\.b".into(),
                 "nope.x".into(),
+                "sender.x".into(),
+                "unsigned.absent".into(),
             ],
         );
         assert_eq!(
