@@ -241,6 +241,10 @@ pub fn local_router(state: AppState) -> Router {
         .route(&format!("{rooms}/event/{{event_id}}"), get(read::event))
         .route(&format!("{rooms}/members"), get(read::members))
         .route(
+            &format!("{rooms}/initialSync"),
+            get(read::room_initial_sync),
+        )
+        .route(
             &format!("{rooms}/joined_members"),
             get(read::joined_members),
         )

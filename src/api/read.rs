@@ -122,6 +122,22 @@ async fn get_state_event(
     ))
 }
 
+/// `GET /rooms/{roomId}/initialSync` (deprecated).
+pub async fn room_initial_sync(
+    State(state): State<AppState>,
+    Path((_, room)): Path<(String, String)>,
+    auth: Authed,
+    query: Query,
+) -> Result<Json<Value>, ApiError> {
+    let limit = crate::rooms::initial_sync::limit(query.get("limit"))?;
+    Ok(Json(
+        state
+            .rooms
+            .room_initial_sync(&auth.requester, &room_id(&room)?, limit)
+            .await?,
+    ))
+}
+
 /// `GET /rooms/{roomId}/members`.
 pub async fn members(
     State(state): State<AppState>,

@@ -16,6 +16,7 @@ pub mod deletion;
 pub mod event;
 pub mod forget;
 pub mod guests;
+pub mod initial_sync;
 pub mod power;
 pub mod read;
 pub mod restricted;

@@ -74,6 +74,12 @@ pub struct EventFilter {
     pub not_senders: Vec<String>,
     #[serde(default)]
     pub lazy_load_members: bool,
+    /// Lazy loading sends a member again even when this device was sent it before (sync).
+    #[serde(default)]
+    pub include_redundant_members: bool,
+    /// Only events whose `content.url` is a string (`true`), or only the others (`false`).
+    #[serde(default)]
+    pub contains_url: Option<bool>,
 }
 
 fn type_matches(pattern: &str, kind: &str) -> bool {
@@ -101,6 +107,10 @@ impl EventFilter {
                 .as_ref()
                 .is_none_or(|senders| senders.iter().any(|s| s == sender))
             && !self.not_senders.iter().any(|s| s == sender)
+            // Synapse's test: a string `url`, whatever else the content holds.
+            && self.contains_url.is_none_or(|wanted| {
+                wanted == event.content.get("url").is_some_and(Value::is_string)
+            })
     }
 }
 
@@ -523,7 +533,8 @@ impl Rooms {
             forwards,
             limit,
         } = page;
-        let limit = filter.limit.unwrap_or(limit).clamp(1, 1000);
+        // The filter's own `limit` is not used: Synapse's `/messages` takes the parameter's.
+        let limit = limit.clamp(1, 1000);
         let mut start = from.unwrap_or(if forwards {
             Token(room.min_topo - 1)
         } else {
@@ -687,16 +698,6 @@ impl Rooms {
             Some(stream) if after_count > 0 => stream,
             _ => center.event.stream,
         };
-        let mut conn = self.conn().await?;
-        let state_rows = store::events::state_at(&mut conn, room_id.as_str(), at).await?;
-        let state = self
-            .serve(&mut conn, requester, &reader, state_rows)
-            .await?;
-        let event = self
-            .serve(&mut conn, requester, &reader, vec![center])
-            .await?
-            .pop()
-            .ok_or_else(not_found)?;
         let take = |page: Page, n: i64| {
             page.chunk
                 .into_iter()
@@ -705,10 +706,42 @@ impl Rooms {
         };
         let start = before.end.unwrap_or(Token(topo - 1));
         let end = after.end.unwrap_or(Token(topo));
+        let (events_before, events_after) = (take(before, before_count), take(after, after_count));
+        // Synapse passes the state through the same filter; lazy-loading keeps only the
+        // members of the senders of the events returned.
+        let senders: HashSet<String> = events_before
+            .iter()
+            .chain(&events_after)
+            .filter_map(|e| e.get("sender").and_then(Value::as_str).map(str::to_owned))
+            .chain([center.event.sender.to_string()])
+            .collect();
+        let mut conn = self.conn().await?;
+        let state_rows: Vec<EventWithPrev> =
+            store::events::state_at(&mut conn, room_id.as_str(), at)
+                .await?
+                .into_iter()
+                .filter(|e| filter.allows(&e.event))
+                .filter(|e| {
+                    !filter.lazy_load_members
+                        || e.event.kind != "m.room.member"
+                        || e.event
+                            .state_key
+                            .as_deref()
+                            .is_some_and(|k| senders.contains(k))
+                })
+                .collect();
+        let state = self
+            .serve(&mut conn, requester, &reader, state_rows)
+            .await?;
+        let event = self
+            .serve(&mut conn, requester, &reader, vec![center])
+            .await?
+            .pop()
+            .ok_or_else(not_found)?;
         Ok(json!({
             "event": event,
-            "events_before": take(before, before_count),
-            "events_after": take(after, after_count),
+            "events_before": events_before,
+            "events_after": events_after,
             "start": start.to_string(),
             "end": end.to_string(),
             "state": state,

@@ -1,6 +1,8 @@
 //! Sync filters, as far as the local part of a sync applies them: which rooms, whether left
-//! rooms appear, and the timeline and state event filters (types, senders, limit, lazy-loaded
-//! members). Presence, global account data and the rest are Synapse's to apply.
+//! rooms appear, the timeline, state, ephemeral and room account data event filters (types,
+//! senders, `contains_url`, limit, lazy-loaded members) and the events' shape (`event_format`,
+//! `event_fields`: [`super::format`]). Presence, global account data and the rest are
+//! Synapse's to apply.
 //!
 //! The `filter` parameter is inline JSON or the ID of a filter the user uploaded to Synapse.
 //! Uploaded filters never change, so an ID is fetched from Synapse once (with the user's own
@@ -24,6 +26,9 @@ const MAX_CACHED: usize = 10_000;
 pub struct SyncFilter {
     #[serde(default)]
     pub room: RoomFilter,
+    /// `event_format` and `event_fields`.
+    #[serde(flatten)]
+    pub shape: super::format::EventShape,
 }
 
 /// `Filter.room`.

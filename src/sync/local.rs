@@ -5,12 +5,17 @@
 //! rooms), each room where the user has a member event at or before `upto`:
 //!
 //! * **join** — when the room has events in the range, when the user joined in it (then the
-//!   room is sent as new: full state and the latest timeline, as on first appearance), or with
+//!   room is sent as new: full state and the latest timeline, as on first appearance; a user
+//!   who left and came back within the range counts as joining, as in Synapse), or with
 //!   `full_state`. The timeline is the newest `limit` visible, filtered events of the range,
-//!   `limited` when more existed; `state` is the state before the timeline: all of it for a new
-//!   room or with `full_state`, what changed in the gap when `limited`, else nothing (state
-//!   changes are in the timeline). Lazy-loaded members: the member events of the timeline's
-//!   senders.
+//!   `limited` when more existed; state events that are part of the room's state at the
+//!   sync's position are visible whatever the history visibility (Synapse's sync shows them
+//!   so a user back in a room learns what changed while away). `state` is computed as
+//!   Synapse does ([`room_state`]), lazy-loaded members included, and each device is sent a
+//!   member event once ([`super::lazy`]). An incremental entry with nothing left after the
+//!   filters (no timeline event, no gap, no state, ephemeral or account data) is left out.
+//!   The filter's `event_format` and `event_fields` shape the timeline and state
+//!   ([`super::format`]).
 //! * **invite** — when the invite is in the range (or initial): stripped state plus the
 //!   inviter's member event, then the invite itself, as Synapse sends them. Invites from users
 //!   the syncing user ignores (`m.ignored_user_list`) are left out.
@@ -40,6 +45,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
 
 use super::filter::SyncFilter;
+use super::lazy::{DeviceKey, LazyMembers};
 use crate::auth::requester::Requester;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
@@ -103,6 +109,19 @@ pub struct LocalRequest<'a> {
     pub filter: &'a SyncFilter,
     /// The room classes: rooms of `off` classes are not shown.
     pub classes: &'a crate::routing::RoomClasses,
+    /// The member events each device was sent while lazy-loading.
+    pub lazy_members: &'a LazyMembers,
+}
+
+impl LocalRequest<'_> {
+    /// Whose record of lazy-loaded members this sync reads and writes.
+    fn device(&self) -> DeviceKey {
+        let device = self.requester.device_id.as_ref();
+        (
+            self.requester.user_id.to_string(),
+            device.map(ToString::to_string).unwrap_or_default(),
+        )
+    }
 }
 
 /// From this many rooms on, their timelines and state are read in bulk first.
@@ -223,7 +242,9 @@ pub async fn build(
     // One connection for the room list and the bulk reads (each pooled acquire costs a round
     // trip), and for the rooms themselves when there are only a few.
     let mut conn = db.acquire().await.map_err(StoreError::from)?;
-    let user_rooms = store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?;
+    let mut user_rooms =
+        store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?;
+    rejoined_in_the_gap(&mut conn, request, &mut user_rooms).await?;
     let ignored = Arc::new(store::ignore::ignored_by(&mut conn, user).await?);
     let mut sync = LocalSync {
         rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
@@ -294,6 +315,48 @@ pub async fn build(
         target.insert(room.room_id.clone(), value);
     }
     Ok(sync)
+}
+
+/// A user who left (or was kicked) and joined again between two syncs gets the room as new,
+/// as Synapse sends it: full state and a timeline read without `since`, so the state changed
+/// while they were away reaches them. Such rooms are marked by a `membership_before` of
+/// `leave`, which is what [`newly_joined`] reads.
+async fn rejoined_in_the_gap(
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    user_rooms: &mut [UserRoom],
+) -> Result<(), RoomError> {
+    if request.since == 0 {
+        return Ok(());
+    }
+    // Only a room where the user's member event changed in the gap can be one.
+    let candidates: Vec<String> = user_rooms
+        .iter()
+        .filter(|room| {
+            room.membership == "join"
+                && room.membership_before.as_deref() == Some("join")
+                && room.member_stream > request.since
+        })
+        .map(|room| room.room_id.clone())
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let user = request.requester.user_id.as_str();
+    let histories = store::events::reader_histories(conn, &candidates, user).await?;
+    for room in user_rooms.iter_mut() {
+        let left = histories
+            .get(&room.room_id)
+            .is_some_and(|(memberships, _)| {
+                memberships.iter().any(|(stream, membership)| {
+                    *stream > request.since && *stream <= request.upto && membership != "join"
+                })
+            });
+        if left {
+            room.membership_before = Some("leave".into());
+        }
+    }
+    Ok(())
 }
 
 /// The user's unread counts in the joined rooms, on a connection of its own.
@@ -446,10 +509,13 @@ fn shows_leave(request: &LocalRequest<'_>, room: &UserRoom) -> bool {
 
 /// The room's `ephemeral` events: new receipts as one `m.receipt` (private receipts only to
 /// their owner; a receipt's Beeper extras merged into its data) and the typing list.
-fn ephemeral(request: &LocalRequest<'_>, side: Option<&Side>) -> Vec<Value> {
+fn ephemeral(request: &LocalRequest<'_>, room_id: &str, side: Option<&Side>) -> Vec<Value> {
     let Some(side) = side else {
         return Vec::new();
     };
+    if !request.filter.room.ephemeral.allows_room(room_id) {
+        return Vec::new();
+    }
     let user = request.requester.user_id.as_str();
     let filter = &request.filter.room.ephemeral.events;
     let mut events = Vec::new();
@@ -518,6 +584,19 @@ async fn joined_room(
     // Synapse marks the timeline of a room new to an incremental sync limited, whether or not
     // it was cut short, so the client paginates instead of trusting what it had.
     let limited = part.limited || (newly && request.since > 0);
+    let ephemeral = ephemeral(request, &room.room_id, side);
+    let account_data = account_data(request, side);
+    // An entry with nothing left after filtering is not listed (Synapse's `__bool__` of a
+    // joined room: timeline events or a gap, state, ephemeral or account data).
+    if !full
+        && part.timeline.is_empty()
+        && !limited
+        && part.state.is_empty()
+        && ephemeral.is_empty()
+        && account_data.is_empty()
+    {
+        return Ok(None);
+    }
     Ok(Some(json!({
         "timeline": {
             "events": part.timeline,
@@ -526,8 +605,8 @@ async fn joined_room(
         },
         "state": { "events": part.state },
         "summary": part.summary,
-        "ephemeral": { "events": ephemeral(request, side) },
-        "account_data": { "events": account_data(request, side) },
+        "ephemeral": { "events": ephemeral },
+        "account_data": { "events": account_data },
     })))
 }
 
@@ -596,6 +675,10 @@ async fn room_part(
     let wanted = usize::try_from(limit).unwrap_or(0);
 
     // Newest first, until one more than `limit` is found (that one only says `limited`).
+    // A state event that is part of the room's state at `upto` is shown whatever the history
+    // visibility, as Synapse's sync does (`always_include_ids`): a user back in a room sees
+    // the state that changed while they were away.
+    let mut current: Option<HashSet<String>> = None;
     let mut picked: Vec<EventWithPrev> = Vec::new();
     let mut limited = false;
     let mut top_topo = None;
@@ -621,9 +704,15 @@ async fn room_part(
         for row in rows {
             before = row.event.stream;
             top_topo.get_or_insert(row.event.topo);
-            if timeline_filter.events.allows(&row.event)
-                && Rooms::visible(&reader, requester, &row.event)
-            {
+            if !timeline_filter.events.allows(&row.event) {
+                continue;
+            }
+            let visible = Rooms::visible(&reader, requester, &row.event)
+                || (row.event.state_key.is_some()
+                    && current_state(conn, pre, room_id, upto, &mut current)
+                        .await?
+                        .contains(row.event.event_id.as_str()));
+            if visible {
                 if picked.len() == wanted {
                     limited = true;
                     break 'scan;
@@ -649,48 +738,63 @@ async fn room_part(
         }
     };
 
-    let members_changed = picked.iter().any(|e| e.event.kind == "m.room.member");
-    let (summary, heroes) = match summary_wanted {
-        Summary::Wanted { newly } if newly || members_changed || limited => {
-            summary(conn, request, room).await?
-        }
-        _ => (json!({}), Vec::new()),
-    };
+    let state_rows = room_state(
+        conn,
+        request,
+        pre,
+        room_id,
+        (after, upto),
+        full,
+        &picked,
+        limited,
+    )
+    .await?;
 
-    // State before the timeline.
+    // The summary, as Synapse recomputes it for a client lazy-loading members: for a room
+    // loaded whole, when the timeline has member events, or after a gap whose state has some.
     let lazy = request.filter.room.state.events.lazy_load_members;
-    let state_filter = &request.filter.room.state;
-    let state = if (full || limited || lazy) && state_filter.allows_room(room_id) {
-        let at = picked.first().map_or(upto, |first| first.event.stream - 1);
-        let in_timeline: HashSet<&str> = picked.iter().map(|e| e.event.event_id.as_str()).collect();
-        let senders: HashSet<&str> = picked.iter().map(|e| e.event.sender.as_str()).collect();
-        let user = requester.user_id.as_str();
-        let keep = |e: &EventWithPrev| {
-            let event = &e.event;
-            if in_timeline.contains(event.event_id.as_str()) || !state_filter.events.allows(event) {
-                return false;
-            }
-            if event.kind == "m.room.member" && lazy {
-                // Only the members the timeline needs, whatever else is sent.
-                return event.state_key.as_deref().is_some_and(|k| {
-                    senders.contains(k) || k == user || heroes.iter().any(|h| h == k)
-                });
-            }
-            // A new room gets all state; a gap, what changed in it.
-            full || (limited && event.stream > request.since)
-        };
-        // The state at the sync's position equals the state at `at` when none of it is newer
-        // than `at` (a newer state event would be the latest of its key).
-        let state_rows = match pre.states.get(room_id) {
-            Some(rows) if rows.iter().all(|e| e.event.stream <= at) => rows.clone(),
-            _ => store::events::state_at(conn, room_id, at).await?,
-        };
-        let state: Vec<EventWithPrev> = state_rows.into_iter().filter(keep).collect();
-        state_events(rooms, conn, requester, &reader, state).await?
-    } else {
-        Vec::new()
+    let members_changed = picked.iter().any(|e| e.event.kind == "m.room.member");
+    let state_members = state_rows.iter().any(|e| e.event.kind == "m.room.member");
+    let (summary, mut state_rows) = match summary_wanted {
+        Summary::Wanted { newly }
+            if lazy && (newly || after == 0 || members_changed || (limited && state_members)) =>
+        {
+            let (summary, heroes) = summary(conn, request, room).await?;
+            let rows = with_heroes(conn, request, room_id, &picked, state_rows, &heroes).await?;
+            (summary, rows)
+        }
+        Summary::Wanted { .. } => (json!({}), state_rows),
+        Summary::None => (json!({}), state_rows),
     };
-    let timeline = client_events(rooms, conn, requester, &reader, picked).await?;
+    if lazy && !request.filter.room.state.events.include_redundant_members {
+        let device = request.device();
+        let timeline_members = picked
+            .iter()
+            .filter(|e| e.event.kind == "m.room.member")
+            .filter_map(|e| Some((e.event.state_key.as_deref()?, e.event.event_id.as_str())));
+        let state_members = state_rows
+            .iter()
+            .filter(|e| e.event.kind == "m.room.member")
+            .filter_map(|e| Some((e.event.state_key.as_deref()?, e.event.event_id.as_str())));
+        request
+            .lazy_members
+            .record(&device, state_members.chain(timeline_members));
+    }
+    state_rows.sort_by_key(|e| e.event.stream);
+    let shape = &request.filter.shape;
+    let depths: HashMap<String, i64> = if shape.is_default() {
+        HashMap::new()
+    } else {
+        state_rows
+            .iter()
+            .chain(&picked)
+            .map(|e| (e.event.event_id.to_string(), e.event.topo))
+            .collect()
+    };
+    let mut state = state_events(rooms, conn, requester, &reader, state_rows).await?;
+    let mut timeline = client_events(rooms, conn, requester, &reader, picked).await?;
+    shape.apply(&mut state, &depths, room_id);
+    shape.apply(&mut timeline, &depths, room_id);
     Ok(RoomPart {
         timeline,
         limited,
@@ -698,6 +802,175 @@ async fn room_part(
         state,
         summary,
     })
+}
+
+/// The IDs of the room's state events at `upto`, read once per room entry.
+async fn current_state<'c>(
+    conn: &mut PgConnection,
+    pre: &Prefetch,
+    room_id: &str,
+    upto: i64,
+    current: &'c mut Option<HashSet<String>>,
+) -> Result<&'c HashSet<String>, RoomError> {
+    if current.is_none() {
+        let rows = match pre.states.get(room_id) {
+            Some(rows) if rows.iter().all(|e| e.event.stream <= upto) => rows.clone(),
+            _ => store::events::state_at(conn, room_id, upto).await?,
+        };
+        *current = Some(rows.iter().map(|e| e.event.event_id.to_string()).collect());
+    }
+    Ok(current.get_or_insert_with(HashSet::new))
+}
+
+/// The state a room entry sends before its timeline, as Synapse computes it for linear
+/// history. With the timeline starting at `at` (its first event included, as Synapse's state
+/// "at" an event is after it) and ending at `upto`:
+///
+/// * a room loaded whole (`full`: new to the client, or `full_state`): the state at `at` and at
+///   `upto`, minus the timeline's events. State that changed within the timeline's range but
+///   is not in it (hidden by history visibility or the timeline filter) is thus sent too;
+/// * after a gap (`limited`): the same, minus what the client had at `since`;
+/// * otherwise nothing, but for lazy-loaded members.
+///
+/// Lazy-loading members keeps, of the member events, only those of the timeline's senders
+/// (and the user's own in a room loaded whole); senders' members are sent after a gap even
+/// when older than `since`, and without a gap they are the members at `at`. The device is
+/// then spared the member events it was already sent ([`super::lazy`]) unless the filter has
+/// `include_redundant_members`. The state filter applies last.
+#[allow(clippy::too_many_arguments)]
+async fn room_state(
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    pre: &Prefetch,
+    room_id: &str,
+    (after, upto): (i64, i64),
+    full: bool,
+    picked: &[EventWithPrev],
+    limited: bool,
+) -> Result<Vec<EventWithPrev>, RoomError> {
+    let state_filter = &request.filter.room.state;
+    let lazy = state_filter.events.lazy_load_members;
+    if !state_filter.allows_room(room_id) || !(full || limited || lazy) {
+        return Ok(Vec::new());
+    }
+    let user = request.requester.user_id.as_str();
+    let mut senders: HashSet<&str> = picked.iter().map(|e| e.event.sender.as_str()).collect();
+    if full {
+        senders.insert(user);
+    }
+    let wanted_member = |e: &EventWithPrev| {
+        !lazy
+            || e.event.kind != "m.room.member"
+            || e.event
+                .state_key
+                .as_deref()
+                .is_some_and(|k| senders.contains(k))
+    };
+    let at = picked.first().map_or(upto, |first| first.event.stream);
+    // The state at `upto`; the prefetch read it at the sync's position, which is the same
+    // when none of it is newer than `upto` (a left room ends earlier).
+    let end = match pre.states.get(room_id) {
+        Some(rows) if rows.iter().all(|e| e.event.stream <= upto) => rows.clone(),
+        _ => store::events::state_at(conn, room_id, upto).await?,
+    };
+    let start = if end.iter().all(|e| e.event.stream <= at) {
+        end.clone()
+    } else {
+        store::events::state_at(conn, room_id, at).await?
+    };
+    let rows: Vec<EventWithPrev> = if full || limited {
+        let in_timeline: HashSet<&str> = picked.iter().map(|e| e.event.event_id.as_str()).collect();
+        let start_ids: HashSet<String> =
+            start.iter().map(|e| e.event.event_id.to_string()).collect();
+        // `end` adds the state changed within the timeline's range.
+        let changed: Vec<EventWithPrev> = end
+            .into_iter()
+            .filter(|e| !start_ids.contains(e.event.event_id.as_str()))
+            .collect();
+        start
+            .into_iter()
+            .chain(changed)
+            .filter(|e| !in_timeline.contains(e.event.event_id.as_str()))
+            .filter(wanted_member)
+            .filter(|e| {
+                full || e.event.stream > request.since
+                    // Lazy-loading: the senders' members whatever their age.
+                    || (lazy
+                        && e.event.kind == "m.room.member"
+                        && start_ids.contains(e.event.event_id.as_str()))
+            })
+            .collect()
+    } else if picked.is_empty() {
+        Vec::new()
+    } else {
+        start
+            .into_iter()
+            .filter(|e| e.event.kind == "m.room.member")
+            .filter(wanted_member)
+            .collect()
+    };
+    let mut rows: Vec<EventWithPrev> = rows
+        .into_iter()
+        .filter(|e| state_filter.events.allows(&e.event))
+        .collect();
+    if lazy && !state_filter.events.include_redundant_members {
+        let device = request.device();
+        if after == 0 {
+            // A room loaded whole starts the device's record over, as Synapse does.
+            request.lazy_members.clear(&device);
+        } else {
+            rows.retain(|e| {
+                e.event.kind != "m.room.member"
+                    || !e.event.state_key.as_deref().is_some_and(|k| {
+                        request
+                            .lazy_members
+                            .has(&device, k, e.event.event_id.as_str())
+                    })
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Adds to `state` the current member events of the summary's heroes that the client has
+/// neither in this entry nor (lazy-loading without redundant members) from before.
+async fn with_heroes(
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+    room_id: &str,
+    picked: &[EventWithPrev],
+    mut state: Vec<EventWithPrev>,
+    heroes: &[String],
+) -> Result<Vec<EventWithPrev>, RoomError> {
+    if heroes.is_empty() {
+        return Ok(state);
+    }
+    let known: HashSet<String> = state
+        .iter()
+        .chain(picked)
+        .filter(|e| e.event.kind == "m.room.member")
+        .filter_map(|e| e.event.state_key.clone())
+        .collect();
+    let keys: Vec<(&str, &str)> = heroes
+        .iter()
+        .filter(|hero| !known.contains(hero.as_str()))
+        .map(|hero| ("m.room.member", hero.as_str()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(state);
+    }
+    let device = request.device();
+    let skip_known = !request.filter.room.state.events.include_redundant_members;
+    let members = store::events::current_state_at_keys(conn, room_id, &keys).await?;
+    state.extend(members.into_iter().filter(|e| {
+        !(skip_known
+            && e.event.state_key.as_deref().is_some_and(|k| {
+                request
+                    .lazy_members
+                    .has(&device, k, e.event.event_id.as_str())
+            }))
+    }));
+    Ok(state)
 }
 
 /// State events in client format. State rarely has relations or redactions, so the

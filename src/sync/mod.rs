@@ -47,6 +47,8 @@
 
 mod device_lists;
 pub mod filter;
+pub mod format;
+pub mod lazy;
 pub mod local;
 pub mod sliding;
 pub mod token;
@@ -115,6 +117,8 @@ pub struct Syncer {
     /// Sliding sync connections ([`sliding`]).
     sliding: sliding::conn::Connections,
     devices: std::sync::Arc<DeviceLists>,
+    /// The member events each device was sent while lazy-loading ([`lazy`]).
+    lazy_members: lazy::LazyMembers,
 }
 
 impl Syncer {
@@ -133,6 +137,7 @@ impl Syncer {
             filters: FilterCache::default(),
             sliding: sliding::conn::Connections::default(),
             devices,
+            lazy_members: lazy::LazyMembers::default(),
         }
     }
 
@@ -329,6 +334,7 @@ impl Syncer {
             full_state: request.full_state,
             filter,
             classes: &request.classes,
+            lazy_members: &self.lazy_members,
         };
         Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }
