@@ -186,6 +186,8 @@ async fn handle(
             Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
+            Route::Search => api::search(&handlers.state, request).await,
+            Route::AdminEventReports => api::event_reports(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay => api::relay(&handlers.state, request).await,

@@ -16,11 +16,15 @@ mod membership;
 mod notifications;
 mod read;
 mod relay;
+mod reports;
 mod room_admin;
 mod room_data;
+mod search;
 mod send;
 mod sliding_sync;
+mod summary;
 mod sync;
+mod threads;
 mod versions;
 
 use axum::Router;
@@ -41,7 +45,9 @@ pub use gate::{class_refusal, gone_refusal};
 pub use keys::keys_changes;
 pub use notifications::notifications;
 pub use relay::relay;
+pub use reports::event_reports;
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
+pub use search::search;
 pub use sliding_sync::sliding_sync;
 pub use sync::sync;
 pub use versions::versions;
@@ -245,6 +251,24 @@ pub fn local_router(state: AppState) -> Router {
         .route(
             &format!("{rooms}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
             get(read::relations_typed_event),
+        )
+        .route(&format!("{rooms}/threads"), get(threads::threads))
+        .route(
+            "/_matrix/client/{v}/room_summary/{room_id}",
+            get(summary::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id}",
+            get(summary::summary_unstable),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{room_id}/summary",
+            get(summary::summary_unstable),
+        )
+        .route(&format!("{rooms}/report"), post(reports::report_room))
+        .route(
+            &format!("{rooms}/report/{{event_id}}"),
+            post(reports::report_event),
         )
         .route(
             &format!("{rooms}/timestamp_to_event"),

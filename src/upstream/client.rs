@@ -492,3 +492,37 @@ impl Synapse {
         self.call(Method::GET, &path, token).await
     }
 }
+
+impl Synapse {
+    /// The user's own `POST /search` with `body`; `batch` (the `next_batch` parameter) is
+    /// Synapse's own batch token.
+    pub async fn search(
+        &self,
+        token: &str,
+        batch: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        let path = match batch {
+            Some(batch) => {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next_batch", batch)
+                    .finish();
+                format!("/_matrix/client/v3/search?{query}")
+            }
+            None => "/_matrix/client/v3/search".to_owned(),
+        };
+        self.call_with(Call {
+            json_body: Some(body),
+            ..Call::new(Method::POST, &path, token)
+        })
+        .await
+    }
+}
+
+impl Synapse {
+    /// Synapse's admin `GET /_synapse/admin/v1/event_reports` with `query` (no token in it).
+    pub async fn event_reports(&self, token: &str, query: &str) -> Result<Value, CallError> {
+        let path = format!("/_synapse/admin/v1/event_reports?{query}");
+        self.call(Method::GET, &path, token).await
+    }
+}
