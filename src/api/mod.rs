@@ -11,6 +11,7 @@ mod create_room;
 mod directory;
 mod extract;
 mod gate;
+mod hierarchy;
 mod keys;
 mod membership;
 mod notifications;
@@ -253,6 +254,7 @@ pub fn local_router(state: AppState) -> Router {
             get(read::relations_typed_event),
         )
         .route(&format!("{rooms}/threads"), get(threads::threads))
+        .route(&format!("{rooms}/hierarchy"), get(hierarchy::hierarchy))
         .route(
             "/_matrix/client/{v}/room_summary/{room_id}",
             get(summary::summary),

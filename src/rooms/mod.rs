@@ -13,6 +13,7 @@ pub mod create;
 pub mod deletion;
 pub mod event;
 pub mod forget;
+pub mod hierarchy;
 pub mod power;
 pub mod read;
 pub mod reports;

@@ -526,3 +526,28 @@ impl Synapse {
         self.call(Method::GET, &path, token).await
     }
 }
+
+impl Synapse {
+    /// One room of Synapse's `GET /v1/rooms/{roomId}/hierarchy` (`max_depth=0`: the room
+    /// itself, with its `children_state`), as the user of `token` may see it; `Ok(None)` when
+    /// Synapse refuses it (not accessible, unknown).
+    pub async fn hierarchy_room(
+        &self,
+        token: &str,
+        room_id: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = format!(
+            "/_matrix/client/v1/rooms/{}/hierarchy?max_depth=0&limit=1",
+            encode_segment(room_id)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(answer) => Ok(answer
+                .get("rooms")
+                .and_then(Value::as_array)
+                .and_then(|rooms| rooms.first())
+                .cloned()),
+            Err(CallError::Refused(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
