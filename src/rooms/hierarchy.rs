@@ -73,6 +73,14 @@ fn children_state(state: &[store::events::EventWithPrev]) -> Vec<Value> {
         .collect()
 }
 
+/// Whether a stripped `m.space.child` event marks its child suggested.
+fn is_suggested(child: &Value) -> bool {
+    child
+        .pointer("/content/suggested")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 impl Rooms {
     /// The hierarchy of the local space `root` for `requester` (`token`: theirs, for
     /// Synapse's rooms).
@@ -109,7 +117,16 @@ impl Rooms {
                 Some(entry) => Some(self.local_entry(&room_id, entry).await?),
                 None => self.entry_of(requester, token, &room_id).await?,
             };
-            let Some(entry) = entry else { continue };
+            let Some(mut entry) = entry else { continue };
+            // With `suggested_only`, Synapse lists only the suggested children in each
+            // room's `children_state` too.
+            if request.suggested_only
+                && let Some(children) = entry
+                    .get_mut("children_state")
+                    .and_then(Value::as_array_mut)
+            {
+                children.retain(is_suggested);
+            }
             let children: Vec<Value> = entry
                 .get("children_state")
                 .and_then(Value::as_array)
@@ -120,13 +137,6 @@ impl Rooms {
                 continue;
             }
             for child in children.iter().rev() {
-                let suggested = child
-                    .pointer("/content/suggested")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                if request.suggested_only && !suggested {
-                    continue;
-                }
                 if let Some(id) = child.get("state_key").and_then(Value::as_str)
                     && !seen.contains(id)
                 {
