@@ -31,6 +31,7 @@ pub mod notify;
 pub mod push;
 pub mod rooms;
 pub mod routing;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -193,6 +193,8 @@ async fn handle(
             Route::Notifications => api::notifications(&handlers.state, request).await,
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
             Route::UserDirectory => api::user_directory(&handlers.state, request).await,
+            Route::Search => api::search(&handlers.state, request).await,
+            Route::AdminEventReports => api::event_reports(&handlers.state, request).await,
             Route::Versions => api::versions(&handlers.state, request).await,
             Route::AppserviceSocket => api::appservice_socket(&handlers.state, request).await,
             Route::Relay { appservice, path } => {

@@ -12,16 +12,21 @@ mod create_room;
 mod directory;
 mod extract;
 mod gate;
+mod hierarchy;
 mod keys;
 mod membership;
 mod notifications;
 mod read;
 mod relay;
+mod reports;
 mod room_admin;
 mod room_data;
+mod search;
 mod send;
 mod sliding_sync;
+mod summary;
 mod sync;
+mod threads;
 mod upgrade;
 mod user_directory;
 mod versions;
@@ -45,7 +50,9 @@ pub use gate::{class_refusal, gone_refusal};
 pub use keys::keys_changes;
 pub use notifications::notifications;
 pub use relay::relay;
+pub use reports::event_reports;
 pub use room_admin::{room_list as admin_room_list, router as admin_router};
+pub use search::search;
 pub use sliding_sync::sliding_sync;
 pub use sync::sync;
 pub use user_directory::user_directory;
@@ -262,6 +269,25 @@ pub fn local_router(state: AppState) -> Router {
         .route(
             &format!("{rooms}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
             get(read::relations_typed_event),
+        )
+        .route(&format!("{rooms}/threads"), get(threads::threads))
+        .route(&format!("{rooms}/hierarchy"), get(hierarchy::hierarchy))
+        .route(
+            "/_matrix/client/{v}/room_summary/{room_id}",
+            get(summary::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id}",
+            get(summary::summary_unstable),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{room_id}/summary",
+            get(summary::summary_unstable),
+        )
+        .route(&format!("{rooms}/report"), post(reports::report_room))
+        .route(
+            &format!("{rooms}/report/{{event_id}}"),
+            post(reports::report_event),
         )
         .route(
             &format!("{rooms}/timestamp_to_event"),

@@ -80,6 +80,13 @@ pub struct EventFilter {
     /// Only events whose `content.url` is a string (`true`), or only the others (`false`).
     #[serde(default)]
     pub contains_url: Option<bool>,
+    /// Only events with a relation from one of these senders (MSC3440; Synapse's filter
+    /// joins each event's relations, so one relation must match both `related_by_*`).
+    #[serde(default)]
+    pub related_by_senders: Option<Vec<String>>,
+    /// Only events with a relation of one of these types.
+    #[serde(default)]
+    pub related_by_rel_types: Option<Vec<String>>,
 }
 
 fn type_matches(pattern: &str, kind: &str) -> bool {
@@ -97,6 +104,18 @@ impl EventFilter {
             .as_ref()
             .is_none_or(|types| types.iter().any(|t| type_matches(t, kind)))
             && !self.not_types.iter().any(|t| type_matches(t, kind))
+    }
+
+    /// Whether the filter asks about relations (then [`Self::allows`] is not enough: the
+    /// events related to need a look-up).
+    pub fn by_relations(&self) -> bool {
+        self.related_by_senders
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+            || self
+                .related_by_rel_types
+                .as_ref()
+                .is_some_and(|t| !t.is_empty())
     }
 
     pub fn allows(&self, event: &StoredEvent) -> bool {
@@ -570,6 +589,22 @@ impl Rooms {
             if rows.is_empty() {
                 break;
             }
+            let related = if filter.by_relations() {
+                let ids: Vec<String> = rows.iter().map(|r| r.event.event_id.to_string()).collect();
+                let empty = Vec::new();
+                Some(
+                    store::relation_filters::related_by(
+                        conn,
+                        &room.room_id,
+                        &ids,
+                        filter.related_by_senders.as_ref().unwrap_or(&empty),
+                        filter.related_by_rel_types.as_ref().unwrap_or(&empty),
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
             for row in rows {
                 if forwards {
                     low = row.event.topo;
@@ -583,7 +618,11 @@ impl Rooms {
                     }
                     continue;
                 }
-                if !filter.allows(&row.event) {
+                if !filter.allows(&row.event)
+                    || related
+                        .as_ref()
+                        .is_some_and(|ids| !ids.contains(row.event.event_id.as_str()))
+                {
                     continue;
                 }
                 // Synapse's `end` follows the events its query returned (the filter is part

@@ -14,6 +14,8 @@
 //! May import: `config`.
 
 mod follow_up;
+#[cfg(test)]
+mod spec_endpoints;
 
 pub use follow_up::{DeviceChange, FollowUps, PushChange, SessionChange, follow_ups};
 
@@ -66,6 +68,8 @@ pub enum Route {
     Admin,
     /// `GET /_synapse/admin/v1/rooms`: Synapse's list with the local rooms added.
     AdminRoomList,
+    /// `GET /_synapse/admin/v1/event_reports`: Synapse's reports merged with the local ones.
+    AdminEventReports,
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -79,6 +83,8 @@ pub enum Route {
     KeysChanges,
     /// `POST /user_directory/search`: Synapse's answer plus local-room co-members.
     UserDirectory,
+    /// `POST /search`: Synapse's results merged with the local rooms'.
+    Search,
     /// `GET /versions`: Synapse's answer plus the unstable features hungryserv implements.
     Versions,
     /// `GET /unstable/fi.mau.as_sync`: an appservice's websocket for its transactions.
@@ -101,7 +107,7 @@ impl Route {
             Route::Ops => "ops",
             Route::AdminRoom => "admin_room",
             Route::Admin => "admin",
-            Route::AdminRoomList => "merge",
+            Route::AdminRoomList | Route::AdminEventReports => "merge",
             Route::Local => "local",
             Route::Unavailable { .. } => "unavailable",
             Route::ReadOnly { .. } => "read_only",
@@ -114,7 +120,8 @@ impl Route {
             | Route::Versions
             | Route::Notifications
             | Route::KeysChanges
-            | Route::UserDirectory => "merge",
+            | Route::UserDirectory
+            | Route::Search => "merge",
             Route::AppserviceSocket => "appservice_socket",
             Route::Relay { .. } => "relay",
         }
@@ -272,6 +279,9 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path == "/_synapse/admin/v1/rooms" && method == Method::GET {
         return Route::AdminRoomList;
     }
+    if path == "/_synapse/admin/v1/event_reports" && method == Method::GET {
+        return Route::AdminEventReports;
+    }
     if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
         return admin_route(classes, rest);
     }
@@ -287,6 +297,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     let named_room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
         | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | ["unstable", "im.nheko.summary", "summary", room]
         | [_, "user", _, "rooms", room, ..] => classes.room_route(method, &decode_segment(room)),
         _ => None,
     };
@@ -321,6 +332,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         [_, "notifications"] if method == Method::GET => Route::Notifications,
         [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
         [_, "user_directory", "search"] if method == Method::POST => Route::UserDirectory,
+        [_, "search"] if method == Method::POST => Route::Search,
         ["versions"] if method == Method::GET => Route::Versions,
         ["unstable", "fi.mau.as_sync"] if method == Method::GET => Route::AppserviceSocket,
         _ => FORWARD,
@@ -352,6 +364,7 @@ pub fn named_room<'a>(classes: &RoomClasses, path: &'a str) -> Option<Cow<'a, st
     let room = match segments.as_slice() {
         [_, "rooms" | "room_summary", room, ..]
         | ["unstable", _, "rooms" | "room_summary", room, ..]
+        | ["unstable", "im.nheko.summary", "summary", room]
         | [_, "user", _, "rooms", room, ..]
         | [_, "join" | "knock", room] => *room,
         _ => return None,
@@ -403,7 +416,7 @@ mod tests {
     use super::*;
     use crate::config::{CreateMatch, CreateTarget};
 
-    fn classes() -> RoomClasses {
+    pub(super) fn classes() -> RoomClasses {
         let class = |name: &str, prefix: &str, serve| RoomClass {
             name: name.into(),
             prefix: prefix.into(),
@@ -527,6 +540,18 @@ mod tests {
                 Method::GET,
                 "/_matrix/client/v1/room_summary/!abc:example.org",
                 FORWARD,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/unstable/im.nheko.summary/summary/%21hs_abc%3Aexample.org",
+                Route::Local,
+            ),
+            (Method::POST, "/_matrix/client/v3/search", Route::Search),
+            (Method::GET, "/_matrix/client/v3/search", FORWARD),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/event_reports",
+                Route::AdminEventReports,
             ),
             (
                 Method::PUT,

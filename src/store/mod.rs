@@ -15,10 +15,14 @@ pub mod ignore;
 pub mod nodelay;
 pub mod push;
 pub mod receipts;
+pub mod relation_filters;
 pub mod relay;
+pub mod reports;
 pub mod room_data;
 pub mod rooms;
+pub mod search;
 pub mod sliding;
+pub mod threads;
 pub mod umbrella;
 
 use std::str::FromStr;

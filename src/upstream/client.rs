@@ -551,3 +551,62 @@ impl Synapse {
         .await
     }
 }
+
+impl Synapse {
+    /// The user's own `POST /search` with `body`; `batch` (the `next_batch` parameter) is
+    /// Synapse's own batch token.
+    pub async fn search(
+        &self,
+        token: &str,
+        batch: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        let path = match batch {
+            Some(batch) => {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next_batch", batch)
+                    .finish();
+                format!("/_matrix/client/v3/search?{query}")
+            }
+            None => "/_matrix/client/v3/search".to_owned(),
+        };
+        self.call_with(Call {
+            json_body: Some(body),
+            ..Call::new(Method::POST, &path, token)
+        })
+        .await
+    }
+}
+
+impl Synapse {
+    /// Synapse's admin `GET /_synapse/admin/v1/event_reports` with `query` (no token in it).
+    pub async fn event_reports(&self, token: &str, query: &str) -> Result<Value, CallError> {
+        let path = format!("/_synapse/admin/v1/event_reports?{query}");
+        self.call(Method::GET, &path, token).await
+    }
+}
+
+impl Synapse {
+    /// One room of Synapse's `GET /v1/rooms/{roomId}/hierarchy` (`max_depth=0`: the room
+    /// itself, with its `children_state`), as the user of `token` may see it; `Ok(None)` when
+    /// Synapse refuses it (not accessible, unknown).
+    pub async fn hierarchy_room(
+        &self,
+        token: &str,
+        room_id: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = format!(
+            "/_matrix/client/v1/rooms/{}/hierarchy?max_depth=0&limit=1",
+            encode_segment(room_id)
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(answer) => Ok(answer
+                .get("rooms")
+                .and_then(Value::as_array)
+                .and_then(|rooms| rooms.first())
+                .cloned()),
+            Err(CallError::Refused(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
