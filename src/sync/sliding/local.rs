@@ -23,6 +23,7 @@ use sqlx::PgConnection;
 use super::conn::{Sent, Snapshot};
 use super::request::{Body, RequiredState, RoomExtension, RoomFacts};
 use crate::auth::requester::Requester;
+use crate::devices::LocalLists;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
 use crate::rooms::read::Token;
@@ -49,8 +50,22 @@ pub struct LocalInput<'a> {
     /// The committed positions to read up to.
     pub upto: i64,
     pub side_upto: SidePositions,
-    /// The user's DM rooms (`m.direct`).
+    /// The user's DM rooms (`m.direct`), for the `is_dm` filter (entries get `is_dm` when
+    /// the halves are merged).
     pub direct: &'a HashSet<String>,
+}
+
+/// Where the user's room list comes from.
+pub enum Listing {
+    /// Read it whole.
+    Read,
+    /// The list read earlier in the same request; the rows of `rooms` are read again (a
+    /// woken request whose user's memberships did not change: only rooms written into since
+    /// can have moved).
+    Refresh {
+        listed: Vec<ListedRoom>,
+        rooms: Vec<String>,
+    },
 }
 
 /// One list's local side.
@@ -67,6 +82,8 @@ pub struct LocalList {
 pub struct LocalPart {
     /// Every local room the user has a membership in (what wake-ups are checked against).
     pub room_ids: Vec<String>,
+    /// Their rows, for a later [`Listing::Refresh`].
+    pub listed: Vec<ListedRoom>,
     pub lists: BTreeMap<String, LocalList>,
     /// Window room → origin_server_ts of the event it is ordered by (the merge key).
     pub ts: HashMap<String, i64>,
@@ -78,6 +95,9 @@ pub struct LocalPart {
     pub receipts: Map<String, Value>,
     pub typing: Map<String, Value>,
     pub account_data: Map<String, Value>,
+    /// Device-list changes of local co-members since the connection's position, for the
+    /// `e2ee` extension (only when it is on and the connection has a position).
+    pub device_lists: Option<LocalLists>,
 }
 
 impl LocalPart {
@@ -86,7 +106,11 @@ impl LocalPart {
         !(self.entries.is_empty()
             && self.receipts.is_empty()
             && self.typing.is_empty()
-            && self.account_data.is_empty())
+            && self.account_data.is_empty()
+            && self
+                .device_lists
+                .as_ref()
+                .is_none_or(|d| d.changed.is_empty() && d.left.is_empty()))
     }
 }
 
@@ -113,9 +137,20 @@ pub async fn build(
     rooms: &Rooms,
     conn: &mut PgConnection,
     input: &LocalInput<'_>,
+    listing: Listing,
 ) -> Result<LocalPart, RoomError> {
     let user = input.requester.user_id.as_str();
-    let listed = store::sliding::user_room_list(conn, user).await?;
+    let listed = match listing {
+        Listing::Read => store::sliding::user_room_list(conn, user).await?,
+        Listing::Refresh { mut listed, rooms } => {
+            if !rooms.is_empty() {
+                let fresh = store::sliding::user_room_list_of(conn, user, &rooms).await?;
+                listed.retain(|r| !rooms.contains(&r.room_id));
+                listed.extend(fresh);
+            }
+            listed
+        }
+    };
     let since = input.prev.map_or(0, |p| p.stream);
     let mut part = LocalPart {
         room_ids: listed.iter().map(|r| r.room_id.clone()).collect(),
@@ -149,6 +184,18 @@ pub async fn build(
     } else {
         HashMap::new()
     };
+    let needs_tags = input
+        .body
+        .lists
+        .iter()
+        .flatten()
+        .any(|(_, l)| l.filters.as_ref().is_some_and(|f| f.needs_tags()));
+    let tags = if needs_tags {
+        store::sliding::room_tags(conn, user).await?
+    } else {
+        HashMap::new()
+    };
+    let untagged = BTreeSet::new();
     let mut wanted: BTreeMap<&str, Wanted<'_>> = BTreeMap::new();
     for (name, list) in input.body.lists.iter().flatten() {
         let facts_pass = |r: &&ListedRoom| {
@@ -159,6 +206,7 @@ pub async fn build(
                     encrypted: known.is_some_and(|k| k.encrypted),
                     invited: r.membership == "invite",
                     room_type: known.and_then(|k| k.room_type.as_deref()),
+                    tags: tags.get(&r.room_id).unwrap_or(&untagged),
                 })
             })
         };
@@ -248,6 +296,7 @@ pub async fn build(
     }
     entries(rooms, conn, input, &to_send, &mut part).await?;
     extensions(rooms, conn, input, &wanted, &mut part).await?;
+    part.listed = listed;
     Ok(part)
 }
 
@@ -301,6 +350,9 @@ async fn entries(
         first_chunks.entry(room.clone()).or_default();
     }
     let since = input.prev.map_or(0, |p| p.stream);
+    // First the invites and every room's timeline and state keys, then the state of all
+    // rooms at once, then the entries.
+    let mut prepared: Vec<Prepared<'_, '_>> = Vec::with_capacity(to_send.len());
     for (w, after) in to_send {
         let room = w.room;
         let room_id = room.room_id.as_str();
@@ -309,9 +361,6 @@ async fn entries(
         entry.insert("highlight_count".into(), json!(0));
         if after.is_none() {
             entry.insert("initial".into(), json!(true));
-        }
-        if input.direct.contains(room_id) {
-            entry.insert("is_dm".into(), json!(true));
         }
         if room.membership == "invite" || room.membership == "knock" {
             let user_room = UserRoom {
@@ -367,7 +416,6 @@ async fn entries(
         )
         .await?;
         let initial = after.is_none();
-        // State: current state for a joined room, the state at the leave otherwise.
         let senders: HashSet<&str> = timeline
             .events
             .iter()
@@ -400,12 +448,71 @@ async fn entries(
                 .iter()
                 .map(|h| ("m.room.member".to_owned(), h.clone())),
         );
+        prepared.push(Prepared {
+            w,
+            after: *after,
+            entry,
+            upper,
+            reader,
+            timeline,
+            members_changed,
+            heroes: room_heroes,
+            keys,
+        });
+    }
+
+    // One read of current state for the joined rooms that ask for exact keys only: the
+    // union of their keys (each room keeps what it asked for below).
+    let exact: Vec<String> = prepared
+        .iter()
+        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .map(|p| p.w.room.room_id.clone())
+        .collect();
+    let union: BTreeSet<(&str, &str)> = prepared
+        .iter()
+        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .flat_map(|p| p.keys.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+        .collect();
+    let union: Vec<(&str, &str)> = union.into_iter().collect();
+    let mut exact_state = if exact.is_empty() {
+        HashMap::new()
+    } else {
+        store::events::current_state_at_keys_of_rooms(conn, &exact, &union).await?
+    };
+    // The rooms whose timelines have relations to bundle, in one probe for all.
+    let timeline_ids: Vec<String> = prepared
+        .iter()
+        .flat_map(|p| p.timeline.events.iter())
+        .filter(|e| e.event.redacted_by.is_none())
+        .map(|e| e.event.event_id.to_string())
+        .collect();
+    let related = store::sliding::rooms_with_relations(conn, &timeline_ids).await?;
+
+    for prepared in prepared {
+        let Prepared {
+            w,
+            after,
+            mut entry,
+            upper,
+            reader,
+            timeline,
+            members_changed,
+            heroes: room_heroes,
+            keys: _,
+        } = prepared;
+        let room = w.room;
+        let room_id = room.room_id.as_str();
+        let initial = after.is_none();
+        let senders: HashSet<&str> = timeline
+            .events
+            .iter()
+            .map(|e| e.event.sender.as_str())
+            .collect();
+        // State: current state for a joined room, the state at the leave otherwise.
         let state: Vec<EventWithPrev> = if room.membership != "join" {
             store::events::state_at(conn, room_id, upper).await?
         } else if w.required_state.exact_only() {
-            let pairs: Vec<(&str, &str)> =
-                keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            store::events::current_state_at_keys(conn, room_id, &pairs).await?
+            exact_state.remove(room_id).unwrap_or_default()
         } else {
             store::events::current_state(conn, room_id).await?
         };
@@ -518,14 +625,33 @@ async fn entries(
         entry.insert("prev_batch".into(), json!(timeline.prev_batch.to_string()));
         entry.insert("num_live".into(), json!(num_live));
         if !timeline.events.is_empty() {
-            let values =
-                client_events(rooms, conn, input.requester, &reader, timeline.events).await?;
+            let values = if related.contains(room_id) {
+                client_events(rooms, conn, input.requester, &reader, timeline.events).await?
+            } else {
+                // Nothing to bundle: the same format without the aggregation queries.
+                state_events(rooms, conn, input.requester, &reader, timeline.events).await?
+            };
             entry.insert("timeline".into(), Value::Array(values));
         }
         part.entries
             .insert(room.room_id.clone(), Value::Object(entry));
     }
     Ok(())
+}
+
+/// A joined or departed room to send, between reading its timeline and its state.
+struct Prepared<'w, 'a> {
+    w: &'w Wanted<'a>,
+    after: Option<i64>,
+    entry: Map<String, Value>,
+    /// The position its timeline and state end at.
+    upper: i64,
+    reader: Reader,
+    timeline: Timeline,
+    members_changed: bool,
+    heroes: Vec<String>,
+    /// The exact state keys it needs.
+    keys: Vec<(String, String)>,
 }
 
 fn sent_record(w: &Wanted<'_>, upto: i64) -> Sent {
