@@ -177,11 +177,6 @@ def test_room_list_message_moves_local_room_to_top(room_list):
     assert room_order(after, room_list["rooms"]) == expected, json.dumps(after, indent=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 20): a local room's bump_stamp is derived from the Synapse rooms "
-    "the connection knows and can equal a Synapse room's; the two streams need one scale",
-)
 def test_room_list_bump_stamps_sort_like_the_list(room_list):
     """The client falls back to `bump_stamp` (its recency stamp) where it has no latest
     event: the stamps of local and Synapse rooms must compare like their recency."""

@@ -12,6 +12,7 @@ room (!hs_...), `true` a Synapse room, as in test_rooms_access.
 import threading
 import time
 
+import httpx
 import pytest
 
 import stack
@@ -275,3 +276,130 @@ def test_receipts_and_typing_extensions_carry_local_rooms(owner, other):
     assert {"type": "m.tag.test", "content": {"x": 1}} in ext["account_data"]["rooms"][room_id]
     # Synapse's own extension answers are still there.
     assert "global" in ext["account_data"]
+
+
+def test_tag_filters_apply_to_local_rooms_as_to_synapse_rooms(owner):
+    """Differential: a tagged and an untagged room of each kind; `tags` and `not_tags`
+    select the same kind of room on both sides (Synapse's rule: any of `tags`, none of
+    `not_tags`; an empty `tags` selects nothing)."""
+    me = of(owner)
+    rooms = {}
+    for kind, federate in (("synapse", True), ("local", False)):
+        for tag in ("u.work", "m.favourite", None):
+            room_id = create_room(me, federate, name=f"{kind} {tag}")
+            if tag:
+                me.ok("PUT", f"/v3/user/{q(owner.user_id)}/rooms/{q(room_id)}/tags/{q(tag)}", body={"order": 0.5})
+            rooms[(kind, tag)] = room_id
+    label = {room_id: tag for (_, tag), room_id in rooms.items()}
+
+    def selected(filters: dict) -> dict[str, set]:
+        answer = sliding(me, {"conn_id": "tags", **one_list(19, filters=filters)})
+        out = {"synapse": set(), "local": set()}
+        for room_id in window(answer):
+            out["local" if room_id.startswith("!hs_") else "synapse"].add(label[room_id])
+        assert answer["lists"]["all"]["count"] == len(window(answer)), answer["lists"]
+        return out
+
+    cases = [
+        ({"tags": ["u.work"]}, {"u.work"}),
+        ({"tags": ["u.work", "m.favourite"]}, {"u.work", "m.favourite"}),
+        ({"tags": []}, set()),
+        ({"not_tags": ["u.work"]}, {"m.favourite", None}),
+        ({"tags": ["m.favourite", "u.work"], "not_tags": ["u.work"]}, {"m.favourite"}),
+    ]
+    for filters, expected in cases:
+        seen = selected(filters)
+        assert seen["synapse"] == expected, (filters, seen)
+        assert seen["local"] == seen["synapse"], (filters, seen)
+
+    # Removing a tag takes the local room out of the tagged list.
+    local_work = rooms[("local", "u.work")]
+    me.ok("DELETE", f"/v3/user/{q(owner.user_id)}/rooms/{q(local_work)}/tags/u.work")
+    assert selected({"tags": ["u.work"]})["local"] == set()
+
+
+def test_a_spaces_filter_is_answered_as_synapse_answers_it(owner):
+    """Synapse 1.163 has no `spaces` filter (it answers 500); hungryserv passes that on
+    rather than making up an answer of its own."""
+    me = of(owner)
+    create_room(me, False)
+    body = one_list(9, filters={"spaces": ["!nowhere:example.org"]})
+    ours = me("POST", PATH, {"timeout": "0"}, body)
+    theirs = httpx.post(
+        f"{stack.SYNAPSE_URL}/_matrix/client{PATH}",
+        params={"timeout": "0"},
+        json=body,
+        headers={"Authorization": f"Bearer {owner.access_token}"},
+        timeout=30,
+    )
+    assert ours.status_code == theirs.status_code, (ours.text, theirs.text)
+    assert ours.json().get("errcode") == theirs.json().get("errcode"), (ours.text, theirs.text)
+
+
+E2EE = {"conn_id": "encryption", "extensions": {"e2ee": {"enabled": True}}}
+
+
+def e2ee_lists(answer: dict) -> dict:
+    return answer.get("extensions", {}).get("e2ee", {}).get("device_lists", {})
+
+
+@pytest.mark.parametrize("kind", ["synapse", "local"])
+def test_e2ee_extension_carries_changed_devices_as_sync_does(kind):
+    """Bob shares one room with Alice, of either kind. A new login of Alice's is in
+    `e2ee.device_lists.changed` of Bob's sliding sync, as in his /sync."""
+    from test_device_lists import device_lists, login, next_batch, shared_room
+
+    alice, bob, _ = shared_room(kind)
+    first = sliding(of(bob), E2EE)
+    assert "changed" not in e2ee_lists(first), "an initial answer has no device lists (Synapse's rule)"
+    since = next_batch(of(bob))
+
+    login(alice)
+    lists, _ = device_lists(of(bob), since)
+    assert alice.user_id in lists.get("changed", []), lists
+    answer = sliding(of(bob), E2EE, pos=first["pos"], timeout_ms=5000)
+    assert alice.user_id in e2ee_lists(answer).get("changed", []), (kind, answer)
+    if kind == "local":
+        # A range is told once. (Synapse announces a login again from a background write
+        # after it answered, so its own side may repeat it.)
+        again = sliding(of(bob), E2EE, pos=answer["pos"])
+        assert alice.user_id not in e2ee_lists(again).get("changed", []), (kind, again)
+
+
+@pytest.mark.parametrize("kind", ["synapse", "local"])
+def test_e2ee_extension_carries_left_as_sync_does(kind):
+    """Alice leaving the only room she shares with Bob puts her in `left` of Bob's sliding
+    sync, as in his /sync."""
+    from test_device_lists import device_lists, next_batch, shared_room
+
+    alice, bob, room_id = shared_room(kind)
+    first = sliding(of(bob), E2EE)
+    since = next_batch(of(bob))
+    of(alice).ok("POST", f"/v3/rooms/{q(room_id)}/leave", body={})
+    lists, _ = device_lists(of(bob), since)
+    assert alice.user_id in lists.get("left", []), lists
+    gone = sliding(of(bob), E2EE, pos=first["pos"], timeout_ms=5000)
+    assert alice.user_id in e2ee_lists(gone).get("left", []), (kind, gone)
+    assert alice.user_id not in e2ee_lists(gone).get("changed", []), (kind, gone)
+
+
+def test_a_local_device_change_wakes_a_waiting_e2ee_connection():
+    from test_device_lists import login, shared_room
+
+    alice, bob, _ = shared_room("local")
+    first = sliding(of(bob), E2EE)
+    result = {}
+
+    def wait() -> None:
+        started = time.monotonic()
+        result["answer"] = sliding(of(bob), E2EE, pos=first["pos"], timeout_ms=20000)
+        result["took"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(1.0)
+    login(alice)
+    waiter.join(timeout=25)
+    assert "answer" in result, "the waiting sliding sync never returned"
+    assert result["took"] < 10, f"waited {result['took']:.1f}s for a device change"
+    assert alice.user_id in e2ee_lists(result["answer"]).get("changed", []), result["answer"]

@@ -269,6 +269,26 @@ impl Notifier {
             })
     }
 
+    /// Whether a member event about `user` was committed after `since` (seen by this process).
+    pub fn member_news_for(&self, user: &str, since: i64) -> bool {
+        let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
+        touched.members.get(user).is_some_and(|s| *s > since)
+    }
+
+    /// Those of `rooms` written into by a commit seen by this process after `since`.
+    pub fn rooms_touched_since<'a>(
+        &self,
+        rooms: impl IntoIterator<Item = &'a str>,
+        since: i64,
+    ) -> Vec<String> {
+        let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .into_iter()
+            .filter(|room| touched.rooms.get(*room).is_some_and(|s| *s > since))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Whether a commit seen by this process after `since` wrote into one of `rooms` or
     /// changed `user`'s membership anywhere. Commits before this process started are not
     /// known here: callers read the store for the range they start from.

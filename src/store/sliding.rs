@@ -1,14 +1,15 @@
 //! What simplified sliding sync reads about a user's local rooms beyond what `/sync` reads:
 //! the room list with its order, in one query over the user's `memberships` rows, and small
-//! per-window reads (timestamps, member counts, heroes, filter facts).
+//! per-window reads (timestamps, member counts, heroes, filter facts, tags).
 //!
 //! The room list costs one row per room the user is in, read through the `memberships_user`
 //! index plus a primary-key probe of `rooms` (and of `events` for a non-joined room's member
 //! event); no event or state of a room is scanned. Encryption and room type, for the filters
-//! that need them, are one more probe per room ([`room_facts`]). Everything heavier is read
-//! only for the rooms of the window.
+//! that need them, are one more probe per room ([`room_facts`]); the tag filters read the
+//! user's `m.tag` rows ([`room_tags`]). Everything heavier is read only for the rooms of the
+//! window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::PgConnection;
 
@@ -69,6 +70,41 @@ pub async fn user_room_list(
         .collect())
 }
 
+/// [`user_room_list`] for some of the rooms only: a waiting request woken by commits into
+/// them reads their rows again instead of the whole list (the same statement, restricted).
+pub async fn user_room_list_of(
+    conn: &mut PgConnection,
+    user_id: &str,
+    room_ids: &[String],
+) -> Result<Vec<ListedRoom>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT m.room_id, m.membership, m.stream AS member_stream, r.latest_stream,
+                  CASE WHEN m.membership = 'join' THEN ''
+                       ELSE COALESCE((SELECT e.sender FROM events e WHERE e.stream = m.stream), '')
+                  END AS "member_sender!"
+           FROM memberships m JOIN rooms r ON r.room_id = m.room_id
+           WHERE m.user_id = $1 AND m.room_id = ANY($2) AND r.deleted_at IS NULL
+             AND NOT EXISTS (
+                 SELECT FROM forgotten_rooms f
+                 WHERE f.room_id = m.room_id AND f.user_id = m.user_id
+                   AND f.member_stream = m.stream)"#,
+        user_id,
+        room_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ListedRoom {
+            room_id: row.room_id,
+            membership: row.membership,
+            member_stream: row.member_stream,
+            member_sender: row.member_sender,
+            latest_stream: row.latest_stream,
+        })
+        .collect())
+}
+
 /// Encryption and room type of each room (read only when a list filters on them).
 pub async fn room_facts(
     conn: &mut PgConnection,
@@ -100,6 +136,48 @@ pub async fn room_facts(
             (row.room_id, facts)
         })
         .collect())
+}
+
+/// The user's tags on their local rooms (the keys of `tags` in each room's `m.tag` account
+/// data), read through the `room_account_data` primary key.
+pub async fn room_tags(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<HashMap<String, BTreeSet<String>>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT a.room_id, t.tag AS "tag!"
+           FROM room_account_data a,
+                jsonb_object_keys(CASE jsonb_typeof(a.content->'tags')
+                                  WHEN 'object' THEN a.content->'tags'
+                                  ELSE '{}'::jsonb END) AS t(tag)
+           WHERE a.user_id = $1 AND a.type = 'm.tag'"#,
+        user_id,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for row in rows {
+        out.entry(row.room_id).or_default().insert(row.tag);
+    }
+    Ok(out)
+}
+
+/// The rooms where some event relates to one of these events (then their bundled
+/// aggregations are read; most timelines have none). One probe of the `relates_to` index.
+pub async fn rooms_with_relations(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+) -> Result<HashSet<String>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = sqlx::query_scalar!(
+        r#"SELECT DISTINCT room_id FROM events WHERE relates_to = ANY($1)"#,
+        event_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// `origin_server_ts` of the events at these stream positions.

@@ -4,7 +4,8 @@
 //! position number and hands the client `pos` = `hs1_{instance}_{number}`. The snapshot holds
 //! what the next request needs: Synapse's own `pos`, our stream positions, which local rooms
 //! the client has been sent and up to where, and what Synapse last said about its rooms and
-//! lists (so an answer made while Synapse's request was dropped still has Synapse's counts).
+//! lists (so an answer made while Synapse's request was dropped still has Synapse's counts),
+//! and the `bump_stamp` each room was last sent with.
 //!
 //! As in Synapse, using position N deletes every other position of the connection except N
 //! itself (so a client that retries N after a cancelled request gets the same answer), and a
@@ -59,8 +60,6 @@ pub struct Sent {
 pub struct SynapseRoom {
     /// `origin_server_ts` of the newest timeline event seen (the merge key).
     pub ts: Option<i64>,
-    /// The latest `bump_stamp` seen.
-    pub bump_stamp: Option<i64>,
 }
 
 /// What Synapse said about one list.
@@ -88,6 +87,8 @@ pub struct Snapshot {
     pub synapse_lists: HashMap<String, SynapseList>,
     /// Rooms in the user's `m.direct` (Synapse's global account data), when known.
     pub direct: Option<HashSet<String>>,
+    /// Room (either side) → the `bump_stamp` last sent for it ([`super::stamp`]).
+    pub stamps: HashMap<String, i64>,
 }
 
 struct Conn {

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::conn::{Snapshot, SynapseList, SynapseRoom};
 use super::local::LocalList;
+use crate::devices::LocalLists;
 
 /// Records what Synapse's answer says about its rooms and lists, and returns its `pos`.
 pub fn learn(snapshot: &mut Snapshot, answer: &Map<String, Value>) -> Option<String> {
@@ -22,9 +23,6 @@ pub fn learn(snapshot: &mut Snapshot, answer: &Map<String, Value>) -> Option<Str
                 .max();
             if let Some(ts) = newest {
                 known.ts = Some(known.ts.map_or(ts, |old| old.max(ts)));
-            }
-            if let Some(bump) = room.get("bump_stamp").and_then(Value::as_i64) {
-                known.bump_stamp = Some(bump);
             }
         }
     }
@@ -72,18 +70,8 @@ pub fn direct_rooms(content: &Value) -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// One list over both sides: `count` and an `ops` entry per requested range.
-pub fn list(
-    ranges: &[(u64, u64)],
-    synapse: Option<&SynapseList>,
-    synapse_rooms: &HashMap<String, SynapseRoom>,
-    local: Option<&LocalList>,
-    local_ts: &HashMap<String, i64>,
-) -> Value {
-    let empty = SynapseList::default();
-    let synapse = synapse.unwrap_or(&empty);
-    let local_count = local.map_or(0, |l| l.count);
-    let merged = merged_order(synapse, synapse_rooms, local, local_ts);
+/// One list over both sides: `count` and an `ops` entry per requested range of `merged`.
+pub fn list(ranges: &[(u64, u64)], count: u64, merged: &[(String, i64)]) -> Value {
     let ops: Vec<Value> = ranges
         .iter()
         .map(|(start, end)| {
@@ -98,26 +86,33 @@ pub fn list(
                 .iter()
                 .skip(start)
                 .take(take)
-                .map(String::as_str)
+                .map(|(room, _)| room.as_str())
                 .collect();
             json!({ "op": "SYNC", "range": [start, end], "room_ids": room_ids })
         })
         .collect();
-    json!({ "count": synapse.count + local_count, "ops": ops })
+    json!({ "count": count, "ops": ops })
 }
 
-/// Synapse's window rooms and the local window, newest first.
+/// A list's `count`: the two sets are disjoint (local room IDs never reach Synapse).
+pub fn count(synapse: Option<&SynapseList>, local: Option<&LocalList>) -> u64 {
+    synapse.map_or(0, |s| s.count) + local.map_or(0, |l| l.count)
+}
+
+/// Synapse's window rooms and the local window, newest first, each with its merge key.
 ///
 /// Keys are `origin_server_ts` of the event each room is ordered by. Synapse's own order is
 /// kept among its rooms (a room's key is capped by the one before it; an unknown key takes
 /// the one before it) unless Synapse's window covered its whole list, in which case Synapse
 /// did not sort it and its rooms are sorted by their known keys.
 pub fn merged_order(
-    synapse: &SynapseList,
+    synapse: Option<&SynapseList>,
     synapse_rooms: &HashMap<String, SynapseRoom>,
     local: Option<&LocalList>,
     local_ts: &HashMap<String, i64>,
-) -> Vec<String> {
+) -> Vec<(String, i64)> {
+    let empty = SynapseList::default();
+    let synapse = synapse.unwrap_or(&empty);
     let known = |room: &str| synapse_rooms.get(room).and_then(|r| r.ts);
     let whole = usize::try_from(synapse.count).unwrap_or(usize::MAX) <= synapse.room_ids.len();
     let mut theirs: Vec<(i64, &str)> = Vec::with_capacity(synapse.room_ids.len());
@@ -152,24 +147,22 @@ pub fn merged_order(
             (None, None) => break,
         };
         let next = if take_theirs { a.next() } else { b.next() };
-        if let Some((_, room)) = next {
-            merged.push(room.to_owned());
+        if let Some((key, room)) = next {
+            merged.push((room.to_owned(), key));
         }
     }
     merged
 }
 
-/// A local room's `bump_stamp` in Synapse's terms: the highest `bump_stamp` of a Synapse
-/// room whose newest known event is no newer than the local room's (0 when there is none),
-/// so the SDK's fallback order by `bump_stamp` agrees with the merged order.
-pub fn local_bump_stamp(synapse_rooms: &HashMap<String, SynapseRoom>, ts: i64) -> i64 {
-    synapse_rooms
-        .values()
-        .filter(|r| r.ts.is_some_and(|t| t <= ts))
-        .filter_map(|r| r.bump_stamp)
-        .max()
-        .unwrap_or(0)
-        .max(0)
+/// Merges the local device lists into Synapse's `e2ee.device_lists` (`changed` the union,
+/// `left` without local co-members: [`crate::devices::merge`], as `/sync` merges them).
+pub fn device_lists(extensions: &mut Map<String, Value>, local: LocalLists) {
+    let e2ee = extensions.entry("e2ee").or_insert_with(|| json!({}));
+    let Some(e2ee) = e2ee.as_object_mut() else {
+        return;
+    };
+    let merged = crate::devices::merge(e2ee.get("device_lists"), local);
+    e2ee.insert("device_lists".into(), merged);
 }
 
 /// Adds per-room extension data of local rooms to Synapse's `extensions` object.
@@ -204,16 +197,12 @@ mod tests {
     fn known(pairs: &[(&str, i64)]) -> HashMap<String, SynapseRoom> {
         pairs
             .iter()
-            .map(|(r, ts)| {
-                (
-                    r.to_string(),
-                    SynapseRoom {
-                        ts: Some(*ts),
-                        bump_stamp: Some(*ts / 10),
-                    },
-                )
-            })
+            .map(|(r, ts)| (r.to_string(), SynapseRoom { ts: Some(*ts) }))
             .collect()
+    }
+
+    fn rooms(merged: &[(String, i64)]) -> Vec<&str> {
+        merged.iter().map(|(r, _)| r.as_str()).collect()
     }
 
     fn local(rooms: &[(&str, i64)]) -> (LocalList, HashMap<String, i64>) {
@@ -231,9 +220,12 @@ mod tests {
         let theirs = synapse(10, &["!s1", "!s2", "!s3"]);
         let k = known(&[("!s1", 900), ("!s2", 500), ("!s3", 100)]);
         let (ours, ts) = local(&[("!l1", 950), ("!l2", 600), ("!l3", 50)]);
-        let merged = merged_order(&theirs, &k, Some(&ours), &ts);
-        assert_eq!(merged, ["!l1", "!s1", "!l2", "!s2", "!s3", "!l3"]);
-        let value = list(&[(0, 2)], Some(&theirs), &k, Some(&ours), &ts);
+        let merged = merged_order(Some(&theirs), &k, Some(&ours), &ts);
+        assert_eq!(rooms(&merged), ["!l1", "!s1", "!l2", "!s2", "!s3", "!l3"]);
+        // Keys: each room's own, Synapse's unknown !s3 capped by !s2.
+        let keys: Vec<i64> = merged.iter().map(|(_, k)| *k).collect();
+        assert_eq!(keys, [950, 900, 600, 500, 500, 50]);
+        let value = list(&[(0, 2)], count(Some(&theirs), Some(&ours)), &merged);
         assert_eq!(value["count"], 13);
         assert_eq!(value["ops"][0]["room_ids"], json!(["!l1", "!s1", "!l2"]));
         assert_eq!(value["ops"][0]["range"], json!([0, 2]));
@@ -245,24 +237,16 @@ mod tests {
         let theirs = synapse(10, &["!s1", "!s2", "!s3"]);
         let k = known(&[("!s1", 100), ("!s2", 900)]);
         let (ours, ts) = local(&[("!l1", 500), ("!l2", 50)]);
-        let merged = merged_order(&theirs, &k, Some(&ours), &ts);
-        assert_eq!(merged, ["!l1", "!s1", "!s2", "!s3", "!l2"]);
+        let merged = merged_order(Some(&theirs), &k, Some(&ours), &ts);
+        assert_eq!(rooms(&merged), ["!l1", "!s1", "!s2", "!s3", "!l2"]);
     }
 
     #[test]
     fn an_unsorted_whole_list_is_sorted_by_known_keys() {
         let theirs = synapse(2, &["!old", "!new"]);
         let k = known(&[("!old", 100), ("!new", 900)]);
-        let merged = merged_order(&theirs, &k, None, &HashMap::new());
-        assert_eq!(merged, ["!new", "!old"]);
-    }
-
-    #[test]
-    fn local_bump_stamps_follow_the_merged_order() {
-        let k = known(&[("!s1", 900), ("!s2", 500)]);
-        assert_eq!(local_bump_stamp(&k, 950), 90);
-        assert_eq!(local_bump_stamp(&k, 600), 50);
-        assert_eq!(local_bump_stamp(&k, 10), 0);
+        let merged = merged_order(Some(&theirs), &k, None, &HashMap::new());
+        assert_eq!(rooms(&merged), ["!new", "!old"]);
     }
 
     #[test]
@@ -278,7 +262,6 @@ mod tests {
         assert_eq!(pos.as_deref(), Some("3/s10_1"));
         assert_eq!(snapshot.synapse_lists["all"].count, 7);
         assert_eq!(snapshot.synapse_rooms["!a"].ts, Some(9));
-        assert_eq!(snapshot.synapse_rooms["!a"].bump_stamp, Some(42));
         assert!(snapshot.direct.unwrap().contains("!a"));
     }
 }

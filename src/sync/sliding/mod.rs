@@ -23,11 +23,16 @@
 //!    local window rooms with news; a local room outside the merged range may be among them,
 //!    which clients take as they take Synapse's rooms beyond a range start. Per-room extension
 //!    data (receipts, typing, room account data) of local rooms is added to Synapse's
-//!    extensions; `to_device`, `e2ee` and global account data are Synapse's alone.
+//!    extensions, and the `e2ee` extension's `device_lists` get the device-list changes of
+//!    local co-members over the same range as the local half ([`crate::devices`], merged as
+//!    `/sync` merges them); `to_device`, one-time-key counts and global account data are
+//!    Synapse's alone.
 //! 5. **Long poll** (`timeout`), raced as `/sync` races: answered at once without `pos`, with
 //!    `timeout=0` or when the local half has news (Synapse then asked with `timeout=0`).
 //!    Otherwise Synapse's request waits while local commits that concern the user are watched
-//!    from memory ([`crate::notify::Notifier::news_for`]); local news drops the Synapse request
+//!    from memory ([`crate::notify::Notifier::news_for`]); a woken request reads again only the
+//!    rows of the rooms written into (all of the room list when the user's memberships
+//!    changed), and the rest of the local half as always. Local news drops the Synapse request
 //!    and answers with Synapse's `pos` unchanged (Synapse keeps a position until a newer one
 //!    is used, so it stays valid) and Synapse's lists as last seen.
 //!
@@ -36,16 +41,17 @@
 //! fails with 502.
 //!
 //! Room fields match Synapse's: `notification_count`/`highlight_count` are 0, as Synapse sends
-//! them (clients count unread from receipts). A local room's `bump_stamp` is put in Synapse's
-//! terms: the largest `bump_stamp` of a Synapse room no newer than it
-//! ([`merge::local_bump_stamp`]).
+//! them (clients count unread from receipts). `bump_stamp` is not: every room entry, Synapse's
+//! too, gets a stamp on one scale for both sides, ordered like the merged list and kept stable
+//! per connection ([`stamp`]).
 
 pub mod conn;
 pub mod local;
 pub mod merge;
 pub mod request;
+pub mod stamp;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -53,13 +59,14 @@ use serde_json::{Map, Value, json};
 
 use super::{Since, Syncer};
 use crate::auth::requester::Requester;
+use crate::devices::{At, lists::Viewer};
 use crate::rooms::RoomError;
 use crate::store::StoreError;
 use crate::upstream::client::{CallError, Refusal};
 use conn::{ConnKey, Snapshot};
-use local::{LocalInput, LocalPart};
+use local::{Listing, LocalInput, LocalPart};
 pub use request::RequiredState;
-use request::{Body, parse};
+use request::{Body, Toggle, parse};
 
 /// A client's sliding sync request.
 pub struct SlidingRequest {
@@ -142,17 +149,31 @@ impl Syncer {
         let mut side_wake = self.notifier.subscribe_side();
         let upto = self.upto();
         if prev.is_none() || request.timeout.is_zero() {
+            // `m.direct` is needed before the local half only for an `is_dm` filter. Else it
+            // comes with Synapse's answer when the account data extension is on (an answer
+            // without `pos` carries all global account data), or is asked for meanwhile.
+            let known = prev.and_then(|p| p.direct.clone());
+            let first = known.is_none() && body.filters_on_dm();
+            let from_answer = prev.is_none() && !first && body.global_account_data();
             let local = async {
-                let direct = match prev.and_then(|p| p.direct.clone()) {
-                    Some(direct) => direct,
-                    None => self.direct_rooms(request).await,
+                let direct = match &known {
+                    Some(direct) => direct.clone(),
+                    None if first => self.direct_rooms(request).await,
+                    None => HashSet::new(),
                 };
                 let part = self
-                    .sliding_local(request, &body, prev, upto, &direct)
+                    .sliding_local(request, &body, prev, upto, &direct, Listing::Read)
                     .await?;
-                Ok::<_, SlidingError>((part, direct))
+                Ok::<_, SlidingError>((part, (known.is_some() || first).then_some(direct)))
             };
-            let (local, synapse) = tokio::join!(
+            let meanwhile = async {
+                if known.is_none() && !first && !from_answer {
+                    Some(self.direct_rooms(request).await)
+                } else {
+                    None
+                }
+            };
+            let (local, synapse, fetched) = tokio::join!(
                 local,
                 self.synapse_sliding(
                     request,
@@ -160,14 +181,24 @@ impl Syncer {
                     synapse_pos.as_deref(),
                     Duration::ZERO
                 ),
+                meanwhile,
             );
             let (local, direct) = local?;
             let synapse = synapse.map_err(Absent::from);
-            return self.sliding_answer(&key, prev, &body, synapse, local, upto, direct);
+            return self.sliding_answer(
+                &key,
+                prev,
+                &body,
+                synapse,
+                local,
+                upto,
+                direct.or(fetched),
+            );
         }
-        let direct = prev.and_then(|p| p.direct.clone()).unwrap_or_default();
+        let known = prev.and_then(|p| p.direct.clone());
+        let direct = known.clone().unwrap_or_default();
         let mut local = self
-            .sliding_local(request, &body, prev, upto, &direct)
+            .sliding_local(request, &body, prev, upto, &direct, Listing::Read)
             .await?;
         if local.has_data() {
             let synapse = self
@@ -179,7 +210,7 @@ impl Syncer {
                 )
                 .await
                 .map_err(Absent::from);
-            return self.sliding_answer(&key, prev, &body, synapse, local, upto, direct);
+            return self.sliding_answer(&key, prev, &body, synapse, local, upto, known);
         }
 
         let synapse_call = self.synapse_sliding(
@@ -197,13 +228,14 @@ impl Syncer {
                 result = &mut synapse_call, if !synapse_down => match result {
                     Ok(value) => {
                         if self.news(user, &local.room_ids, checked) {
+                            let listing = self.listing(user, &local, checked);
                             checked = self.upto();
-                            local = self.sliding_local(request, &body, prev, checked, &direct).await?;
+                            local = self.sliding_local(request, &body, prev, checked, &direct, listing).await?;
                         }
-                        return self.sliding_answer(&key, prev, &body, Ok(value), local, checked, direct);
+                        return self.sliding_answer(&key, prev, &body, Ok(value), local, checked, known);
                     }
                     Err(CallError::Refused(refusal)) => {
-                        return self.sliding_answer(&key, prev, &body, Err(Absent::Refused(refusal)), local, checked, direct);
+                        return self.sliding_answer(&key, prev, &body, Err(Absent::Refused(refusal)), local, checked, known);
                     }
                     Err(CallError::Unavailable(reason)) => {
                         tracing::warn!(%reason, "sliding sync: Synapse unavailable; serving local rooms only");
@@ -231,8 +263,9 @@ impl Syncer {
                 continue;
             }
             let now = self.upto();
+            let listing = self.listing(user, &local, checked);
             let fresh = self
-                .sliding_local(request, &body, prev, now, &direct)
+                .sliding_local(request, &body, prev, now, &direct, listing)
                 .await?;
             local = fresh;
             checked = now;
@@ -244,7 +277,7 @@ impl Syncer {
                     Err(Absent::Pending),
                     local,
                     checked,
-                    direct,
+                    known,
                 );
             }
         }
@@ -255,7 +288,7 @@ impl Syncer {
             Err(Absent::Pending),
             local,
             checked,
-            direct,
+            known,
         )
     }
 
@@ -267,6 +300,7 @@ impl Syncer {
         prev: Option<&Snapshot>,
         upto: Since,
         direct: &HashSet<String>,
+        listing: Listing,
     ) -> Result<LocalPart, SlidingError> {
         let input = LocalInput {
             requester: &request.requester,
@@ -281,7 +315,51 @@ impl Syncer {
             .acquire()
             .await
             .map_err(|err| RoomError::from(StoreError::from(err)))?;
-        Ok(local::build(&self.rooms, &mut conn, &input).await?)
+        let mut part = local::build(&self.rooms, &mut conn, &input, listing).await?;
+        drop(conn);
+        let e2ee = body.extensions.as_ref().and_then(|e| e.e2ee.as_ref());
+        // As Synapse: device lists only from a position (an initial answer has none).
+        if let (true, Some(prev)) = (Toggle::on(e2ee), prev) {
+            let viewer = Viewer {
+                user_id: request.requester.user_id.as_str(),
+                token: request
+                    .requester
+                    .appservice
+                    .is_none()
+                    .then_some(request.token.as_str()),
+            };
+            let from = At {
+                events: prev.stream,
+                devices: prev.side.devices,
+            };
+            let to = At {
+                events: upto.stream,
+                devices: upto.side.devices,
+            };
+            let lists = self
+                .devices
+                .between(&viewer, from, to)
+                .await
+                .map_err(RoomError::from)?;
+            part.device_lists = Some(lists);
+        }
+        Ok(part)
+    }
+
+    /// How a woken request gets the user's room list: the rows read before, with those of
+    /// the rooms written into since `checked` read again, unless the user's memberships
+    /// changed (then all of it).
+    fn listing(&self, user: &str, local: &LocalPart, checked: Since) -> Listing {
+        if self.notifier.member_news_for(user, checked.stream) {
+            return Listing::Read;
+        }
+        let rooms = self
+            .notifier
+            .rooms_touched_since(local.room_ids.iter().map(String::as_str), checked.stream);
+        Listing::Refresh {
+            listed: local.listed.clone(),
+            rooms,
+        }
     }
 
     /// The user's DM rooms from Synapse's `m.direct` (none when Synapse has none or cannot
@@ -331,15 +409,22 @@ impl Syncer {
         prev: Option<&Snapshot>,
         body: &Body,
         synapse: Result<Value, Absent>,
-        local: LocalPart,
+        mut local: LocalPart,
         local_at: Since,
-        direct: HashSet<String>,
+        direct: Option<HashSet<String>>,
     ) -> Result<Value, SlidingError> {
         let mut snapshot = prev.cloned().unwrap_or_default();
-        snapshot.direct = Some(direct);
+        if direct.is_some() {
+            snapshot.direct = direct;
+        }
         let mut out = match synapse {
             Ok(Value::Object(answer)) => {
                 snapshot.synapse_pos = merge::learn(&mut snapshot, &answer);
+                // Without `m.direct` in a new connection's answer carrying global account
+                // data: no DMs.
+                if snapshot.direct.is_none() && prev.is_none() && body.global_account_data() {
+                    snapshot.direct = Some(HashSet::new());
+                }
                 if snapshot.synapse_pos.is_none() {
                     return Err(SlidingError::SynapseDown(
                         "Synapse's sliding sync answer has no pos".into(),
@@ -371,16 +456,20 @@ impl Syncer {
         snapshot.sent.extend(local.sent);
 
         let mut lists = Map::new();
+        // Room → (lowest merge key, first position) over the lists, for the stamps.
+        let mut ranked: HashMap<String, (i64, usize)> = HashMap::new();
         for (name, list) in body.lists.iter().flatten() {
             let ranges = list.ranges.clone().unwrap_or_default();
-            let value = merge::list(
-                &ranges,
-                snapshot.synapse_lists.get(name),
-                &snapshot.synapse_rooms,
-                local.lists.get(name),
-                &local.ts,
-            );
-            lists.insert(name.clone(), value);
+            let synapse_list = snapshot.synapse_lists.get(name);
+            let local_list = local.lists.get(name);
+            let merged =
+                merge::merged_order(synapse_list, &snapshot.synapse_rooms, local_list, &local.ts);
+            let count = merge::count(synapse_list, local_list);
+            lists.insert(name.clone(), merge::list(&ranges, count, &merged));
+            for (position, (room, key)) in merged.into_iter().enumerate() {
+                let entry = ranked.entry(room).or_insert((key, position));
+                *entry = (entry.0.min(key), entry.1.min(position));
+            }
         }
         out.remove("lists");
         if !lists.is_empty() {
@@ -390,11 +479,15 @@ impl Syncer {
             Some(Value::Object(rooms)) => rooms,
             _ => Map::new(),
         };
-        for (room_id, mut entry) in local.entries {
-            let ts = local.ts.get(&room_id).copied().unwrap_or(0);
-            entry["bump_stamp"] = json!(merge::local_bump_stamp(&snapshot.synapse_rooms, ts));
-            rooms.insert(room_id, entry);
+        if let Some(direct) = &snapshot.direct {
+            for (room_id, entry) in &mut local.entries {
+                if direct.contains(room_id) {
+                    entry["is_dm"] = json!(true);
+                }
+            }
         }
+        rooms.extend(local.entries);
+        stamp_rooms(&mut rooms, &ranked, &local.ts, &mut snapshot);
         out.insert("rooms".into(), Value::Object(rooms));
         let mut extensions = match out.remove("extensions") {
             Some(Value::Object(extensions)) => extensions,
@@ -403,10 +496,57 @@ impl Syncer {
         merge::extend_rooms(&mut extensions, "receipts", local.receipts);
         merge::extend_rooms(&mut extensions, "typing", local.typing);
         merge::extend_rooms(&mut extensions, "account_data", local.account_data);
+        if let Some(lists) = local.device_lists {
+            merge::device_lists(&mut extensions, lists);
+        }
         out.insert("extensions".into(), Value::Object(extensions));
         let pos = self.sliding.record(key, snapshot);
         out.insert("pos".into(), Value::String(pos));
         Ok(Value::Object(out))
+    }
+}
+
+/// Gives every room entry its `bump_stamp` on the connection's scale ([`stamp`]),
+/// replacing Synapse's.
+fn stamp_rooms(
+    rooms: &mut Map<String, Value>,
+    ranked: &HashMap<String, (i64, usize)>,
+    local_ts: &HashMap<String, i64>,
+    snapshot: &mut Snapshot,
+) {
+    let mut keyed = Vec::with_capacity(rooms.len());
+    for room in rooms.keys() {
+        let key = ranked.get(room).copied().or_else(|| {
+            let ts = local_ts
+                .get(room)
+                .copied()
+                .or_else(|| snapshot.synapse_rooms.get(room).and_then(|r| r.ts));
+            ts.map(|ts| (ts, usize::MAX))
+        });
+        if let Some((key, rank)) = key {
+            keyed.push((room.as_str(), key, rank));
+        }
+    }
+    let order = stamp::order(keyed);
+    let stamps = stamp::stamp(&order, &mut snapshot.stamps);
+    let stamped: HashMap<String, i64> = order
+        .iter()
+        .zip(stamps)
+        .map(|((room, _), stamp)| ((*room).to_owned(), stamp))
+        .collect();
+    for (room, entry) in rooms.iter_mut() {
+        let Some(entry) = entry.as_object_mut() else {
+            continue;
+        };
+        // Without a key: the stamp last given, or none (never one off the scale).
+        match stamped
+            .get(room)
+            .or_else(|| snapshot.stamps.get(room))
+            .copied()
+        {
+            Some(stamp) => entry.insert("bump_stamp".into(), json!(stamp)),
+            None => entry.remove("bump_stamp"),
+        };
     }
 }
 

@@ -24,6 +24,26 @@ pub struct Body {
     pub extensions: Option<Extensions>,
 }
 
+impl Body {
+    /// Whether a list filters on `is_dm` (then `m.direct` is read first).
+    pub fn filters_on_dm(&self) -> bool {
+        self.lists
+            .iter()
+            .flatten()
+            .any(|(_, l)| l.filters.as_ref().is_some_and(|f| f.is_dm.is_some()))
+    }
+
+    /// Whether the account data extension is on (its answer without `pos` holds all of the
+    /// user's global account data, `m.direct` among it).
+    pub fn global_account_data(&self) -> bool {
+        self.extensions.as_ref().is_some_and(|e| {
+            e.account_data
+                .as_ref()
+                .is_some_and(|a| a.enabled == Some(true))
+        })
+    }
+}
+
 /// One list.
 #[derive(Debug, Deserialize)]
 pub struct ListConfig {
@@ -60,17 +80,40 @@ pub struct Filters {
     pub room_types: Option<Vec<Option<String>>>,
     #[serde(default)]
     pub not_room_types: Option<Vec<Option<String>>>,
+    /// Rooms the user tagged with one of these (`m.tag` room account data).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Rooms the user tagged with none of these.
+    #[serde(default)]
+    pub not_tags: Option<Vec<String>>,
 }
 
-/// The extensions we merge room data into.
+/// The extensions we merge local data into.
 #[derive(Debug, Default, Deserialize)]
 pub struct Extensions {
+    /// Device lists of local co-members go into its `device_lists`.
+    #[serde(default)]
+    pub e2ee: Option<Toggle>,
     #[serde(default)]
     pub account_data: Option<RoomExtension>,
     #[serde(default)]
     pub receipts: Option<RoomExtension>,
     #[serde(default)]
     pub typing: Option<RoomExtension>,
+}
+
+/// An extension that is only on or off.
+#[derive(Debug, Default, Deserialize)]
+pub struct Toggle {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+impl Toggle {
+    /// Whether the extension is on.
+    pub fn on(this: Option<&Self>) -> bool {
+        this.is_some_and(|e| e.enabled == Some(true))
+    }
 }
 
 /// An extension with per-room data: which lists and rooms it covers (`*` = all).
@@ -114,8 +157,14 @@ impl Filters {
         self.is_encrypted.is_some() || self.room_types.is_some() || self.not_room_types.is_some()
     }
 
-    /// Whether a local room passes. `spaces` never holds a local room (Synapse's space
-    /// hierarchy cannot name one), so a list filtered by spaces has no local rooms.
+    /// Whether the filters look at the user's room tags (then those are read).
+    pub fn needs_tags(&self) -> bool {
+        self.tags.is_some() || self.not_tags.is_some()
+    }
+
+    /// Whether a local room passes (Synapse's `filter_rooms`). Synapse 1.163 answers a
+    /// `spaces` filter with a 500 (`NotImplementedError`), which is passed on; should it get
+    /// one, a local room is in no space it knows, so none passes.
     pub fn allows(&self, room: &RoomFacts<'_>) -> bool {
         if self.spaces.is_some() {
             return false;
@@ -130,6 +179,12 @@ impl Filters {
             self.not_room_types
                 .as_ref()
                 .is_none_or(|types| !types.iter().any(|t| t.as_deref() == room.room_type)),
+            self.tags
+                .as_ref()
+                .is_none_or(|tags| tags.iter().any(|t| room.tags.contains(t))),
+            self.not_tags
+                .as_ref()
+                .is_none_or(|tags| !tags.iter().any(|t| room.tags.contains(t))),
         ];
         checks.into_iter().all(|ok| ok)
     }
@@ -141,6 +196,8 @@ pub struct RoomFacts<'a> {
     pub encrypted: bool,
     pub invited: bool,
     pub room_type: Option<&'a str>,
+    /// The user's tags on the room.
+    pub tags: &'a BTreeSet<String>,
 }
 
 /// A `required_state` request, normalised; several rooms' configs combine by union.
@@ -264,11 +321,13 @@ mod tests {
 
     #[test]
     fn filters_match_local_rooms() {
+        let tags: BTreeSet<String> = ["u.work".to_owned()].into();
         let facts = RoomFacts {
             is_dm: false,
             encrypted: true,
             invited: false,
             room_type: None,
+            tags: &tags,
         };
         let f = |v: Value| serde_json::from_value::<Filters>(v).unwrap();
         assert!(f(json!({})).allows(&facts));
@@ -278,6 +337,17 @@ mod tests {
         assert!(!f(json!({"room_types": ["m.space"]})).allows(&facts));
         assert!(!f(json!({"not_room_types": [null]})).allows(&facts));
         assert!(!f(json!({"spaces": ["!s:x"]})).allows(&facts));
+        assert!(f(json!({"tags": ["m.favourite", "u.work"]})).allows(&facts));
+        assert!(!f(json!({"tags": ["m.favourite"]})).allows(&facts));
+        assert!(!f(json!({"tags": []})).allows(&facts));
+        assert!(!f(json!({"not_tags": ["u.work"]})).allows(&facts));
+        assert!(f(json!({"not_tags": ["m.lowpriority"]})).allows(&facts));
+        let untagged = RoomFacts {
+            tags: &BTreeSet::new(),
+            ..facts
+        };
+        assert!(!f(json!({"tags": ["u.work"]})).allows(&untagged));
+        assert!(f(json!({"not_tags": ["u.work"]})).allows(&untagged));
     }
 
     #[test]

@@ -1,258 +1,32 @@
-//! The local half of a sliding sync: the user's local rooms as lists, and the entries of the
-//! rooms in the local windows, in Synapse's response shape.
-//!
-//! * **Room set** (Synapse's rule): joins, invites, bans and kicks; the user's own leaves only
-//!   when they happened after the connection's position (so the client hears of them once).
-//!   Deleted and forgotten rooms never.
-//! * **Order**: newest first by the position of the room's latest event (for a room the user
-//!   is not joined to, of the member event), as Synapse orders by stream ordering. Read from
-//!   the `memberships`/`rooms` rows alone ([`store::sliding::user_room_list`]).
-//! * **Window**: per list, the local top `end + 1` rooms after the filters, `end` being the
-//!   largest range end. Only these rooms (and subscribed local rooms) are read further.
-//! * **What is sent** of a window room: everything (`initial`) if the connection never had
-//!   it or its config grew; else what happened since the position it was last brought up to
-//!   ([`Sent::upto`]) — so a room that had news while outside the window gets exactly that gap
-//!   when it comes back. A room with nothing new is not sent.
+//! The entries of the window rooms to send: timeline, `limited`/`prev_batch`/`num_live`,
+//! required state, name, avatar, counts and heroes, or the invite state; and what the
+//! connection then has of each room ([`Sent`]). The rooms' state and the relation probe
+//! are read for all rooms at once; only a room that asks for wildcard state, a departed
+//! room, or a timeline whose visibility hides many events reads on its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::conn::{Sent, Snapshot};
-use super::request::{Body, RequiredState, RoomExtension, RoomFacts};
+use super::{LocalInput, LocalPart, Wanted};
 use crate::auth::requester::Requester;
-use crate::notify::SidePositions;
 use crate::rooms::RoomError;
 use crate::rooms::read::Token;
-use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::Rooms;
 use crate::rooms::visibility::Reader;
 use crate::store;
 use crate::store::events::EventWithPrev;
 use crate::store::rooms::UserRoom;
-use crate::store::sliding::ListedRoom;
 use crate::sync::local::{client_events, state_events};
+use crate::sync::sliding::conn::Sent;
 
-/// The largest timeline a room config may ask for.
-const MAX_TIMELINE_LIMIT: i64 = 1000;
 /// Heroes of an unnamed room (Synapse sends up to 5).
 const HEROES: i64 = 5;
 
-/// What the local half is computed from.
-pub struct LocalInput<'a> {
-    pub requester: &'a Requester,
-    pub body: &'a Body,
-    /// The connection's state at the client's `pos`.
-    pub prev: Option<&'a Snapshot>,
-    /// The committed positions to read up to.
-    pub upto: i64,
-    pub side_upto: SidePositions,
-    /// The user's DM rooms (`m.direct`).
-    pub direct: &'a HashSet<String>,
-}
-
-/// One list's local side.
-#[derive(Debug, Default)]
-pub struct LocalList {
-    /// Local rooms passing the filters.
-    pub count: u64,
-    /// The local window, newest first.
-    pub top: Vec<String>,
-}
-
-/// The local half of one answer.
-#[derive(Debug, Default)]
-pub struct LocalPart {
-    /// Every local room the user has a membership in (what wake-ups are checked against).
-    pub room_ids: Vec<String>,
-    pub lists: BTreeMap<String, LocalList>,
-    /// Window room → origin_server_ts of the event it is ordered by (the merge key).
-    pub ts: HashMap<String, i64>,
-    /// Room entries to send.
-    pub entries: Map<String, Value>,
-    /// The rooms brought up to date by this answer.
-    pub sent: HashMap<String, Sent>,
-    /// Per-room extension data: `receipts.rooms`, `typing.rooms`, `account_data.rooms`.
-    pub receipts: Map<String, Value>,
-    pub typing: Map<String, Value>,
-    pub account_data: Map<String, Value>,
-}
-
-impl LocalPart {
-    /// Whether there is something for the client (lists alone are not news, as in Synapse).
-    pub fn has_data(&self) -> bool {
-        !(self.entries.is_empty()
-            && self.receipts.is_empty()
-            && self.typing.is_empty()
-            && self.account_data.is_empty())
-    }
-}
-
-/// A window room: the combined config of the lists and subscription naming it.
-struct Wanted<'a> {
-    room: &'a ListedRoom,
-    timeline_limit: i64,
-    required_state: RequiredState,
-    lists: Vec<&'a str>,
-    subscribed: bool,
-}
-
-/// The position a room is ordered by.
-fn order_stream(room: &ListedRoom) -> i64 {
-    if room.membership == "join" {
-        room.latest_stream.max(room.member_stream)
-    } else {
-        room.member_stream
-    }
-}
-
-/// Builds the local half.
-pub async fn build(
-    rooms: &Rooms,
-    conn: &mut PgConnection,
-    input: &LocalInput<'_>,
-) -> Result<LocalPart, RoomError> {
-    let user = input.requester.user_id.as_str();
-    let listed = store::sliding::user_room_list(conn, user).await?;
-    let since = input.prev.map_or(0, |p| p.stream);
-    let mut part = LocalPart {
-        room_ids: listed.iter().map(|r| r.room_id.clone()).collect(),
-        ..LocalPart::default()
-    };
-    // Synapse's room set, newest first.
-    let mut shown: Vec<&ListedRoom> = listed
-        .iter()
-        .filter(|r| match r.membership.as_str() {
-            "join" | "invite" | "ban" | "knock" => true,
-            "leave" => r.member_sender != user || (since > 0 && r.member_stream > since),
-            _ => false,
-        })
-        .collect();
-    shown.sort_by(|a, b| {
-        order_stream(b)
-            .cmp(&order_stream(a))
-            .then_with(|| a.room_id.cmp(&b.room_id))
-    });
-
-    // Encryption and room type only when a filter asks (Element X's lists filter on neither).
-    let needs_facts = input
-        .body
-        .lists
-        .iter()
-        .flatten()
-        .any(|(_, l)| l.filters.as_ref().is_some_and(|f| f.needs_facts()));
-    let facts = if needs_facts {
-        let ids: Vec<String> = shown.iter().map(|r| r.room_id.clone()).collect();
-        store::sliding::room_facts(conn, &ids).await?
-    } else {
-        HashMap::new()
-    };
-    let mut wanted: BTreeMap<&str, Wanted<'_>> = BTreeMap::new();
-    for (name, list) in input.body.lists.iter().flatten() {
-        let facts_pass = |r: &&ListedRoom| {
-            list.filters.as_ref().is_none_or(|f| {
-                let known = facts.get(&r.room_id);
-                f.allows(&RoomFacts {
-                    is_dm: input.direct.contains(&r.room_id),
-                    encrypted: known.is_some_and(|k| k.encrypted),
-                    invited: r.membership == "invite",
-                    room_type: known.and_then(|k| k.room_type.as_deref()),
-                })
-            })
-        };
-        let matching: Vec<&ListedRoom> = shown.iter().copied().filter(facts_pass).collect();
-        let end = list
-            .ranges
-            .iter()
-            .flatten()
-            .map(|(_, end)| *end)
-            .max()
-            .map(|end| usize::try_from(end).unwrap_or(usize::MAX).saturating_add(1))
-            .unwrap_or(0);
-        let top: Vec<&ListedRoom> = matching.iter().copied().take(end).collect();
-        let required = RequiredState::from_pairs(&list.room.required_state);
-        for room in &top {
-            let entry = wanted
-                .entry(room.room_id.as_str())
-                .or_insert_with(|| Wanted {
-                    room,
-                    timeline_limit: 0,
-                    required_state: RequiredState::default(),
-                    lists: Vec::new(),
-                    subscribed: false,
-                });
-            entry.timeline_limit = entry.timeline_limit.max(list.room.timeline_limit);
-            entry.required_state.union(&required);
-            entry.lists.push(name.as_str());
-        }
-        part.lists.insert(
-            name.clone(),
-            LocalList {
-                count: u64::try_from(matching.len()).unwrap_or(u64::MAX),
-                top: top.iter().map(|r| r.room_id.clone()).collect(),
-            },
-        );
-    }
-    for (room_id, config) in input.body.room_subscriptions.iter().flatten() {
-        let Some(room) = shown.iter().find(|r| r.room_id == *room_id) else {
-            continue;
-        };
-        let required = RequiredState::from_pairs(&config.required_state);
-        let entry = wanted
-            .entry(room.room_id.as_str())
-            .or_insert_with(|| Wanted {
-                room,
-                timeline_limit: 0,
-                required_state: RequiredState::default(),
-                lists: Vec::new(),
-                subscribed: false,
-            });
-        entry.timeline_limit = entry.timeline_limit.max(config.timeline_limit);
-        entry.required_state.union(&required);
-        entry.subscribed = true;
-    }
-    for entry in wanted.values_mut() {
-        entry.timeline_limit = entry.timeline_limit.clamp(0, MAX_TIMELINE_LIMIT);
-    }
-
-    // Merge keys of every window room.
-    let streams: Vec<i64> = wanted.values().map(|w| order_stream(w.room)).collect();
-    let stamps = store::sliding::timestamps(conn, &streams).await?;
-    for w in wanted.values() {
-        let ts = stamps.get(&order_stream(w.room)).copied().unwrap_or(0);
-        part.ts.insert(w.room.room_id.clone(), ts);
-    }
-
-    // Which window rooms are sent, and from where.
-    let mut to_send: Vec<(&Wanted<'_>, Option<i64>)> = Vec::new();
-    for w in wanted.values() {
-        let before = input.prev.and_then(|p| p.sent.get(&w.room.room_id));
-        let after = match before {
-            Some(sent)
-                if sent.timeline_limit >= w.timeline_limit
-                    && !w.required_state.grew_from(&sent.required_state) =>
-            {
-                Some(sent.upto)
-            }
-            _ => None,
-        };
-        let changed = match after {
-            None => true,
-            Some(after) => order_stream(w.room) > after,
-        };
-        if changed {
-            to_send.push((w, after));
-        }
-    }
-    entries(rooms, conn, input, &to_send, &mut part).await?;
-    extensions(rooms, conn, input, &wanted, &mut part).await?;
-    Ok(part)
-}
-
 /// The entries of the rooms to send, and their new [`Sent`] records.
-async fn entries(
+pub(super) async fn entries(
     rooms: &Rooms,
     conn: &mut PgConnection,
     input: &LocalInput<'_>,
@@ -301,6 +75,9 @@ async fn entries(
         first_chunks.entry(room.clone()).or_default();
     }
     let since = input.prev.map_or(0, |p| p.stream);
+    // First the invites and every room's timeline and state keys, then the state of all
+    // rooms at once, then the entries.
+    let mut prepared: Vec<Prepared<'_, '_>> = Vec::with_capacity(to_send.len());
     for (w, after) in to_send {
         let room = w.room;
         let room_id = room.room_id.as_str();
@@ -309,9 +86,6 @@ async fn entries(
         entry.insert("highlight_count".into(), json!(0));
         if after.is_none() {
             entry.insert("initial".into(), json!(true));
-        }
-        if input.direct.contains(room_id) {
-            entry.insert("is_dm".into(), json!(true));
         }
         if room.membership == "invite" || room.membership == "knock" {
             let user_room = UserRoom {
@@ -367,7 +141,6 @@ async fn entries(
         )
         .await?;
         let initial = after.is_none();
-        // State: current state for a joined room, the state at the leave otherwise.
         let senders: HashSet<&str> = timeline
             .events
             .iter()
@@ -400,12 +173,71 @@ async fn entries(
                 .iter()
                 .map(|h| ("m.room.member".to_owned(), h.clone())),
         );
+        prepared.push(Prepared {
+            w,
+            after: *after,
+            entry,
+            upper,
+            reader,
+            timeline,
+            members_changed,
+            heroes: room_heroes,
+            keys,
+        });
+    }
+
+    // One read of current state for the joined rooms that ask for exact keys only: the
+    // union of their keys (each room keeps what it asked for below).
+    let exact: Vec<String> = prepared
+        .iter()
+        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .map(|p| p.w.room.room_id.clone())
+        .collect();
+    let union: BTreeSet<(&str, &str)> = prepared
+        .iter()
+        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .flat_map(|p| p.keys.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+        .collect();
+    let union: Vec<(&str, &str)> = union.into_iter().collect();
+    let mut exact_state = if exact.is_empty() {
+        HashMap::new()
+    } else {
+        store::events::current_state_at_keys_of_rooms(conn, &exact, &union).await?
+    };
+    // The rooms whose timelines have relations to bundle, in one probe for all.
+    let timeline_ids: Vec<String> = prepared
+        .iter()
+        .flat_map(|p| p.timeline.events.iter())
+        .filter(|e| e.event.redacted_by.is_none())
+        .map(|e| e.event.event_id.to_string())
+        .collect();
+    let related = store::sliding::rooms_with_relations(conn, &timeline_ids).await?;
+
+    for prepared in prepared {
+        let Prepared {
+            w,
+            after,
+            mut entry,
+            upper,
+            reader,
+            timeline,
+            members_changed,
+            heroes: room_heroes,
+            keys: _,
+        } = prepared;
+        let room = w.room;
+        let room_id = room.room_id.as_str();
+        let initial = after.is_none();
+        let senders: HashSet<&str> = timeline
+            .events
+            .iter()
+            .map(|e| e.event.sender.as_str())
+            .collect();
+        // State: current state for a joined room, the state at the leave otherwise.
         let state: Vec<EventWithPrev> = if room.membership != "join" {
             store::events::state_at(conn, room_id, upper).await?
         } else if w.required_state.exact_only() {
-            let pairs: Vec<(&str, &str)> =
-                keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            store::events::current_state_at_keys(conn, room_id, &pairs).await?
+            exact_state.remove(room_id).unwrap_or_default()
         } else {
             store::events::current_state(conn, room_id).await?
         };
@@ -518,14 +350,33 @@ async fn entries(
         entry.insert("prev_batch".into(), json!(timeline.prev_batch.to_string()));
         entry.insert("num_live".into(), json!(num_live));
         if !timeline.events.is_empty() {
-            let values =
-                client_events(rooms, conn, input.requester, &reader, timeline.events).await?;
+            let values = if related.contains(room_id) {
+                client_events(rooms, conn, input.requester, &reader, timeline.events).await?
+            } else {
+                // Nothing to bundle: the same format without the aggregation queries.
+                state_events(rooms, conn, input.requester, &reader, timeline.events).await?
+            };
             entry.insert("timeline".into(), Value::Array(values));
         }
         part.entries
             .insert(room.room_id.clone(), Value::Object(entry));
     }
     Ok(())
+}
+
+/// A joined or departed room to send, between reading its timeline and its state.
+struct Prepared<'w, 'a> {
+    w: &'w Wanted<'a>,
+    after: Option<i64>,
+    entry: Map<String, Value>,
+    /// The position its timeline and state end at.
+    upper: i64,
+    reader: Reader,
+    timeline: Timeline,
+    members_changed: bool,
+    heroes: Vec<String>,
+    /// The exact state keys it needs.
+    keys: Vec<(String, String)>,
 }
 
 fn sent_record(w: &Wanted<'_>, upto: i64) -> Sent {
@@ -603,94 +454,4 @@ async fn timeline(
         limited,
         prev_batch,
     })
-}
-
-/// Receipts, typing and room account data of the window rooms the extensions cover.
-async fn extensions(
-    rooms: &Rooms,
-    conn: &mut PgConnection,
-    input: &LocalInput<'_>,
-    wanted: &BTreeMap<&str, Wanted<'_>>,
-    part: &mut LocalPart,
-) -> Result<(), RoomError> {
-    let Some(ext) = input.body.extensions.as_ref() else {
-        return Ok(());
-    };
-    let user = input.requester.user_id.as_str();
-    let prev_side = input.prev.map(|p| p.side).unwrap_or_default();
-    // A room the client had before this answer continues from the connection's position;
-    // one new to it gets everything.
-    let had = |room: &str| {
-        input.prev.and_then(|p| p.sent.get(room)).is_some_and(|_| {
-            part.entries
-                .get(room)
-                .is_none_or(|e| e.get("initial").is_none())
-        })
-    };
-    let covered = |e: Option<&RoomExtension>| -> Vec<(String, bool)> {
-        let Some(e) = e.filter(|e| e.enabled == Some(true)) else {
-            return Vec::new();
-        };
-        wanted
-            .values()
-            .filter(|w| w.room.membership == "join")
-            .filter(|w| e.covers(&w.room.room_id, &w.lists, w.subscribed))
-            .map(|w| (w.room.room_id.clone(), had(&w.room.room_id)))
-            .collect()
-    };
-    let windows = |rooms: &[(String, bool)]| -> Vec<(String, i64)> {
-        rooms
-            .iter()
-            .map(|(room, had)| (room.clone(), if *had { prev_side.room_data } else { 0 }))
-            .filter(|(_, after)| *after < input.side_upto.room_data)
-            .collect()
-    };
-    let receipt_rooms = covered(ext.receipts.as_ref());
-    let receipts =
-        store::receipts::of_rooms(conn, &windows(&receipt_rooms), input.side_upto.room_data)
-            .await?;
-    for (room, list) in receipts {
-        let visible = list
-            .iter()
-            .filter(|r| r.kind != "m.read.private" || r.user_id == user);
-        let content = receipt_content(visible);
-        if !content.is_empty() {
-            part.receipts
-                .insert(room, json!({ "type": "m.receipt", "content": content }));
-        }
-    }
-    let data_rooms = covered(ext.account_data.as_ref());
-    let data = store::room_data::account_data_of_rooms(
-        conn,
-        user,
-        &windows(&data_rooms),
-        input.side_upto.room_data,
-    )
-    .await?;
-    for (room, entries) in data {
-        let events: Vec<Value> = entries
-            .into_iter()
-            .map(|(kind, content)| json!({ "type": kind, "content": content }))
-            .collect();
-        if !events.is_empty() {
-            part.account_data.insert(room, Value::Array(events));
-        }
-    }
-    for (room, had) in covered(ext.typing.as_ref()) {
-        let Some((serial, users)) = rooms.typing.of_room(&room) else {
-            continue;
-        };
-        let news = if had {
-            serial > prev_side.typing
-        } else {
-            !users.is_empty()
-        };
-        if news {
-            part.typing.insert(
-                room,
-                json!({ "type": "m.typing", "content": { "user_ids": users } }),
-            );
-        }
-    }
-    Ok(())
 }
