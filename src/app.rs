@@ -126,6 +126,7 @@ impl AppState {
             &db,
             &notifier,
             &rooms.typing,
+            &classes,
             &tasks,
         ));
         // Push follows the event stream like the appservice pushers, until the process ends.
@@ -156,6 +157,7 @@ impl AppState {
                         registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
                         client,
                         push: push.clone(),
+                        classes: classes.clone(),
                     }
                     .run(),
                 );

@@ -22,6 +22,7 @@ use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
+use crate::routing::LiveClasses;
 use crate::tasks::Tasks;
 use pusher::{Pusher, Stats};
 use websocket::Slot;
@@ -56,6 +57,8 @@ impl Delivery {
     /// Starts one pusher per registration: it pushes to the `url` over HTTP or HTTPS, or over
     /// the appservice's websocket while one is connected (a registration without `url` waits
     /// for one). Must be called inside the runtime.
+    // The shared handles every pusher needs; a struct of them is the next step.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         registrations: &[Registration],
         server_name: &str,
@@ -63,6 +66,7 @@ impl Delivery {
         db: &PgPool,
         notifier: &Notifier,
         typing: &Arc<Typing>,
+        classes: &Arc<LiveClasses>,
         tasks: &Tasks,
     ) -> Self {
         let http = match client::build(config) {
@@ -115,6 +119,7 @@ impl Delivery {
                 socket: handle.socket.clone(),
                 url,
                 relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
+                classes: classes.clone(),
             };
             tasks.spawn("appservice pusher", pusher.run());
             pushers.insert(registration.id.clone(), handle);
