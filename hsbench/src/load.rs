@@ -382,7 +382,7 @@ async fn drive(
         let first = started + ramp.mul_f64(n as f64 / users as f64);
         polls.spawn(async move {
             tokio::time::sleep_until(first.into()).await;
-            poll(http, base, token, since, timeout, end).await
+            (n, poll(http, base, token, since, timeout, end).await)
         });
     }
 
@@ -502,10 +502,13 @@ async fn drive(
         ingest_latencies.extend(latencies);
         ingest_errors.extend(errors);
     }
+    // In client order: the report matches each client with its room by index.
     let mut seen = Vec::with_capacity(users);
     while let Some(joined) = polls.join_next().await {
         seen.push(joined.context("a client task failed")?);
     }
+    seen.sort_unstable_by_key(|(n, _)| *n);
+    let seen = seen.into_iter().map(|(_, seen)| seen).collect();
     let rss = sampler.await.context("the sampler failed")?;
 
     let probes = probes.lock().await.clone();
