@@ -10,6 +10,7 @@ exactly once). Every answer that is not 200 must be Matrix JSON. Each test is bo
 import asyncio
 import json
 import time
+from collections import defaultdict
 
 import httpx
 
@@ -18,6 +19,8 @@ from bridge import Api, portal, register_ghost
 from client import q
 
 SENDERS = 16
+# Timestamps given to batch-sent events: fixed, so runs compare.
+TS0 = 1_650_000_000_000
 # Timelines long enough that no sync in these tests is `limited` (a gap the client would
 # have to fill with /messages): the tests count what the syncs carried.
 SYNC_FILTER = json.dumps({"room": {"timeline": {"limit": 5000}}})
@@ -276,3 +279,120 @@ def test_synapse_restart_during_long_polls():
                 seen.extend(e["event_id"] for e in room_part.get("timeline", {}).get("events", []))
 
     asyncio.run(asyncio.wait_for(scenario(), 240))
+
+
+BACKLOG = 10_000
+BATCH = 1_000
+
+
+def test_appservice_down_for_a_10000_event_backlog_gets_it_all_in_order_once():
+    """A bridge down while 10,000 events are written into its room (batch sends, with a
+    user's ordinary sends between them) gets every one afterwards: in the order the room has
+    them, each in exactly one transaction (a transaction repeated whole, same txnId, is the
+    only repeat allowed), no transaction over the configured size."""
+    from test_appservice_delivery import RecordingBridge, ping_through_synapse, received, wait_for
+
+    reg = stack.example_appservice()
+    user = stack.register_user()
+    record: list = []
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=120) as http:
+            bot = Api(http, reg.as_token)
+            tag = f"bl{time.monotonic_ns()}"
+            ghosts = [reg.ghost(f"{tag}_{n}") for n in range(2)]
+            for ghost in ghosts:
+                await register_ghost(bot, ghost[1:].split(":")[0])
+            room = await portal(bot, ghosts, invite=[user.user_id])
+            me = Api(http, user.access_token)
+            await me.call("POST", f"/v3/join/{q(room)}")
+
+            # Caught up first, so what follows is a backlog of this room only (and whatever
+            # earlier tests left, which is delivered before it).
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                marker = await me.send(room, "before the outage")
+                await wait_for(
+                    lambda: marker in {e["event_id"] for _, e in received(record, {room})},
+                    60,
+                    "the bridge to be caught up",
+                )
+            finally:
+                await bridge.stop()
+            record.clear()
+
+            # The bridge is down: 10,000 events, 1,000 per batch send, and a user's message
+            # after each batch.
+            sent: list[str] = []
+            started = time.monotonic()
+            for b in range(BACKLOG // BATCH):
+                events = [
+                    {
+                        "type": "m.room.message",
+                        "sender": ghosts[i % 2],
+                        "origin_server_ts": TS0 + b * BATCH + i,
+                        "content": {"msgtype": "m.text", "body": f"backlog {b * BATCH + i}"},
+                    }
+                    for i in range(BATCH)
+                ]
+                resp = await bot.call(
+                    "POST",
+                    f"/unstable/com.beeper.backfill/rooms/{q(room)}/batch_send",
+                    body={"forward": True, "send_notification": False, "events": events},
+                )
+                assert len(resp["event_ids"]) == BATCH
+                sent.extend(resp["event_ids"])
+                sent.append(await me.send(room, f"from the user after batch {b}"))
+            built = time.monotonic() - started
+            print(f"backlog of {len(sent)} events built in {built:.1f} s")
+
+            # Back: a ping through Synapse makes the pusher retry at once.
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                await ping_through_synapse(http, reg)
+                want = set(sent)
+                started = time.monotonic()
+                await wait_for(
+                    lambda: want <= {e["event_id"] for _, e in received(record, {room})},
+                    180,
+                    "the whole backlog to reach the bridge",
+                )
+                print(f"backlog delivered in {time.monotonic() - started:.1f} s")
+            finally:
+                await bridge.stop()
+            # The room's own order, as a client reads it.
+            order: list[str] = []
+            token = None
+            while True:
+                params = {"dir": "f", "limit": "1000"}
+                if token:
+                    params["from"] = token
+                page = await me.call("GET", f"/v3/rooms/{q(room)}/messages", params)
+                order += [e["event_id"] for e in page["chunk"] if e["type"] == "m.room.message"]
+                token = page.get("end")
+                if not token or not page["chunk"]:
+                    break
+            return room, sent, order
+
+    room, sent, order = asyncio.run(asyncio.wait_for(scenario(), 600))
+    got = received(record, {room})
+
+    messages = [e["event_id"] for _, e in got if e["type"] == "m.room.message"]
+    # In the order sent, which is the room's order.
+    assert [e for e in order if e in set(sent)] == sent
+    first_seen = list(dict.fromkeys(messages))
+    assert first_seen == sent, "the bridge got the backlog out of order or incomplete"
+    # Exactly once: each event in one transaction only; a transaction seen twice is the same
+    # transaction repeated (same txnId, same events).
+    txns_of = defaultdict(set)
+    for txn, e in got:
+        txns_of[e["event_id"]].add(txn)
+    assert all(len(txns) == 1 for txns in txns_of.values()), {k: v for k, v in txns_of.items() if len(v) > 1}
+    bodies = defaultdict(list)
+    for txn, events in record:
+        bodies[txn].append([e["event_id"] for e in events])
+    assert all(all(b == seen[0] for b in seen) for seen in bodies.values())
+    assert max(len(events) for _, events in record) <= 100  # appservice.max_events_per_transaction
+    assert len({(txn, e["event_id"]) for txn, e in got if e["type"] == "m.room.message"}) == len(sent)

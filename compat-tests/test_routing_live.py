@@ -258,3 +258,59 @@ def test_off_rooms_are_not_listed_until_switched_on(admin, user):
         write(routing_toml())
         assert reload(admin.access_token).status_code == 200
     assert listed(other.access_token) == {"sync": True, "joined_rooms": True, "notifications": True}
+
+
+def test_off_holds_back_appservice_delivery_of_earlier_events(admin):
+    """Events written before the switch that a bridge had not received yet (it was down) are
+    held back while the class is `off`, and reach the bridge, in order, once it is on again."""
+    import asyncio
+
+    from test_appservice_delivery import Api, RecordingBridge, ping_through_synapse, portal, received, register_ghost, wait_for
+
+    reg = stack.example_appservice()
+    record: list = []
+
+    async def scenario() -> tuple[str, list[str]]:
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http:
+            bot = Api(http, reg.as_token)
+            ghost = reg.ghost(f"off_{secrets.token_hex(3)}")
+            await register_ghost(bot, ghost[1:].split(":")[0])
+            room = await portal(bot, [ghost])
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                marker = await bot.send(room, "caught up", user_id=ghost)
+                await wait_for(lambda: marker in {e["event_id"] for _, e in received(record, {room})}, 60,
+                               "the bridge to be caught up")
+            finally:
+                await bridge.stop()
+            record.clear()
+            sent = [await bot.send(room, f"while the bridge is down {n}", user_id=ghost) for n in range(5)]
+            try:
+                write(routing_toml(serve="off"))
+                assert (await asyncio.to_thread(reload, admin.access_token)).status_code == 200
+                bridge = RecordingBridge(reg, record)
+                await bridge.serve()
+                try:
+                    await ping_through_synapse(http, reg)
+                    await asyncio.sleep(4)
+                    got = {e["event_id"] for _, e in received(record, {room})}
+                    assert not got & set(sent), "events of an off room reached the bridge"
+                finally:
+                    await bridge.stop()
+            finally:
+                write(routing_toml())
+                assert (await asyncio.to_thread(reload, admin.access_token)).status_code == 200
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                await ping_through_synapse(http, reg)
+                await wait_for(lambda: set(sent) <= {e["event_id"] for _, e in received(record, {room})}, 60,
+                               "the held events once the class is on")
+            finally:
+                await bridge.stop()
+            return room, sent
+
+    room, sent = asyncio.run(scenario())
+    order = list(dict.fromkeys(e["event_id"] for _, e in received(record, {room}) if e["type"] == "m.room.message"))
+    assert order == sent

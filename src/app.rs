@@ -128,6 +128,7 @@ impl AppState {
             &db,
             &notifier,
             &rooms.typing,
+            &classes,
             &tasks,
         ));
         let bridges = Arc::new(crate::appservice::umbrella::Bridges::new(
@@ -167,6 +168,7 @@ impl AppState {
                         registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
                         client,
                         push: push.clone(),
+                        classes: classes.clone(),
                     }
                     .run(),
                 );

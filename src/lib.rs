@@ -25,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod cors;
 pub mod devices;
+pub mod drain;
 pub mod error;
 pub mod metrics;
 pub mod notify;

@@ -3,7 +3,8 @@
 //! route's handler (forward to Synapse, a local room endpoint, an operations endpoint, or one
 //! of the requests that span both worlds) → give every answer of our own Synapse's CORS
 //! headers (`cors`; Synapse's answers pass untouched) → log its status and time to response
-//! headers.
+//! headers. A body one of our handlers left unread is read before its answer is written
+//! (`drain`), so the connection is kept.
 //! Graceful shutdown stops accepting, then lets in-flight requests finish within the grace
 //! period.
 
@@ -31,6 +32,7 @@ use crate::api::{self, AliasOutcome};
 use crate::app::AppState;
 use crate::auth::requester::{access_token, query_param};
 use crate::cors::{self, Cors};
+use crate::drain;
 use crate::error::MatrixError;
 use crate::routing::{self, FollowUps, PushChange, Route, SessionChange};
 
@@ -160,8 +162,20 @@ async fn handle(
     );
     let label = route.label();
     let cors = Cors::for_path(request.uri().path());
+    // What a handler of ours leaves of the body is read once it has answered (`drain`); a
+    // forwarded body is Synapse's to read, the websocket's is upgraded, and a client waiting
+    // for `100 Continue` sends none once it has the answer.
+    let leftover = !matches!(route, Route::Forward(_) | Route::AppserviceSocket)
+        && !request.headers().contains_key(http::header::EXPECT);
+    let body_limit = handlers.state.config.limits.max_local_body_bytes;
     async move {
-        let request = request.map(Body::new);
+        let (request, leftover) = if leftover {
+            let (parts, body) = request.into_parts();
+            let (body, leftover) = drain::watch(body);
+            (Request::from_parts(parts, Body::new(body)), Some(leftover))
+        } else {
+            (request.map(Body::new), None)
+        };
         let response = match route {
             // CORS (`cors`): a preflight for a request we answer gets Synapse's 204 here, before
             // any handler and without authentication (browsers send preflights without
@@ -213,6 +227,9 @@ async fn handle(
                 }
             }
         };
+        if let Some(leftover) = leftover {
+            drain::rest(leftover, body_limit).await;
+        }
         let response = cors.finish(response);
         let latency = started.elapsed();
         handlers

@@ -419,6 +419,10 @@ fn start_push_task(pool: &PgPool, notifier: &Notifier) -> tokio::task::JoinHandl
             registrations: Vec::new(),
             client: gateway::client(None).unwrap(),
             push,
+            classes: std::sync::Arc::new(hungryserv::routing::LiveClasses::new(
+                &hungryserv::config::RoutingConfig::default(),
+                "one.example",
+            )),
         }
         .run(),
     )

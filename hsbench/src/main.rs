@@ -11,6 +11,7 @@ mod delete;
 mod delivery;
 mod ingest;
 mod initial_sync;
+mod load;
 mod passthrough;
 mod receiver;
 mod sliding_sync;
@@ -51,6 +52,9 @@ enum Scenario {
     /// Simplified sliding sync: a user in R rooms (half local, half Synapse's); the first
     /// window at Synapse (its R/2) vs through hungryserv (all R), and a local send's wake-up.
     SlidingSync(sliding_sync::Options),
+    /// Load: N clients long-polling /sync through hungryserv in local rooms while B bridges
+    /// ingest, for a bounded time; errors, probe wake-ups, resident sets.
+    Load(load::Options),
 }
 
 /// Where the two targets are and who the benchmark acts as.
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             Scenario::Batch(options) => batch::run(options).await,
             Scenario::Delete(options) => delete::run(options).await,
             Scenario::SlidingSync(options) => sliding_sync::run(options).await,
+            Scenario::Load(options) => load::run(options).await,
         }
     });
     match result {

@@ -29,6 +29,7 @@ use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
+use crate::routing::LiveClasses;
 use crate::tasks::Tasks;
 use pusher::{Pusher, Stats};
 use websocket::Slot;
@@ -52,6 +53,7 @@ struct Spawner {
     notifier: Notifier,
     typing: Arc<Typing>,
     tasks: Arc<Tasks>,
+    classes: Arc<LiveClasses>,
 }
 
 struct Handle {
@@ -79,6 +81,7 @@ impl Delivery {
     /// the appservice's websocket while one is connected (a registration without `url` waits
     /// for one). The umbrella registration gets none: its bridges have their own. Must be
     /// called inside the runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         registrations: &[Registration],
         server_name: &str,
@@ -86,6 +89,7 @@ impl Delivery {
         db: &PgPool,
         notifier: &Notifier,
         typing: &Arc<Typing>,
+        classes: &Arc<LiveClasses>,
         tasks: &Arc<Tasks>,
     ) -> Self {
         let http = match client::build(config) {
@@ -105,6 +109,7 @@ impl Delivery {
                 notifier: notifier.clone(),
                 typing: typing.clone(),
                 tasks: tasks.clone(),
+                classes: classes.clone(),
             }),
         };
         for registration in registrations {
@@ -171,6 +176,7 @@ impl Delivery {
             socket: handle.socket.clone(),
             url,
             relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
+            classes: spawner.classes.clone(),
         };
         let stop = handle.stop.clone();
         // Stopping drops the pusher at an await: safe, as at shutdown (see `tasks`).

@@ -24,6 +24,13 @@
 //! * While the appservice holds a websocket ([`super::websocket`]) transactions go over it,
 //!   with the same guarantees (acknowledged by the bridge, else sent again); otherwise over
 //!   HTTP to the registration's `url`.
+//! * Rooms of a class switched `off` are held back: the transaction ends before the first
+//!   event of such a room the appservice would get, and delivery waits there (checking again
+//!   every [`HELD_RECHECK`], or at once when poked) until the class is served again; a
+//!   transaction stored before the switch that holds such an event is not sent meanwhile. Nothing
+//!   is skipped, so order and at-least-once still hold; the price is that this appservice's
+//!   later events of other rooms wait too. Only a bridge that had not yet received events
+//!   written before the switch is affected: an `off` room takes no new events.
 //! * Failures back off exponentially (1 s doubling, capped by `max_retry_interval_s`); a
 //!   successful `/appservice/{id}/ping` through hungryserv retries at once. Each appservice
 //!   has its own task, so one that fails never delays another.
@@ -51,6 +58,7 @@ use crate::rooms::event::{Related, Viewer, to_client};
 use crate::rooms::room_data::receipt_content;
 use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
+use crate::routing::LiveClasses;
 use crate::store::appservice::{PendingTxn, Positions};
 use crate::store::{self, StoreError};
 
@@ -61,6 +69,8 @@ const SCAN_CHUNK: i64 = 500;
 /// Most events examined for one transaction (so a long run of uninteresting events still
 /// persists progress now and then).
 const SCAN_LIMIT: usize = 20_000;
+/// How often delivery held at an event of an `off` room looks at the room classes again.
+const HELD_RECHECK: Duration = Duration::from_secs(1);
 /// First retry interval.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The cursor is written after skipping this many positions of uninteresting events (it is
@@ -101,6 +111,8 @@ pub struct Pusher {
     pub url: Option<String>,
     /// Relay mode: set (then the pusher poked) after a transaction from Synapse is stored.
     pub relayed: Option<Arc<AtomicBool>>,
+    /// The room classes in force: events of `off` rooms are held back.
+    pub classes: Arc<LiveClasses>,
 }
 
 /// What a scan of the queue produced.
@@ -108,6 +120,8 @@ struct Built {
     events: Vec<Value>,
     /// The last position examined: the cursor may move here once these events are delivered.
     last: i64,
+    /// The scan stopped at an event of an `off` room, at `last + 1`.
+    held: bool,
 }
 
 /// Ephemeral events for one transaction.
@@ -277,6 +291,12 @@ impl Pusher {
                     room_data_persisted = to.room_data.or(room_data_persisted);
                     devices_persisted = to.devices.or(devices_persisted);
                 }
+                if built.held {
+                    tokio::select! {
+                        () = self.poke.notified() => {}
+                        () = tokio::time::sleep(HELD_RECHECK) => {}
+                    }
+                }
                 continue;
             }
             let mut events = built.events;
@@ -380,7 +400,9 @@ impl Pusher {
         let mut built = Built {
             events: Vec::new(),
             last: after,
+            held: false,
         };
+        let classes = self.classes.current();
         let mut bytes = 0usize;
         let mut examined = 0usize;
         while built.last < committed && examined < SCAN_LIMIT {
@@ -400,6 +422,12 @@ impl Pusher {
                 }
                 examined += 1;
                 if interest.wants(&mut conn, head).await? {
+                    if !classes.available(&head.room_id) {
+                        // Held back: judged again once the class is served.
+                        interest.rewind_after(head.stream - 1);
+                        built.held = true;
+                        break;
+                    }
                     wanted.push(head.stream);
                 }
                 judged = head.stream;
@@ -421,7 +449,7 @@ impl Pusher {
                 built.events.push(value);
             }
             built.last = judged;
-            if built.events.len() >= self.config.max_events {
+            if built.held || built.events.len() >= self.config.max_events {
                 break;
             }
         }
@@ -440,6 +468,13 @@ impl Pusher {
             .store(built_ms, Ordering::Relaxed);
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // A transaction stored before its rooms' class was switched off waits too.
+            while self.holds_off_room(pending) {
+                tokio::select! {
+                    () = self.poke.notified() => {}
+                    () = tokio::time::sleep(HELD_RECHECK) => {}
+                }
+            }
             let started = Instant::now();
             match self.send(pending).await {
                 Ok(()) => {
@@ -465,6 +500,29 @@ impl Pusher {
                 }
             }
         }
+    }
+
+    /// Whether a stored transaction has an event of a room whose class is `off` (read from
+    /// its body only while some class is off).
+    fn holds_off_room(&self, pending: &PendingTxn) -> bool {
+        let classes = self.classes.current();
+        if classes
+            .classes()
+            .iter()
+            .all(|class| class.serve != crate::config::ServeMode::Off)
+        {
+            return false;
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(&pending.body) else {
+            return false;
+        };
+        body["events"].as_array().is_some_and(|events| {
+            events.iter().any(|event| {
+                event["room_id"]
+                    .as_str()
+                    .is_some_and(|room| !classes.available(room))
+            })
+        })
     }
 
     async fn send(&self, pending: &PendingTxn) -> Result<(), String> {

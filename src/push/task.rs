@@ -32,6 +32,7 @@ use super::rules::{self, RoomFacts};
 use crate::config::Registration;
 use crate::notify::{Notifier, ReadPace};
 use crate::rooms::service::now_ms;
+use crate::routing::LiveClasses;
 use crate::store::events::{EventHead, StoredEvent};
 use crate::store::{self, StoreError, push::PushAction};
 
@@ -55,6 +56,8 @@ pub struct PushTask {
     pub client: GatewayClient,
     /// Told of rejected pushkeys, to delete them at Synapse.
     pub push: Arc<super::Push>,
+    /// The room classes in force: rooms of an `off` class push nothing.
+    pub classes: Arc<LiveClasses>,
 }
 
 /// One notification to send: what about, and to which pushers.
@@ -114,7 +117,13 @@ impl PushTask {
             };
             let outgoing = self.evaluate(&mut conn, &mut cache, &heads, last).await?;
             position = last;
+            let classes = self.classes.current();
             for out in outgoing {
+                // Held back while the room's class is off (the notification is recorded, and
+                // listed once the class is on; the push itself is not sent later).
+                if !classes.available(&out.notice.room_id) {
+                    continue;
+                }
                 for pusher in out.pushers {
                     while deliveries.len() >= MAX_IN_FLIGHT {
                         deliveries.join_next().await;

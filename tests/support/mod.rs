@@ -202,6 +202,10 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         &pool,
         &notifier,
         &typing,
+        &std::sync::Arc::new(hungryserv::routing::LiveClasses::new(
+            &config.routing,
+            "test.local",
+        )),
         &tasks,
     );
     for _ in 0..100 {
