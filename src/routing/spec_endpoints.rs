@@ -57,11 +57,7 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
         "/v3/rooms/{roomId}/context/{eventId}",
         Expect::Local(""),
     ),
-    (
-        "GET",
-        "/v3/rooms/{roomId}/initialSync",
-        Expect::Local("not yet: 404 M_UNRECOGNIZED (issue 22)"),
-    ),
+    ("GET", "/v3/rooms/{roomId}/initialSync", Expect::Local("")),
     (
         "PUT",
         "/v3/rooms/{roomId}/send/{eventType}/{txnId}",
@@ -101,11 +97,7 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
         ),
     ),
     ("GET", "/v1/room_summary/{roomId}", Expect::Local("")),
-    (
-        "POST",
-        "/v3/rooms/{roomId}/upgrade",
-        Expect::Local("not yet: 404 M_UNRECOGNIZED (issue 22)"),
-    ),
+    ("POST", "/v3/rooms/{roomId}/upgrade", Expect::Local("")),
     ("GET", "/v3/rooms/{roomId}/aliases", Expect::Local("")),
     // Membership.
     ("POST", "/v3/join/{roomId}", Expect::Local("")),
