@@ -285,7 +285,6 @@ fn synapse_tokens(request: Request<Body>) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
-/// Drops the cached identities a session change ends.
 /// Drops the cached identities a session change ends. A `/refresh` is handled by
 /// [`refreshed`], which needs Synapse's answer; when that answer is lost, nothing is known of
 /// the new token and Synapse keeps the old one valid until the new one is used, so nothing
