@@ -32,7 +32,7 @@ use super::auth::{self, Proposal};
 use super::create::{CreateRoomRequest, InitialStateEvent};
 use super::power::PowerLevels;
 use super::service::{NewEvent, Rooms};
-use super::state::{RoomState, StateEntry};
+use super::state::RoomState;
 use crate::auth::requester::Requester;
 use crate::config::RoomClass;
 use crate::store;
@@ -159,27 +159,9 @@ impl Rooms {
     /// The current state of a local room, as the auth rules read it.
     async fn current_state(&self, room_id: &OwnedRoomId) -> Result<RoomState, RoomError> {
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        let row = store::rooms::get(&mut conn, room_id.as_str())
+        super::writer::read_state(&mut conn, room_id)
             .await?
-            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
-        let creator = OwnedUserId::try_from(row.creator.as_str())
-            .map_err(|_| RoomError::Internal(format!("creator {:?}", row.creator)))?;
-        let mut state = RoomState::new(room_id.clone(), &row.room_version, creator);
-        for stored in store::events::current_state(&mut conn, room_id.as_str()).await? {
-            let event = stored.event;
-            if let Some(key) = event.state_key {
-                state.entries.insert(
-                    (event.kind, key),
-                    StateEntry {
-                        event_id: event.event_id,
-                        stream: event.stream,
-                        sender: event.sender,
-                        content: event.content,
-                    },
-                );
-            }
-        }
-        Ok(state)
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
     }
 
     /// Step 5: the local aliases move to `new`; the canonical alias follows them.

@@ -76,6 +76,8 @@ use crate::store::{self, events::StoredEvent, rooms::RoomRow};
 mod build;
 mod commit;
 
+pub use commit::read_state;
+
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 256;
 /// Jobs that may wait for the writer before senders are made to wait.

@@ -364,16 +364,25 @@ impl WriterTask {
     }
 }
 
-/// Reads a room's state from the database.
+/// Reads a room's state from the database, for a room that must exist.
 async fn load_state(
     conn: &mut PgConnection,
     room_id: &OwnedRoomId,
 ) -> Result<RoomState, store::StoreError> {
-    let row = store::rooms::get(conn, room_id.as_str())
-        .await?
-        .ok_or_else(|| {
-            store::StoreError::Corrupt(format!("room {room_id} vanished during a write"))
-        })?;
+    read_state(conn, room_id).await?.ok_or_else(|| {
+        store::StoreError::Corrupt(format!("room {room_id} vanished during a write"))
+    })
+}
+
+/// A room's current state and positions as stored, as the auth rules read it; `None` for a
+/// room that does not exist.
+pub async fn read_state(
+    conn: &mut PgConnection,
+    room_id: &OwnedRoomId,
+) -> Result<Option<RoomState>, store::StoreError> {
+    let Some(row) = store::rooms::get(&mut *conn, room_id.as_str()).await? else {
+        return Ok(None);
+    };
     let creator = OwnedUserId::try_from(row.creator.as_str())
         .map_err(|_| store::StoreError::Corrupt(format!("creator {:?}", row.creator)))?;
     let mut state = RoomState::new(room_id.clone(), &row.room_version, creator);
@@ -394,5 +403,5 @@ async fn load_state(
             );
         }
     }
-    Ok(state)
+    Ok(Some(state))
 }
