@@ -251,6 +251,15 @@ impl Session {
         list.iter().map(|r| r.room_id().to_owned()).collect()
     }
 
+    /// Whether every one of `rooms` in the list has its latest event computed.
+    fn have_latest_events(&self, rooms: &[OwnedRoomId]) -> bool {
+        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.iter().all(|room_id| {
+            list.iter()
+                .any(|r| r.room_id() == room_id && r.latest_event_timestamp().is_some())
+        })
+    }
+
     fn list_json(&self) -> Value {
         let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         list.iter()
@@ -303,11 +312,14 @@ async fn room_list(s: &Session, params: &Value, sender: &Sender) -> Result<Value
         order.into_iter().filter(|r| expected.contains(r)).collect()
     };
 
+    // The SDK computes each room's latest event in the background and, until it has, sorts
+    // a room without one by `bump_stamp` against its like and after every room with one: an
+    // order seen before all our rooms have their latest event is a passing state.
     wait_for(
-        "the room list to show the rooms in the expected order",
+        "the room list to show the rooms in the expected order, each with its latest event",
         s.timeout,
         || async {
-            if ours(s.order()) == expected {
+            if ours(s.order()) == expected && s.have_latest_events(&expected) {
                 Ok(())
             } else {
                 Err(s.list_json())
