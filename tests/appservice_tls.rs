@@ -8,9 +8,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hungryserv::appservice::Delivery;
+use hungryserv::appservice::pusher::Stats;
 use hungryserv::notify::Notifier;
 use hungryserv::rooms::auth::Proposal;
 use hungryserv::rooms::writer::NewRoom;
@@ -86,14 +89,14 @@ async fn deliver_a_room(
     (pool, notifier, delivery, room_id, tasks)
 }
 
-/// The value of one of the delivery metrics for the `tls` appservice.
-fn metric(delivery: &Delivery, notifier: &Notifier, name: &str) -> f64 {
-    let text = delivery.metrics(notifier.current());
-    let prefix = format!("{name}{{appservice=\"tls\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+/// One of the `tls` appservice's delivery counters (as `/_hungryserv/metrics` shows them).
+fn metric(delivery: &Delivery, counter: fn(&Stats) -> &AtomicU64) -> u64 {
+    let stats = delivery.stats();
+    let (_, stats) = stats
+        .iter()
+        .find(|(id, _)| id == "tls")
+        .expect("no pusher for the tls appservice");
+    counter(stats).load(Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +106,7 @@ async fn https_delivery_trusts_the_extra_ca() {
     let ca_file = dir.path().join("bridge-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let mut bridge = https_server(certificate, key, b"{}").await;
-    let (_pool, notifier, delivery, room_id, _tasks) =
+    let (_pool, _notifier, delivery, room_id, _tasks) =
         deliver_a_room(bridge.addr, Some(&ca_file)).await;
 
     let Received {
@@ -140,31 +143,19 @@ async fn https_delivery_trusts_the_extra_ca() {
     assert!(bridge.handshake_errors.try_recv().is_err());
     // The acknowledgement is counted once the transaction is deleted.
     for _ in 0..100 {
-        if metric(
-            &delivery,
-            &notifier,
-            "hungryserv_appservice_transactions_sent_total",
-        ) == 1.0
-        {
+        if metric(&delivery, |s| &s.transactions_sent) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        metric(
-            &delivery,
-            &notifier,
-            "hungryserv_appservice_transactions_sent_total"
-        ),
-        1.0
-    );
+    assert_eq!(metric(&delivery, |s| &s.transactions_sent), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_delivery_refuses_an_untrusted_certificate() {
     let (_ca_pem, certificate, key) = private_ca();
     let mut bridge = https_server(certificate, key, b"{}").await;
-    let (pool, notifier, delivery, _room_id, _tasks) = deliver_a_room(bridge.addr, None).await;
+    let (pool, _notifier, delivery, _room_id, _tasks) = deliver_a_room(bridge.addr, None).await;
 
     // The client aborts the handshake with an alert naming the certificate's issuer.
     let reason = tokio::time::timeout(Duration::from_secs(20), bridge.handshake_errors.recv())
@@ -178,21 +169,8 @@ async fn https_delivery_refuses_an_untrusted_certificate() {
         bridge.requests.try_recv().is_err(),
         "a request reached the bridge"
     );
-    assert!(
-        metric(
-            &delivery,
-            &notifier,
-            "hungryserv_appservice_transactions_failed_total"
-        ) >= 1.0
-    );
-    assert_eq!(
-        metric(
-            &delivery,
-            &notifier,
-            "hungryserv_appservice_transactions_sent_total"
-        ),
-        0.0
-    );
+    assert!(metric(&delivery, |s| &s.transactions_failed) >= 1);
+    assert_eq!(metric(&delivery, |s| &s.transactions_sent), 0);
     // The transaction waits, stored, for the bridge to become trusted.
     let stored: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM appservice_transactions WHERE appservice_id = 'tls'",

@@ -18,7 +18,6 @@ pub mod umbrella;
 pub mod websocket;
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -27,7 +26,6 @@ use tokio::sync::Notify;
 
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
-use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
 use crate::routing::LiveClasses;
 use crate::tasks::Tasks;
@@ -240,78 +238,11 @@ impl Delivery {
         }
     }
 
-    /// Prometheus text for every pusher, given the committed stream position.
-    pub fn metrics(&self, committed: i64) -> String {
-        let now = now_ms();
-        let mut out = String::new();
-        let families: [(&str, &str, &str); 6] = [
-            (
-                "hungryserv_appservice_transactions_sent_total",
-                "counter",
-                "Transactions the appservice acknowledged.",
-            ),
-            (
-                "hungryserv_appservice_transactions_failed_total",
-                "counter",
-                "Transaction attempts that failed (each retry counts).",
-            ),
-            (
-                "hungryserv_appservice_events_sent_total",
-                "counter",
-                "Events in acknowledged transactions.",
-            ),
-            (
-                "hungryserv_appservice_queue_positions",
-                "gauge",
-                "Committed stream positions not yet delivered or skipped (queue depth, in events of all rooms).",
-            ),
-            (
-                "hungryserv_appservice_in_flight_events",
-                "gauge",
-                "Events in the transaction being delivered.",
-            ),
-            (
-                "hungryserv_appservice_oldest_undelivered_seconds",
-                "gauge",
-                "Age of the transaction being delivered (0 when none).",
-            ),
-        ];
-        for (name, kind, help) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (id, handle) in self.read().iter() {
-                let stats = &handle.stats;
-                let value = match name {
-                    "hungryserv_appservice_transactions_sent_total" => {
-                        stats.transactions_sent.load(Ordering::Relaxed) as f64
-                    }
-                    "hungryserv_appservice_transactions_failed_total" => {
-                        stats.transactions_failed.load(Ordering::Relaxed) as f64
-                    }
-                    "hungryserv_appservice_events_sent_total" => {
-                        stats.events_sent.load(Ordering::Relaxed) as f64
-                    }
-                    "hungryserv_appservice_queue_positions" => {
-                        (committed - stats.cursor.load(Ordering::Relaxed)).max(0) as f64
-                    }
-                    "hungryserv_appservice_in_flight_events" => {
-                        stats.in_flight_events.load(Ordering::Relaxed) as f64
-                    }
-                    _ => match stats.in_flight_since_ms.load(Ordering::Relaxed) {
-                        0 => 0.0,
-                        since => (now - since).max(0) as f64 / 1000.0,
-                    },
-                };
-                let _ = writeln!(out, "{name}{{appservice=\"{}\"}} {value}", escape(id));
-            }
-        }
-        out
+    /// Every pusher's counters, by appservice ID (`/_hungryserv/metrics` reads them).
+    pub fn stats(&self) -> Vec<(String, Arc<Stats>)> {
+        self.read()
+            .iter()
+            .map(|(id, handle)| (id.clone(), handle.stats.clone()))
+            .collect()
     }
-}
-
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

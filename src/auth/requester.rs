@@ -322,15 +322,10 @@ impl Identity {
     }
 
     /// How many requests were served on an identity Synapse confirmed before, while it could
-    /// not answer (degraded mode), as Prometheus text.
-    pub fn metrics(&self) -> String {
-        format!(
-            "# HELP hungryserv_auth_confirmed_identities_served_total Requests authenticated from an identity Synapse confirmed before, while Synapse could not answer.\n\
-             # TYPE hungryserv_auth_confirmed_identities_served_total counter\n\
-             hungryserv_auth_confirmed_identities_served_total {}\n",
-            self.served_confirmed
-                .load(std::sync::atomic::Ordering::Relaxed)
-        )
+    /// not answer (degraded mode).
+    pub fn served_confirmed(&self) -> u64 {
+        self.served_confirmed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn appservice_requester(

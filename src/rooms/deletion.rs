@@ -198,18 +198,14 @@ impl Deletions {
             .ok_or_else(|| RoomError::NotFound("Unknown room".into()))
     }
 
-    /// Prometheus text: deletions in progress, deleted rooms known.
-    pub fn metrics(&self) -> String {
-        let gone = self.gone.read().map(|set| set.len()).unwrap_or(0);
-        format!(
-            "# HELP hungryserv_room_deletions_in_progress Room deletions queued or being purged.\n\
-             # TYPE hungryserv_room_deletions_in_progress gauge\n\
-             hungryserv_room_deletions_in_progress {}\n\
-             # HELP hungryserv_deleted_rooms Deleted or blocked rooms requests are refused for.\n\
-             # TYPE hungryserv_deleted_rooms gauge\n\
-             hungryserv_deleted_rooms {gone}\n",
-            self.in_progress.load(Ordering::Relaxed)
-        )
+    /// Deletions queued or being purged.
+    pub fn in_progress(&self) -> i64 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Deleted or blocked rooms requests are refused for.
+    pub fn deleted_rooms(&self) -> usize {
+        self.gone.read().map(|set| set.len()).unwrap_or(0)
     }
 
     pub(super) fn db(&self) -> &PgPool {

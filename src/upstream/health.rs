@@ -98,22 +98,9 @@ impl Health {
             .unwrap_or_default()
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        format!(
-            "# HELP hungryserv_synapse_up Whether Synapse answers (1) or hungryserv is in degraded mode (0).\n\
-             # TYPE hungryserv_synapse_up gauge\n\
-             hungryserv_synapse_up {}\n\
-             # HELP hungryserv_synapse_state_seconds How long Synapse has been in its current state (up or down).\n\
-             # TYPE hungryserv_synapse_state_seconds gauge\n\
-             hungryserv_synapse_state_seconds {:.3}\n\
-             # HELP hungryserv_synapse_outages_total Times Synapse went from answering to not answering.\n\
-             # TYPE hungryserv_synapse_outages_total counter\n\
-             hungryserv_synapse_outages_total {}\n",
-            u8::from(self.is_up()),
-            self.for_how_long().as_secs_f64(),
-            self.outages.load(Ordering::Relaxed),
-        )
+    /// Times Synapse went from answering to not answering.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
     }
 }
 
@@ -148,9 +135,9 @@ mod tests {
         assert!(!health.is_up());
         health.answered();
         health.failed();
-        assert_eq!(health.outages.load(Ordering::Relaxed), 2);
-        assert!(health.render().contains("hungryserv_synapse_up 0\n"));
+        assert_eq!(health.outages(), 2);
         health.answered();
-        assert!(health.render().contains("hungryserv_synapse_up 1\n"));
+        assert!(health.is_up());
+        assert_eq!(health.outages(), 2);
     }
 }
