@@ -191,10 +191,12 @@ async fn handle(
             }
             Route::Forward(follow_ups) => forward(&handlers.state, request, peer, follow_ups).await,
             Route::Ops => call(&handlers.ops, request).await,
-            Route::Local => match gone_room(&handlers.state, request.uri().path()) {
-                Some(refusal) => refusal.into_response(),
-                None => call(&handlers.local, request).await,
-            },
+            Route::Local(room) => {
+                match api::gone_refusal(&handlers.state, &room.room_id, room.joins) {
+                    Some(refusal) => refusal.into_response(),
+                    None => call(&handlers.local, request).await,
+                }
+            }
             Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
             Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
             Route::ReadOnly { .. } | Route::Unavailable { .. } => api::class_refusal(&route)
@@ -245,17 +247,6 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-/// The answer for a request naming a deleted local room: 404, as for a room that never
-/// existed; joins and knocks of a blocked room get Synapse's 403 instead.
-fn gone_room(state: &AppState, path: &str) -> Option<MatrixError> {
-    let classes = state.classes.current();
-    let room = routing::named_room(&classes, path)?;
-    let joins = path
-        .split('/')
-        .any(|segment| segment == "join" || segment == "knock");
-    api::gone_refusal(state, &room, joins)
 }
 
 /// A client may hand a sync token of ours to Synapse (`/messages?from=` with a `next_batch`,

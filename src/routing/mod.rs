@@ -33,8 +33,8 @@ pub enum Route {
     Forward(FollowUps),
     /// hungryserv's own operations endpoints under `/_hungryserv/`.
     Ops,
-    /// Names a local room of a served class.
-    Local,
+    /// Names a local room of a served class: which, and whether the request joins it.
+    Local(LocalRoom),
     /// Names a local room of a class whose `serve` is `off`.
     Unavailable {
         /// The class name.
@@ -108,7 +108,7 @@ impl Route {
             Route::AdminRoom => "admin_room",
             Route::Admin => "admin",
             Route::AdminRoomList | Route::AdminEventReports => "merge",
-            Route::Local => "local",
+            Route::Local(_) => "local",
             Route::Unavailable { .. } => "unavailable",
             Route::ReadOnly { .. } => "read_only",
             Route::CreateRoom => "create_room",
@@ -126,6 +126,16 @@ impl Route {
             Route::Relay { .. } => "relay",
         }
     }
+}
+
+/// The local room a request names, as its gate (`api::gone_refusal`) needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRoom {
+    /// The room ID, decoded.
+    pub room_id: String,
+    /// The request joins or knocks (`/join/{roomId}`, `/knock/{roomId}`,
+    /// `/rooms/{roomId}/join`): a blocked room refuses it with 403 rather than 404.
+    pub joins: bool,
 }
 
 /// The room classes, ready for matching room IDs.
@@ -171,9 +181,15 @@ impl RoomClasses {
     /// `ReadOnly` or `Unavailable`); `None` when it is not a local room ID. Also what a
     /// room reached through an alias is judged by.
     pub fn room_route(&self, method: &Method, room_id: &str) -> Option<Route> {
+        let local = || {
+            Route::Local(LocalRoom {
+                room_id: room_id.to_owned(),
+                joins: false,
+            })
+        };
         self.class_of(room_id).map(|class| match class.serve {
-            ServeMode::Local => Route::Local,
-            ServeMode::ReadOnly if is_read(method) => Route::Local,
+            ServeMode::Local => local(),
+            ServeMode::ReadOnly if is_read(method) => local(),
             ServeMode::ReadOnly => Route::ReadOnly {
                 class: class.name.clone(),
             },
@@ -302,7 +318,13 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         _ => None,
     };
     if let Some(route) = named_room {
-        return route;
+        return match (route, segments.as_slice()) {
+            (Route::Local(room), [_, "rooms", _, "join"]) => Route::Local(LocalRoom {
+                joins: true,
+                ..room
+            }),
+            (route, _) => route,
+        };
     }
     match segments.as_slice() {
         [_, "join" | "knock", target] => {
@@ -312,7 +334,13 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
                     alias: target.into_owned(),
                 }
             } else {
-                classes.room_route(method, &target).unwrap_or(FORWARD)
+                match classes.room_route(method, &target) {
+                    Some(Route::Local(room)) => Route::Local(LocalRoom {
+                        joins: true,
+                        ..room
+                    }),
+                    route => route.unwrap_or(FORWARD),
+                }
             }
         }
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
@@ -354,23 +382,6 @@ fn admin_route(classes: &RoomClasses, rest: &str) -> Route {
         _ => false,
     };
     if ours { Route::AdminRoom } else { FORWARD }
-}
-
-/// The local-room ID a client request's path names (decoded), if any: what a deleted room's
-/// gate checks. Same positions as [`classify`] looks at.
-pub fn named_room<'a>(classes: &RoomClasses, path: &'a str) -> Option<Cow<'a, str>> {
-    let rest = path.strip_prefix("/_matrix/client/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    let room = match segments.as_slice() {
-        [_, "rooms" | "room_summary", room, ..]
-        | ["unstable", _, "rooms" | "room_summary", room, ..]
-        | ["unstable", "im.nheko.summary", "summary", room]
-        | [_, "user", _, "rooms", room, ..]
-        | [_, "join" | "knock", room] => *room,
-        _ => return None,
-    };
-    let room = decode_segment(room);
-    classes.class_of(&room).is_some().then_some(room)
 }
 
 /// The path with its variable parts replaced by placeholders, for logs and metric labels:
@@ -441,6 +452,18 @@ mod tests {
 
     #[test]
     fn classification() {
+        let local = |room: &str| {
+            Route::Local(LocalRoom {
+                room_id: room.into(),
+                joins: false,
+            })
+        };
+        let join = |room: &str| {
+            Route::Local(LocalRoom {
+                room_id: room.into(),
+                joins: true,
+            })
+        };
         let off = Route::Unavailable {
             class: "old".into(),
         };
@@ -470,7 +493,7 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v3/rooms/!ro_x:example.org/messages",
-                Route::Local,
+                local("!ro_x:example.org"),
             ),
             (
                 Method::PUT,
@@ -503,17 +526,17 @@ mod tests {
             (
                 Method::PUT,
                 "/_matrix/client/v3/rooms/!hs_abc:example.org/send/m.room.message/1",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::PUT,
                 "/_matrix/client/r0/rooms/%21hs_abc%3Aexample.org/state/m.room.name/",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::GET,
                 "/_matrix/client/v1/rooms/%21hs_abc%3Aexample.org/relations/%24e",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             // Our prefix on another server, or a v12 hash ID without a server: not ours.
             (
@@ -524,17 +547,17 @@ mod tests {
             (
                 Method::POST,
                 "/_matrix/client/unstable/com.beeper.backfill/rooms/!hs_abc:example.org/batch_send",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::GET,
                 "/_matrix/client/unstable/im.nheko.summary/rooms/%21hs_abc%3Aexample.org/summary",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::GET,
                 "/_matrix/client/v1/room_summary/!hs_abc:example.org",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::GET,
@@ -544,7 +567,7 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/unstable/im.nheko.summary/summary/%21hs_abc%3Aexample.org",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (Method::POST, "/_matrix/client/v3/search", Route::Search),
             (Method::GET, "/_matrix/client/v3/search", FORWARD),
@@ -556,12 +579,12 @@ mod tests {
             (
                 Method::PUT,
                 "/_matrix/client/v3/user/@a:example.org/rooms/!hs_abc:example.org/account_data/m.x",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::DELETE,
                 "/_matrix/client/v3/user/%40a%3Aexample.org/rooms/%21hs_abc%3Aexample.org/tags/u.x",
-                Route::Local,
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::GET,
@@ -591,7 +614,33 @@ mod tests {
             (
                 Method::POST,
                 "/_matrix/client/v3/join/!hs_abc:example.org",
-                Route::Local,
+                join("!hs_abc:example.org"),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/knock/%21hs_abc%3Aexample.org",
+                join("!hs_abc:example.org"),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v3/rooms/%21hs_abc%3Aexample.org/join",
+                join("!hs_abc:example.org"),
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/unstable/com.beeper.yeet/rooms/!hs_a:example.org/delete",
+                local("!hs_a:example.org"),
+            ),
+            // An event type or state key named `join` does not make a send a join.
+            (
+                Method::PUT,
+                "/_matrix/client/v3/rooms/!hs_abc:example.org/send/join/1",
+                local("!hs_abc:example.org"),
+            ),
+            (
+                Method::PUT,
+                "/_matrix/client/v3/rooms/!hs_abc:example.org/state/m.x/join",
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::POST,
@@ -720,31 +769,6 @@ mod tests {
     #[test]
     fn delete_ids_are_recognised() {
         assert_eq!(DELETE_ID_PREFIX, crate::rooms::deletion::DELETE_ID_PREFIX);
-    }
-
-    #[test]
-    fn named_rooms() {
-        let classes = classes();
-        let cases = [
-            (
-                "/_matrix/client/v3/rooms/%21hs_a%3Aexample.org/send/m.x/1",
-                Some("!hs_a:example.org"),
-            ),
-            (
-                "/_matrix/client/v3/join/!hs_a:example.org",
-                Some("!hs_a:example.org"),
-            ),
-            (
-                "/_matrix/client/unstable/com.beeper.yeet/rooms/!hs_a:example.org/delete",
-                Some("!hs_a:example.org"),
-            ),
-            ("/_matrix/client/v3/rooms/!abc:example.org/state", None),
-            ("/_matrix/client/v3/join/%23a%3Aexample.org", None),
-            ("/_matrix/client/v3/sync", None),
-        ];
-        for (path, want) in cases {
-            assert_eq!(named_room(&classes, path).as_deref(), want, "{path}");
-        }
     }
 
     #[test]
