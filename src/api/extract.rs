@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use http::request::Parts;
+use ruma::OwnedRoomId;
 use serde_json::{Map, Value};
 
 use super::ApiError;
@@ -66,6 +67,21 @@ where
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
             Err(rejection) => Err(MatrixError::invalid_param(rejection.body_text()).into()),
         }
+    }
+}
+
+/// The room of a `/{version}/rooms/{roomId}` route with no other path parameter, parsed:
+/// a room ID that does not parse is 400 `M_INVALID_PARAM`, as everywhere else. Put it after
+/// [`Authed`]: the room ID is judged after the requester, as handlers that parse it do.
+pub struct RoomPath(pub OwnedRoomId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RoomPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((_version, room)) =
+            Path::<(String, String)>::from_request_parts(parts, state).await?;
+        super::send::room_id(&room).map(RoomPath)
     }
 }
 

@@ -5,8 +5,7 @@ use axum::extract::State;
 use serde_json::Value;
 
 use super::ApiError;
-use super::extract::{Authed, Path, Query};
-use super::send::room_id;
+use super::extract::{Authed, Query, RoomPath};
 use crate::app::AppState;
 use crate::error::MatrixError;
 use crate::rooms::hierarchy::HierarchyRequest;
@@ -16,11 +15,10 @@ const MAX_LIMIT: i64 = 50;
 
 pub async fn hierarchy(
     State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
     auth: Authed,
+    RoomPath(room): RoomPath,
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
-    let room = room_id(&room)?;
     let suggested_only = match query.get("suggested_only") {
         None | Some("false") => false,
         Some("true") => true,

@@ -6,19 +6,17 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::extract::{Authed, JsonObject, Path};
-use super::send::room_id;
+use super::extract::{Authed, JsonObject, RoomPath};
 use crate::app::AppState;
 use crate::error::{ErrorCode, MatrixError};
 use crate::rooms::service::origin_ts;
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    Path((_, room)): Path<(String, String)>,
     auth: Authed,
+    RoomPath(room_id): RoomPath,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = room_id(&room)?;
     // Synapse's answers: no `new_version` is M_MISSING_PARAM; one that is not a string is
     // no version it knows (M_UNSUPPORTED_ROOM_VERSION), not M_BAD_JSON.
     let new_version = match body.get("new_version") {

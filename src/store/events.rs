@@ -2,6 +2,12 @@
 //!
 //! Rows are converted to ruma ID types at this boundary; a row that does not parse is
 //! reported as [`StoreError::Corrupt`] rather than served.
+//!
+//! Every read of whole events selects into one [`Row`] and maps it once ([`Row::parse`]).
+//! Their SELECT lists repeat because sqlx's compile-checked macros take only string literals;
+//! each `query_as!(Row, …)` is checked against `Row`'s fields (names, types, nullability)
+//! when the crate compiles, so a list that drifts from the others does not build. The
+//! columns written are held together by `copy::tests::event_column_lists_agree`.
 
 use std::collections::HashMap;
 
