@@ -207,6 +207,12 @@ def test_blocked_room_cannot_be_joined(admin, user):
     resp = join(other.access_token, room_id)
     assert resp.status_code == 403, resp.text
     assert resp.json() == {"errcode": "M_FORBIDDEN", "error": "This room has been blocked on this server"}
+    resp = call(other.access_token, "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/join", {})
+    assert (resp.status_code, resp.json()["errcode"]) == (403, "M_FORBIDDEN"), resp.text
+    # Only joins and knocks are refused as blocked: a send whose event type is "join" is a
+    # request about an unknown room.
+    resp = call(user.access_token, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/join/t1", {})
+    assert (resp.status_code, resp.json()["errcode"]) == (404, "M_NOT_FOUND"), resp.text
     # Not blocked: unknown.
     room2 = create_room(user.access_token)
     ok(admin.access_token, "DELETE", f"/_synapse/admin/v2/rooms/{q(room2)}", {"block": False})
