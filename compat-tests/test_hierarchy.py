@@ -56,3 +56,35 @@ def test_hierarchy_spans_both_worlds_like_synapse():
     assert [r["id"] for r in answers[0]["suggested"]] == ["space", "one"]
     assert [r["id"] for r in answers[0]["depth0"]] == ["space"]
     assert answers[0]["outsider"] == 403
+
+
+def test_hierarchy_pages_like_synapse():
+    """`limit` and `from`: paging one room at a time walks the same rooms in
+    the same order as one page; a token used with other parameters, or
+    garbage, is refused the same way."""
+    owner = stack.register_user()
+    answers = []
+    for space_local in (False, True):
+        space, names = make_space(owner, space_local, first_child_local=space_local)
+        path = f"/v1/rooms/{q(space)}/hierarchy"
+        pages, token = [], None
+        for _ in range(5):
+            params = {"limit": "1"} | ({"from": token} if token else {})
+            page = of(owner).ok("GET", path, params)
+            pages.append(normalised(page, names))
+            token = page.get("next_batch")
+            if token is None:
+                break
+        first = of(owner).ok("GET", path, {"limit": "1"})
+        mismatched = of(owner)("GET", path, {"limit": "1", "from": first["next_batch"], "suggested_only": "true"})
+        garbage = of(owner)("GET", path, {"from": "not-a-token"})
+        answers.append(
+            {
+                "pages": pages,
+                "mismatched": (mismatched.status_code, mismatched.json().get("errcode")),
+                "garbage": (garbage.status_code, garbage.json().get("errcode")),
+            }
+        )
+    assert answers[1] == answers[0]
+    assert [[r["id"] for r in page] for page in answers[0]["pages"]] == [["space"], ["two"], ["one"]]
+    assert answers[0]["mismatched"] == (400, "M_INVALID_PARAM")

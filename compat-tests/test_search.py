@@ -233,3 +233,28 @@ def test_bad_requests_get_synapses_errors():
         assert resp.json()["errcode"] == "M_UNKNOWN"
     resp = of(user)("POST", "/v3/search", {"next_batch": "not-a-token"}, {"search_categories": {"room_events": {"search_term": "x"}}})
     assert resp.status_code == 400
+
+
+def test_search_answers_local_rooms_while_synapse_is_down():
+    """Degraded mode: with Synapse stopped, a search answers the local rooms'
+    results (as /sync keeps serving them) instead of 502."""
+    owner, other = stack.register_user(), stack.register_user()
+    synapse_room, local_room = two_rooms(owner, other)
+    term = f"walrus{int(time.time() * 1000)}"
+    send_text(of(owner), synapse_room, f"{term} on Synapse's side")
+    local_event = send_text(of(owner), local_room, f"{term} on the local side")
+    # Synapse confirms the token while it is up; both worlds answer.
+    up = search(of(owner), term)
+    assert sorted(r["result"]["room_id"] for r in up["results"]) == sorted([synapse_room, local_room])
+    stack.stack_lib("synapse_stop")
+    try:
+        down = search(of(owner), term, order_by="recent")
+        assert [r["result"]["event_id"] for r in down["results"]] == [local_event]
+        assert down["count"] >= 1
+        # A room filter naming the Synapse room alone finds nothing, without an error.
+        only_synapse = search(of(owner), term, filter={"rooms": [synapse_room]})
+        assert only_synapse["results"] == []
+    finally:
+        stack.stack_lib("synapse_start")
+    again = search(of(owner), term)
+    assert sorted(r["result"]["room_id"] for r in again["results"]) == sorted([synapse_room, local_room])

@@ -199,6 +199,9 @@ async fn handle(
             }
             Route::AdminRoom | Route::Admin => call(&handlers.admin, request).await,
             Route::AdminRoomList => api::admin_room_list(&handlers.state, request, peer).await,
+            Route::AdminUserJoinedRooms { user } => {
+                api::admin_user_joined_rooms(&handlers.state, request, peer, &user).await
+            }
             Route::ReadOnly { .. } | Route::Unavailable { .. } => api::class_refusal(&route)
                 .unwrap_or_else(|| MatrixError::not_found("Unknown room"))
                 .into_response(),
@@ -219,8 +222,8 @@ async fn handle(
             Route::AliasWrite { alias } => {
                 api::alias_write(handlers.state.clone(), request, peer, &alias).await
             }
-            Route::Alias { alias } => {
-                match api::alias_route(&handlers.state, request, &alias).await {
+            Route::Alias { alias, lookup } => {
+                match api::alias_route(&handlers.state, request, &alias, lookup).await {
                     AliasOutcome::Forward(request) => {
                         forward(&handlers.state, request, peer, FollowUps::NONE).await
                     }
@@ -303,7 +306,8 @@ async fn call(router: &Router, request: Request<Body>) -> Response<Body> {
 /// Forwards to Synapse, then does what Synapse's acceptance obliges us to
 /// ([`FollowUps`], decided at classification): a logout, password change or deactivation
 /// drops the cached identities it ended; a profile change is carried into the user's local
-/// rooms as new member events; a push rule, pusher or ignore list
+/// rooms as new member events, and a deactivation parts the user from them
+/// ([`api::AccountChange`]); a push rule, pusher or ignore list
 /// change is fetched again (the copy we keep
 /// for local rooms' push must not lag behind it); a successful appservice ping retries its
 /// delivery; a device or cross-signing key change is recorded for local-room co-members
@@ -326,14 +330,16 @@ async fn forward(
         .need_token()
         .then(|| access_token(request.headers(), query).map(|t| t.into_owned()))
         .flatten();
-    let user_id_param = follow_ups
-        .profile
-        .then(|| {
-            query
-                .and_then(|q| query_param(q, "user_id"))
-                .map(|u| u.into_owned())
-        })
-        .flatten();
+    let user_id_param = query
+        .and_then(|q| query_param(q, "user_id"))
+        .map(|u| u.into_owned());
+    let account = api::AccountChange::before(
+        state,
+        &follow_ups,
+        token.as_deref(),
+        user_id_param.as_deref(),
+    )
+    .await;
     let started = Instant::now();
     let forwarded = state.synapse.forward(request, peer).await;
     state
@@ -370,25 +376,9 @@ async fn forward(
         Some(pending) => state.devices.after_forward(pending, response).await,
         None => response,
     };
-    let Some(token) = token else {
-        return response;
-    };
-    if let Some(push_change) = follow_ups.push {
+    let response = account.after(state, token.as_deref(), response).await;
+    if let (Some(push_change), Some(token)) = (follow_ups.push, token) {
         refresh_push(state, &token, push_change).await;
-    }
-    if follow_ups.profile {
-        match state
-            .identity
-            .resolve(Some(&token), user_id_param.as_deref())
-            .await
-        {
-            Ok(requester) => {
-                if let Err(err) = state.rooms.propagate_profile(&requester, &token).await {
-                    tracing::warn!(error = %err, "profile change not carried into local rooms");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "profile change by an unresolvable requester"),
-        }
     }
     response
 }

@@ -1,5 +1,5 @@
-//! Requests about aliases and the user's room list, which span both worlds: alias lookups and
-//! joins by alias are answered here when the alias is one of ours (after the checks a
+//! Requests about aliases and the user's room list, which span both worlds: alias lookups,
+//! joins, knocks and room summaries by alias are answered here when the alias is one of ours (after the checks a
 //! request naming the room ID passes: its class's `serve`, deletion) and forwarded otherwise;
 //! `/joined_rooms` is Synapse's list plus the local rooms.
 
@@ -25,8 +25,14 @@ pub enum AliasOutcome {
     Answered(Response),
 }
 
-/// Resolves a request naming an alias.
-pub async fn alias_route(state: &AppState, request: Request<Body>, alias: &str) -> AliasOutcome {
+/// Resolves a request naming an alias: a directory lookup (`lookup`) is answered; a join,
+/// knock or room summary becomes the same request naming the room ID.
+pub async fn alias_route(
+    state: &AppState,
+    request: Request<Body>,
+    alias: &str,
+    lookup: bool,
+) -> AliasOutcome {
     let room_id = match state.rooms.resolve_alias(alias).await {
         Ok(room_id) => room_id,
         Err(err) => return AliasOutcome::Answered(ApiError::from(err).into_response()),
@@ -35,18 +41,19 @@ pub async fn alias_route(state: &AppState, request: Request<Body>, alias: &str) 
         return AliasOutcome::Forward(request);
     };
     // The room's class and deletion decide as for a request naming the room ID.
-    let joining = request.method() != Method::GET;
+    let joining = !lookup && request.method() != Method::GET;
     if let Some(refusal) =
         super::gate::room_refusal(state, request.method(), room_id.as_str(), joining)
     {
         return AliasOutcome::Answered(refusal.into_response());
     }
-    if request.method() == Method::GET {
+    if lookup {
         // The directory answer needs no authentication (as on Synapse).
         let answer = Json(json!({ "room_id": room_id, "servers": [state.config.server_name] }));
         return AliasOutcome::Answered(answer.into_response());
     }
-    // `/join/#alias` or `/knock/#alias`: the same request with the room ID in the path.
+    // `/join/#alias`, `/knock/#alias` or `/room_summary/#alias`: the same request with the
+    // room ID in the path.
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     let Some((prefix, _)) = path.rsplit_once('/') else {

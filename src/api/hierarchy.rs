@@ -43,6 +43,7 @@ pub async fn hierarchy(
         suggested_only,
         max_depth,
         limit: usize::try_from(limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)).unwrap_or(1),
+        from: query.get("from").map(str::to_owned),
     };
     let answer = state
         .rooms

@@ -6,6 +6,8 @@
 //! May import: everything below it — `app`, `rooms`, `sync`, `push`, `appservice`, `auth`,
 //! `routing`, `upstream`, `config`, `error`, and `store` for its row types (never to query).
 
+mod account;
+mod admin_membership;
 mod appservice_admin;
 mod appservice_socket;
 mod create_room;
@@ -42,6 +44,8 @@ use crate::auth::requester::AuthFailure;
 use crate::error::{ErrorCode, MatrixError};
 use crate::rooms::RoomError;
 
+pub use account::AccountChange;
+pub use admin_membership::user_joined_rooms as admin_user_joined_rooms;
 pub use appservice_admin::ping as dynamic_appservice_ping;
 pub use appservice_socket::appservice_socket;
 pub use create_room::create_room;

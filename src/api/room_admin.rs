@@ -43,6 +43,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
         .route(
+            "/_synapse/admin/v1/join/{room_id}",
+            axum::routing::post(super::admin_membership::join),
+        )
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}/make_room_admin",
+            axum::routing::post(super::admin_membership::make_room_admin),
+        )
+        .route(
             "/_synapse/admin/v1/rooms/{room_id}/messages",
             get(room_messages),
         )

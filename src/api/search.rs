@@ -3,6 +3,12 @@
 //! a request we cannot read, or a `batch` that is not ours (one Synapse handed out before the
 //! client searched through hungryserv), goes to Synapse alone so the client gets Synapse's own
 //! answer, error texts included.
+//!
+//! Degraded mode: while Synapse is taken to be down (or does not answer, or its proxy answers
+//! 502–504), a search answers the local rooms' results alone instead of failing, as `/sync`
+//! keeps serving local rooms; a `next_batch` keeps Synapse's position unchanged, so paging on
+//! once Synapse is back loses none of its results (they may then come after local results
+//! that are older).
 
 use axum::Json;
 use axum::body::Body;
@@ -20,6 +26,7 @@ use crate::rooms::read::EventFilter;
 use crate::rooms::search::{ContextRequest, LocalQuery, LocalResults, Order};
 use crate::search::{Batch, MergeRequest, Side, SynapseHalf, merge};
 use crate::store::search::types_of_keys;
+use crate::upstream::client::CallError;
 
 /// The largest body read.
 const MAX_BODY: usize = 1024 * 1024;
@@ -228,13 +235,20 @@ async fn answer(
         filter.insert("limit".into(), json!(parsed.limit + batch.synapse_extra()));
     }
     let synapse = async {
-        match &synapse_batch {
-            None => Ok(None),
-            Some(asked) => state
-                .synapse
-                .search(token, asked.as_deref(), &body)
-                .await
-                .map(Some),
+        let Some(asked) = &synapse_batch else {
+            return Ok(None);
+        };
+        // Degraded mode: Synapse taken to be down is not asked, and a call in flight is
+        // given up as soon as it is taken to be down (as `/sync` does).
+        let mut health = state.synapse.health.subscribe();
+        if !*health.borrow_and_update() {
+            return Err(CallError::Unavailable("Synapse does not answer".into()));
+        }
+        tokio::select! {
+            result = state.synapse.search(token, asked.as_deref(), &body) => result.map(Some),
+            Ok(_) = health.wait_for(|up| !*up) => {
+                Err(CallError::Unavailable("Synapse stopped answering".into()))
+            }
         }
     };
 
@@ -271,7 +285,19 @@ async fn answer(
         },
     );
     let (synapse, local) = tokio::join!(synapse, local);
-    let synapse = synapse.map_err(|err| ApiError::from_upstream(err, "search"))?;
+    let (synapse, degraded) = match synapse {
+        Ok(answer) => (answer, false),
+        // Synapse unreachable, or its proxy answering for it: the local rooms' results alone.
+        Err(CallError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "search: Synapse unavailable, local results only");
+            (None, true)
+        }
+        Err(CallError::Refused(refusal)) if (502..=504).contains(&refusal.status.as_u16()) => {
+            tracing::warn!(status = %refusal.status, "search: Synapse failed, local results only");
+            (None, true)
+        }
+        Err(err) => return Err(ApiError::from_upstream(err, "search")),
+    };
     let LocalResults {
         hits,
         count,
@@ -279,15 +305,20 @@ async fn answer(
         exhausted,
         state: local_state,
     } = local?;
-    let synapse_done = synapse.is_none();
+    let synapse_done = synapse.is_none() && !degraded;
     let mut half = SynapseHalf::from_answer(
         synapse
             .as_ref()
             .and_then(|a| a.pointer("/search_categories/room_events")),
     );
-    if synapse_done && !only_local {
-        // Paged past Synapse's last result: its count is the one it last gave.
+    if synapse.is_none() && !only_local {
+        // Paged past Synapse's last result, or Synapse not answering: its count is the one
+        // it last gave.
         half.count = batch.synapse_count;
+    }
+    if degraded {
+        // Synapse's position stays where it was, so a later page asks it again from there.
+        half.more = true;
     }
     let from = Batch {
         synapse: if synapse_done {

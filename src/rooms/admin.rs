@@ -1,13 +1,16 @@
 //! What server admins ask about local rooms: a room's details, members and state (as
 //! Synapse's admin room API shows them), an appservice's rooms, and deleting every room of
 //! an appservice at once (a bridge reset), with yeetserv's rule: only rooms whose members
-//! are all the bridge's bot, its ghosts and users of this server.
+//! are all the bridge's bot, its ghosts and users of this server; and making a user join a
+//! room (Synapse's admin `v1/join`) or a room admin (`make_room_admin`).
 
 use ruma::{OwnedRoomId, OwnedUserId};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use super::RoomError;
 use super::deletion::{DeleteOptions, Deletions};
+use super::service::{MembershipChange, NewEvent, now_ms};
+use crate::auth::requester::Requester;
 use crate::config::Registration;
 use crate::store::events::EventWithPrev;
 use crate::store::{self, StoreError};
@@ -145,4 +148,157 @@ pub fn state_str<'a>(state: &'a [EventWithPrev], kind: &str, field: &str) -> Opt
         .find(|e| e.event.kind == kind && e.event.state_key.as_deref() == Some(""))
         .and_then(|e| e.event.content.get(field))
         .and_then(Value::as_str)
+}
+
+impl super::service::Rooms {
+    /// Synapse's admin `POST v1/join/{roomId}` for a local room: `user` joins; when the room
+    /// is not public, `admin` (with `token`) invites them first, so the admin must be able
+    /// to invite, as on Synapse (`JoinRoomAliasServlet`). The join carries the user's profile.
+    pub async fn admin_join(
+        &self,
+        admin: &Requester,
+        token: &str,
+        room_id: &OwnedRoomId,
+        user: &OwnedUserId,
+    ) -> Result<(), RoomError> {
+        let public = {
+            let mut conn = self.conn().await?;
+            let state = store::events::current_state(&mut conn, room_id.as_str()).await?;
+            if state.is_empty() {
+                return Err(RoomError::NotFound("Unknown room".into()));
+            }
+            state_str(&state, "m.room.join_rules", "join_rule") == Some("public")
+        };
+        let change = |membership| MembershipChange {
+            target: user,
+            membership,
+            reason: None,
+            extra: Default::default(),
+            ts: now_ms(),
+        };
+        if !public {
+            self.set_membership(admin, token, room_id, change("invite"))
+                .await?;
+        }
+        let joiner = Requester {
+            user_id: user.clone(),
+            device_id: None,
+            appservice: None,
+            is_guest: false,
+        };
+        self.set_membership(&joiner, token, room_id, change("join"))
+            .await?;
+        Ok(())
+    }
+}
+
+impl super::service::Rooms {
+    /// Synapse's admin `POST v1/rooms/{roomId}/make_room_admin` for a local room, as
+    /// `MakeRoomAdminRestServlet` does it: the joined user of this server with the most power
+    /// in the room (the creator when there are no power levels) gives `user` the same level,
+    /// and a `user` who is neither joined nor invited is invited unless the room is public.
+    pub async fn make_room_admin(
+        &self,
+        token: &str,
+        room_id: &OwnedRoomId,
+        user: &OwnedUserId,
+    ) -> Result<(), RoomError> {
+        let state = {
+            let mut conn = self.conn().await?;
+            store::events::current_state(&mut conn, room_id.as_str()).await?
+        };
+        let event = |kind: &str, key: &str| {
+            state
+                .iter()
+                .find(|e| e.event.kind == kind && e.event.state_key.as_deref() == Some(key))
+                .map(|e| &e.event)
+        };
+        let Some(create) = event("m.room.create", "") else {
+            return Err(RoomError::BadRequest("Server not in room".into()));
+        };
+        let no_admin = || RoomError::BadRequest("No local admin user in room".into());
+        let suffix = format!(":{}", self.server_name());
+        let (admin, mut content) = match event("m.room.power_levels", "") {
+            Some(power) => {
+                let users = power
+                    .content
+                    .get("users")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut local: Vec<(&String, i64)> = users
+                    .iter()
+                    .filter(|(user, _)| user.ends_with(&suffix))
+                    .map(|(user, level)| (user, level.as_i64().unwrap_or(0)))
+                    .collect();
+                // Most power first (Synapse sorts ascending and walks from the end).
+                local.sort_by_key(|(_, level)| std::cmp::Reverse(*level));
+                let joined = |user: &str| {
+                    event("m.room.member", user)
+                        .and_then(|e| e.content.get("membership"))
+                        .and_then(Value::as_str)
+                        == Some("join")
+                };
+                let admin = local
+                    .into_iter()
+                    .map(|(user, _)| user)
+                    .find(|user| joined(user))
+                    .ok_or_else(no_admin)?;
+                (admin.clone(), power.content.clone())
+            }
+            None if create.sender.as_str().ends_with(&suffix) => {
+                (create.sender.to_string(), Map::new())
+            }
+            None => return Err(no_admin()),
+        };
+        let admin = OwnedUserId::try_from(admin.as_str()).map_err(|_| no_admin())?;
+        let mut users = content
+            .get("users")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let level = users.get(admin.as_str()).cloned().unwrap_or(json!(100));
+        users.insert(user.to_string(), level);
+        content.insert("users".into(), Value::Object(users));
+        let as_admin = Requester {
+            user_id: admin,
+            device_id: None,
+            appservice: None,
+            is_guest: false,
+        };
+        let power = NewEvent::state("m.room.power_levels", "", content, now_ms());
+        match self.append_one(&as_admin, room_id, power).await {
+            Ok(_) => {}
+            Err(RoomError::Forbidden(_)) => {
+                return Err(RoomError::BadRequest(
+                    "No local admin user in room with power to update power levels.".into(),
+                ));
+            }
+            Err(err) => return Err(err),
+        }
+        let membership = event("m.room.member", user.as_str())
+            .and_then(|e| e.content.get("membership"))
+            .and_then(Value::as_str);
+        let public = event("m.room.join_rules", "")
+            .and_then(|e| e.content.get("join_rule"))
+            .and_then(Value::as_str)
+            == Some("public");
+        if matches!(membership, Some("join" | "invite")) || public {
+            return Ok(());
+        }
+        self.set_membership(
+            &as_admin,
+            token,
+            room_id,
+            MembershipChange {
+                target: user,
+                membership: "invite",
+                reason: None,
+                extra: Map::new(),
+                ts: now_ms(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
 }

@@ -6,13 +6,23 @@
 //! a Synapse room's from Synapse's own hierarchy answer for that room alone (`max_depth=0`,
 //! asked with the requester's token, so Synapse applies its own access rules).
 //!
-//! Not yet: `from`/`next_batch` paging (the first `limit` rooms are answered), and the
-//! reverse direction (a Synapse space's hierarchy, answered by Synapse, leaves out local
-//! children it does not know).
+//! Paging: `next_batch` ([`PageToken`]) holds the request's parameters and how many rooms
+//! were given already; the next page walks again from the root and skips them. The walk is
+//! deterministic over unchanged state, so pages neither repeat nor lose a room (a space edited
+//! between pages shifts them, as Synapse's stored queue does not). A token used by another
+//! user or with other parameters is refused as Synapse refuses it. Synapse keeps the walk's queue server-side
+//! instead; walking again costs the skipped rooms' reads (Synapse rooms are asked again), so
+//! it suits the spaces bridges make (tens of rooms), not ten-thousand-room spaces.
+//!
+//! Not yet: the reverse direction (a Synapse space's hierarchy, answered by Synapse, leaves
+//! out local children it does not know).
 
 use std::collections::HashSet;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ruma::OwnedRoomId;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::RoomError;
@@ -21,11 +31,42 @@ use crate::auth::requester::Requester;
 use crate::store;
 
 /// What a hierarchy request asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HierarchyRequest {
     pub suggested_only: bool,
     pub max_depth: Option<i64>,
     pub limit: usize,
+    /// `from`: the `next_batch` of an earlier page, as the client sent it.
+    pub from: Option<String>,
+}
+
+/// How our hierarchy `next_batch` tokens start.
+const PAGE_TOKEN_PREFIX: &str = "hsh1_";
+
+/// A hierarchy `next_batch`: the parameters the walk was asked with and how many rooms it
+/// has given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageToken {
+    pub requester: String,
+    pub room_id: String,
+    pub suggested_only: bool,
+    pub max_depth: Option<i64>,
+    pub given: usize,
+}
+
+impl PageToken {
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{PAGE_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(json))
+    }
+
+    /// `None` for a token that is not one of ours.
+    pub fn decode(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.strip_prefix(PAGE_TOKEN_PREFIX)?)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
 }
 
 /// `m.space.child` events of a room, stripped, in Synapse's order, with a non-empty `via`.
@@ -91,6 +132,22 @@ impl Rooms {
         root: &OwnedRoomId,
         request: HierarchyRequest,
     ) -> Result<Value, RoomError> {
+        let skip = match request.from.as_deref() {
+            None => 0,
+            Some(text) => {
+                // Synapse's wordings (`RoomSummaryHandler._get_room_hierarchy`).
+                let token = PageToken::decode(text)
+                    .ok_or_else(|| RoomError::InvalidParam("Unknown pagination token".into()))?;
+                if token.requester != requester.user_id.as_str()
+                    || token.room_id != root.as_str()
+                    || token.suggested_only != request.suggested_only
+                    || token.max_depth != request.max_depth
+                {
+                    return Err(RoomError::InvalidParam("Unknown pagination token".into()));
+                }
+                token.given
+            }
+        };
         let root_entry = match self.summary(requester, root).await {
             Ok(entry) => entry,
             Err(RoomError::NotFound(_)) => {
@@ -102,14 +159,16 @@ impl Rooms {
             Err(err) => return Err(err),
         };
         let mut rooms: Vec<Value> = Vec::new();
+        // Rooms the walk has reached, those given on earlier pages included.
+        let mut walked = 0usize;
         let mut seen: HashSet<String> = HashSet::new();
         // Depth first: the stack's last entry is the next room.
         let mut stack: Vec<(String, i64, Option<Value>)> =
             vec![(root.to_string(), 0, Some(root_entry))];
-        while let Some((room_id, depth, known)) = stack.pop() {
-            if rooms.len() >= request.limit {
+        while rooms.len() < request.limit {
+            let Some((room_id, depth, known)) = stack.pop() else {
                 break;
-            }
+            };
             if !seen.insert(room_id.clone()) {
                 continue;
             }
@@ -132,7 +191,10 @@ impl Rooms {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            rooms.push(entry);
+            if walked >= skip {
+                rooms.push(entry);
+            }
+            walked += 1;
             if request.max_depth.is_some_and(|max| depth >= max) {
                 continue;
             }
@@ -144,7 +206,22 @@ impl Rooms {
                 }
             }
         }
-        Ok(json!({ "rooms": rooms }))
+        let mut answer = json!({ "rooms": rooms });
+        // As Synapse: a next page when rooms are left to walk (some may turn out not to be
+        // shown, so the last page can be empty).
+        if stack.iter().any(|(id, _, _)| !seen.contains(id)) {
+            answer["next_batch"] = json!(
+                PageToken {
+                    requester: requester.user_id.to_string(),
+                    room_id: root.to_string(),
+                    suggested_only: request.suggested_only,
+                    max_depth: request.max_depth,
+                    given: walked,
+                }
+                .encode()
+            );
+        }
+        Ok(answer)
     }
 
     /// A local room's hierarchy entry from its summary: without `membership`, with its
@@ -188,5 +265,25 @@ impl Rooms {
             .hierarchy_room(token, room_id)
             .await
             .map_err(|err| RoomError::Unreachable(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_strangers() {
+        let token = PageToken {
+            requester: "@a:x".into(),
+            room_id: "!hs_a:x".into(),
+            suggested_only: true,
+            max_depth: Some(2),
+            given: 7,
+        };
+        assert_eq!(PageToken::decode(&token.encode()), Some(token));
+        for stranger in ["", "hsh1_", "hsh1_!!", "abc", "hsb1_e30"] {
+            assert_eq!(PageToken::decode(stranger), None, "{stranger}");
+        }
     }
 }

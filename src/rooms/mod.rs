@@ -8,6 +8,7 @@
 //! May import: `store`, `upstream`, `auth`, `config`, `notify`, `metrics` (the writer's
 //! counters), `tasks` (the purger is one).
 
+pub mod account;
 pub mod admin;
 pub mod aliases;
 pub mod auth;

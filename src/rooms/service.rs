@@ -72,7 +72,7 @@ impl NewEvent {
 
     /// A member event for `target` with `content`, as the server builds it (no transaction
     /// ID).
-    fn member(target: &OwnedUserId, content: Map<String, Value>, ts: i64) -> Self {
+    pub(super) fn member(target: &OwnedUserId, content: Map<String, Value>, ts: i64) -> Self {
         Self {
             kind: "m.room.member".into(),
             state_key: Some(target.to_string()),
@@ -611,65 +611,6 @@ impl Rooms {
             Outcome::Existing(ids) => Ok(ids),
             Outcome::Repeated(_) => Err(RoomError::Internal("batch reported a repeat".into())),
         }
-    }
-
-    /// After a profile change passed through to Synapse: every local room the user is joined
-    /// to gets a new member event with the new displayname and avatar, as Synapse does for
-    /// its own rooms. Rooms where nothing changed are left alone.
-    pub async fn propagate_profile(
-        &self,
-        requester: &Requester,
-        token: &str,
-    ) -> Result<usize, RoomError> {
-        let user = &requester.user_id;
-        let profile = match self.synapse.profile(token, user.as_str()).await {
-            Ok(Some(profile)) => profile,
-            Ok(None) => return Ok(0),
-            Err(err) => return Err(RoomError::Internal(format!("profile fetch: {err}"))),
-        };
-        let rooms = {
-            let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-            store::rooms::rooms_with_membership(&mut conn, user.as_str(), "join").await?
-        };
-        let mut updated = 0;
-        for room in rooms {
-            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
-                continue;
-            };
-            let current = {
-                let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-                store::events::current_state(&mut conn, room_id.as_str()).await?
-            };
-            let Some(member) = current.into_iter().find(|e| {
-                e.event.kind == "m.room.member"
-                    && e.event.state_key.as_deref() == Some(user.as_str())
-            }) else {
-                continue;
-            };
-            let mut content = member.event.content.clone();
-            for (key, value) in [
-                ("displayname", &profile.displayname),
-                ("avatar_url", &profile.avatar_url),
-            ] {
-                match value {
-                    Some(value) => content.insert(key.into(), json!(value)),
-                    None => content.remove(key),
-                };
-            }
-            if content == member.event.content {
-                continue;
-            }
-            let ts = now_ms();
-            match self
-                .append_one(requester, &room_id, NewEvent::member(user, content, ts))
-                .await
-            {
-                Ok(_) => updated += 1,
-                // One room refusing (e.g. the user was kicked meanwhile) must not stop the rest.
-                Err(err) => tracing::warn!(%room_id, error = %err, "profile update not applied"),
-            }
-        }
-        Ok(updated)
     }
 }
 

@@ -3,8 +3,9 @@
 //! builds it for a room it is in: shown when the reader is joined or invited, or when the
 //! room is public, knockable or world-readable; otherwise 404 "Room not found or is not
 //! accessible", as for a room that does not exist. Fields that would be null are left out.
+//! Without an access token only the last three are shown, without `membership`.
 
-use ruma::OwnedRoomId;
+use ruma::{OwnedRoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::RoomError;
@@ -17,6 +18,16 @@ impl Rooms {
     pub async fn summary(
         &self,
         requester: &Requester,
+        room_id: &OwnedRoomId,
+    ) -> Result<Value, RoomError> {
+        self.summary_for(Some(&requester.user_id), room_id).await
+    }
+
+    /// The summary of a local room for `viewer`, or for anyone (no access token: only a
+    /// public, knockable or world-readable room, and no `membership` field, as Synapse).
+    pub async fn summary_for(
+        &self,
+        viewer: Option<&UserId>,
         room_id: &OwnedRoomId,
     ) -> Result<Value, RoomError> {
         let not_found = || RoomError::NotFound("Room not found or is not accessible".into());
@@ -37,15 +48,17 @@ impl Rooms {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        let membership = content("m.room.member", requester.user_id.as_str())
-            .and_then(|c| c.get("membership"))
-            .and_then(Value::as_str)
-            .unwrap_or("leave")
-            .to_owned();
+        let membership = viewer.map(|viewer| {
+            content("m.room.member", viewer.as_str())
+                .and_then(|c| c.get("membership"))
+                .and_then(Value::as_str)
+                .unwrap_or("leave")
+                .to_owned()
+        });
         let join_rule = field("m.room.join_rules", "join_rule");
         let world_readable = field("m.room.history_visibility", "history_visibility").as_deref()
             == Some("world_readable");
-        let accessible = matches!(membership.as_str(), "join" | "invite")
+        let accessible = matches!(membership.as_deref(), Some("join" | "invite"))
             || matches!(
                 join_rule.as_deref(),
                 Some("public" | "knock" | "knock_restricted")
@@ -117,7 +130,7 @@ impl Rooms {
                 put("allowed_room_ids", Some(Value::Array(allowed)));
             }
         }
-        put("membership", Some(json!(membership)));
+        put("membership", membership.map(Value::from));
         Ok(Value::Object(entry))
     }
 }

@@ -13,8 +13,11 @@ use ruma::{OwnedDeviceId, OwnedUserId};
 pub struct FollowUps {
     /// Cached identities the request ended.
     pub session: Option<SessionChange>,
-    /// The requester's profile changed: local rooms get new member events.
-    pub profile: bool,
+    /// Someone's displayname or avatar changed (the user the path names: the requester's own,
+    /// or another's changed by a server admin): their local rooms get new member events.
+    pub profile: Option<OwnedUserId>,
+    /// Someone's account was deactivated: they leave their local rooms.
+    pub deactivation: Option<Deactivation>,
     /// Push rules or pushers changed: our copy is fetched again.
     pub push: Option<PushChange>,
     /// `POST /_matrix/client/v1/appservice/{id}/ping` succeeded: that appservice's delivery
@@ -29,7 +32,8 @@ impl FollowUps {
     /// Nothing to do.
     pub const NONE: FollowUps = FollowUps {
         session: None,
-        profile: false,
+        profile: None,
+        deactivation: None,
         push: None,
         ping: None,
         devices: None,
@@ -40,7 +44,8 @@ impl FollowUps {
         matches!(
             self.session,
             Some(SessionChange::Token | SessionChange::UserOfToken)
-        ) || self.profile
+        ) || self.profile.is_some()
+            || self.deactivation == Some(Deactivation::Requester)
             || self.push.is_some()
     }
 }
@@ -66,6 +71,19 @@ pub enum SessionChange {
     /// predecessor's, or the successor of a refresh token used twice); the device's tokens
     /// other than the new one are dropped and asked about again.
     Refresh,
+}
+
+/// Whose account a request deactivates, once Synapse accepts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deactivation {
+    /// `POST /account/deactivate`: the requester's (known only before the request, since
+    /// it ends the token).
+    Requester,
+    /// `POST /_synapse/admin/v1/deactivate/{userId}`: that user's.
+    User(OwnedUserId),
+    /// `PUT /_synapse/admin/v2/users/{userId}`: that user's, if Synapse's answer (the user's
+    /// record) says `deactivated: true`.
+    IfAnswerSays(OwnedUserId),
 }
 
 /// Which push settings a request changes.
@@ -99,9 +117,12 @@ pub enum DeviceChange {
 /// The follow-ups of a forwarded request to `path` (raw, percent-encoded).
 pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
+        let (profile, deactivation) = admin_account_change(method, rest);
         return FollowUps {
             session: admin_session_change(method, rest),
             devices: admin_device_change(method, rest),
+            profile,
+            deactivation,
             ..FollowUps::NONE
         };
     }
@@ -114,12 +135,27 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
     match (method.as_str(), segments.as_slice()) {
         ("POST", [_, "logout"]) => follow_ups.session = Some(SessionChange::Token),
         ("POST", [_, "refresh"]) => follow_ups.session = Some(SessionChange::Refresh),
-        ("POST", [_, "logout", "all"] | [_, "account", "password" | "deactivate"])
+        ("POST", [_, "account", "deactivate"]) => {
+            follow_ups.session = Some(SessionChange::UserOfToken);
+            follow_ups.deactivation = Some(Deactivation::Requester);
+        }
+        ("POST", [_, "logout", "all"] | [_, "account", "password"])
         | ("POST", [_, "delete_devices"])
         | ("DELETE", [_, "devices", _]) => follow_ups.session = Some(SessionChange::UserOfToken),
-        ("PUT" | "PATCH", [_, "profile", _] | [_, "profile", _, "displayname" | "avatar_url"]) => {
-            follow_ups.profile = true;
-        }
+        // Synapse's `ProfileFieldRestServlet` (MSC4133 included): a DELETE of displayname or
+        // avatar_url sets it to "" and propagates; custom fields never reach member events.
+        ("PUT" | "PATCH", [_, "profile", user])
+        | (
+            "PUT" | "DELETE",
+            [_, "profile", user, "displayname" | "avatar_url"]
+            | [
+                "unstable",
+                "uk.tcpip.msc4133",
+                "profile",
+                user,
+                "displayname" | "avatar_url",
+            ],
+        ) => follow_ups.profile = decode_user(user),
         ("PUT" | "DELETE", [_, "pushrules", ..]) => follow_ups.push = Some(PushChange::Rules),
         ("POST", [_, "pushers", "set"]) => follow_ups.push = Some(PushChange::Pushers),
         ("PUT", [_, "user", _, "account_data", "m.ignored_user_list"]) => {
@@ -131,6 +167,32 @@ pub fn follow_ups(method: &Method, path: &str) -> FollowUps {
         _ => {}
     }
     follow_ups
+}
+
+/// A percent-encoded path segment naming a user.
+fn decode_user(segment: &str) -> Option<OwnedUserId> {
+    let user = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    OwnedUserId::try_from(user.as_ref()).ok()
+}
+
+/// Synapse's admin user API (`/_synapse/admin/{rest}`): whose profile it may change (a
+/// `v2/users` PUT with `displayname` or `avatar_url` propagates as the client API does) and
+/// whose account it may deactivate.
+fn admin_account_change(
+    method: &Method,
+    rest: &str,
+) -> (Option<OwnedUserId>, Option<Deactivation>) {
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("PUT", ["v2", "users", user]) => match decode_user(user) {
+            Some(user) => (Some(user.clone()), Some(Deactivation::IfAnswerSays(user))),
+            None => (None, None),
+        },
+        ("POST", ["v1", "deactivate", user]) => (None, decode_user(user).map(Deactivation::User)),
+        _ => (None, None),
+    }
 }
 
 /// The device change of a client-server request (`segments` start with the version).
@@ -209,7 +271,7 @@ mod tests {
         let alice = || OwnedUserId::try_from("@a:x").unwrap();
         let session = |change| FollowUps { session: Some(change), ..FollowUps::NONE };
         let push = |change| FollowUps { push: Some(change), ..FollowUps::NONE };
-        let profile = || FollowUps { profile: true, ..FollowUps::NONE };
+        let profile = || FollowUps { profile: Some(alice()), ..FollowUps::NONE };
         let ping = |id: &str| FollowUps { ping: Some(id.to_owned()), ..FollowUps::NONE };
         let none = || FollowUps::NONE;
         let cases = [
@@ -218,14 +280,14 @@ mod tests {
             ("POST", "/_matrix/client/v1/refresh", session(Refresh)),
             ("POST", "/_matrix/client/r0/logout/all", session(UserOfToken)),
             ("POST", "/_matrix/client/v3/account/password", session(UserOfToken)),
-            ("POST", "/_matrix/client/v3/account/deactivate", session(UserOfToken)),
+            ("POST", "/_matrix/client/v3/account/deactivate", FollowUps { deactivation: Some(Deactivation::Requester), ..session(UserOfToken) }),
             ("POST", "/_matrix/client/v3/delete_devices", session(UserOfToken)),
             ("DELETE", "/_matrix/client/v3/devices/ABCDEF", session(UserOfToken)),
             ("GET", "/_matrix/client/v3/logout", none()),
             ("POST", "/_matrix/client/v3/login", none()),
             ("GET", "/_matrix/client/v3/devices/ABCDEF", none()),
-            ("POST", "/_synapse/admin/v1/deactivate/%40a%3Ax", session(User(alice()))),
-            ("PUT", "/_synapse/admin/v2/users/@a:x", session(User(alice()))),
+            ("POST", "/_synapse/admin/v1/deactivate/%40a%3Ax", FollowUps { deactivation: Some(Deactivation::User(alice())), ..session(User(alice())) }),
+            ("PUT", "/_synapse/admin/v2/users/@a:x", FollowUps { profile: Some(alice()), deactivation: Some(Deactivation::IfAnswerSays(alice())), ..session(User(alice())) }),
             ("POST", "/_synapse/admin/v1/reset_password/@a:x", session(User(alice()))),
             ("POST", "/_synapse/admin/v2/users/@a:x/delete_devices", session(User(alice()))),
             ("DELETE", "/_synapse/admin/v2/users/@a:x/devices/DEV", session(Device(alice(), "DEV".into()))),
@@ -238,8 +300,13 @@ mod tests {
             ("PUT", "/_matrix/client/r0/profile/@a:x/avatar_url", profile()),
             ("PATCH", "/_matrix/client/v3/profile/@a:x", profile()),
             ("PUT", "/_matrix/client/v3/profile/@a:x", profile()),
+            ("DELETE", "/_matrix/client/v3/profile/%40a%3Ax/displayname", profile()),
+            ("PUT", "/_matrix/client/unstable/uk.tcpip.msc4133/profile/@a:x/avatar_url", profile()),
             ("GET", "/_matrix/client/v3/profile/@a:x/displayname", none()),
             ("PUT", "/_matrix/client/v3/profile/@a:x/m.custom", none()),
+            ("PUT", "/_matrix/client/unstable/uk.tcpip.msc4133/profile/@a:x/m.custom", none()),
+            ("DELETE", "/_matrix/client/v3/profile/@a:x/m.custom", none()),
+            ("PUT", "/_matrix/client/v3/profile/not-a-user/displayname", none()),
             ("PUT", "/_matrix/client/v3/pushrules/global/room/!a:x", push(PushChange::Rules)),
             ("DELETE", "/_matrix/client/r0/pushrules/global/override/x", push(PushChange::Rules)),
             ("PUT", "/_matrix/client/v3/pushrules/global/override/x/enabled", push(PushChange::Rules)),

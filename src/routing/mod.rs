@@ -8,8 +8,8 @@
 //! Unknown endpoints are always forwarded.
 //!
 //! A forwarded request carries its [`FollowUps`]: what hungryserv must do once Synapse has
-//! accepted it (drop cached identities, carry a profile change into local rooms, fetch push
-//! settings again, retry an appservice's delivery).
+//! accepted it (drop cached identities, carry a profile change or a deactivation into local
+//! rooms, fetch push settings again, retry an appservice's delivery).
 //!
 //! May import: `config`.
 
@@ -17,12 +17,13 @@ mod follow_up;
 #[cfg(test)]
 mod spec_endpoints;
 
-pub use follow_up::{DeviceChange, FollowUps, PushChange, SessionChange, follow_ups};
+pub use follow_up::{Deactivation, DeviceChange, FollowUps, PushChange, SessionChange, follow_ups};
 
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
 use http::Method;
+use ruma::OwnedUserId;
 
 use crate::config::{RoomClass, RoutingConfig, ServeMode};
 
@@ -48,11 +49,14 @@ pub enum Route {
     },
     /// `POST /createRoom`: local or Synapse by body and requester.
     CreateRoom,
-    /// Names a room alias (`/join/#a`, `/knock/#a`, `GET /directory/room/#a`): local if the
-    /// alias is one of ours.
+    /// Names a room alias (`/join/#a`, `/knock/#a`, `GET /directory/room/#a`,
+    /// `GET /v1/room_summary/#a`): local if the alias is one of ours.
     Alias {
         /// The decoded alias.
         alias: String,
+        /// A directory lookup (`GET /directory/room/#a`), answered from the alias alone;
+        /// otherwise the request is served as if it named the room ID.
+        lookup: bool,
     },
     /// `PUT`/`DELETE /directory/room/{alias}`: local when the alias is (or is to point at)
     /// a local room.
@@ -70,6 +74,12 @@ pub enum Route {
     AdminRoomList,
     /// `GET /_synapse/admin/v1/event_reports`: Synapse's reports merged with the local ones.
     AdminEventReports,
+    /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`: Synapse's list with the user's
+    /// local rooms added.
+    AdminUserJoinedRooms {
+        /// The decoded user.
+        user: OwnedUserId,
+    },
     /// `GET /joined_rooms`: Synapse's answer plus local rooms.
     JoinedRooms,
     /// `GET /sync`: Synapse's sync merged with the local rooms'.
@@ -107,7 +117,9 @@ impl Route {
             Route::Ops => "ops",
             Route::AdminRoom => "admin_room",
             Route::Admin => "admin",
-            Route::AdminRoomList | Route::AdminEventReports => "merge",
+            Route::AdminRoomList
+            | Route::AdminEventReports
+            | Route::AdminUserJoinedRooms { .. } => "merge",
             Route::Local(_) => "local",
             Route::Unavailable { .. } => "unavailable",
             Route::ReadOnly { .. } => "read_only",
@@ -298,6 +310,14 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path == "/_synapse/admin/v1/event_reports" && method == Method::GET {
         return Route::AdminEventReports;
     }
+    if method == Method::GET
+        && let Some(user) = path
+            .strip_prefix("/_synapse/admin/v1/users/")
+            .and_then(|rest| rest.strip_suffix("/joined_rooms"))
+        && let Ok(user) = OwnedUserId::try_from(decode_segment(user).as_ref())
+    {
+        return Route::AdminUserJoinedRooms { user };
+    }
     if let Some(rest) = path.strip_prefix("/_synapse/admin/") {
         return admin_route(classes, rest);
     }
@@ -332,6 +352,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
             if target.starts_with('#') {
                 Route::Alias {
                     alias: target.into_owned(),
+                    lookup: false,
                 }
             } else {
                 match classes.room_route(method, &target) {
@@ -345,7 +366,16 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
         }
         [_, "directory", "room", alias] if method == Method::GET => Route::Alias {
             alias: decode_segment(alias).into_owned(),
+            lookup: true,
         },
+        [_, "room_summary", target] | ["unstable", "im.nheko.summary", "summary", target]
+            if method == Method::GET && decode_segment(target).starts_with('#') =>
+        {
+            Route::Alias {
+                alias: decode_segment(target).into_owned(),
+                lookup: false,
+            }
+        }
         [_, "directory", "room", alias] if method == Method::PUT || method == Method::DELETE => {
             Route::AliasWrite {
                 alias: decode_segment(alias).into_owned(),
@@ -378,7 +408,9 @@ fn admin_route(classes: &RoomClasses, rest: &str) -> Route {
         ["v2", "rooms", "delete_status", delete_id] => {
             decode_segment(delete_id).starts_with(DELETE_ID_PREFIX)
         }
-        ["v1" | "v2", "rooms", room, ..] => classes.class_of(&decode_segment(room)).is_some(),
+        ["v1" | "v2", "rooms", room, ..] | ["v1", "join", room] => {
+            classes.class_of(&decode_segment(room)).is_some()
+        }
         _ => false,
     };
     if ours { Route::AdminRoom } else { FORWARD }
@@ -647,6 +679,7 @@ mod tests {
                 "/_matrix/client/v3/join/%23chat%3Aexample.org",
                 Route::Alias {
                     alias: "#chat:example.org".into(),
+                    lookup: false,
                 },
             ),
             (
@@ -664,7 +697,29 @@ mod tests {
                 "/_matrix/client/v3/directory/room/%23a%3Aexample.org",
                 Route::Alias {
                     alias: "#a:example.org".into(),
+                    lookup: true,
                 },
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/room_summary/%23a%3Aexample.org",
+                Route::Alias {
+                    alias: "#a:example.org".into(),
+                    lookup: false,
+                },
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/unstable/im.nheko.summary/summary/%23a%3Aexample.org",
+                Route::Alias {
+                    alias: "#a:example.org".into(),
+                    lookup: false,
+                },
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/room_summary/%21hs_abc%3Aexample.org",
+                local("!hs_abc:example.org"),
             ),
             (
                 Method::PUT,
@@ -721,6 +776,28 @@ mod tests {
                 Method::GET,
                 "/_synapse/admin/v1/rooms",
                 Route::AdminRoomList,
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/users/%40a%3Aexample.org/joined_rooms",
+                Route::AdminUserJoinedRooms {
+                    user: OwnedUserId::try_from("@a:example.org").unwrap(),
+                },
+            ),
+            (
+                Method::GET,
+                "/_synapse/admin/v1/users/not-a-user/joined_rooms",
+                FORWARD,
+            ),
+            (
+                Method::POST,
+                "/_synapse/admin/v1/join/%21hs_abc%3Aexample.org",
+                Route::AdminRoom,
+            ),
+            (
+                Method::POST,
+                "/_synapse/admin/v1/join/!abc:example.org",
+                FORWARD,
             ),
             (Method::POST, "/_synapse/admin/v1/rooms", FORWARD),
             (

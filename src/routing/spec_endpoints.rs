@@ -93,7 +93,7 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
         "GET",
         "/v1/rooms/{roomId}/hierarchy",
         Expect::Local(
-            "Synapse children included; not yet: paging, and local children of a Synapse space",
+            "Synapse children included, paged; not yet: local children of a Synapse space",
         ),
     ),
     ("GET", "/v1/room_summary/{roomId}", Expect::Local("")),
@@ -203,7 +203,16 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
     (
         "PUT",
         "/v3/profile/{userId}/{keyName}",
-        Expect::Forward("Synapse's; the change is carried into local member events"),
+        Expect::Forward(
+            "Synapse's; a displayname or avatar, set by the user or an admin, reaches local member events",
+        ),
+    ),
+    (
+        "DELETE",
+        "/v3/profile/{userId}/{keyName}",
+        Expect::Forward(
+            "Synapse's; a displayname or avatar removed leaves local member events, as Synapse's",
+        ),
     ),
     (
         "GET",
@@ -213,7 +222,7 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
     (
         "POST",
         "/v3/account/deactivate",
-        Expect::Forward("Synapse's; not yet: local rooms are not left (issue 24)"),
+        Expect::Forward("Synapse's; the user then leaves every local room"),
     ),
     (
         "GET",
