@@ -31,6 +31,7 @@ use crate::rooms::service::now_ms;
 use crate::rooms::typing::Typing;
 use crate::routing::LiveClasses;
 use crate::tasks::Tasks;
+use crate::upstream::Synapse;
 use pusher::{Pusher, Stats};
 use websocket::Slot;
 
@@ -54,6 +55,7 @@ struct Spawner {
     typing: Arc<Typing>,
     tasks: Arc<Tasks>,
     classes: Arc<LiveClasses>,
+    synapse: Synapse,
 }
 
 struct Handle {
@@ -91,6 +93,7 @@ impl Delivery {
         typing: &Arc<Typing>,
         classes: &Arc<LiveClasses>,
         tasks: &Arc<Tasks>,
+        synapse: &Synapse,
     ) -> Self {
         let http = match client::build(config) {
             Ok(http) => http,
@@ -110,6 +113,7 @@ impl Delivery {
                 typing: typing.clone(),
                 tasks: tasks.clone(),
                 classes: classes.clone(),
+                synapse: synapse.clone(),
             }),
         };
         for registration in registrations {
@@ -177,6 +181,7 @@ impl Delivery {
             url,
             relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
             classes: spawner.classes.clone(),
+            synapse: spawner.synapse.clone(),
         };
         let stop = handle.stop.clone();
         // Stopping drops the pusher at an await: safe, as at shutdown (see `tasks`).
