@@ -391,3 +391,103 @@ def test_a_bridge_outlives_a_hungryserv_restart():
     asyncio.run(before())
     stack.restart_hungryserv_after_sigkill()
     asyncio.run(after())
+
+
+def test_key_counts_and_device_lists_follow_each_bridges_users():
+    """Two MSC3202 bridges registered at run time. Alice (a Synapse user) shares a Synapse
+    room with bridge A's ghost only. The ghost's key counts and her new login's device-list
+    change reach A (through Synapse's transactions to the umbrella, split by hungryserv) and
+    never B, which shares no room with her. (To-device messages are not tried: the stack's
+    Synapse does not enable `msc2409_to_device_messages_enabled`.)"""
+    from aiohttp import web
+
+    admin = stack.register_user(admin=True)
+    alice = stack.register_user()
+    run = secrets.token_hex(3)
+
+    class Raw:
+        """Records the bodies of the transactions pushed to one port."""
+
+        def __init__(self, hs_token: str, port: int):
+            self.hs_token, self.port, self.bodies = hs_token, port, []
+
+        async def transaction(self, request: web.Request) -> web.Response:
+            if request.headers.get("Authorization") != f"Bearer {self.hs_token}":
+                return web.json_response({"errcode": "M_FORBIDDEN"}, status=403)
+            self.bodies.append(await request.json())
+            return web.json_response({})
+
+        async def start(self) -> web.AppRunner:
+            app = web.Application()
+            app.router.add_put("/_matrix/app/v1/transactions/{txn}", self.transaction)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            return runner
+
+        def field(self, stable: str, unstable: str) -> list:
+            return [body.get(stable, body.get(unstable)) for body in self.bodies if stable in body or unstable in body]
+
+        def to_device(self) -> list[dict]:
+            return [m for lst in self.field("to_device", "de.sorunome.msc2409.to_device") for m in lst]
+
+        def changed(self) -> set[str]:
+            return {u for lists in self.field("device_lists", "org.matrix.msc3202.device_lists") for u in lists.get("changed", [])}
+
+        def counted(self) -> set[str]:
+            return {u for counts in self.field("device_one_time_keys_count", "org.matrix.msc3202.device_one_time_keys_count")
+                    for u in counts}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http:
+            raws, tokens, runners = {}, {}, []
+            for name in ("a", "b"):
+                tag, port = f"{name}k{run}", free_port()
+                tokens[name] = (secrets.token_hex(16), secrets.token_hex(16))
+                raws[name] = Raw(tokens[name][1], port)
+                runners.append(await raws[name].start())
+                body = registration(tag, port, as_token=tokens[name][0], hs_token=tokens[name][1])
+                body["org.matrix.msc3202"] = True
+                answer = await http.put(f"{ADMIN_API}/dyn-{name}k-{run}", json=body, headers=admin.auth)
+                assert answer.status_code == 201, answer.text
+            try:
+                a_token = {"Authorization": f"Bearer {tokens['a'][0]}"}
+                # A's ghost, with a device and keys (MSC3202 device masquerading).
+                ghost_local = f"dyn_ak{run}_g"
+                session = (await http.post("/_matrix/client/v3/register", headers=a_token,
+                                           json={"type": "m.login.application_service", "username": ghost_local})).json()
+                ghost, device = session["user_id"], session["device_id"]
+                keys = {"one_time_keys": {f"signed_curve25519:K{i}": {"key": f"{i}" * 43, "signatures": {}} for i in range(2)}}
+                up = await http.post("/_matrix/client/v3/keys/upload", headers=a_token, json=keys,
+                                     params={"user_id": ghost, "device_id": device})
+                assert up.status_code == 200, up.text
+                room = (await http.post("/_matrix/client/v3/createRoom", headers=alice.auth,
+                                        json={"invite": [ghost]})).json()["room_id"]
+                joined = await http.post(f"/_matrix/client/v3/join/{q(room)}", headers=a_token, params={"user_id": ghost}, json={})
+                assert joined.status_code == 200, joined.text
+                # Synapse's transaction with Alice's message carries the key counts of the
+                # umbrella's users in the room (Synapse's rule), split to A.
+                sent = await http.put(f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{run}", headers=alice.auth,
+                                      json={"msgtype": "m.text", "body": "hi"})
+                assert sent.status_code == 200, sent.text
+                await wait_for(lambda: ghost in raws["a"].counted(), 30, "the ghost's key counts at A")
+                login = await http.post("/_matrix/client/v3/login", json={
+                    "type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id},
+                    "password": alice.password})
+                assert login.status_code == 200, login.text
+                await wait_for(lambda: alice.user_id in raws["a"].changed(), 30, "Alice's device change at A")
+                # Whatever was on its way to B has had time to arrive.
+                await asyncio.sleep(2)
+                return ghost, {name: (raw.to_device(), raw.changed(), raw.counted()) for name, raw in raws.items()}
+            finally:
+                for runner in runners:
+                    await runner.cleanup()
+                for name in ("a", "b"):
+                    await http.delete(f"{ADMIN_API}/dyn-{name}k-{run}", headers=admin.auth)
+
+    ghost, seen = asyncio.run(scenario())
+    a_to_device, a_changed, a_counted = seen["a"]
+    b_to_device, b_changed, b_counted = seen["b"]
+    assert ghost in a_counted, f"A's ghost's key counts: {a_counted}"
+    assert ghost not in b_counted, "A's ghost's key counts reached B"
+    assert alice.user_id not in b_changed, "a device change of someone who shares no room with B reached B"

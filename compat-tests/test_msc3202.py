@@ -25,6 +25,7 @@ from client import q
 
 DEVICE_LISTS = "org.matrix.msc3202.device_lists"
 OTK_COUNTS = "org.matrix.msc3202.device_one_time_keys_count"
+FALLBACK_TYPES = "org.matrix.msc3202.device_unused_fallback_key_types"
 
 
 class RawBridge:
@@ -71,9 +72,10 @@ async def call(http: httpx.AsyncClient, token: str, method: str, path: str, para
     return resp.json()
 
 
-async def ghost_with_device(http: httpx.AsyncClient, reg: stack.AppService) -> tuple[str, str]:
+async def ghost_with_device(http: httpx.AsyncClient, reg: stack.AppService, fallback: bool = False) -> tuple[str, str]:
     """A bridge ghost registered with a device (no inhibit_login), its device keys and
-    one-time keys uploaded as that device (MSC3202 masquerading: `device_id`)."""
+    one-time keys (and with `fallback`, a fallback key) uploaded as that device (MSC3202
+    masquerading: `device_id`)."""
     localpart = f"relay_m3_{secrets.token_hex(3)}"
     session = await call(
         http, reg.as_token, "POST", "/v3/register", body={"type": "m.login.application_service", "username": localpart}
@@ -89,6 +91,8 @@ async def ghost_with_device(http: httpx.AsyncClient, reg: stack.AppService) -> t
         },
         "one_time_keys": {f"signed_curve25519:K{i}": {"key": f"{i}" * 43, "signatures": {}} for i in range(3)},
     }
+    if fallback:
+        keys["fallback_keys"] = {"signed_curve25519:F": {"key": "f" * 43, "fallback": True, "signatures": {}}}
     params = {"user_id": user_id, "device_id": device_id}
     answer = await call(http, reg.as_token, "POST", "/v3/keys/upload", params, keys)
     assert answer["one_time_key_counts"].get("signed_curve25519") == 3, answer
@@ -160,3 +164,70 @@ def test_bridge_hears_of_device_changes_of_its_room_mates():
         assert r["stranger"] not in r["changed"], f"{kind}: a stranger's device change reached the bridge"
         assert r["alice"] not in r["left"], kind
         assert all(txn.startswith("hungryserv.") for txn in r["txn_ids"]), r["txn_ids"]
+
+
+def key_count_scenario(kind: str) -> dict:
+    """A ghost with 3 one-time keys and a fallback key shares a room with Alice; Alice claims
+    one of its keys, then sends a message. The transaction that brings the message says how
+    many keys the ghost's device has left."""
+    reg = stack.relay_appservice()
+
+    async def run():
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http, RawBridge(reg) as bridge:
+            ghost, device = await ghost_with_device(http, reg, fallback=True)
+            alice = stack.register_user()
+            room_id = (
+                await call(
+                    http,
+                    reg.as_token,
+                    "POST",
+                    "/v3/createRoom",
+                    {"user_id": ghost},
+                    {"preset": "private_chat", "invite": [alice.user_id], "creation_content": {"m.federate": kind == "synapse"}},
+                )
+            )["room_id"]
+            assert room_id.startswith("!hs_") == (kind == "local"), (kind, room_id)
+            await call(http, alice.access_token, "POST", f"/v3/join/{q(room_id)}", body={})
+            claimed = await call(
+                http,
+                alice.access_token,
+                "POST",
+                "/v3/keys/claim",
+                body={"one_time_keys": {ghost: {device: "signed_curve25519"}}},
+            )
+            assert claimed["one_time_keys"][ghost][device], claimed
+            event_id = (
+                await call(
+                    http,
+                    alice.access_token,
+                    "PUT",
+                    f"/v3/rooms/{q(room_id)}/send/m.room.message/{secrets.token_hex(4)}",
+                    body={"msgtype": "m.text", "body": "hello"},
+                )
+            )["event_id"]
+
+            def carrying():
+                return [body for _, body in bridge.bodies if any(e.get("event_id") == event_id for e in body.get("events", []))]
+
+            await wait_for(lambda: carrying(), 20, f"{kind}: the transaction with Alice's message")
+            body = carrying()[0]
+            return {
+                "ghost": ghost,
+                "device": device,
+                "counts": body.get(OTK_COUNTS),
+                "misspelled": body.get("org.matrix.msc3202.device_one_time_key_counts"),
+                "fallback": body.get(FALLBACK_TYPES),
+            }
+
+    return asyncio.run(run())
+
+
+def test_transactions_with_only_local_events_carry_key_counts():
+    results = {kind: key_count_scenario(kind) for kind in ["synapse", "local"]}
+    print("key counts in the message's transaction:", results)
+    for kind, r in results.items():
+        ghost, device = r["ghost"], r["device"]
+        assert r["counts"], f"{kind}: no one-time-key counts in the transaction"
+        assert r["counts"][ghost] == {device: {"signed_curve25519": 2}}, f"{kind}: {r['counts']}"
+        assert r["misspelled"] == r["counts"], kind
+        assert r["fallback"][ghost][device] == ["signed_curve25519"], f"{kind}: {r['fallback']}"

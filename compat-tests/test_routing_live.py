@@ -314,3 +314,95 @@ def test_off_holds_back_appservice_delivery_of_earlier_events(admin):
     room, sent = asyncio.run(scenario())
     order = list(dict.fromkeys(e["event_id"] for _, e in received(record, {room}) if e["type"] == "m.room.message"))
     assert order == sent
+
+
+OTHER_CLASS = """
+[[class]]
+name = "other"
+prefix = "ot_"
+serve = "{serve}"
+create = "local"
+[class.match]
+appservices = ["{appservice}"]
+unfederated = false
+all = false
+"""
+
+
+def test_off_holds_back_only_the_off_rooms_of_an_appservice(admin):
+    """A bridge with a room in each of two classes: while one class is off, the events of
+    its room that the bridge had not received wait, and the other room's events keep
+    flowing; once the class is on, the held events arrive, in order, each in one transaction.
+    (Runs last in this file: it adds a class, which later reloads would have to keep.)"""
+    import asyncio
+
+    from bridge import Api, RecordingBridge, ping_through_synapse, portal, received, register_ghost, wait_for
+
+    reg = stack.example_appservice()
+    record: list = []
+
+    def routing(bridge_serve: str) -> str:
+        return routing_toml(serve=bridge_serve, extra=OTHER_CLASS.format(serve="local", appservice=reg.id))
+
+    async def switch(text: str) -> None:
+        write(text)
+        assert (await asyncio.to_thread(reload, admin.access_token)).status_code == 200
+
+    async def scenario() -> tuple[str, str, list[str], list[str]]:
+        async with httpx.AsyncClient(base_url=stack.HS_URL, timeout=30) as http:
+            bot = Api(http, reg.as_token)
+            ghost = reg.ghost(f"perroom_{secrets.token_hex(3)}")
+            await register_ghost(bot, ghost[1:].split(":")[0])
+            held_room = await portal(bot, [ghost])
+            await switch(routing("local"))
+            # Not unfederated, so the first class does not match; the second names the bridge.
+            flowing_room = (await bot.call("POST", "/v3/createRoom", body={"preset": "public_chat"}))["room_id"]
+            assert flowing_room.startswith("!ot_"), flowing_room
+            await bot.call("POST", f"/v3/join/{q(flowing_room)}", {"user_id": ghost})
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                await ping_through_synapse(http, reg)
+                markers = {await bot.send(room, "caught up", user_id=ghost) for room in (held_room, flowing_room)}
+                await wait_for(lambda: markers <= {e["event_id"] for _, e in received(record, {held_room, flowing_room})},
+                               60, "the bridge to be caught up")
+            finally:
+                await bridge.stop()
+            record.clear()
+            held = [await bot.send(held_room, f"while the bridge is down {n}", user_id=ghost) for n in range(3)]
+            try:
+                await switch(routing("off"))
+                bridge = RecordingBridge(reg, record)
+                await bridge.serve()
+                try:
+                    await ping_through_synapse(http, reg)
+                    flowing = [await bot.send(flowing_room, f"while the other class is off {n}", user_id=ghost)
+                               for n in range(3)]
+                    await wait_for(lambda: set(flowing) <= {e["event_id"] for _, e in received(record, {flowing_room})},
+                                   30, "the other room's events while one class is off")
+                    got = {e["event_id"] for _, e in received(record, {held_room})}
+                    assert not got & set(held), "events of an off room reached the bridge"
+                finally:
+                    await bridge.stop()
+            finally:
+                await switch(routing("local"))
+            bridge = RecordingBridge(reg, record)
+            await bridge.serve()
+            try:
+                await ping_through_synapse(http, reg)
+                await wait_for(lambda: set(held) <= {e["event_id"] for _, e in received(record, {held_room})}, 60,
+                               "the held events once the class is on")
+                after = await bot.send(held_room, "after the switch", user_id=ghost)
+                await wait_for(lambda: after in {e["event_id"] for _, e in received(record, {held_room})}, 30,
+                               "a new event of the released room")
+                held.append(after)
+            finally:
+                await bridge.stop()
+            return held_room, flowing_room, held, flowing
+
+    held_room, flowing_room, held, flowing = asyncio.run(scenario())
+    for room, sent in ((held_room, held), (flowing_room, flowing)):
+        pairs = list(dict.fromkeys((txn, e["event_id"]) for txn, e in received(record, {room})
+                                   if e["type"] == "m.room.message"))
+        order = [event_id for _, event_id in pairs]
+        assert order == sent, (room, order, sent)

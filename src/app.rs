@@ -130,6 +130,7 @@ impl AppState {
             &rooms.typing,
             &classes,
             &tasks,
+            &synapse,
         ));
         let bridges = Arc::new(crate::appservice::umbrella::Bridges::new(
             db.clone(),

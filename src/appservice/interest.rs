@@ -110,6 +110,21 @@ impl Interest {
             .is_some_and(|facts| facts.named || !facts.members.is_empty()))
     }
 
+    /// The appservice's users (bot included) joined to a room, as known now: Synapse's
+    /// `get_app_service_users_in_room`, for the MSC3202 key counts. Empty for a room not
+    /// judged yet.
+    pub fn users_in(&self, room_id: &str) -> impl Iterator<Item = &String> {
+        self.rooms
+            .get(room_id)
+            .into_iter()
+            .flat_map(|facts| facts.members.iter())
+    }
+
+    /// The appservice's bot.
+    pub fn bot(&self) -> &str {
+        &self.bot
+    }
+
     /// Loads what is known about a room on first sight.
     async fn know(&mut self, conn: &mut PgConnection, room_id: &str) -> Result<(), StoreError> {
         if !self.rooms.contains_key(room_id) {

@@ -29,6 +29,7 @@ use crate::notify::Notifier;
 use crate::rooms::typing::Typing;
 use crate::routing::LiveClasses;
 use crate::tasks::Tasks;
+use crate::upstream::Synapse;
 use pusher::{Pusher, Stats};
 use websocket::Slot;
 
@@ -52,6 +53,7 @@ struct Spawner {
     typing: Arc<Typing>,
     tasks: Arc<Tasks>,
     classes: Arc<LiveClasses>,
+    synapse: Synapse,
 }
 
 struct Handle {
@@ -89,6 +91,7 @@ impl Delivery {
         typing: &Arc<Typing>,
         classes: &Arc<LiveClasses>,
         tasks: &Arc<Tasks>,
+        synapse: &Synapse,
     ) -> Self {
         let http = match client::build(config) {
             Ok(http) => http,
@@ -108,6 +111,7 @@ impl Delivery {
                 typing: typing.clone(),
                 tasks: tasks.clone(),
                 classes: classes.clone(),
+                synapse: synapse.clone(),
             }),
         };
         for registration in registrations {
@@ -175,6 +179,7 @@ impl Delivery {
             url,
             relayed: handle.relay.as_ref().map(|relay| relay.relayed.clone()),
             classes: spawner.classes.clone(),
+            synapse: spawner.synapse.clone(),
         };
         let stop = handle.stop.clone();
         // Stopping drops the pusher at an await: safe, as at shutdown (see `tasks`).

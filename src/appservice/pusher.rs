@@ -6,7 +6,10 @@
 //!   retry repeats the same txnId with the same body, also after a restart.
 //! * The cursor moves past a transaction's events only in the database transaction that
 //!   deletes it after the appservice's 2xx, so every event is delivered at least once and the
-//!   only repeats are repeats of a whole transaction under its txnId.
+//!   only repeats are repeats of a whole transaction under its txnId — except after a class
+//!   is switched `off` (below): a stored, unacknowledged transaction with an event of such a
+//!   room is dropped and built again from the same cursors, so a bridge that had in fact
+//!   processed it gets its other events again under a new txnId.
 //! * Events go out in stream order, so per-room order holds.
 //! * Interest is judged in stream order from each event's head (no content); only the events
 //!   wanted are read in full. A transaction never depends on events judged after its end
@@ -21,21 +24,41 @@
 //!   `org.matrix.msc3202.device_lists.changed`: the device-list changes of their users and of
 //!   members of local rooms they are interested in ([`super::device_lists`]), following a
 //!   device-change cursor stored and acknowledged with the event cursor (at least once).
+//!   Their transactions with local content (events, ephemeral events or device changes)
+//!   also carry the one-time-key counts and unused fallback-key types of the appservice's
+//!   bot and of its users joined to the rooms of those events — the users Synapse's
+//!   scheduler picks (`_compute_msc3202_otk_counts_and_fallback_keys`) — asked from
+//!   hungryserv's Synapse module when the transaction is built (the keys are Synapse's) and
+//!   stored with it, so a retry repeats them; they replace relayed counts of the same
+//!   devices, being newer. A Synapse that is down or cannot answer leaves them out rather
+//!   than hold delivery.
 //! * While the appservice holds a websocket ([`super::websocket`]) transactions go over it,
 //!   with the same guarantees (acknowledged by the bridge, else sent again); otherwise over
 //!   HTTP to the registration's `url`.
-//! * Rooms of a class switched `off` are held back: the transaction ends before the first
-//!   event of such a room the appservice would get, and delivery waits there (checking again
-//!   every [`HELD_RECHECK`], or at once when poked) until the class is served again; a
-//!   transaction stored before the switch that holds such an event is not sent meanwhile. Nothing
-//!   is skipped, so order and at-least-once still hold; the price is that this appservice's
-//!   later events of other rooms wait too. Only a bridge that had not yet received events
-//!   written before the switch is affected: an `off` room takes no new events.
+//! * Rooms of a class switched `off` are held back, each on its own (migration 0038): the
+//!   first event of such a room the appservice would get puts the room in
+//!   `appservice_held_rooms` with that event's position — written before the cursor can move
+//!   past it — and from then on the main scan passes over every event of the room, while the
+//!   appservice's other rooms keep flowing. Once the class is served again (looked at every
+//!   [`HELD_RECHECK`] while a room is held, or at once when poked), the room's events from
+//!   the held position up to the cursor are judged and delivered in transactions of their
+//!   own, before the main scan goes on; each one's acknowledgement moves the held position
+//!   past what it carried in the same database transaction, and the row goes once nothing
+//!   below the cursor is left, so the room's later events are the main scan's again.
+//!   Invariant: for every room, an event is delivered only after every earlier event of that
+//!   room the appservice gets, and every event is delivered at least once (a held event is
+//!   either at or after its row's position, or already acknowledged). Held events are judged
+//!   by the member list as it is when they are released (a bridge may get an event it would
+//!   not have got then, never lose one). A transaction stored before the switch that holds
+//!   such an event is never sent while the class is off: it is dropped (its cursors had not
+//!   moved) and built again, holding the room (see the repeat above). An `off` room takes no
+//!   new events, so only events written before the switch that had not reached the bridge
+//!   are held.
 //! * Failures back off exponentially (1 s doubling, capped by `max_retry_interval_s`); a
 //!   successful `/appservice/{id}/ping` through hungryserv retries at once. Each appservice
 //!   has its own task, so one that fails never delays another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -61,6 +84,7 @@ use crate::rooms::typing::Typing;
 use crate::routing::LiveClasses;
 use crate::store::appservice::{PendingTxn, Positions};
 use crate::store::{self, StoreError};
+use crate::upstream::Synapse;
 
 /// Receipts read at once for one transaction.
 const RECEIPTS_CHUNK: i64 = 1_000;
@@ -69,7 +93,7 @@ const SCAN_CHUNK: i64 = 500;
 /// Most events examined for one transaction (so a long run of uninteresting events still
 /// persists progress now and then).
 const SCAN_LIMIT: usize = 20_000;
-/// How often delivery held at an event of an `off` room looks at the room classes again.
+/// How often delivery with held rooms looks at the room classes again.
 const HELD_RECHECK: Duration = Duration::from_secs(1);
 /// First retry interval.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -113,6 +137,8 @@ pub struct Pusher {
     pub relayed: Option<Arc<AtomicBool>>,
     /// The room classes in force: events of `off` rooms are held back.
     pub classes: Arc<LiveClasses>,
+    /// Asked for the MSC3202 key counts (through hungryserv's Synapse module).
+    pub synapse: Synapse,
 }
 
 /// What a scan of the queue produced.
@@ -120,8 +146,14 @@ struct Built {
     events: Vec<Value>,
     /// The last position examined: the cursor may move here once these events are delivered.
     last: i64,
-    /// The scan stopped at an event of an `off` room, at `last + 1`.
-    held: bool,
+}
+
+/// A held room's events to deliver now (see the module doc).
+struct Release {
+    room_id: String,
+    events: Vec<Value>,
+    /// The position the room's events were read up to.
+    upto: i64,
 }
 
 /// Ephemeral events for one transaction.
@@ -175,6 +207,11 @@ impl Pusher {
             self.relayed.is_some() && store::relay::any_after(&self.db, id, relay_seq).await?;
         self.stats.cursor.store(position, Ordering::Relaxed);
         let mut interest = Interest::new(self.registration.clone(), &self.server_name);
+        // Rooms held back while their class is off, with their first held position.
+        let mut held: HashMap<String, i64> = store::appservice::held_rooms(&self.db, id)
+            .await?
+            .into_iter()
+            .collect();
         let mut wake = self.notifier.subscribe();
         let mut side_wake = self.notifier.subscribe_side();
         // A transaction left in flight by an earlier run goes first; after that, the only one
@@ -183,7 +220,16 @@ impl Pusher {
         let mut pace = ReadPace::default();
         loop {
             if let Some(pending) = in_flight.take() {
-                self.deliver(&pending).await;
+                if !self.deliver(&pending).await {
+                    // It holds an event of a room whose class is now off: dropped, and built
+                    // again from the same positions (the room is held this time).
+                    store::appservice::abandon(&self.db, id, &pending.txn_id).await?;
+                    relay_pending |= pending.last_relay_seq.is_some();
+                    interest = Interest::new(self.registration.clone(), &self.server_name);
+                    self.stats.in_flight_events.store(0, Ordering::Relaxed);
+                    self.stats.in_flight_since_ms.store(0, Ordering::Relaxed);
+                    continue;
+                }
                 store::appservice::acknowledge(&self.db, id, &pending.txn_id).await?;
                 position = position.max(pending.last_stream);
                 persisted = position;
@@ -198,9 +244,46 @@ impl Pusher {
                     devices = devices.max(last);
                     devices_persisted = Some(devices);
                 }
+                if pending.released.is_some() {
+                    held = store::appservice::held_rooms(&self.db, id)
+                        .await?
+                        .into_iter()
+                        .collect();
+                }
                 self.stats.cursor.store(position, Ordering::Relaxed);
                 self.stats.in_flight_events.store(0, Ordering::Relaxed);
                 self.stats.in_flight_since_ms.store(0, Ordering::Relaxed);
+                continue;
+            }
+            // Held rooms whose class is served again go first, each in order, before the
+            // main scan passes their later events.
+            if !held.is_empty()
+                && let Some(release) = self.release(&mut held, position).await?
+            {
+                let mut relayed = Relayed::default();
+                if msc3202 {
+                    let users = key_count_users(&interest, release.events.iter());
+                    self.add_key_counts(&mut relayed, &users).await;
+                }
+                let count = release.events.len();
+                let mut body = serde_json::Map::new();
+                body.insert("events".into(), Value::Array(release.events));
+                body.insert("ephemeral".into(), Value::Array(Vec::new()));
+                relayed.add_to(&mut body);
+                let txn = PendingTxn {
+                    txn_id: format!("hungryserv.{}.{next_txn}", cursor.txn_prefix),
+                    last_stream: position,
+                    last_room_data: ephemeral.then_some(room_data),
+                    last_relay_seq: None,
+                    last_devices: msc3202.then_some(devices),
+                    released: Some((release.room_id, release.upto)),
+                    body: serde_json::to_vec(&body).unwrap_or_default(),
+                    events: i32::try_from(count).unwrap_or(i32::MAX),
+                    age_s: 0.0,
+                };
+                next_txn += 1;
+                store::appservice::store_txn(&self.db, id, &txn).await?;
+                in_flight = Some(txn);
                 continue;
             }
             let committed = *wake.borrow_and_update();
@@ -223,6 +306,7 @@ impl Pusher {
                     _ = wake.changed() => {}
                     _ = side_wake.changed(), if ephemeral || msc3202 => {}
                     () = self.poke.notified() => {}
+                    () = tokio::time::sleep(HELD_RECHECK), if !held.is_empty() => {}
                     () = tokio::time::sleep(IDLE_PERSIST), if behind => {
                         let to = Positions {
                             stream: position,
@@ -241,7 +325,9 @@ impl Pusher {
             }
             pace.ready().await;
             let committed = *wake.borrow_and_update();
-            let built = self.build(&mut interest, position, committed).await?;
+            let built = self
+                .build(&mut interest, &mut held, position, committed)
+                .await?;
             pace.read_up_to_committed(built.last >= committed);
             let extra = if side_news {
                 let typing_now = self.typing.current();
@@ -291,13 +377,13 @@ impl Pusher {
                     room_data_persisted = to.room_data.or(room_data_persisted);
                     devices_persisted = to.devices.or(devices_persisted);
                 }
-                if built.held {
-                    tokio::select! {
-                        () = self.poke.notified() => {}
-                        () = tokio::time::sleep(HELD_RECHECK) => {}
-                    }
-                }
                 continue;
+            }
+            if msc3202
+                && (!built.events.is_empty() || !extra.events.is_empty() || !changed.is_empty())
+            {
+                let users = key_count_users(&interest, built.events.iter().chain(&extra.events));
+                self.add_key_counts(&mut relayed, &users).await;
             }
             let mut events = built.events;
             events.append(&mut relayed.events);
@@ -315,6 +401,7 @@ impl Pusher {
                 last_room_data: ephemeral.then_some(extra.last_room_data),
                 last_relay_seq: relayed_upto,
                 last_devices: msc3202.then_some(devices_upto),
+                released: None,
                 body,
                 events: i32::try_from(count).unwrap_or(i32::MAX),
                 age_s: 0.0,
@@ -322,6 +409,110 @@ impl Pusher {
             next_txn += 1;
             store::appservice::store_txn(&self.db, id, &txn).await?;
             in_flight = Some(txn);
+        }
+    }
+
+    /// The next events of a held room whose class is served again, from its held position up
+    /// to `position` (the cursor: the main scan passed over everything of the room below
+    /// it), at most a transaction's worth. A room with nothing left to deliver is released
+    /// here at once (the cursor written first, so the row's going never uncovers an event).
+    async fn release(
+        &self,
+        held: &mut HashMap<String, i64>,
+        position: i64,
+    ) -> Result<Option<Release>, StoreError> {
+        let id = self.registration.id.as_str();
+        let classes = self.classes.current();
+        let mut ready: Vec<(String, i64)> = held
+            .iter()
+            .filter(|(room_id, _)| classes.available(room_id))
+            .map(|(room_id, from)| (room_id.clone(), *from))
+            .collect();
+        ready.sort_by_key(|(_, from)| *from);
+        let mut conn = self.db.acquire().await?;
+        let viewer = Viewer {
+            txn_scope: None,
+            now_ms: now_ms(),
+        };
+        let limit = i64::try_from(self.config.max_events).unwrap_or(i64::MAX);
+        for (room_id, mut from) in ready {
+            // Judged by the room's members as they are now (see the module doc).
+            let mut interest = Interest::new(self.registration.clone(), &self.server_name);
+            loop {
+                let heads = if from > position {
+                    Vec::new()
+                } else {
+                    store::events::room_stream_heads(&mut conn, &room_id, from, position, limit)
+                        .await?
+                };
+                let exhausted = heads.len() < usize::try_from(limit).unwrap_or(usize::MAX);
+                let mut upto = match heads.last() {
+                    Some(last) if !exhausted => last.stream,
+                    _ => position,
+                };
+                let mut wanted = Vec::new();
+                for head in &heads {
+                    if interest.wants(&mut conn, head).await? {
+                        wanted.push(head.stream);
+                    }
+                }
+                let mut events = Vec::new();
+                let mut bytes = 0usize;
+                for row in store::events::with_prev_at(&mut conn, &wanted).await? {
+                    let related = Related {
+                        prev: row.prev.clone(),
+                        redacted_because: None,
+                    };
+                    let value = to_client(&row.event, &related, viewer);
+                    let size = value.to_string().len();
+                    if !events.is_empty() && bytes + size > self.config.max_bytes {
+                        upto = row.event.stream - 1;
+                        break;
+                    }
+                    bytes += size;
+                    events.push(value);
+                }
+                if !events.is_empty() {
+                    return Ok(Some(Release {
+                        room_id,
+                        events,
+                        upto,
+                    }));
+                }
+                // Nothing wanted up to `upto`: move the row on without a transaction.
+                let to = Positions {
+                    stream: position,
+                    room_data: None,
+                    devices: None,
+                };
+                store::appservice::skip_to(&self.db, id, to).await?;
+                store::appservice::release_room(&mut conn, id, &room_id, upto).await?;
+                if upto >= position {
+                    held.remove(&room_id);
+                    break;
+                }
+                from = upto + 1;
+                held.insert(room_id.clone(), from);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Adds the MSC3202 key counts of `users` (see the module doc); left out when Synapse
+    /// cannot give them.
+    async fn add_key_counts(&self, relayed: &mut Relayed, users: &[String]) {
+        if !self.synapse.health.is_up() {
+            return;
+        }
+        let token = Some(self.registration.as_token.as_str()).filter(|token| !token.is_empty());
+        match self.synapse.key_counts(token, users).await {
+            Ok(counts) => relayed.add_key_counts(
+                &counts.device_one_time_keys_count,
+                &counts.device_unused_fallback_key_types,
+            ),
+            Err(err) => {
+                tracing::warn!(appservice = %self.registration.id, error = %err, "MSC3202 key counts left out of a transaction (is hungryserv's Synapse module loaded?)");
+            }
         }
     }
 
@@ -388,6 +579,7 @@ impl Pusher {
     async fn build(
         &self,
         interest: &mut Interest,
+        held: &mut HashMap<String, i64>,
         after: i64,
         committed: i64,
     ) -> Result<Built, StoreError> {
@@ -400,7 +592,6 @@ impl Pusher {
         let mut built = Built {
             events: Vec::new(),
             last: after,
-            held: false,
         };
         let classes = self.classes.current();
         let mut bytes = 0usize;
@@ -422,13 +613,22 @@ impl Pusher {
                 }
                 examined += 1;
                 if interest.wants(&mut conn, head).await? {
-                    if !classes.available(&head.room_id) {
-                        // Held back: judged again once the class is served.
-                        interest.rewind_after(head.stream - 1);
-                        built.held = true;
-                        break;
+                    let held_from = held.get(&head.room_id).copied();
+                    if held_from.is_some_and(|from| head.stream >= from) {
+                        // Its room waits: delivered when the room is released.
+                    } else if !classes.available(&head.room_id) {
+                        // Held back from here on, recorded before the cursor can pass it.
+                        store::appservice::hold_room(
+                            &mut conn,
+                            &self.registration.id,
+                            &head.room_id,
+                            head.stream,
+                        )
+                        .await?;
+                        held.insert(head.room_id.clone(), head.stream);
+                    } else {
+                        wanted.push(head.stream);
                     }
-                    wanted.push(head.stream);
                 }
                 judged = head.stream;
             }
@@ -449,7 +649,7 @@ impl Pusher {
                 built.events.push(value);
             }
             built.last = judged;
-            if built.held || built.events.len() >= self.config.max_events {
+            if built.events.len() >= self.config.max_events {
                 break;
             }
         }
@@ -457,7 +657,9 @@ impl Pusher {
     }
 
     /// Sends a stored transaction until the appservice acknowledges it.
-    async fn deliver(&self, pending: &PendingTxn) {
+    /// `false`, without sending, once the transaction holds an event of a room whose class
+    /// is off (it is then built again without it, see the module doc).
+    async fn deliver(&self, pending: &PendingTxn) -> bool {
         let built_ms = now_ms() - (pending.age_s * 1000.0) as i64;
         self.stats.in_flight_events.store(
             u64::try_from(pending.events).unwrap_or(0),
@@ -468,12 +670,8 @@ impl Pusher {
             .store(built_ms, Ordering::Relaxed);
         let mut backoff = FIRST_BACKOFF;
         loop {
-            // A transaction stored before its rooms' class was switched off waits too.
-            while self.holds_off_room(pending) {
-                tokio::select! {
-                    () = self.poke.notified() => {}
-                    () = tokio::time::sleep(HELD_RECHECK) => {}
-                }
+            if self.holds_off_room(pending) {
+                return false;
             }
             let started = Instant::now();
             match self.send(pending).await {
@@ -484,7 +682,7 @@ impl Pusher {
                         Ordering::Relaxed,
                     );
                     tracing::debug!(appservice = %self.registration.id, txn = %pending.txn_id, events = pending.events, ms = started.elapsed().as_millis() as u64, "transaction delivered");
-                    return;
+                    return true;
                 }
                 Err(reason) => {
                     self.stats
@@ -569,4 +767,28 @@ impl Pusher {
             .await
             .map_err(|_| "timed out".to_owned())?
     }
+}
+
+/// Most users whose key counts one transaction asks for (the module's limit).
+const MAX_KEY_COUNT_USERS: usize = 1_000;
+
+/// The users whose MSC3202 key counts go with a transaction of `events`: the bot and the
+/// appservice's users joined to the events' rooms (Synapse's choice), at most
+/// [`MAX_KEY_COUNT_USERS`].
+fn key_count_users<'a>(
+    interest: &Interest,
+    events: impl Iterator<Item = &'a Value>,
+) -> Vec<String> {
+    let mut users = std::collections::BTreeSet::new();
+    let mut rooms: Vec<&str> = events.filter_map(|e| e["room_id"].as_str()).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    for room in rooms {
+        users.extend(interest.users_in(room).cloned());
+    }
+    users.remove(interest.bot());
+    std::iter::once(interest.bot().to_owned())
+        .chain(users)
+        .take(MAX_KEY_COUNT_USERS)
+        .collect()
 }

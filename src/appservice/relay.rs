@@ -124,6 +124,23 @@ impl Relayed {
         self.left.retain(|user| !self.changed.contains(user));
     }
 
+    /// Adds key counts (MSC3202) read after Synapse's transactions were stored: per device
+    /// they replace Synapse's, being newer.
+    pub fn add_key_counts(
+        &mut self,
+        otk_counts: &Map<String, Value>,
+        fallback: &Map<String, Value>,
+    ) {
+        merge_counts(
+            &mut self.otk_counts,
+            Some(&Value::Object(otk_counts.clone())),
+        );
+        merge_counts(
+            &mut self.fallback_types,
+            Some(&Value::Object(fallback.clone())),
+        );
+    }
+
     /// Adds the fields that are not events (the caller puts the events first: local ones,
     /// then these) to a transaction body, under both names; `ephemeral` is appended to what
     /// the body holds already.

@@ -32,9 +32,14 @@
 //!   bridge's pusher then runs in relay mode ([`super::relay`]): its share goes out inside
 //!   its own transactions, with the local events, in order, over HTTP or its websocket.
 //!   Ephemeral events follow their room's interest (presence: the sender's bridge); to-device
-//!   events and MSC3202 key counts follow their user; device list changes go to every bridge
-//!   that asked for MSC3202 (Synapse does not say which rooms they came from).
-//!   Not split: alias namespaces for Synapse rooms (Synapse's aliases are not known here).
+//!   events and MSC3202 key counts follow their user; a device-list change goes to the
+//!   MSC3202 bridges Synapse would give it to (`_is_appservice_interested_in_device_lists_of_user`:
+//!   the user is theirs, or is joined to a room they are interested in), and a room with an
+//!   alias in a bridge's alias namespace is that bridge's. Synapse's transactions do not say
+//!   which rooms a changed user is in, nor a room's aliases: hungryserv's Synapse module does
+//!   (`upstream::Synapse::appservice_rooms`), asked before the database transaction; if it
+//!   cannot answer, every MSC3202 bridge gets every change (over-telling costs a bridge a
+//!   key query; under-telling breaks its encryption) and aliases route nothing.
 //! * **Static registrations** keep working beside the bridges, unchanged.
 //!
 //! Several instances: this process puts a change in force at once; another learns of it only
@@ -58,6 +63,7 @@ use crate::auth::requester::Identity;
 use crate::config::{Namespace, Registration};
 use crate::store::{self, StoreError, umbrella::StoredBridge};
 use crate::upstream::Synapse;
+use crate::upstream::client::AppserviceRooms;
 use crate::upstream::umbrella::{Stand, digest};
 
 /// A bridge's registration as the admin API takes and shows it, without tokens.
@@ -447,13 +453,20 @@ impl Bridges {
         };
         let bridges: Vec<Arc<Registration>> =
             self.list().iter().map(|b| b.registration.clone()).collect();
+        // Asked before the database transaction (no network I/O inside one).
+        let synapse_rooms = self.synapse_rooms(umbrella, &bridges, body).await;
         let mut tx = self.db.begin().await?;
         store::umbrella::lock(&mut tx, &umbrella.id).await?;
         if !store::umbrella::first_sight(&mut tx, &umbrella.id, synapse_txn_id).await? {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let rooms = rooms_of(body);
+        let mut rooms = rooms_of(body);
+        if let Some(known) = &synapse_rooms {
+            rooms.extend(known.rooms_of_users.values().flatten().cloned());
+            rooms.sort();
+            rooms.dedup();
+        }
         let mut members: HashMap<String, HashSet<String>> = HashMap::new();
         for (room, user) in store::umbrella::members(&mut tx, &rooms).await? {
             members.entry(room).or_default().insert(user);
@@ -461,13 +474,65 @@ impl Bridges {
         let umbrella_bot = format!("@{}:{}", umbrella.sender_localpart, self.server_name);
         let tracked =
             |user: &str| user == umbrella_bot || umbrella.users.iter().any(|ns| ns.matches(user));
-        let split = split(&bridges, &self.server_name, &tracked, &mut members, body);
+        let split = split(
+            &bridges,
+            &self.server_name,
+            &tracked,
+            &mut members,
+            synapse_rooms.as_ref(),
+            body,
+        );
         store::umbrella::set_members(&mut tx, &split.changes).await?;
         for (id, share) in &split.shares {
             store::relay::insert(&mut tx, id, synapse_txn_id, share).await?;
         }
         tx.commit().await?;
         Ok(split.shares.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// What Synapse knows that the split needs, from hungryserv's Synapse module: the aliases
+    /// of the transaction's rooms (when a bridge has alias namespaces) and the rooms of the
+    /// users whose device lists changed (when a bridge asked for MSC3202). `None` when the
+    /// module cannot answer: the split then gives device-list changes to every MSC3202
+    /// bridge, as too many is safe and too few breaks encryption.
+    async fn synapse_rooms(
+        &self,
+        umbrella: &Registration,
+        bridges: &[Arc<Registration>],
+        body: &Value,
+    ) -> Option<AppserviceRooms> {
+        const MAX_ASKED: usize = 1_000;
+        let changed: Vec<&str> = if bridges.iter().any(|b| b.msc3202) {
+            device_lists_of(body)
+                .and_then(|lists| lists["changed"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .take(MAX_ASKED)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let rooms = if bridges.iter().any(|b| !b.aliases.is_empty()) {
+            rooms_of(body)
+        } else {
+            Vec::new()
+        };
+        let rooms: Vec<&str> = rooms.iter().map(String::as_str).take(MAX_ASKED).collect();
+        if changed.is_empty() && rooms.is_empty() {
+            return Some(AppserviceRooms::default());
+        }
+        match self
+            .synapse
+            .appservice_rooms(&umbrella.as_token, &changed, &rooms)
+            .await
+        {
+            Ok(known) => Some(known),
+            Err(err) => {
+                tracing::warn!(error = %err, "rooms and aliases not known for the umbrella's split (is hungryserv's Synapse module loaded?)");
+                None
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Bridge>>> {
@@ -477,6 +542,12 @@ impl Bridges {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Bridge>>> {
         self.live.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A transaction's device-list changes (MSC3202), under either name.
+fn device_lists_of(body: &Value) -> Option<&Value> {
+    body.get("device_lists")
+        .or_else(|| body.get("org.matrix.msc3202.device_lists"))
 }
 
 /// The rooms a transaction's events and ephemeral events name.
@@ -519,14 +590,16 @@ pub struct Split {
 }
 
 /// Splits a transaction's contents among `bridges` (see the module doc). `members` holds the
-/// joined umbrella users of the transaction's rooms and is kept up to date with its member
-/// events, judged in order (an event is judged by the members before it: a bridge hears its
-/// ghost leave).
+/// joined umbrella users of the transaction's rooms (and of the rooms in `synapse_rooms`) and
+/// is kept up to date with its member events, judged in order (an event is judged by the
+/// members before it: a bridge hears its ghost leave). `synapse_rooms` is what Synapse said
+/// about rooms' aliases and the changed users' rooms; `None`: it could not say.
 pub fn split(
     bridges: &[Arc<Registration>],
     server_name: &str,
     tracked: &dyn Fn(&str) -> bool,
     members: &mut HashMap<String, HashSet<String>>,
+    synapse_rooms: Option<&AppserviceRooms>,
     body: &Value,
 ) -> Split {
     let bots: Vec<String> = bridges
@@ -538,8 +611,15 @@ pub fn split(
         user == bots[i]
             || (user.ends_with(&suffix) && bridges[i].users.iter().any(|ns| ns.matches(user)))
     };
+    let aliases = synapse_rooms.map(|known| &known.aliases);
     let wants_room = |i: usize, room: &str, members: &HashMap<String, HashSet<String>>| {
         bridges[i].rooms.iter().any(|ns| ns.matches(room))
+            || aliases
+                .and_then(|aliases| aliases.get(room))
+                .is_some_and(|list| {
+                    list.iter()
+                        .any(|alias| bridges[i].aliases.iter().any(|ns| ns.matches(alias)))
+                })
             || members
                 .get(room)
                 .is_some_and(|users| users.iter().any(|user| claims(i, user)))
@@ -597,9 +677,7 @@ pub fn split(
             }
         }
     }
-    let device_lists = body
-        .get("device_lists")
-        .or_else(|| body.get("org.matrix.msc3202.device_lists"));
+    let device_lists = device_lists_of(body);
     for (stable, unstable) in [
         (
             "device_one_time_keys_count",
@@ -632,12 +710,37 @@ pub fn split(
         }
     }
     if let Some(lists) = device_lists {
-        let any = ["changed", "left"]
-            .iter()
-            .any(|key| lists[key].as_array().is_some_and(|l| !l.is_empty()));
+        // Synapse's rule per bridge: the user is its own, or shares a room it is interested
+        // in. Without Synapse's answer every MSC3202 bridge gets every change.
+        let interested = |i: usize, user: &str| match synapse_rooms {
+            None => true,
+            Some(known) => {
+                claims(i, user)
+                    || known
+                        .rooms_of_users
+                        .get(user)
+                        .is_some_and(|rooms| rooms.iter().any(|room| wants_room(i, room, members)))
+            }
+        };
         for (i, share) in shares.iter_mut().enumerate() {
-            if any && bridges[i].msc3202 {
-                share.insert("device_lists".into(), lists.clone());
+            if !bridges[i].msc3202 {
+                continue;
+            }
+            let mine = |key: &str| -> Vec<Value> {
+                lists[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|user| user.as_str().is_some_and(|user| interested(i, user)))
+                    .cloned()
+                    .collect()
+            };
+            let (changed, left) = (mine("changed"), mine("left"));
+            if !changed.is_empty() || !left.is_empty() {
+                share.insert(
+                    "device_lists".into(),
+                    json!({"changed": changed, "left": left}),
+                );
             }
         }
     }
@@ -730,7 +833,7 @@ mod tests {
             "device_one_time_keys_count": {"@dyn_a_bot:hs": {"D": {"signed_curve25519": 3}},
                                            "@dyn_b_bot:hs": {"D": {"signed_curve25519": 1}}},
         });
-        let split = split(&bridges, "hs", &tracked, &mut members, &body);
+        let split = split(&bridges, "hs", &tracked, &mut members, None, &body);
         assert_eq!(
             ids(&split, "a"),
             ["$1", "$2", "$3", "$6"],
@@ -771,8 +874,67 @@ mod tests {
         )]);
         let body = json!({"events": [], "ephemeral": [
             {"type": "m.typing", "room_id": "!dm:hs", "content": {"user_ids": ["@alice:hs"]}}]});
-        let split = split(&bridges, "hs", &|_| true, &mut members, &body);
+        let split = split(&bridges, "hs", &|_| true, &mut members, None, &body);
         assert_eq!(split.shares.len(), 1);
         assert_eq!(split.shares[0].0, "a");
+    }
+
+    #[test]
+    fn device_changes_go_to_bridges_sharing_a_room_and_aliases_route_rooms() {
+        let mut a = (*bridge("a", true, true)).clone();
+        a.aliases = vec![Namespace::new("#dyn_a_.*", true).unwrap()];
+        let bridges = [Arc::new(a), bridge("b", true, true)];
+        let mut members = HashMap::from([(
+            "!dm:hs".to_owned(),
+            HashSet::from(["@dyn_b_1:hs".to_owned()]),
+        )]);
+        let known = AppserviceRooms {
+            rooms_of_users: HashMap::from([
+                ("@alice:hs".to_owned(), vec!["!dm:hs".to_owned()]),
+                ("@carol:hs".to_owned(), vec!["!aliased:hs".to_owned()]),
+            ]),
+            aliases: HashMap::from([("!aliased:hs".to_owned(), vec!["#dyn_a_x:hs".to_owned()])]),
+        };
+        let body = json!({
+            "events": [{"event_id": "$1", "room_id": "!aliased:hs", "sender": "@carol:hs",
+                        "type": "m.room.message", "content": {}}],
+            "device_lists": {"changed": ["@alice:hs", "@carol:hs", "@dyn_a_2:hs", "@dave:hs"],
+                             "left": []},
+        });
+        let known_split = split(&bridges, "hs", &|_| true, &mut members, Some(&known), &body);
+        assert_eq!(
+            ids(&known_split, "a"),
+            ["$1"],
+            "the room's alias is in a's namespace"
+        );
+        assert_eq!(ids(&known_split, "b"), Vec::<String>::new());
+        let lists = |bridge: &str| {
+            known_split
+                .shares
+                .iter()
+                .find(|(id, _)| id == bridge)
+                .map(|(_, body)| body["device_lists"]["changed"].clone())
+        };
+        assert_eq!(
+            lists("a"),
+            Some(json!(["@carol:hs", "@dyn_a_2:hs"])),
+            "carol shares the aliased room; a's own user"
+        );
+        assert_eq!(
+            lists("b"),
+            Some(json!(["@alice:hs"])),
+            "alice shares a room with b's user"
+        );
+
+        // Without Synapse's answer every MSC3202 bridge gets every change.
+        let unknown_split = split(&bridges, "hs", &|_| true, &mut members, None, &body);
+        assert!(
+            unknown_split
+                .shares
+                .iter()
+                .all(
+                    |(_, body)| body["device_lists"]["changed"].as_array().map(Vec::len) == Some(4)
+                )
+        );
     }
 }

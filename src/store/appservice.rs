@@ -1,5 +1,6 @@
 //! `appservice_cursors`, `appservice_transactions`: how far each appservice's delivery has
-//! got, and the transaction in flight (see migrations/0005_appservice_delivery.sql).
+//! got, the transaction in flight (see migrations/0005_appservice_delivery.sql), and the rooms
+//! whose events wait while their class is `off` (migrations/0038_appservice_held_rooms.sql).
 
 use sqlx::{PgConnection, PgPool};
 
@@ -31,6 +32,9 @@ pub struct PendingTxn {
     pub last_relay_seq: Option<i64>,
     /// The device-change cursor once it is acknowledged (MSC3202 appservices).
     pub last_devices: Option<i64>,
+    /// A held room's events this transaction delivers, up to this position
+    /// (`appservice_held_rooms` moves past it with the acknowledgement).
+    pub released: Option<(String, i64)>,
     pub body: Vec<u8>,
     pub events: i32,
     /// Seconds since it was built.
@@ -74,7 +78,8 @@ pub async fn cursor(
 /// The transaction in flight, if any.
 pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<PendingTxn>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT txn_id, last_stream, last_room_data, last_relay_seq, last_devices, body, events,
+        r#"SELECT txn_id, last_stream, last_room_data, last_relay_seq, last_devices, released_room,
+                  released_upto, body, events,
                   EXTRACT(EPOCH FROM now() - created_at)::float8 AS "age_s!"
            FROM appservice_transactions WHERE appservice_id = $1"#,
         appservice_id
@@ -87,6 +92,7 @@ pub async fn pending(pool: &PgPool, appservice_id: &str) -> Result<Option<Pendin
         last_room_data: row.last_room_data,
         last_relay_seq: row.last_relay_seq,
         last_devices: row.last_devices,
+        released: row.released_room.zip(row.released_upto),
         body: row.body,
         events: row.events,
         age_s: row.age_s,
@@ -103,8 +109,8 @@ pub async fn store_txn(
     sqlx::query!(
         "INSERT INTO appservice_transactions
              (appservice_id, txn_id, last_stream, last_room_data, last_relay_seq, last_devices,
-              body, events)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+              body, events, released_room, released_upto)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         appservice_id,
         txn.txn_id,
         txn.last_stream,
@@ -112,7 +118,9 @@ pub async fn store_txn(
         txn.last_relay_seq,
         txn.last_devices,
         txn.body,
-        txn.events
+        txn.events,
+        txn.released.as_ref().map(|(room, _)| room.as_str()),
+        txn.released.as_ref().map(|(_, upto)| *upto)
     )
     .execute(&mut *tx)
     .await?;
@@ -135,7 +143,8 @@ pub async fn acknowledge(
     let mut tx = pool.begin().await?;
     let last = sqlx::query!(
         "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2
-         RETURNING last_stream, last_room_data, last_relay_seq, last_devices",
+         RETURNING last_stream, last_room_data, last_relay_seq, last_devices, released_room,
+                   released_upto",
         appservice_id,
         txn_id
     )
@@ -148,6 +157,9 @@ pub async fn acknowledge(
             devices: last.last_devices,
         };
         advance(&mut tx, appservice_id, to).await?;
+        if let (Some(room_id), Some(upto)) = (last.released_room, last.released_upto) {
+            release_room(&mut tx, appservice_id, &room_id, upto).await?;
+        }
         if let Some(relay_seq) = last.last_relay_seq {
             // Delivered: the bodies go, the txnIds stay (a late retry by Synapse is still
             // recognised as a repeat).
@@ -170,6 +182,19 @@ pub async fn acknowledge(
         }
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Drops the transaction in flight without moving any cursor: it is built again (it held an
+/// event of a room whose class was switched off).
+pub async fn abandon(pool: &PgPool, appservice_id: &str, txn_id: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "DELETE FROM appservice_transactions WHERE appservice_id = $1 AND txn_id = $2",
+        appservice_id,
+        txn_id
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -207,6 +232,73 @@ async fn advance(
         to.stream,
         to.room_data,
         to.devices
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The rooms whose events the appservice's delivery holds back, with the first held position.
+pub async fn held_rooms(
+    pool: &PgPool,
+    appservice_id: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query!(
+        "SELECT room_id, from_stream FROM appservice_held_rooms WHERE appservice_id = $1",
+        appservice_id
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| (row.room_id, row.from_stream))
+    .collect())
+}
+
+/// Holds back the room's events from `from_stream` on (a room already held keeps the
+/// earlier of the two positions). Written before the cursor can move past `from_stream`.
+pub async fn hold_room(
+    conn: &mut PgConnection,
+    appservice_id: &str,
+    room_id: &str,
+    from_stream: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO appservice_held_rooms (appservice_id, room_id, from_stream)
+         VALUES ($1, $2, $3) ON CONFLICT (appservice_id, room_id)
+         DO UPDATE SET from_stream = LEAST(appservice_held_rooms.from_stream, EXCLUDED.from_stream)",
+        appservice_id,
+        room_id,
+        from_stream
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A held room's events up to `upto` were delivered: the row moves past them, and goes once
+/// nothing of the room below the cursor is left (the cursor's later events of the room are
+/// the main scan's again).
+pub async fn release_room(
+    conn: &mut PgConnection,
+    appservice_id: &str,
+    room_id: &str,
+    upto: i64,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE appservice_held_rooms SET from_stream = GREATEST(from_stream, $3::bigint + 1)
+         WHERE appservice_id = $1 AND room_id = $2",
+        appservice_id,
+        room_id,
+        upto
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM appservice_held_rooms h USING appservice_cursors c
+         WHERE h.appservice_id = $1 AND h.room_id = $2 AND c.appservice_id = h.appservice_id
+           AND h.from_stream > c.stream",
+        appservice_id,
+        room_id
     )
     .execute(conn)
     .await?;

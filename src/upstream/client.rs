@@ -610,3 +610,89 @@ impl Synapse {
         }
     }
 }
+
+/// Where hungryserv's Synapse module (deploy/synapse-module) answers MSC3202 key counts.
+const KEY_COUNTS_PATH: &str = "/_synapse/client/hungryserv/v1/msc3202_key_counts";
+/// Time allowed for the key counts: a bridge's delivery waits for them.
+const KEY_COUNTS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// MSC3202 key counts of an appservice's users, as Synapse's scheduler computes them:
+/// `user → device → algorithm → count` and `user → device → [algorithm]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct KeyCounts {
+    #[serde(default)]
+    pub device_one_time_keys_count: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub device_unused_fallback_key_types: serde_json::Map<String, Value>,
+}
+
+impl Synapse {
+    /// The one-time-key counts and unused fallback-key types of `users`' devices, asked from
+    /// hungryserv's Synapse module with an appservice's `as_token` (the module answers only
+    /// for users that appservice is interested in). A bridge registered at run time has no
+    /// token Synapse knows: `None` asks with the umbrella's.
+    pub async fn key_counts(
+        &self,
+        as_token: Option<&str>,
+        users: &[String],
+    ) -> Result<KeyCounts, CallError> {
+        let umbrella;
+        let token = match as_token {
+            Some(token) => token,
+            None => {
+                umbrella = self
+                    .umbrella
+                    .token()
+                    .ok_or_else(|| CallError::Unavailable("no umbrella token".into()))?;
+                &*umbrella
+            }
+        };
+        let body = serde_json::json!({ "user_ids": users });
+        let value = self
+            .call_with(Call {
+                json_body: Some(&body),
+                timeout: KEY_COUNTS_TIMEOUT,
+                ..Call::new(Method::POST, KEY_COUNTS_PATH, token)
+            })
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|err| CallError::Unavailable(format!("unexpected key counts: {err}")))
+    }
+}
+
+/// Where hungryserv's Synapse module answers rooms and aliases for the umbrella.
+const APPSERVICE_ROOMS_PATH: &str = "/_synapse/client/hungryserv/v1/appservice_rooms";
+
+/// What Synapse knows about rooms that the umbrella's split needs
+/// (`appservice::umbrella`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AppserviceRooms {
+    /// For each user asked about, their joined rooms the appservice is interested in.
+    #[serde(default)]
+    pub rooms_of_users: std::collections::HashMap<String, Vec<String>>,
+    /// The aliases of the rooms asked about and of those rooms (rooms without any left out).
+    #[serde(default)]
+    pub aliases: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Synapse {
+    /// Asks hungryserv's Synapse module, with an appservice's `as_token`, for the rooms of
+    /// `users` that appservice is interested in and for the aliases of `rooms` (and of those).
+    pub async fn appservice_rooms(
+        &self,
+        as_token: &str,
+        users: &[&str],
+        rooms: &[&str],
+    ) -> Result<AppserviceRooms, CallError> {
+        let body = serde_json::json!({ "user_ids": users, "room_ids": rooms });
+        let value = self
+            .call_with(Call {
+                json_body: Some(&body),
+                timeout: KEY_COUNTS_TIMEOUT,
+                ..Call::new(Method::POST, APPSERVICE_ROOMS_PATH, as_token)
+            })
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|err| CallError::Unavailable(format!("unexpected appservice rooms: {err}")))
+    }
+}

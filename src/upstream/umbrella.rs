@@ -79,6 +79,13 @@ impl Umbrella {
         inner.stands.insert(token_hash, Arc::new(stand));
     }
 
+    /// The umbrella's token, if one is configured (for calls about a bridge, which has no
+    /// token of its own at Synapse).
+    pub fn token(&self) -> Option<Arc<str>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.token.clone()
+    }
+
     /// Forgets the bridge with this id.
     pub fn remove(&self, id: &str) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());

@@ -207,6 +207,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
             "test.local",
         )),
         &tasks,
+        &hungryserv::upstream::Synapse::new(&config.synapse, &config.limits),
     );
     for _ in 0..100 {
         let cursors: i64 =

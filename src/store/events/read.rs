@@ -204,6 +204,34 @@ pub async fn stream_heads(
     .await?)
 }
 
+/// The heads of up to `limit` events of one room with `stream` in `[from, upto]`, in stream
+/// order, leaving out backfilled history: a held room's events, delivered once its class is
+/// served again (appservice delivery).
+pub async fn room_stream_heads(
+    conn: &mut PgConnection,
+    room_id: &str,
+    from: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<EventHead>, StoreError> {
+    Ok(sqlx::query_as!(
+        EventHead,
+        r#"SELECT stream, room_id, sender, type AS kind, state_key,
+                  CASE WHEN type = 'm.room.member' THEN content->>'membership' END AS membership,
+                  silent
+           FROM events
+           WHERE room_id = $1 AND stream >= $2 AND stream <= $3 AND NOT backfilled
+           ORDER BY stream
+           LIMIT $4"#,
+        room_id,
+        from,
+        upto,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The events at the given stream positions (those that still exist), in stream order, with
 /// what their state events replaced.
 pub async fn with_prev_at(
