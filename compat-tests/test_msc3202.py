@@ -231,3 +231,19 @@ def test_transactions_with_only_local_events_carry_key_counts():
         assert r["counts"][ghost] == {device: {"signed_curve25519": 2}}, f"{kind}: {r['counts']}"
         assert r["misspelled"] == r["counts"], kind
         assert r["fallback"][ghost][device] == ["signed_curve25519"], f"{kind}: {r['fallback']}"
+
+
+def test_the_synapse_modules_resources_are_closed_to_outside_callers():
+    """The module answers any appservice token about every bridge's users, and hungryserv
+    sends a dynamic bridge's requests out with the umbrella's token: so through hungryserv
+    its resources are unknown endpoints, while hungryserv itself reaches Synapse directly."""
+    token = stack.relay_appservice().as_token
+    body = {"user_ids": []}
+    path = "/_synapse/client/hungryserv/v1/msc3202_key_counts"
+    direct = httpx.post(f"{stack.SYNAPSE_URL}{path}", json=body,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert direct.status_code == 200, direct.text
+    through = httpx.post(f"{stack.HS_URL}{path}", json=body,
+                         headers={"Authorization": f"Bearer {token}"})
+    assert through.status_code == 404, through.text
+    assert through.json()["errcode"] == "M_UNRECOGNIZED"

@@ -32,7 +32,8 @@ use crate::config::{RoomClass, RoutingConfig, ServeMode};
 pub enum Route {
     /// Not ours: streamed to Synapse and back unchanged; then what its success obliges us to.
     Forward(FollowUps),
-    /// hungryserv's own operations endpoints under `/_hungryserv/`.
+    /// hungryserv's own operations endpoints under `/_hungryserv/`, and our Synapse
+    /// module's resources (unknown endpoints from outside: see [`SYNAPSE_MODULE_PREFIX`]).
     Ops,
     /// Names a local room of a served class: which, and whether the request joins it.
     Local(LocalRoom),
@@ -289,6 +290,9 @@ pub fn classify(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     }
 }
 
+/// Where `deploy/synapse-module/hungryserv_synapse.py` serves hungryserv's questions.
+pub const SYNAPSE_MODULE_PREFIX: &str = "/_synapse/client/hungryserv/";
+
 /// [`classify`] without the follow-ups.
 fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
     if path.starts_with("/_hungryserv/admin/") {
@@ -301,7 +305,13 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
             path: path.to_owned(),
         };
     }
-    if path == "/_hungryserv" || path.starts_with("/_hungryserv/") {
+    // Our Synapse module's resources answer about every bridge's users and rooms to any
+    // appservice token, and a dynamic bridge's requests go out with the umbrella's: only
+    // hungryserv itself may call them, so from outside they are unknown endpoints.
+    if path == "/_hungryserv"
+        || path.starts_with("/_hungryserv/")
+        || path.starts_with(SYNAPSE_MODULE_PREFIX)
+    {
         return Route::Ops;
     }
     if path == "/_synapse/admin/v1/rooms" && method == Method::GET {
@@ -539,6 +549,17 @@ mod tests {
             ),
             (Method::GET, "/_hungryserv", Route::Ops),
             (Method::GET, "/_hungryservx/health", FORWARD),
+            (
+                Method::POST,
+                "/_synapse/client/hungryserv/v1/appservice_rooms",
+                Route::Ops,
+            ),
+            (
+                Method::POST,
+                "/_synapse/client/hungryserv/v1/msc3202_key_counts",
+                Route::Ops,
+            ),
+            (Method::GET, "/_synapse/client/hungryservx", FORWARD),
             (Method::GET, "/_matrix/client/versions", Route::Versions),
             (
                 Method::POST,
