@@ -207,6 +207,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
             "test.local",
         )),
         &tasks,
+        &hungryserv::cluster::leader::Leadership::solo(),
     );
     for _ in 0..100 {
         let cursors: i64 =
