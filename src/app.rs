@@ -68,6 +68,8 @@ pub struct AppState {
     pub requests: Arc<crate::metrics::RequestMetrics>,
     /// The room writer's transactions, for `/_hungryserv/metrics`.
     pub writer_counters: Arc<crate::metrics::WriterCounters>,
+    /// Which tasks that run once this instance holds (all of them when alone).
+    pub leadership: Arc<Leadership>,
 }
 
 /// The owners of the background work [`AppState::new`] started.
@@ -267,6 +269,7 @@ impl AppState {
             push,
             requests: Arc::default(),
             writer_counters,
+            leadership,
         };
         (
             state,

@@ -29,14 +29,15 @@ async fn metrics(
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         format!(
-            "{}{}{}{}{}{}{}",
+            "{}{}{}{}{}{}{}{}",
             state.requests.render(),
             state.synapse.health.render(),
             state.identity.metrics(),
             process_metrics(&state),
             state.writer_counters.render(),
             state.deletions.metrics(),
-            state.delivery.metrics(state.notifier.current())
+            state.delivery.metrics(state.notifier.current()),
+            state.leadership.metrics()
         ),
     )
 }

@@ -185,17 +185,28 @@ impl Leadership {
         }
     }
 
-    /// Names of the tasks this instance holds now (for the metrics).
-    pub fn held(&self) -> Vec<String> {
+    /// Prometheus text: which tasks this instance holds (1) or waits for (0).
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP hungryserv_cluster_task_held Whether this instance holds the lock of a task that runs once.\n\
+             # TYPE hungryserv_cluster_task_held gauge\n",
+        );
         let wants = self.lock();
-        let mut names: Vec<String> = wants
+        let mut rows: Vec<(String, bool)> = wants
             .wanted
             .values()
-            .filter(|want| self.db.is_none() || *want.held.borrow())
-            .map(|want| want.name.clone())
+            .map(|want| (want.name.clone(), self.db.is_none() || *want.held.borrow()))
             .collect();
-        names.sort();
-        names
+        drop(wants);
+        rows.sort();
+        for (name, held) in rows {
+            let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!(
+                "hungryserv_cluster_task_held{{task=\"{name}\"}} {}\n",
+                u8::from(held)
+            ));
+        }
+        out
     }
 
     /// The lock task of a shared instance (see the module doc): runs until the process ends.
