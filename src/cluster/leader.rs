@@ -74,6 +74,9 @@ pub struct Claim {
     key: i32,
     generation: u64,
     held: watch::Receiver<bool>,
+    /// Alone: the sender that keeps `held` true (dropped, the receiver would see a closed
+    /// channel).
+    _solo: Option<watch::Sender<bool>>,
 }
 
 impl Drop for Claim {
@@ -125,11 +128,13 @@ impl Leadership {
     pub fn claim(self: &Arc<Self>, name: &str) -> Claim {
         let key = key_of(name);
         if self.db.is_none() {
+            let (solo, held) = watch::channel(true);
             return Claim {
                 leadership: self.clone(),
                 key,
                 generation: 0,
-                held: watch::channel(true).1,
+                held,
+                _solo: Some(solo),
             };
         }
         let mut wants = self.lock();
@@ -157,6 +162,7 @@ impl Leadership {
             key,
             generation,
             held: receiver,
+            _solo: None,
         }
     }
 
@@ -176,9 +182,15 @@ impl Leadership {
             if self.db.is_some() {
                 tracing::info!(task = %name, "this instance holds the task");
             }
+            let lost = async {
+                // A closed channel (the process is ending) is not a loss: keep running.
+                if held.wait_for(|held| !*held).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = task() => return,
-                _ = held.wait_for(|held| !*held) => {
+                () = lost => {
                     tracing::warn!(task = %name, "lost the task's lock; stopped until it is held again");
                 }
             }
@@ -299,6 +311,19 @@ mod tests {
             })
             .await;
         assert!(rx.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn alone_a_running_task_is_never_restarted() {
+        let leadership = Leadership::solo();
+        let starts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = starts.clone();
+        let run = leadership.run_held("pusher".into(), move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::future::pending::<()>()
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(100), run).await;
+        assert_eq!(starts.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
