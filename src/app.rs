@@ -6,6 +6,11 @@
 //! queue) and [`Tasks`] (the push-rule learner, the notification and transaction-ID pruners,
 //! the badge task, the push task, the purger and one pusher per appservice). `main` stops the
 //! tasks first, then awaits the writer.
+//!
+//! With `[cluster] enabled` (several instances on one database, see [`crate::cluster`]) it
+//! also starts the publisher and the listener of notes between instances and the task-lock
+//! holder; the pushers, the push task, the badge task and the two pruners then run only
+//! while this instance holds their lock. Alone, every task is held at once.
 
 use std::sync::Arc;
 
@@ -14,6 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::appservice::Delivery;
 use crate::auth::requester::Identity;
+use crate::cluster::leader::Leadership;
+use crate::cluster::{Outbox, listen};
 use crate::config::Config;
 use crate::devices::DeviceLists;
 use crate::notify::{Notifier, SidePositions};
@@ -61,6 +68,8 @@ pub struct AppState {
     pub requests: Arc<crate::metrics::RequestMetrics>,
     /// The room writer's transactions, for `/_hungryserv/metrics`.
     pub writer_counters: Arc<crate::metrics::WriterCounters>,
+    /// Which tasks that run once this instance holds (all of them when alone).
+    pub leadership: Arc<Leadership>,
 }
 
 /// The owners of the background work [`AppState::new`] started.
@@ -91,15 +100,33 @@ impl AppState {
             &config.routing,
             config.server_name.as_str(),
         ));
-        let notifier = Notifier::with_side(
-            start.stream,
-            SidePositions {
-                room_data: start.room_data,
-                // Typing serials start at the clock (rooms::typing).
-                typing: 0,
-                devices: start.devices,
-            },
-        );
+        let side = SidePositions {
+            room_data: start.room_data,
+            // Typing serials start at the clock (rooms::typing).
+            typing: 0,
+            devices: start.devices,
+        };
+        // Several instances: notes to the others, and locks for the tasks that run once.
+        let (notifier, outbox, leadership) = if config.cluster.enabled {
+            let (outbox, notes) = Outbox::new();
+            tasks.spawn(
+                "cluster publisher",
+                crate::cluster::publish(db.clone(), notes),
+            );
+            let leadership = Leadership::shared(db.clone());
+            tasks.spawn("task locks", leadership.clone().run());
+            (
+                Notifier::shared(start.stream, side, outbox.clone()),
+                Some(outbox),
+                leadership,
+            )
+        } else {
+            (
+                Notifier::with_side(start.stream, side),
+                None,
+                Leadership::solo(),
+            )
+        };
         let (writer, writer_task) = Writer::start(db.clone(), notifier.clone());
         let writer_counters = writer.counters();
         let rooms = Rooms::new(
@@ -131,6 +158,7 @@ impl AppState {
             &classes,
             &tasks,
             &synapse,
+            &leadership,
         ));
         let bridges = Arc::new(crate::appservice::umbrella::Bridges::new(
             db.clone(),
@@ -144,34 +172,61 @@ impl AppState {
         // Push follows the event stream like the appservice pushers, until the process ends.
         let (push, learner) = Push::new(db.clone(), synapse.clone());
         tasks.spawn("push rules learner", learner);
-        tasks.spawn("notifications pruner", crate::push::prune::run(db.clone()));
-        tasks.spawn(
-            "transaction IDs pruner",
-            crate::rooms::txn_ids::run(db.clone()),
-        );
+        {
+            let db = db.clone();
+            tasks.spawn(
+                "notifications pruner",
+                leadership
+                    .clone()
+                    .run_held("notifications pruner".into(), move || {
+                        crate::push::prune::run(db.clone())
+                    }),
+            );
+        }
+        {
+            let db = db.clone();
+            tasks.spawn(
+                "transaction IDs pruner",
+                leadership
+                    .clone()
+                    .run_held("transaction IDs pruner".into(), move || {
+                        crate::rooms::txn_ids::run(db.clone())
+                    }),
+            );
+        }
         match crate::push::gateway::client(config.push.extra_ca.as_ref()) {
             Ok(client) => {
+                let badge = (db.clone(), notifier.clone(), client.clone(), push.clone());
                 tasks.spawn(
                     "badge",
-                    crate::push::badge::run(
-                        db.clone(),
-                        notifier.clone(),
-                        client.clone(),
-                        push.clone(),
-                    ),
+                    leadership.clone().run_held("badge".into(), move || {
+                        let (db, notifier, client, push) = badge.clone();
+                        crate::push::badge::run(db, notifier, client, push)
+                    }),
                 );
+                let task = PushTask {
+                    db: db.clone(),
+                    notifier: notifier.clone(),
+                    server_name: config.server_name.to_string(),
+                    registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
+                    client,
+                    push: push.clone(),
+                    classes: classes.clone(),
+                };
                 tasks.spawn(
                     "push",
-                    PushTask {
-                        db: db.clone(),
-                        notifier: notifier.clone(),
-                        server_name: config.server_name.to_string(),
-                        registrations: config.appservices.iter().cloned().map(Arc::new).collect(),
-                        client,
-                        push: push.clone(),
-                        classes: classes.clone(),
-                    }
-                    .run(),
+                    leadership.clone().run_held("push".into(), move || {
+                        PushTask {
+                            db: task.db.clone(),
+                            notifier: task.notifier.clone(),
+                            server_name: task.server_name.clone(),
+                            registrations: task.registrations.clone(),
+                            client: task.client.clone(),
+                            push: task.push.clone(),
+                            classes: task.classes.clone(),
+                        }
+                        .run()
+                    }),
                 );
             }
             Err(err) => {
@@ -179,6 +234,26 @@ impl AppState {
             }
         }
         let deletions = Deletions::start(db.clone(), rooms.clone(), &config.deletion, &tasks);
+        if let Some(outbox) = outbox {
+            identity.share(outbox.clone());
+            bridges.share(outbox.clone());
+            tasks.spawn("gap closer", listen::close_gaps(notifier.clone()));
+            tasks.spawn(
+                "cluster listener",
+                listen::run(
+                    db.clone(),
+                    listen::Peers {
+                        instance: outbox.instance(),
+                        notifier: notifier.clone(),
+                        typing: rooms.typing.clone(),
+                        bridges: bridges.clone(),
+                        delivery: delivery.clone(),
+                        identity: identity.clone(),
+                        deletions: deletions.clone(),
+                    },
+                ),
+            );
+        }
         let state = Self {
             config: Arc::new(config),
             db,
@@ -195,6 +270,7 @@ impl AppState {
             push,
             requests: Arc::default(),
             writer_counters,
+            leadership,
         };
         (
             state,

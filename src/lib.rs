@@ -13,7 +13,9 @@
 //! `tasks` at the bottom; `store` (the only place SQL lives) and `upstream` (the only place
 //! that talks to Synapse) above them; then `routing`, `auth`, `notify` and `rooms`; then
 //! `sync`, `push` and `appservice` (and `devices`, the device lists of local-room co-members,
-//! which reads a forwarded device change's body and answer); then `app`; then the `api` and `admin` handlers; then
+//! which reads a forwarded device change's body and answer); then `cluster` (what several
+//! instances on one database tell each other; its `note` sits at the bottom, beside `tasks`);
+//! then `app`; then the `api` and `admin` handlers; then
 //! `server`; then `main`. Nothing below `api`/`admin`/`server` builds HTTP responses.
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ pub mod api;
 pub mod app;
 pub mod appservice;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod devices;

@@ -9,7 +9,8 @@
 //!   seen by the forwarder; syncs waiting;
 //! - read from their owners when scraped ([`Sample`]): Synapse's state, identities served
 //!   while Synapse could not answer, events persisted, the database pool, the room writer's
-//!   transactions ([`WriterCounters`]), room deletions, appservice delivery. Their owners
+//!   transactions ([`WriterCounters`]), room deletions, appservice delivery, which run-once
+//!   tasks this instance holds (`hungryserv_cluster_task_held`). Their owners
 //!   keep plain atomics and know nothing of this crate or of Prometheus.
 //!
 //! The names operators see are those of the hand-written text this replaced. The crate
@@ -186,6 +187,8 @@ pub struct Sample {
     pub deleted_rooms: u64,
     /// One entry per appservice pusher.
     pub appservices: Vec<AppserviceSample>,
+    /// Each run-once task, and whether this instance holds its lock.
+    pub tasks_held: Vec<(String, bool)>,
 }
 
 impl Sample {
@@ -356,6 +359,14 @@ impl Collector for Sample {
             self.appservices
                 .iter()
                 .map(|a| (a.id.as_str(), a.oldest_undelivered.as_secs_f64())),
+        )?;
+        e.gauges(
+            "hungryserv_cluster_task_held",
+            "Whether this instance holds the lock of a task that runs once.",
+            "task",
+            self.tasks_held
+                .iter()
+                .map(|(task, held)| (task.as_str(), i64::from(*held))),
         )
     }
 }

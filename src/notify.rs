@@ -14,12 +14,47 @@
 //! subscribe-then-read rule. The device-change stream ([`crate::devices`]) is a third side
 //! position: a change is recorded with the users who hear of it (the changed user's local-room
 //! co-members), so a waiting sync knows from memory whether it concerns its user.
+//!
+//! # Several instances
+//!
+//! With `[cluster] enabled`, other instances commit to the same database, and each tells the
+//! others what it committed ([`crate::cluster`]: a `NOTIFY` after the commit, carrying the
+//! range of positions and what they touched). A remote commit is recorded exactly as a local
+//! one. Two rules keep a reader that decides from memory from skipping a position:
+//!
+//! * **Only a gap-free prefix is published.** Positions of the event stream are dense (the
+//!   writer allocates `max + 1` under its lock), and each room data or device commit takes
+//!   exactly one position; every commit says which range `(lo, hi]` it covers. A
+//!   [`Sequencer`] per stream publishes the highest position up to which every commit has
+//!   been heard of, local or remote. Without it, this instance's own commit at N + 1 could
+//!   be published while another's N is still on its way, a waiting sync would find no news
+//!   for its user at N + 1 and move its checked position past N, and the note about N would
+//!   arrive too late to wake it.
+//! * **A gap that is not closed in time, or a lost connection, wakes everyone.** Notes are
+//!   lost when the listener's connection drops or an instance dies between commit and
+//!   `NOTIFY`. A gap older than [`GAP_GRACE`], or a reconnect (which reads the committed
+//!   positions from the database), moves the published position on and sets a *floor*: every
+//!   reader whose position is below it is told "news" once and reads the store, which holds
+//!   everything committed. Costs a read, loses nothing.
+//!
+//! Typing is not ordered by the database: a typing change heard from another instance is
+//! applied as a local one, with a local serial ([`crate::rooms::typing`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cluster::note::{Note, Outbox};
+use crate::store::Positions;
+
+/// How long a gap in the positions heard of may stay open before the published position
+/// moves over it and every reader below it reads the store (see the module doc). A note
+/// normally arrives within a millisecond.
+pub const GAP_GRACE: Duration = Duration::from_millis(500);
 
 /// How long the background followers of the streams (the push task, appservice delivery) wait
 /// after a wake-up before reading: the syncs woken by the same commit, which a client is
@@ -71,6 +106,96 @@ pub struct Notifier {
     touched: Arc<RwLock<Touched>>,
     /// Events committed by this process (for metrics).
     persisted: Arc<AtomicU64>,
+    /// Set when several instances share the database (see the module doc).
+    shared: Option<Arc<Shared>>,
+}
+
+/// What a notifier shared with other instances adds.
+struct Shared {
+    /// Where this instance's commits are announced.
+    outbox: Outbox,
+    /// What has been heard of, per stream.
+    streams: Mutex<Streams>,
+}
+
+struct Streams {
+    events: Sequencer,
+    room_data: Sequencer,
+    devices: Sequencer,
+}
+
+/// The commits heard of in one stream of dense positions: the prefix heard of without a gap,
+/// and the commits heard of beyond a gap.
+#[derive(Debug)]
+pub struct Sequencer {
+    /// Every commit up to this position has been heard of.
+    known: i64,
+    /// Commits beyond a gap: `lo → hi` for the range `(lo, hi]`.
+    pending: BTreeMap<i64, i64>,
+    /// When the oldest open gap was noticed.
+    gap_since: Option<Instant>,
+}
+
+impl Sequencer {
+    pub fn new(known: i64) -> Self {
+        Self {
+            known,
+            pending: BTreeMap::new(),
+            gap_since: None,
+        }
+    }
+
+    /// Hears of the commit `(lo, hi]`; the new gap-free position if it moved.
+    pub fn commit(&mut self, lo: i64, hi: i64, now: Instant) -> Option<i64> {
+        if hi <= self.known {
+            return None;
+        }
+        if lo > self.known {
+            let end = self.pending.entry(lo).or_insert(hi);
+            *end = (*end).max(hi);
+            self.gap_since.get_or_insert(now);
+            return None;
+        }
+        self.known = hi;
+        self.drain(now);
+        Some(self.known)
+    }
+
+    /// Moves over a gap open for `grace` or more: the new position if it moved.
+    pub fn skip_gap(&mut self, grace: Duration, now: Instant) -> Option<i64> {
+        let since = self.gap_since?;
+        if now.duration_since(since) < grace {
+            return None;
+        }
+        let end = self.pending.values().copied().max()?;
+        self.pending.clear();
+        self.gap_since = None;
+        (end > self.known).then(|| {
+            self.known = end;
+            end
+        })
+    }
+
+    /// Moves to `committed` (read from the database) if it is ahead.
+    pub fn jump(&mut self, committed: i64, now: Instant) -> Option<i64> {
+        if committed <= self.known {
+            return None;
+        }
+        self.known = committed;
+        self.drain(now);
+        Some(self.known)
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some((&lo, &hi)) = self.pending.first_key_value() {
+            if lo > self.known {
+                break;
+            }
+            self.pending.pop_first();
+            self.known = self.known.max(hi);
+        }
+        self.gap_since = (!self.pending.is_empty()).then_some(now);
+    }
 }
 
 #[derive(Default)]
@@ -87,6 +212,16 @@ struct Touched {
     typing_rooms: HashMap<String, i64>,
     /// User ID → device-change position of the latest change they hear of.
     device_viewers: HashMap<String, i64>,
+    /// Readers below these positions have news (a gap skipped, a reconnect, a note too long
+    /// to list what it touched): they read the store.
+    floor: Floors,
+}
+
+#[derive(Default)]
+struct Floors {
+    events: i64,
+    room_data: i64,
+    devices: i64,
 }
 
 /// Positions of what is not an event: a sync token holds them next to the stream position.
@@ -119,6 +254,35 @@ impl Notifier {
             side: watch::Sender::new(side),
             touched: Arc::default(),
             persisted: Arc::default(),
+            shared: None,
+        }
+    }
+
+    /// A notifier of one of several instances on one database: its commits are announced
+    /// through `outbox`, and only gap-free prefixes are published (see the module doc).
+    pub fn shared(current: i64, side: SidePositions, outbox: Outbox) -> Self {
+        Self {
+            shared: Some(Arc::new(Shared {
+                outbox,
+                streams: Mutex::new(Streams {
+                    events: Sequencer::new(current),
+                    room_data: Sequencer::new(side.room_data),
+                    devices: Sequencer::new(side.devices),
+                }),
+            })),
+            ..Self::with_side(current, side)
+        }
+    }
+
+    /// Whether other instances share the database.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Tells the other instances, if there are any.
+    pub fn announce(&self, note: Note) {
+        if let Some(shared) = &self.shared {
+            shared.outbox.send(note);
         }
     }
 
@@ -126,6 +290,25 @@ impl Notifier {
     pub fn committed(&self, position: i64, commit: Commit) {
         self.persisted
             .fetch_add(commit.rooms.len() as u64, Ordering::Relaxed);
+        if let Some(shared) = &self.shared {
+            // Positions are dense: the commit covers (its lowest - 1, position].
+            let lo = commit
+                .rooms
+                .iter()
+                .map(|(_, stream)| *stream - 1)
+                .min()
+                .unwrap_or(position);
+            if lo < position {
+                shared.outbox.send(Note::Events {
+                    lo,
+                    hi: position,
+                    rooms: Some(commit.rooms.clone()),
+                    members: Some(commit.members.clone()),
+                });
+            }
+            self.events_heard(lo, position, Some(commit));
+            return;
+        }
         {
             let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
             for (room, stream) in commit.rooms {
@@ -141,6 +324,147 @@ impl Notifier {
             let advanced = position > *current;
             if advanced {
                 *current = position;
+            }
+            advanced
+        });
+    }
+
+    /// Records a commit `(lo, hi]` of the event stream (`None`: what it touched is not
+    /// known) and publishes the gap-free position.
+    fn events_heard(&self, lo: i64, hi: i64, commit: Option<Commit>) {
+        let Some(shared) = &self.shared else { return };
+        {
+            let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+            match commit {
+                Some(commit) => {
+                    for (room, stream) in commit.rooms {
+                        let latest = touched.rooms.entry(room).or_insert(stream);
+                        *latest = (*latest).max(stream);
+                    }
+                    for (user, stream) in commit.members {
+                        let latest = touched.members.entry(user).or_insert(stream);
+                        *latest = (*latest).max(stream);
+                    }
+                }
+                None => touched.floor.events = touched.floor.events.max(hi),
+            }
+        }
+        let known = shared.lock().events.commit(lo, hi, Instant::now());
+        if let Some(known) = known {
+            self.publish_events(known);
+        }
+    }
+
+    fn publish_events(&self, position: i64) {
+        self.tx.send_if_modified(|current| {
+            let advanced = position > *current;
+            if advanced {
+                *current = position;
+            }
+            advanced
+        });
+    }
+
+    /// Another instance committed events `(lo, hi]` (`None`: it did not say what they
+    /// touched).
+    pub fn remote_committed(&self, lo: i64, hi: i64, commit: Option<Commit>) {
+        self.events_heard(lo, hi, commit);
+    }
+
+    /// Another instance committed room data at `position` (`None`: it did not say where).
+    pub fn remote_room_data(&self, position: i64, touched: Option<(Vec<String>, Vec<String>)>) {
+        match touched {
+            Some((rooms, users)) => self.room_data_heard(position, &rooms, &users),
+            None => {
+                {
+                    let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+                    touched.floor.room_data = touched.floor.room_data.max(position);
+                }
+                self.room_data_heard(position, &[], &[]);
+            }
+        }
+    }
+
+    /// Another instance committed a device change at `position` (`None`: heard of by
+    /// everyone it may concern).
+    pub fn remote_devices(&self, position: i64, viewers: Option<Vec<String>>) {
+        match viewers {
+            Some(viewers) => self.devices_heard(position, &viewers),
+            None => {
+                {
+                    let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+                    touched.floor.devices = touched.floor.devices.max(position);
+                }
+                self.devices_heard(position, &[]);
+            }
+        }
+    }
+
+    /// Moves over gaps open for `grace` or more; every reader below the new positions reads
+    /// the store once. Called periodically by the listener.
+    pub fn skip_gaps(&self, grace: Duration) {
+        self.move_over(|sequencer, now| sequencer.skip_gap(grace, now));
+    }
+
+    /// After the listener (re)connected: `committed` was read from the database after it
+    /// listened, so every commit up to it happened; those not heard of wake everyone below.
+    pub fn resync(&self, committed: Positions) {
+        let mut which = 0;
+        self.move_over(|sequencer, now| {
+            which += 1;
+            let position = match which {
+                1 => committed.stream,
+                2 => committed.room_data,
+                _ => committed.devices,
+            };
+            sequencer.jump(position, now)
+        });
+    }
+
+    /// Applies `step` to the events, room data and device sequencers (in that order) and
+    /// publishes, with a floor, each that moved.
+    fn move_over(&self, mut step: impl FnMut(&mut Sequencer, Instant) -> Option<i64>) {
+        let Some(shared) = &self.shared else { return };
+        let now = Instant::now();
+        let moved = {
+            let mut streams = shared.lock();
+            let events = step(&mut streams.events, now);
+            let room_data = step(&mut streams.room_data, now);
+            let devices = step(&mut streams.devices, now);
+            [events, room_data, devices]
+        };
+        if moved.iter().all(Option::is_none) {
+            return;
+        }
+        {
+            let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
+            let floor = &mut touched.floor;
+            if let Some(p) = moved[0] {
+                floor.events = floor.events.max(p);
+            }
+            if let Some(p) = moved[1] {
+                floor.room_data = floor.room_data.max(p);
+            }
+            if let Some(p) = moved[2] {
+                floor.devices = floor.devices.max(p);
+            }
+        }
+        if let Some(p) = moved[0] {
+            tracing::debug!(
+                position = p,
+                "event stream moved over a gap; readers below read the store"
+            );
+            self.publish_events(p);
+        }
+        self.side.send_if_modified(|current| {
+            let mut advanced = false;
+            if let Some(p) = moved[1].filter(|p| *p > current.room_data) {
+                current.room_data = p;
+                advanced = true;
+            }
+            if let Some(p) = moved[2].filter(|p| *p > current.devices) {
+                current.devices = p;
+                advanced = true;
             }
             advanced
         });
@@ -164,6 +488,15 @@ impl Notifier {
     /// Called after room data is committed at `position`: receipts in `rooms` (everyone in
     /// them may see them), private data of `users`.
     pub fn room_data_committed(&self, position: i64, rooms: &[String], users: &[String]) {
+        self.announce(Note::RoomData {
+            p: position,
+            rooms: Some(rooms.to_vec()),
+            users: Some(users.to_vec()),
+        });
+        self.room_data_heard(position, rooms, users);
+    }
+
+    fn room_data_heard(&self, position: i64, rooms: &[String], users: &[String]) {
         {
             let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
             for room in rooms {
@@ -175,6 +508,10 @@ impl Notifier {
                 *latest = (*latest).max(position);
             }
         }
+        // One position per commit: (position - 1, position].
+        let Some(position) = self.sequenced(position, |streams| &mut streams.room_data) else {
+            return;
+        };
         self.side.send_if_modified(|current| {
             let advanced = position > current.room_data;
             if advanced {
@@ -182,6 +519,21 @@ impl Notifier {
             }
             advanced
         });
+    }
+
+    /// The position to publish after a one-position commit at `position` of a stream: itself
+    /// when nothing is shared, else the gap-free prefix if it moved.
+    fn sequenced(
+        &self,
+        position: i64,
+        stream: impl FnOnce(&mut Streams) -> &mut Sequencer,
+    ) -> Option<i64> {
+        match &self.shared {
+            None => Some(position),
+            Some(shared) => {
+                stream(&mut shared.lock()).commit(position - 1, position, Instant::now())
+            }
+        }
     }
 
     /// Called when who is typing in `room` changed, with the new serial.
@@ -205,6 +557,14 @@ impl Notifier {
 
     /// Called after a device change is committed at `position`: `viewers` hear of it.
     pub fn devices_changed(&self, position: i64, viewers: &[String]) {
+        self.announce(Note::Devices {
+            p: position,
+            viewers: Some(viewers.to_vec()),
+        });
+        self.devices_heard(position, viewers);
+    }
+
+    fn devices_heard(&self, position: i64, viewers: &[String]) {
         {
             let mut touched = self.touched.write().unwrap_or_else(|e| e.into_inner());
             for viewer in viewers {
@@ -215,6 +575,9 @@ impl Notifier {
                 *latest = (*latest).max(position);
             }
         }
+        let Some(position) = self.sequenced(position, |streams| &mut streams.devices) else {
+            return;
+        };
         self.side.send_if_modified(|current| {
             let advanced = position > current.devices;
             if advanced {
@@ -228,7 +591,8 @@ impl Notifier {
     /// `since` of the device-change stream.
     pub fn device_news_for(&self, user: &str, since: i64) -> bool {
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
-        touched.device_viewers.get(user).is_some_and(|p| *p > since)
+        since < touched.floor.devices
+            || touched.device_viewers.get(user).is_some_and(|p| *p > since)
     }
 
     /// The side positions now.
@@ -253,10 +617,11 @@ impl Notifier {
             return true;
         }
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
-        touched
-            .data_users
-            .get(user)
-            .is_some_and(|p| *p > since.room_data)
+        since.room_data < touched.floor.room_data
+            || touched
+                .data_users
+                .get(user)
+                .is_some_and(|p| *p > since.room_data)
             || rooms.into_iter().any(|room| {
                 touched
                     .data_rooms
@@ -272,7 +637,7 @@ impl Notifier {
     /// Whether a member event about `user` was committed after `since` (seen by this process).
     pub fn member_news_for(&self, user: &str, since: i64) -> bool {
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
-        touched.members.get(user).is_some_and(|s| *s > since)
+        since < touched.floor.events || touched.members.get(user).is_some_and(|s| *s > since)
     }
 
     /// Those of `rooms` written into by a commit seen by this process after `since`.
@@ -282,9 +647,10 @@ impl Notifier {
         since: i64,
     ) -> Vec<String> {
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
+        let all = since < touched.floor.events;
         rooms
             .into_iter()
-            .filter(|room| touched.rooms.get(*room).is_some_and(|s| *s > since))
+            .filter(|room| all || touched.rooms.get(*room).is_some_and(|s| *s > since))
             .map(str::to_owned)
             .collect()
     }
@@ -299,10 +665,17 @@ impl Notifier {
         since: i64,
     ) -> bool {
         let touched = self.touched.read().unwrap_or_else(|e| e.into_inner());
-        touched.members.get(user).is_some_and(|s| *s > since)
+        since < touched.floor.events
+            || touched.members.get(user).is_some_and(|s| *s > since)
             || rooms
                 .into_iter()
                 .any(|room| touched.rooms.get(room).is_some_and(|s| *s > since))
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -338,6 +711,75 @@ mod tests {
         pace.read_up_to_committed(true);
         pace.ready().await;
         assert_eq!(Instant::now(), quiet + FOLLOWER_READ_EVERY);
+    }
+
+    #[test]
+    fn a_sequencer_publishes_only_a_gap_free_prefix() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::new(10);
+        assert_eq!(seq.commit(12, 14, t0), None, "(10, 12] not heard of yet");
+        assert_eq!(seq.commit(10, 11, t0), Some(11));
+        assert_eq!(
+            seq.commit(11, 12, t0),
+            Some(14),
+            "the gap closes: 14 at once"
+        );
+        assert_eq!(seq.commit(13, 14, t0), None, "old news");
+        assert_eq!(seq.commit(20, 21, t0), None);
+        assert_eq!(seq.skip_gap(GAP_GRACE, t0 + GAP_GRACE / 2), None);
+        assert_eq!(seq.skip_gap(GAP_GRACE, t0 + GAP_GRACE), Some(21));
+        assert_eq!(seq.jump(30, t0), Some(30));
+        assert_eq!(seq.jump(25, t0), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_notifier_waits_for_a_remote_commit_below_its_own() {
+        let (outbox, mut notes) = Outbox::new();
+        let notifier = Notifier::shared(10, SidePositions::default(), outbox);
+        let mut rx = notifier.subscribe();
+        // Our commit at 12 while another instance's 11 is on its way.
+        notifier.committed(
+            12,
+            Commit {
+                rooms: vec![("!ours:x".into(), 12)],
+                members: vec![],
+            },
+        );
+        assert_eq!(notifier.current(), 10, "12 is not published over the gap");
+        assert!(matches!(
+            crate::cluster::note::parse(&notes.try_recv().unwrap())
+                .unwrap()
+                .note,
+            Note::Events { lo: 11, hi: 12, .. }
+        ));
+        notifier.remote_committed(
+            10,
+            11,
+            Some(Commit {
+                rooms: vec![("!theirs:x".into(), 11)],
+                members: vec![],
+            }),
+        );
+        rx.changed().await.unwrap();
+        assert_eq!(notifier.current(), 12);
+        assert!(notifier.news_for("@u:x", ["!theirs:x"], 10));
+        // A lost note: the gap is skipped after the grace, and everyone below reads the store.
+        notifier.committed(
+            14,
+            Commit {
+                rooms: vec![("!ours:x".into(), 14)],
+                members: vec![],
+            },
+        );
+        assert_eq!(notifier.current(), 12);
+        tokio::time::advance(GAP_GRACE).await;
+        notifier.skip_gaps(GAP_GRACE);
+        assert_eq!(notifier.current(), 14);
+        assert!(
+            notifier.news_for("@u:x", ["!elsewhere:x"], 13),
+            "below the floor: news for everyone"
+        );
+        assert!(!notifier.news_for("@u:x", ["!elsewhere:x"], 14));
     }
 
     #[test]

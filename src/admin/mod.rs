@@ -73,6 +73,7 @@ fn sample(state: &AppState) -> Sample {
         deletions_in_progress: state.deletions.in_progress(),
         deleted_rooms: state.deletions.deleted_rooms() as u64,
         appservices,
+        tasks_held: state.leadership.held_tasks(),
         ..Sample::default()
     }
     .with_writer(&state.writer_counters)

@@ -5,6 +5,15 @@
 //! when they are removed; theirs always run in relay mode, carrying their share of Synapse's
 //! transactions to the umbrella.
 //!
+//! Several instances: every instance keeps a handle per appservice (its relay, its websocket
+//! slot), but a pusher runs only on the instance holding its lock (`appservice pusher:<id>`,
+//! [`crate::cluster::leader`]); its cursor and queue are in Postgres, so the instance that
+//! takes over goes on where the last holder stopped. A transaction from Synapse stored by one
+//! instance is announced, so the pusher is poked wherever it runs. Not shared: a bridge's
+//! `fi.mau.as_sync` websocket is served by the pusher of the instance it connected to, so a
+//! websocket-only bridge must reach the instance holding its pusher (pin it in the load
+//! balancer, deploy/production/haproxy.cfg).
+//!
 //! May import: `config`, `store`, `rooms` (event format), `notify`, `upstream` (helpers),
 //! `auth` (the token table a bridge registered at run time joins).
 
@@ -24,6 +33,8 @@ use std::sync::{Arc, RwLock};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use crate::cluster::leader::Leadership;
+use crate::cluster::note::Note;
 use crate::config::{DeliveryConfig, Registration};
 use crate::notify::Notifier;
 use crate::rooms::typing::Typing;
@@ -54,6 +65,8 @@ struct Spawner {
     tasks: Arc<Tasks>,
     classes: Arc<LiveClasses>,
     synapse: Synapse,
+    /// Which instance runs which pusher.
+    leadership: Arc<Leadership>,
 }
 
 struct Handle {
@@ -92,6 +105,7 @@ impl Delivery {
         classes: &Arc<LiveClasses>,
         tasks: &Arc<Tasks>,
         synapse: &Synapse,
+        leadership: &Arc<Leadership>,
     ) -> Self {
         let http = match client::build(config) {
             Ok(http) => http,
@@ -112,6 +126,7 @@ impl Delivery {
                 tasks: tasks.clone(),
                 classes: classes.clone(),
                 synapse: synapse.clone(),
+                leadership: leadership.clone(),
             }),
         };
         for registration in registrations {
@@ -181,11 +196,18 @@ impl Delivery {
             classes: spawner.classes.clone(),
             synapse: spawner.synapse.clone(),
         };
+        // Runs while this instance holds the pusher's lock; a pusher started again after a
+        // takeover is a fresh one, reading its cursor from Postgres.
+        let fresh = move || pusher.clone().run();
+        let held = spawner
+            .leadership
+            .clone()
+            .run_held(format!("appservice pusher:{}", registration.id), fresh);
         let stop = handle.stop.clone();
         // Stopping drops the pusher at an await: safe, as at shutdown (see `tasks`).
         spawner.tasks.spawn("appservice pusher", async move {
             tokio::select! {
-                () = pusher.run() => {}
+                () = held => {}
                 () = stop.notified() => {}
             }
         });
@@ -218,8 +240,19 @@ impl Delivery {
         self.http.as_ref()
     }
 
-    /// A transaction from Synapse was stored for the appservice: deliver it.
+    /// A transaction from Synapse was stored for the appservice: deliver it (here, and on
+    /// the instance running its pusher).
     pub fn relayed(&self, appservice_id: &str) {
+        if let Some(spawner) = &self.spawner {
+            spawner.notifier.announce(Note::Relayed {
+                id: appservice_id.to_owned(),
+            });
+        }
+        self.relayed_elsewhere(appservice_id);
+    }
+
+    /// Another instance stored a transaction from Synapse for the appservice.
+    pub fn relayed_elsewhere(&self, appservice_id: &str) {
         if let Some(handle) = self.read().get(appservice_id) {
             if let Some(relay) = &handle.relay {
                 relay.relayed.store(true, Ordering::Release);

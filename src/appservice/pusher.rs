@@ -119,6 +119,7 @@ pub struct Stats {
     pub in_flight_since_ms: AtomicI64,
 }
 
+#[derive(Clone)]
 pub struct Pusher {
     pub registration: Arc<Registration>,
     pub server_name: String,

@@ -42,12 +42,14 @@
 //!   key query; under-telling breaks its encryption) and aliases route nothing.
 //! * **Static registrations** keep working beside the bridges, unchanged.
 //!
-//! Several instances: this process puts a change in force at once; another learns of it only
-//! from the table. A multi-instance deployment would have the admin API `NOTIFY
-//! hungryserv_appservices, '<id>'` in the transaction that writes the row, and every instance
-//! `LISTEN` on one connection and reload that row (and all rows after a reconnect), so each
-//! is in step within a round trip; pushers are then held through advisory locks as the other
-//! once-only tasks are. Not built yet: one instance is what this supports.
+//! Several instances: the instance that takes the admin request puts the change in force at
+//! once, as above, and then announces it ([`crate::cluster`], a `NOTIFY` after the row is
+//! written); every other instance reads that row again ([`Bridges::reload`]) and puts it in
+//! force or out of it the same way, within a round trip of the answer. An instance whose
+//! listener reconnects reads every row again ([`Bridges::reload_all`]), so a change made
+//! while it was not listening is not missed. Only the instance holding a bridge's pusher lock
+//! delivers to it (`cluster::leader`); the others keep its token, namespaces and relay.
+//! Removal: another instance may accept the removed token for that round trip.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -60,6 +62,7 @@ use sqlx::PgPool;
 use super::Delivery;
 use super::namespaces::{self, NotInside};
 use crate::auth::requester::Identity;
+use crate::cluster::note::{Note, Outbox};
 use crate::config::{Namespace, Registration};
 use crate::store::{self, StoreError, umbrella::StoredBridge};
 use crate::upstream::Synapse;
@@ -144,6 +147,8 @@ pub struct Bridges {
     static_ids: HashSet<String>,
     server_name: String,
     live: RwLock<BTreeMap<String, Arc<Bridge>>>,
+    /// Where changes are announced to other instances, if there are any.
+    others: std::sync::OnceLock<Outbox>,
 }
 
 fn generate_token() -> String {
@@ -179,6 +184,18 @@ impl Bridges {
             static_ids: registrations.iter().map(|r| r.id.clone()).collect(),
             server_name: server_name.to_owned(),
             live: RwLock::default(),
+            others: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, changes are announced through `outbox` (several instances).
+    pub fn share(&self, outbox: Outbox) {
+        let _ = self.others.set(outbox);
+    }
+
+    fn announce(&self, id: &str) {
+        if let Some(outbox) = self.others.get() {
+            outbox.send(Note::Appservice { id: id.to_owned() });
         }
     }
 
@@ -187,31 +204,86 @@ impl Bridges {
         self.umbrella.as_ref()
     }
 
-    /// Puts every stored bridge in force (at start). A stored bridge that no longer fits the
-    /// umbrella (its configuration changed) is left out, with a warning.
+    /// Puts every stored bridge in force (at start).
     pub async fn load(&self) -> Result<(), StoreError> {
+        self.reload_all().await
+    }
+
+    /// Reads every stored bridge again and puts the table in force: new and changed rows in,
+    /// bridges without a row out. A stored bridge that no longer fits the umbrella (its
+    /// configuration changed) is left out, with a warning.
+    pub async fn reload_all(&self) -> Result<(), StoreError> {
         if self.umbrella.is_none() {
             return Ok(());
         }
-        for stored in store::umbrella::all(&self.db).await? {
-            let spec: Spec = match serde_json::from_value(stored.registration.clone()) {
-                Ok(spec) => spec,
-                Err(err) => {
-                    tracing::warn!(appservice = %stored.id, error = %err, "stored bridge registration unreadable; left out");
-                    continue;
-                }
-            };
-            let Ok(hash) = <[u8; 32]>::try_from(stored.as_token_hash.as_slice()) else {
-                continue;
-            };
-            match self.build(&stored.id, &spec, stored.hs_token.clone()) {
-                Ok(registration) => self.enforce(registration, spec, hash),
-                Err(err) => {
-                    tracing::warn!(appservice = %stored.id, error = %err, "stored bridge no longer fits the umbrella; left out");
-                }
+        let stored = store::umbrella::all(&self.db).await?;
+        let ids: HashSet<&str> = stored.iter().map(|row| row.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .read()
+            .keys()
+            .filter(|id| !ids.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.withdraw(&id);
+        }
+        for row in &stored {
+            self.put_in_force(row);
+        }
+        Ok(())
+    }
+
+    /// Reads the bridge `id` again (another instance changed it) and puts it in force, or
+    /// out of force if its row is gone.
+    pub async fn reload(&self, id: &str) -> Result<(), StoreError> {
+        if self.umbrella.is_none() {
+            return Ok(());
+        }
+        let stored = store::umbrella::all(&self.db).await?;
+        match stored.iter().find(|row| row.id == id) {
+            Some(row) => self.put_in_force(row),
+            None => {
+                self.withdraw(id);
             }
         }
         Ok(())
+    }
+
+    /// Puts a stored row in force unless the same is in force already.
+    fn put_in_force(&self, stored: &StoredBridge) {
+        let spec: Spec = match serde_json::from_value(stored.registration.clone()) {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::warn!(appservice = %stored.id, error = %err, "stored bridge registration unreadable; left out");
+                return;
+            }
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(stored.as_token_hash.as_slice()) else {
+            return;
+        };
+        let same = self.get(&stored.id).is_some_and(|live| {
+            live.spec == spec
+                && live.token_hash == hash
+                && live.registration.hs_token == stored.hs_token
+        });
+        if same {
+            return;
+        }
+        match self.build(&stored.id, &spec, stored.hs_token.clone()) {
+            Ok(registration) => self.enforce(registration, spec, hash),
+            Err(err) => {
+                tracing::warn!(appservice = %stored.id, error = %err, "stored bridge no longer fits the umbrella; left out");
+            }
+        }
+    }
+
+    /// Takes a bridge out of force in this process (its row is someone else's business).
+    fn withdraw(&self, id: &str) -> Option<Arc<Bridge>> {
+        let bridge = self.write().remove(id)?;
+        self.identity.remove_appservice(id);
+        self.synapse.umbrella.remove(id);
+        self.delivery.remove(id);
+        Some(bridge)
     }
 
     /// The bridge with this id.
@@ -298,6 +370,7 @@ impl Bridges {
                 BridgeError::Invalid("as_token is already used by another appservice".into())
             })?;
         self.enforce(registration, spec, token_hash);
+        self.announce(id);
         tracing::info!(appservice = %id, created, "bridge registered");
         Ok(Registered {
             created,
@@ -310,13 +383,11 @@ impl Bridges {
     /// no such bridge. (Deleting its rooms is the caller's, with the registration it gets
     /// back.)
     pub async fn remove(&self, id: &str) -> Result<Option<Arc<Bridge>>, StoreError> {
-        let Some(bridge) = self.write().remove(id) else {
+        let Some(bridge) = self.withdraw(id) else {
             return Ok(None);
         };
-        self.identity.remove_appservice(id);
-        self.synapse.umbrella.remove(id);
-        self.delivery.remove(id);
         store::umbrella::remove(&self.db, id).await?;
+        self.announce(id);
         tracing::info!(appservice = %id, "bridge removed");
         Ok(Some(bridge))
     }

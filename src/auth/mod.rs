@@ -2,6 +2,7 @@
 //! their registration files, read with the rest of the configuration
 //! (`config::registration`).
 //!
-//! May import: `config` types, `upstream` (whoami, profiles).
+//! May import: `config` types, `upstream` (whoami, profiles), `cluster::note` (announcing
+//! revocations to other instances).
 
 pub mod requester;

@@ -34,6 +34,13 @@
 //! * a revocation Synapse carried out in its last moments before it became unreachable,
 //!   which arrived by one of those paths.
 //!
+//! Several instances: a revocation passes through one of them, and the others' caches must
+//! drop it too. Each forget is announced ([`crate::cluster`]: the token's SHA-256, never the
+//! token) and applied by every other instance ([`Identity::apply_revocation`]) within a
+//! round trip. While an instance's listener is disconnected it hears of nothing, so on every
+//! (re)connect it drops its whole cache (the listener calls `apply_revocation(All)`): a token
+//! is then asked of Synapse again, never served past a revocation it missed.
+//!
 //! Tokens are never logged and never stored in clear: the cache key is the hash.
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +50,7 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::note::{Note, Outbox, Revocation};
 use crate::config::Registration;
 use crate::upstream::Synapse;
 use crate::upstream::client::{CallError, Refusal};
@@ -131,6 +139,24 @@ pub struct Identity {
     generation: std::sync::atomic::AtomicU64,
     /// Requests served on a confirmed identity while Synapse could not answer.
     served_confirmed: std::sync::atomic::AtomicU64,
+    /// Where revocations are announced to other instances on the same database, if any: a
+    /// revocation passes through one instance, and every instance's cache must drop it.
+    others: std::sync::OnceLock<Outbox>,
+}
+
+fn to_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -173,6 +199,47 @@ impl Identity {
             admins: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             served_confirmed: std::sync::atomic::AtomicU64::new(0),
+            others: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, revocations are announced through `outbox` (several instances).
+    pub fn share(&self, outbox: Outbox) {
+        let _ = self.others.set(outbox);
+    }
+
+    fn announce(&self, revocation: Revocation) {
+        if let Some(outbox) = self.others.get() {
+            outbox.send(Note::Revoke(revocation));
+        }
+    }
+
+    /// Applies a revocation another instance announced.
+    pub fn apply_revocation(&self, revocation: &Revocation) {
+        match revocation {
+            Revocation::Token { digest } => match from_hex(digest) {
+                Some(digest) => self.forget_digest(&digest),
+                None => self.forget_where(|_| true),
+            },
+            Revocation::UserOf { digest } => match from_hex(digest) {
+                Some(digest) => self.forget_user_of_digest(&digest),
+                None => self.forget_where(|_| true),
+            },
+            Revocation::User { user } => match OwnedUserId::try_from(user.as_str()) {
+                Ok(user) => self.forget_where(|(cached, _)| *cached == user),
+                Err(_) => self.forget_where(|_| true),
+            },
+            Revocation::Device { user, device, keep } => {
+                match OwnedUserId::try_from(user.as_str()) {
+                    Ok(user) => {
+                        let device = OwnedDeviceId::from(device.as_str());
+                        let keep = keep.as_deref().and_then(from_hex);
+                        self.forget_device_digest(&user, &device, keep);
+                    }
+                    Err(_) => self.forget_where(|_| true),
+                }
+            }
+            Revocation::All => self.forget_where(|_| true),
         }
     }
 
@@ -434,6 +501,14 @@ impl Identity {
 
     /// Drops the cached resolution of `token` (after `/logout` passed through).
     pub fn forget_token(&self, token: &str) {
+        let digest = digest(token);
+        self.announce(Revocation::Token {
+            digest: to_hex(&digest),
+        });
+        self.forget_digest(&digest);
+    }
+
+    fn forget_digest(&self, digest: &[u8; 32]) {
         // Admin entries are keyed by token and user; which belong to this token cannot be
         // told apart cheaply, and they are simply asked again.
         if let Ok(mut admins) = self.admins.lock() {
@@ -442,13 +517,21 @@ impl Identity {
         if let Ok(mut tokens) = self.tokens.lock() {
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokens.remove(&digest(token));
+            tokens.remove(digest);
         }
     }
 
     /// Drops every cached token of the user owning `token` (after `/logout/all`, a password
     /// change or a deactivation passed through).
     pub fn forget_user_of(&self, token: &str) {
+        let digest = digest(token);
+        self.announce(Revocation::UserOf {
+            digest: to_hex(&digest),
+        });
+        self.forget_user_of_digest(&digest);
+    }
+
+    fn forget_user_of_digest(&self, digest: &[u8; 32]) {
         if let Ok(mut admins) = self.admins.lock() {
             admins.clear();
         }
@@ -458,7 +541,7 @@ impl Identity {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let user = tokens
-            .get(&digest(token))
+            .get(digest)
             .and_then(|entry| entry.outcome.as_ref().ok().map(|(user, _)| user.clone()));
         match user {
             Some(user) => tokens
@@ -474,6 +557,9 @@ impl Identity {
     /// Drops every cached token of `user` and every admin answer (after Synapse's admin API
     /// deactivated or changed the user).
     pub fn forget_user(&self, user: &OwnedUserId) {
+        self.announce(Revocation::User {
+            user: user.to_string(),
+        });
         self.forget_where(|(cached, _)| cached == user);
     }
 
@@ -481,6 +567,20 @@ impl Identity {
     /// its token refreshed), but `keep` (the refreshed token itself).
     pub fn forget_device(&self, user: &OwnedUserId, device: &OwnedDeviceId, keep: Option<&str>) {
         let keep = keep.map(digest);
+        self.announce(Revocation::Device {
+            user: user.to_string(),
+            device: device.to_string(),
+            keep: keep.as_ref().map(to_hex),
+        });
+        self.forget_device_digest(user, device, keep);
+    }
+
+    fn forget_device_digest(
+        &self,
+        user: &OwnedUserId,
+        device: &OwnedDeviceId,
+        keep: Option<[u8; 32]>,
+    ) {
         if let Ok(mut admins) = self.admins.lock() {
             admins.clear();
         }
@@ -506,7 +606,10 @@ impl Identity {
                 device_id: Some(device),
                 ..
             }) => self.forget_device(&user_id, &device, Some(new_token)),
-            _ => self.forget_where(|_| true),
+            _ => {
+                self.announce(Revocation::All);
+                self.forget_where(|_| true);
+            }
         }
     }
 

@@ -53,6 +53,17 @@ pub struct Config {
     pub deletion: DeletionConfig,
     /// Notifications to push gateways.
     pub push: PushConfig,
+    /// Several instances on one database.
+    pub cluster: ClusterConfig,
+}
+
+/// Several hungryserv instances on one database (`[cluster]`, see `crate::cluster`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    /// Other instances may share the database: wake-ups, typing, appservice changes and
+    /// revocations are exchanged through `LISTEN/NOTIFY`, and the tasks that must run once
+    /// are held through advisory locks.
+    pub enabled: bool,
 }
 
 /// Notifications posted to push gateways (`[push]`).
@@ -314,6 +325,11 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         )),
     };
     deletion_section.finish(&mut problems);
+    let mut cluster_section = top.table(&mut problems, "cluster");
+    let cluster = ClusterConfig {
+        enabled: cluster_section.boolean(&mut problems, "enabled", false),
+    };
+    cluster_section.finish(&mut problems);
     let mut push_section = top.table(&mut problems, "push");
     let push = PushConfig {
         extra_ca: read_extra_ca(&mut push_section, base_dir, &mut problems),
@@ -378,6 +394,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 delivery,
                 deletion,
                 push,
+                cluster,
             })
         }
         _ => Err(problems),

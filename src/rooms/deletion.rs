@@ -16,8 +16,13 @@
 //! removed with the room row. Its progress is only the rows that are gone, so a purge
 //! interrupted by a restart simply starts again ([`Deletions::resume`]).
 //!
-//! This process's set of deleted rooms is authoritative for requests it serves; another
-//! hungryserv process sharing the database learns of a deletion at its next start.
+//! This process's set of deleted rooms is what requests it serves are checked against. With
+//! several instances, a deletion is announced ([`crate::cluster`]) and every other instance
+//! adds the room to its set within a round trip; until then the writer refuses the room's
+//! events anyway once the purge has sealed it. Each instance purges the deletions it took
+//! (the queue is in memory); unfinished ones are resumed by whichever instance starts next,
+//! and two instances that start together may both resume one purge (each batch is its own
+//! short transaction, so this should cost only work; it is not tested).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,6 +35,7 @@ use serde_json::{Map, json};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use crate::cluster::note::Note;
 use crate::tasks::Tasks;
 
 use super::RoomError;
@@ -124,6 +130,13 @@ impl Deletions {
         Ok(count)
     }
 
+    /// Another instance deleted (or blocked) `room`.
+    pub fn gone_elsewhere(&self, room: &str, blocked: bool) {
+        if let Ok(mut set) = self.gone.write() {
+            set.insert(room.to_owned(), blocked);
+        }
+    }
+
     /// Whether a room is deleted or blocked.
     pub fn gone(&self, room_id: &str) -> Option<Gone> {
         self.gone
@@ -161,6 +174,10 @@ impl Deletions {
         if let Ok(mut set) = self.gone.write() {
             set.insert(room_id.to_string(), options.block);
         }
+        self.rooms.notifier.announce(Note::RoomGone {
+            room: room_id.to_string(),
+            blocked: options.block,
+        });
         tracing::info!(%room_id, %delete_id, purge = options.purge, block = options.block, "room deleted");
         // The room is gone for requests now; what follows only tidies up. A failure here is
         // the purge task's to retry, not the caller's.

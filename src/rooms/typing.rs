@@ -1,6 +1,14 @@
 //! Who is typing in local rooms: in memory only, as Synapse keeps it (a restart forgets it, and
 //! typing notices are seconds long anyway).
 //!
+//! Several instances: each keeps its own copy. A change made here is announced to the others
+//! ([`crate::notify::Notifier::announce`]), which apply it with [`Typing::apply`] as if it had
+//! been made there: with their own deadline (the notice's `timeout` from when they heard of
+//! it, a millisecond later) and their own serial. Serials of two instances are both clock
+//! based, so a token from one instance read on another hides no later change unless their
+//! clocks disagree by more than the time between two changes of one room; expiry publishes
+//! again in any case. An instance that starts knows no notice until the next change.
+//!
 //! Every change of a room's typing list gets a new *serial*, taken from one counter for all
 //! rooms; a sync token carries the serial it has seen, and a room whose serial is newer shows
 //! its current list. The counter starts at the wall clock in milliseconds and only grows
@@ -19,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::service::now_ms;
+use crate::cluster::note::Note;
 use crate::notify::Notifier;
 
 /// The longest a typing notice lasts (Synapse caps `timeout` the same way).
@@ -98,6 +107,16 @@ impl Typing {
     /// `user` is typing in `room` for `timeout` (capped), or stopped (`None`). Publishes a
     /// change only when the room's list changes (a renewed notice just moves the deadline).
     pub fn set(&self, room: &str, user: &str, timeout: Option<Duration>) {
+        self.notifier.announce(Note::Typing {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            ms: timeout.map(|t| u64::try_from(t.min(MAX_TIMEOUT).as_millis()).unwrap_or(0)),
+        });
+        self.apply(room, user, timeout);
+    }
+
+    /// Applies a change without announcing it (one another instance announced).
+    pub fn apply(&self, room: &str, user: &str, timeout: Option<Duration>) {
         let changed = {
             let mut inner = self.lock();
             let was_typing = inner

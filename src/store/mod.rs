@@ -7,6 +7,7 @@
 //! May import: `config`.
 
 pub mod appservice;
+pub mod cluster;
 pub mod deletion;
 pub mod devices;
 pub mod events;

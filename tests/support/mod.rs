@@ -208,6 +208,7 @@ pub async fn start_delivery(registration: &str, appservice: &str) -> Delivering 
         )),
         &tasks,
         &hungryserv::upstream::Synapse::new(&config.synapse, &config.limits),
+        &hungryserv::cluster::leader::Leadership::solo(),
     );
     for _ in 0..100 {
         let cursors: i64 =
