@@ -23,6 +23,8 @@
 //! Figures per room are given next to the totals: Synapse holds fewer rooms, so the ratio is
 //! of time (or bytes) per room. Afterwards (unless `--keep`) the local rooms are deleted with
 //! Beeper's yeet endpoint, the Synapse ghost leaves its rooms, and both devices are logged out.
+//! `--keep` leaves them, and `--reuse RUN_ID` then measures those ghosts' rooms again without
+//! setting them up (e.g. one binary after another on the same data).
 //!
 //! Targets (issue 25), 10,000 rooms: wake-up p50 ≤ 5 ms, initial sync ≤ 1.5 s, hungryserv's
 //! peak RSS ≤ 150 MiB during the initial sync.
@@ -97,6 +99,10 @@ pub struct Options {
     /// Leave the rooms and devices in place.
     #[arg(long)]
     keep: bool,
+    /// Reuse the ghosts (and their rooms) of an earlier run kept with --keep: its run id
+    /// (the 8 hex digits after the ghost prefix). No setup; every room each is in counts.
+    #[arg(long)]
+    reuse: Option<String>,
     /// How long a waiting sync runs before the send, in milliseconds.
     #[arg(long, default_value_t = 30)]
     head_start_ms: u64,
@@ -136,7 +142,8 @@ pub async fn run(mut options: Options) -> anyhow::Result<()> {
     }
     let http = client::http();
     let appservice = Appservice::load(&http, &options.hungryserv, &options.registration).await?;
-    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let new_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = options.reuse.as_deref().unwrap_or(&new_id[..8]);
     let local_part = format!("{}{run_id}_l", options.ghost_prefix);
     let synapse_part = format!("{}{run_id}_s", options.ghost_prefix);
     let local_user = appservice
@@ -168,7 +175,20 @@ pub async fn run(mut options: Options) -> anyhow::Result<()> {
         since: None,
     };
     let result = async {
-        setup(&http, &appservice, &options, &mut local, &mut synapse).await?;
+        if options.reuse.is_some() {
+            local.rooms = joined(&http, &local).await?;
+            local.rooms.retain(|room| room.starts_with(LOCAL_PREFIX));
+            synapse.rooms = joined(&http, &synapse).await?;
+            println!(
+                "rooms (reused): {} in {} local rooms, {} in {} Synapse rooms",
+                local.user_id,
+                local.rooms.len(),
+                synapse.user_id,
+                synapse.rooms.len()
+            );
+        } else {
+            setup(&http, &appservice, &options, &mut local, &mut synapse).await?;
+        }
         measure(&http, &appservice, &options, &mut local, &mut synapse).await
     }
     .await;
@@ -176,6 +196,23 @@ pub async fn run(mut options: Options) -> anyhow::Result<()> {
         cleanup(&http, &appservice, &options, &local, &synapse).await;
     }
     result
+}
+
+/// The rooms the side's user is joined to, sorted.
+async fn joined(http: &Http, side: &Side) -> anyhow::Result<Vec<String>> {
+    let url = format!("{}/_matrix/client/v3/joined_rooms", side.base);
+    let (status, body) = client::call(http, Method::GET, &url, Some(&side.token), None).await?;
+    if !status.is_success() {
+        bail!("{}: /joined_rooms: {status} {body}", side.name);
+    }
+    let mut rooms: Vec<String> = body["joined_rooms"]
+        .as_array()
+        .context("no joined_rooms")?
+        .iter()
+        .filter_map(|room| room.as_str().map(str::to_owned))
+        .collect();
+    rooms.sort();
+    Ok(rooms)
 }
 
 /// Creates the rooms of both users.
