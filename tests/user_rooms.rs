@@ -3,7 +3,8 @@
 //! work for the rooms where nothing happened; here it is compared, for every pair of positions
 //! `since < upto` that matters, with the plain query it replaced, which probes every room three
 //! times. Both ways to find the rooms with new events (scanning the gap, probing each room)
-//! must agree with it.
+//! must agree with it, and the incremental read of only the changed rooms
+//! (`changed_user_rooms`) must give the same rows for every room with news in the gap.
 
 mod support;
 
@@ -172,6 +173,7 @@ async fn the_room_list_agrees_with_probing_every_room() {
     positions.dedup();
     let mut conn = pool.acquire().await.unwrap();
     let mut compared = 0;
+    let mut compared_changed = 0;
     for &since in &positions {
         for &upto in positions.iter().filter(|&&u| u > since) {
             let want = reference(&pool, since, upto).await;
@@ -185,10 +187,37 @@ async fn the_room_list_agrees_with_probing_every_room() {
                 .await
                 .unwrap();
             assert_eq!(chosen, want, "since {since} upto {upto}");
+            // The incremental read of the changed rooms only: the same rows, and at least
+            // every room with an event or a membership change in the gap.
+            let changed =
+                store::rooms::changed_user_rooms(&mut conn, USER, (since, upto), (0, 0), &[])
+                    .await
+                    .unwrap();
+            if let Some(changed) = changed {
+                for room in &changed {
+                    assert!(want.contains(room), "since {since} upto {upto}: {room:?}");
+                }
+                for room in want
+                    .iter()
+                    .filter(|r| r.latest.is_some() || r.member_stream > since)
+                {
+                    assert!(
+                        changed.contains(room),
+                        "since {since} upto {upto}: {room:?} missed"
+                    );
+                }
+                compared_changed += 1;
+            } else {
+                assert!(
+                    since == 0 || upto - since > 256,
+                    "since {since} upto {upto}"
+                );
+            }
             compared += 1;
         }
     }
     assert!(compared > 100, "{compared}");
+    assert!(compared_changed > 50, "{compared_changed}");
 
     // What the comparison covers, spelled out at the sync's position.
     let at_sync = store::rooms::user_rooms(&mut conn, USER, marks[3], synced)

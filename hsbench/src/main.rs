@@ -14,6 +14,7 @@ mod initial_sync;
 mod load;
 mod passthrough;
 mod receiver;
+mod rooms;
 mod sliding_sync;
 mod stats;
 mod sync_latency;
@@ -52,6 +53,10 @@ enum Scenario {
     /// Simplified sliding sync: a user in R rooms (half local, half Synapse's); the first
     /// window at Synapse (its R/2) vs through hungryserv (all R), and a local send's wake-up.
     SlidingSync(sliding_sync::Options),
+    /// Rooms at scale: one user in R local rooms (default 10,000, 100 messages each) vs one in
+    /// the Synapse rooms Synapse sets up in bounded time; initial sync, /joined_rooms, sliding
+    /// first window, wake-up, hungryserv's RSS and CPU.
+    Rooms(rooms::Options),
     /// Load: N clients long-polling /sync through hungryserv in local rooms while B bridges
     /// ingest, for a bounded time; errors, probe wake-ups, resident sets.
     Load(load::Options),
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
             Scenario::Delete(options) => delete::run(options).await,
             Scenario::SlidingSync(options) => sliding_sync::run(options).await,
             Scenario::Load(options) => load::run(options).await,
+            Scenario::Rooms(options) => rooms::run(options).await,
         }
     });
     match result {

@@ -420,6 +420,110 @@ pub async fn user_rooms_read(
         .collect())
 }
 
+/// The rooms of [`user_rooms`] (same rows) that can have news for an incremental sync from
+/// `since` to `upto`, found without reading every room of the user: the rooms with events in
+/// the gap (scanned by stream position), those where the user's membership changed after
+/// `since`, those with receipts or the user's room account data in the room data window
+/// `side` = `(after, upto]`, and `also` (the rooms whose typing changed, known in memory).
+/// A room outside these has nothing to tell the client, so a wake-up costs what changed, not
+/// what the user is in. `None` when the gap is wider than [`GAP_SCAN_MAX`]: the caller then
+/// reads every room ([`user_rooms`]).
+pub async fn changed_user_rooms(
+    conn: &mut PgConnection,
+    user_id: &str,
+    (since, upto): (i64, i64),
+    side: (i64, i64),
+    also: &[String],
+) -> Result<Option<Vec<UserRoom>>, StoreError> {
+    if since <= 0 || upto - since > GAP_SCAN_MAX {
+        return Ok(None);
+    }
+    let rows = sqlx::query!(
+        r#"WITH gap AS MATERIALIZED (
+               SELECT room_id, max(stream) AS latest FROM events
+               WHERE stream > $2 AND stream <= $3 AND NOT backfilled
+               GROUP BY room_id),
+           candidates AS (
+               SELECT room_id FROM gap
+               UNION SELECT room_id FROM memberships WHERE user_id = $1 AND stream > $2
+               UNION SELECT room_id FROM receipts WHERE stream > $4 AND stream <= $5
+               UNION SELECT room_id FROM room_account_data
+                     WHERE user_id = $1 AND stream > $4 AND stream <= $5
+               UNION SELECT unnest($6::text[]))
+           SELECT m.room_id, me.stream AS "member_stream!", me.sender AS "member_sender!",
+                  me.membership AS "membership?",
+                  CASE WHEN me.stream <= $2 THEN me.membership
+                       ELSE (SELECT b.content->>'membership' FROM events b
+                             WHERE b.room_id = m.room_id AND b.type = 'm.room.member'
+                               AND b.state_key = m.user_id AND b.stream <= $2
+                             ORDER BY b.stream DESC LIMIT 1)
+                  END AS "membership_before?",
+                  g.latest AS "latest?"
+           FROM candidates c
+           JOIN memberships m ON m.room_id = c.room_id AND m.user_id = $1
+           CROSS JOIN LATERAL (
+               -- As in user_rooms: the current membership, unless it is newer than the sync.
+               SELECT m.stream, m.membership,
+                      CASE WHEN m.stream > $2
+                           THEN (SELECT e.sender FROM events e WHERE e.stream = m.stream)
+                           ELSE '' END AS sender
+               WHERE m.stream <= $3
+               UNION ALL
+               (SELECT e.stream, e.content->>'membership',
+                       CASE WHEN e.stream > $2 THEN e.sender ELSE '' END
+                FROM events e
+                WHERE m.stream > $3 AND e.room_id = m.room_id AND e.type = 'm.room.member'
+                  AND e.state_key = m.user_id AND e.stream <= $3
+                ORDER BY e.stream DESC LIMIT 1)) me
+           LEFT JOIN gap g ON g.room_id = m.room_id
+           ORDER BY m.room_id"#,
+        user_id,
+        since,
+        upto,
+        side.0,
+        side.1,
+        also,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|row| UserRoom {
+                room_id: row.room_id,
+                membership: row.membership.unwrap_or_else(|| "leave".to_owned()),
+                member_stream: row.member_stream,
+                member_sender: row.member_sender,
+                membership_before: row.membership_before,
+                latest: row.latest,
+            })
+            .collect(),
+    ))
+}
+
+/// The highest position of the user's membership rows: it moves whenever their membership
+/// changes anywhere (one index probe, migration 0028).
+pub async fn latest_membership(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT max(stream) FROM memberships WHERE user_id = $1",
+        user_id
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Every room the user has a membership row in.
+pub async fn rooms_of(conn: &mut PgConnection, user_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT room_id FROM memberships WHERE user_id = $1",
+        user_id
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Member counts of a room by membership, and up to `heroes` other members (joined first,
 /// then invited, then gone; each oldest first), as Synapse's room summary orders them.
 pub async fn member_summary(

@@ -31,6 +31,18 @@
 //! a room loaded without a `since` whose timeline was not cut short has its `prev_batch` at
 //! the sync's own position, as Synapse's (paging back returns the timeline again).
 //!
+//! **Cost with many rooms.** A bridge user may be in thousands of rooms. An incremental sync
+//! (a woken long poll) reads only the rooms that can have news — events in the gap, a changed
+//! membership, receipts or room account data in the room data window, typing — so its cost
+//! follows what changed, not how many rooms the user is in
+//! ([`crate::store::rooms::changed_user_rooms`]; a gap too wide to scan reads every room).
+//! The full room list, which a waiting sync needs to judge commits from memory, comes from
+//! [`super::room_list`] and is read again only when the user's membership changed. A sync
+//! that shows many rooms (initial, `full_state`) builds them [`ROOMS_PER_CHUNK`] at a time,
+//! each chunk's timelines, state, histories and relation probe read in one query each, and
+//! keeps each finished entry as JSON text: no per-room query for rooms without relations or
+//! redactions, and at most one chunk's rows and values held at once.
+//!
 //! Room data and typing (not events) have positions of their own, `(side_since, side_upto]`:
 //! a joined room also gets an entry when a receipt in it, the user's room account data for it
 //! (tags, `m.fully_read`, …) or its typing list changed in that range. Its `ephemeral` then
@@ -41,11 +53,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::future::try_join_all;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
 use super::filter::SyncFilter;
 use super::lazy::{DeviceKey, LazyMembers};
+use super::room_list::RoomLists;
 use crate::auth::requester::Requester;
 use crate::notify::SidePositions;
 use crate::rooms::RoomError;
@@ -73,15 +87,18 @@ const PREJOIN_STATE: [&str; 7] = [
     "m.room.topic",
 ];
 
+/// The entries of one section of `rooms`: room ID and its entry, as JSON text.
+pub type Entries = Vec<(String, Box<RawValue>)>;
+
 /// One sync's local part.
 #[derive(Debug, Default)]
 pub struct LocalSync {
-    pub join: Map<String, Value>,
-    pub invite: Map<String, Value>,
-    pub leave: Map<String, Value>,
-    pub knock: Map<String, Value>,
+    pub join: Entries,
+    pub invite: Entries,
+    pub leave: Entries,
+    pub knock: Entries,
     /// Every local room the user has a membership in (for waiting on news).
-    pub rooms: Vec<String>,
+    pub rooms: Arc<[String]>,
 }
 
 impl LocalSync {
@@ -111,6 +128,8 @@ pub struct LocalRequest<'a> {
     pub classes: &'a crate::routing::RoomClasses,
     /// The member events each device was sent while lazy-loading.
     pub lazy_members: &'a LazyMembers,
+    /// The rooms of each user, kept for waiting syncs.
+    pub room_lists: &'a RoomLists,
 }
 
 impl LocalRequest<'_> {
@@ -130,6 +149,10 @@ const BULK_FROM: usize = 4;
 /// Rooms built at once, each on a pooled connection of its own.
 const CONCURRENT_ROOMS: usize = 4;
 
+/// Rooms read and built together: their bulk reads are one round trip each, and no more than
+/// this many rooms' rows and JSON values are held at once.
+const ROOMS_PER_CHUNK: usize = 256;
+
 /// What every room of a sync needs, read for all of them at once.
 struct Prefetch {
     /// Room → the user's membership history and the room's visibility history.
@@ -142,6 +165,8 @@ struct Prefetch {
     /// Room → its state at the sync's position, for the rooms that send state (new rooms,
     /// `full_state`, lazy-loaded members).
     states: HashMap<String, Vec<EventWithPrev>>,
+    /// Events of the prefetched timelines that no event relates to: nothing to bundle.
+    unrelated: HashSet<String>,
     /// The users the syncing user ignores.
     ignored: Arc<HashSet<String>>,
 }
@@ -242,12 +267,11 @@ pub async fn build(
     // One connection for the room list and the bulk reads (each pooled acquire costs a round
     // trip), and for the rooms themselves when there are only a few.
     let mut conn = db.acquire().await.map_err(StoreError::from)?;
-    let mut user_rooms =
-        store::rooms::user_rooms(&mut conn, user, request.since, request.upto).await?;
+    let mut user_rooms = rooms_with_news(rooms, &mut conn, request).await?;
     rejoined_in_the_gap(&mut conn, request, &mut user_rooms).await?;
     let ignored = Arc::new(store::ignore::ignored_by(&mut conn, user).await?);
     let mut sync = LocalSync {
-        rooms: user_rooms.iter().map(|room| room.room_id.clone()).collect(),
+        rooms: request.room_lists.of(&mut conn, user).await?,
         ..LocalSync::default()
     };
     // Invites from ignored users are not shown (Synapse's sync drops them too).
@@ -281,40 +305,87 @@ pub async fn build(
             _ => false,
         })
         .collect();
-    // The unread counts come from their own connection while the rooms are read, and are
-    // put into the entries at the end.
-    let counted: Vec<String> = active
-        .iter()
-        .filter(|room| room.membership == "join")
-        .map(|room| room.room_id.clone())
-        .collect();
-    let (unread, entries) = tokio::try_join!(
-        pooled_unread(db, request, &counted),
-        entries(rooms, db, conn, request, (side, ignored), active),
-    )?;
-    for (room, entry) in entries {
-        let (section, mut value) = match entry {
-            Some(entry) => entry,
-            None => continue,
-        };
-        let target = match section {
-            Section::Join => {
-                let per_thread = request.filter.room.timeline.unread_thread_notifications;
-                let counts = unread.get(&room.room_id).cloned().unwrap_or_default();
-                let (room_counts, thread_counts) = counts.sync_fields(per_thread);
-                value["unread_notifications"] = room_counts;
-                if let Some(threads) = thread_counts {
-                    value["unread_thread_notifications"] = threads;
+    // The rooms are built a chunk at a time, and each entry is kept as JSON text once it is
+    // complete: what is held at once is one chunk's rows and values, not every room's (a
+    // heavy user's initial sync has thousands of rooms).
+    let mut side = side;
+    for chunk in active.chunks(ROOMS_PER_CHUNK) {
+        // The unread counts come from their own connection while the rooms are read, and are
+        // put into the entries at the end.
+        let counted: Vec<String> = chunk
+            .iter()
+            .filter(|room| room.membership == "join")
+            .map(|room| room.room_id.clone())
+            .collect();
+        let chunk_side: HashMap<String, Side> = chunk
+            .iter()
+            .filter_map(|room| side.remove_entry(&room.room_id))
+            .collect();
+        let (unread, entries) = tokio::try_join!(
+            pooled_unread(db, request, &counted),
+            entries(
+                rooms,
+                db,
+                &mut conn,
+                request,
+                (chunk_side, ignored.clone()),
+                chunk
+            ),
+        )?;
+        for (room, entry) in entries {
+            let (section, mut value) = match entry {
+                Some(entry) => entry,
+                None => continue,
+            };
+            let target = match section {
+                Section::Join => {
+                    let per_thread = request.filter.room.timeline.unread_thread_notifications;
+                    let counts = unread.get(&room.room_id).cloned().unwrap_or_default();
+                    let (room_counts, thread_counts) = counts.sync_fields(per_thread);
+                    value["unread_notifications"] = room_counts;
+                    if let Some(threads) = thread_counts {
+                        value["unread_thread_notifications"] = threads;
+                    }
+                    &mut sync.join
                 }
-                &mut sync.join
-            }
-            Section::Invite => &mut sync.invite,
-            Section::Leave => &mut sync.leave,
-            Section::Knock => &mut sync.knock,
-        };
-        target.insert(room.room_id.clone(), value);
+                Section::Invite => &mut sync.invite,
+                Section::Leave => &mut sync.leave,
+                Section::Knock => &mut sync.knock,
+            };
+            let text = serde_json::value::to_raw_value(&value)
+                .map_err(|err| RoomError::Internal(format!("room entry as JSON: {err}")))?;
+            target.push((room.room_id.clone(), text));
+        }
     }
     Ok(sync)
+}
+
+/// The user's rooms the sync may show. An initial or `full_state` sync shows every room; an
+/// incremental one reads only the rooms that can have news (events, membership, receipts,
+/// account data or typing in its ranges), so its cost follows what changed rather than how
+/// many rooms the user is in. A gap too wide to scan reads every room.
+async fn rooms_with_news(
+    rooms: &Rooms,
+    conn: &mut PgConnection,
+    request: &LocalRequest<'_>,
+) -> Result<Vec<UserRoom>, RoomError> {
+    let user = request.requester.user_id.as_str();
+    if request.since > 0 && !request.full_state {
+        let typing: Vec<String> = rooms
+            .typing
+            .changed_since(request.side_since.typing)
+            .into_iter()
+            .map(|(room, _)| room)
+            .collect();
+        let side = (request.side_since.room_data, request.side_upto.room_data);
+        let range = (request.since, request.upto);
+        if let Some(changed) =
+            store::rooms::changed_user_rooms(conn, user, range, side, &typing).await?
+        {
+            return Ok(changed);
+        }
+    }
+    Ok(store::rooms::user_rooms(conn, user, request.since, request.upto).await?)
 }
 
 /// A user who left (or was kicked) and joined again between two syncs gets the room as new,
@@ -377,10 +448,10 @@ async fn pooled_unread(
 async fn entries<'a>(
     rooms: &Rooms,
     db: &PgPool,
-    mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    conn: &mut PgConnection,
     request: &LocalRequest<'_>,
     (side, ignored): (HashMap<String, Side>, Arc<HashSet<String>>),
-    active: Vec<&'a UserRoom>,
+    active: &[&'a UserRoom],
 ) -> Result<Vec<(&'a UserRoom, Option<(Section, Value)>)>, RoomError> {
     let user = request.requester.user_id.as_str();
     let pre = {
@@ -406,7 +477,7 @@ async fn entries<'a>(
             })
             .collect();
         let mut timelines: HashMap<String, FirstChunk> =
-            store::events::recent_of_rooms(&mut conn, &windows, request.upto + 1, chunk)
+            store::events::recent_of_rooms(conn, &windows, request.upto + 1, chunk)
                 .await?
                 .into_iter()
                 .map(|(room, after, rows)| (room, ((after, request.upto + 1, chunk), rows)))
@@ -426,24 +497,31 @@ async fn entries<'a>(
             })
             .map(|room| room.room_id.clone())
             .collect();
+        // Whether the timelines' events have relations to bundle, for all rooms at once.
+        let probed: Vec<String> = timelines
+            .values()
+            .flat_map(|(_, rows)| rows.iter().map(|e| e.event.event_id.to_string()))
+            .collect();
+        let related = store::events::related_among(conn, &probed).await?;
+        let unrelated = probed
+            .into_iter()
+            .filter(|id| !related.contains(id))
+            .collect();
         Prefetch {
-            states: store::events::state_of_rooms(&mut conn, &stateful, request.upto).await?,
-            histories: store::events::reader_histories(&mut conn, &ids, user).await?,
+            states: store::events::state_of_rooms(conn, &stateful, request.upto).await?,
+            histories: store::events::reader_histories(conn, &ids, user).await?,
             side,
             timelines,
+            unrelated,
             ignored,
         }
     };
     let mut entries = Vec::with_capacity(active.len());
     if active.len() < BULK_FROM {
         for room in active {
-            entries.push((
-                room,
-                room_entry(rooms, &mut conn, request, &pre, room).await?,
-            ));
+            entries.push((*room, room_entry(rooms, conn, request, &pre, room).await?));
         }
     } else {
-        drop(conn);
         for group in active.chunks(CONCURRENT_ROOMS) {
             let mut pending = Vec::with_capacity(group.len());
             for room in group {
@@ -792,7 +870,16 @@ async fn room_part(
             .collect()
     };
     let mut state = state_events(rooms, conn, requester, &reader, state_rows).await?;
-    let mut timeline = client_events(rooms, conn, requester, &reader, picked).await?;
+    let bundles_nothing = picked.iter().all(|e| {
+        e.event.redacted_by.is_none() && pre.unrelated.contains(e.event.event_id.as_str())
+    });
+    let mut timeline = if bundles_nothing {
+        // Known to have no relations and no redactions: the same as [`client_events`]
+        // gives, without asking the store.
+        state_events(rooms, conn, requester, &reader, picked).await?
+    } else {
+        client_events(rooms, conn, requester, &reader, picked).await?
+    };
     shape.apply(&mut state, &depths, room_id);
     shape.apply(&mut timeline, &depths, room_id);
     Ok(RoomPart {

@@ -50,6 +50,7 @@ pub mod filter;
 pub mod format;
 pub mod lazy;
 pub mod local;
+pub mod room_list;
 pub mod sliding;
 pub mod token;
 
@@ -119,6 +120,8 @@ pub struct Syncer {
     devices: std::sync::Arc<DeviceLists>,
     /// The member events each device was sent while lazy-loading ([`lazy`]).
     lazy_members: lazy::LazyMembers,
+    /// The rooms of each user, for waiting syncs ([`room_list`]).
+    room_lists: room_list::RoomLists,
 }
 
 impl Syncer {
@@ -138,11 +141,12 @@ impl Syncer {
             sliding: sliding::conn::Connections::default(),
             devices,
             lazy_members: lazy::LazyMembers::default(),
+            room_lists: room_list::RoomLists::default(),
         }
     }
 
     /// Answers one `/sync`: the merged rooms, then the device lists of the answer's range.
-    pub async fn sync(&self, request: &SyncRequest) -> Result<Value, SyncError> {
+    pub async fn sync(&self, request: &SyncRequest) -> Result<SyncBody, SyncError> {
         let mut body = self.merged(request).await?;
         let viewer = Viewer {
             user_id: request.requester.user_id.as_str(),
@@ -152,13 +156,18 @@ impl Syncer {
                 .is_none()
                 .then_some(request.token.as_str()),
         };
-        device_lists::add_to_sync(&self.devices, &viewer, request.since.as_deref(), &mut body)
-            .await;
+        device_lists::add_to_sync(
+            &self.devices,
+            &viewer,
+            request.since.as_deref(),
+            &mut body.synapse,
+        )
+        .await;
         Ok(body)
     }
 
     /// The merged rooms of one `/sync`.
-    async fn merged(&self, request: &SyncRequest) -> Result<Value, SyncError> {
+    async fn merged(&self, request: &SyncRequest) -> Result<SyncBody, SyncError> {
         let since = request
             .since
             .as_deref()
@@ -335,6 +344,7 @@ impl Syncer {
             filter,
             classes: &request.classes,
             lazy_members: &self.lazy_members,
+            room_lists: &self.room_lists,
         };
         Ok(local::build(&self.rooms, &self.db, &local_request).await?)
     }
@@ -398,11 +408,124 @@ enum Woken {
     /// News for the client, built up to these positions.
     Answer(LocalSync, Since),
     /// Nothing to tell yet; checked up to these positions (and the user's rooms, re-read).
-    Checked(Since, Option<Vec<String>>),
+    Checked(Since, Option<std::sync::Arc<[String]>>),
 }
 
 /// Synapse's answer was not awaited (the local side won, or Synapse is down).
 struct Pending;
+
+/// A merged `/sync` answer: Synapse's body (with our `next_batch` and device lists) and the
+/// local rooms' entries, kept as JSON text and written into `rooms` as the body is
+/// serialized, so a big local part is never a tree of values.
+#[derive(Debug)]
+pub struct SyncBody {
+    /// Synapse's answer, or an empty object: always a JSON object.
+    pub synapse: Value,
+    pub local: LocalSync,
+}
+
+impl serde::Serialize for SyncBody {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let empty = Map::new();
+        let body = self.synapse.as_object().unwrap_or(&empty);
+        let local_sections = [
+            ("join", &self.local.join),
+            ("invite", &self.local.invite),
+            ("leave", &self.local.leave),
+            ("knock", &self.local.knock),
+        ];
+        let has_local = local_sections.iter().any(|(_, e)| !e.is_empty());
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in body {
+            if key == "rooms" {
+                map.serialize_entry(
+                    key,
+                    &RoomsSections {
+                        synapse: value,
+                        local: &local_sections,
+                    },
+                )?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if has_local && !body.contains_key("rooms") {
+            map.serialize_entry(
+                "rooms",
+                &RoomsSections {
+                    synapse: &Value::Null,
+                    local: &local_sections,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// `rooms`: Synapse's sections with the local entries of the same section appended (a local
+/// room ID never equals a Synapse one: its class prefix routes it here).
+struct RoomsSections<'a> {
+    synapse: &'a Value,
+    local: &'a [(&'static str, &'a local::Entries); 4],
+}
+
+impl serde::Serialize for RoomsSections<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let empty = Map::new();
+        let synapse = self.synapse.as_object().unwrap_or(&empty);
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in synapse {
+            match self.local.iter().find(|(section, _)| section == key) {
+                Some((_, entries)) if !entries.is_empty() => {
+                    map.serialize_entry(
+                        key,
+                        &Section {
+                            synapse: value,
+                            local: entries,
+                        },
+                    )?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        for (section, entries) in self.local {
+            if !entries.is_empty() && !synapse.contains_key(*section) {
+                map.serialize_entry(
+                    section,
+                    &Section {
+                        synapse: &Value::Null,
+                        local: entries,
+                    },
+                )?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// One section of `rooms`: Synapse's entries, then ours.
+struct Section<'a> {
+    synapse: &'a Value,
+    local: &'a local::Entries,
+}
+
+impl serde::Serialize for Section<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(synapse) = self.synapse.as_object() {
+            for (room, entry) in synapse {
+                map.serialize_entry(room, entry)?;
+            }
+        }
+        for (room, entry) in self.local {
+            map.serialize_entry(room, entry)?;
+        }
+        map.end()
+    }
+}
 
 /// Combines Synapse's answer (or its absence) with the local part.
 fn answer(
@@ -410,7 +533,7 @@ fn answer(
     synapse_since: Option<&str>,
     local: LocalSync,
     upto: Since,
-) -> Result<Value, SyncError> {
+) -> Result<SyncBody, SyncError> {
     let (mut body, synapse_next) = match synapse {
         Ok(Value::Object(mut body)) => {
             let next = body
@@ -434,26 +557,9 @@ fn answer(
             (_, since) => (Map::new(), since.map(str::to_owned)),
         },
     };
-    let rooms = body
-        .entry("rooms")
-        .or_insert_with(|| json!({}))
-        .as_object_mut();
-    if let Some(rooms) = rooms {
-        for (section, entries) in [
-            ("join", local.join),
-            ("invite", local.invite),
-            ("leave", local.leave),
-            ("knock", local.knock),
-        ] {
-            if entries.is_empty() {
-                continue;
-            }
-            let target = rooms.entry(section).or_insert_with(|| json!({}));
-            if let Some(target) = target.as_object_mut() {
-                target.extend(entries);
-            }
-        }
-    }
+    // The spec's `rooms` is always there; the local entries are written into it when the
+    // body is serialized.
+    body.entry("rooms").or_insert_with(|| json!({}));
     let next_batch = SyncToken {
         synapse: synapse_next,
         local: upto.stream,
@@ -461,7 +567,10 @@ fn answer(
     }
     .encode();
     body.insert("next_batch".into(), Value::String(next_batch));
-    Ok(Value::Object(body))
+    Ok(SyncBody {
+        synapse: Value::Object(body),
+        local,
+    })
 }
 
 /// Why there is no Synapse answer to merge.
@@ -504,10 +613,14 @@ mod tests {
 
     fn local_with_room() -> LocalSync {
         let mut local = LocalSync::default();
+        let entry = serde_json::value::to_raw_value(&json!({"timeline": {"events": []}}));
+        local.join.push(("!hs_a:x".into(), entry.unwrap()));
         local
-            .join
-            .insert("!hs_a:x".into(), json!({"timeline": {"events": []}}));
-        local
+    }
+
+    /// The body as the client gets it.
+    fn sent(body: SyncBody) -> Value {
+        serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap()
     }
 
     #[test]
@@ -517,7 +630,7 @@ mod tests {
             "rooms": {"join": {"!abc:x": {}}},
             "to_device": {"events": [1]},
         });
-        let body = answer(Ok::<_, Pending>(synapse), None, local_with_room(), at(7)).unwrap();
+        let body = sent(answer(Ok::<_, Pending>(synapse), None, local_with_room(), at(7)).unwrap());
         assert_eq!(body["to_device"]["events"][0], 1);
         assert!(body["rooms"]["join"]["!abc:x"].is_object());
         assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
@@ -534,7 +647,7 @@ mod tests {
 
     #[test]
     fn a_local_win_keeps_synapse_half() {
-        let body = answer(Err(Pending), Some("s5_1"), local_with_room(), at(9)).unwrap();
+        let body = sent(answer(Err(Pending), Some("s5_1"), local_with_room(), at(9)).unwrap());
         let token = SyncToken::parse(body["next_batch"].as_str().unwrap()).unwrap();
         assert_eq!(token.synapse.as_deref(), Some("s5_1"));
         assert_eq!(token.local, 9);
@@ -547,7 +660,7 @@ mod tests {
             answer(Err(down()), None, local_with_room(), at(3)),
             Err(SyncError::SynapseDown(_))
         ));
-        let body = answer(Err(down()), Some("s1"), local_with_room(), at(3)).unwrap();
+        let body = sent(answer(Err(down()), Some("s1"), local_with_room(), at(3)).unwrap());
         assert!(body["rooms"]["join"]["!hs_a:x"].is_object());
     }
 }

@@ -143,6 +143,25 @@ pub struct Aggregations {
     pub references: Vec<(String, String)>,
 }
 
+/// Those of `event_ids` that some event relates to (in any room: a superset of what
+/// [`aggregations`] would bundle). Events outside it have nothing to bundle, so a sync of many
+/// rooms asks once for all of them instead of once per room.
+pub async fn related_among(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let rows = sqlx::query_scalar!(
+        r#"SELECT DISTINCT relates_to AS "relates_to!" FROM events WHERE relates_to = ANY($1)"#,
+        event_ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Relations are only counted within `room_id`: an event in another room that claims to
 /// relate to one of these must not show up in them.
 pub async fn aggregations(
