@@ -403,3 +403,36 @@ def test_a_local_device_change_wakes_a_waiting_e2ee_connection():
     assert "answer" in result, "the waiting sliding sync never returned"
     assert result["took"] < 10, f"waited {result['took']:.1f}s for a device change"
     assert alice.user_id in e2ee_lists(result["answer"]).get("changed", []), result["answer"]
+
+
+def test_a_new_connection_starts_from_a_spare_and_catches_up(owner):
+    """A new connection is answered from the spare Synapse connection made after
+    the device's previous new connection (so it does not wait for Synapse to
+    compute the room list afresh); what changed at Synapse since the spare comes
+    with the connection's next request. The two connections stay independent."""
+    me = of(owner)
+    synapse_room = create_room(me, True, name="synapse")
+    local_room = create_room(me, False, name="local")
+    send_text(me, synapse_room, "before")
+    first = sliding(me, {"conn_id": "a", **one_list(9)})
+    assert set(window(first)) == {synapse_room, local_room}
+    # The spare is made in the background after `first`; let it finish first.
+    time.sleep(2.0)
+    send_text(me, synapse_room, "after the spare")
+    send_text(me, local_room, "local after the spare")
+
+    second = sliding(me, {"conn_id": "b", **one_list(9)})
+    assert second["lists"]["all"]["count"] == 2
+    assert set(window(second)) == {synapse_room, local_room}
+    # The local half is read now; Synapse's half is the spare's.
+    assert bodies(second["rooms"][local_room]) == ["local after the spare"]
+    assert bodies(second["rooms"][synapse_room]) == ["before"]
+    caught_up = sliding(me, {"conn_id": "b", **one_list(9)}, pos=second["pos"], timeout_ms=10000)
+    assert bodies(caught_up["rooms"][synapse_room]) == ["after the spare"]
+    assert window(caught_up) == [local_room, synapse_room]
+
+    # The first connection goes on from its own position.
+    send_text(me, synapse_room, "for both")
+    for conn_id, pos in (("a", first["pos"]), ("b", caught_up["pos"])):
+        later = sliding(me, {"conn_id": conn_id, **one_list(9)}, pos=pos, timeout_ms=10000)
+        assert "for both" in bodies(later["rooms"][synapse_room]), conn_id

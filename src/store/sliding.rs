@@ -38,10 +38,18 @@ pub struct RoomFacts {
     pub room_type: Option<String>,
 }
 
-/// Every local room where the user has a membership, except deleted and forgotten ones.
+/// Every local room where the user has a membership, except deleted and forgotten ones; with
+/// `only`, just those of these rooms (a waiting request woken by commits into them reads
+/// their rows again instead of the whole list).
+///
+/// One statement for both, `only` a filter (`EXPLAIN`ed with 500 of 145,000 memberships):
+/// custom plans read the whole list through the `memberships_user` index and a few rooms
+/// through the `memberships` primary key; the generic plan Postgres may switch to reads the
+/// user's `memberships_user` entries for both (0.2 ms instead of 0.1 ms for one room).
 pub async fn user_room_list(
     conn: &mut PgConnection,
     user_id: &str,
+    only: Option<&[String]>,
 ) -> Result<Vec<ListedRoom>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT m.room_id, m.membership, m.stream AS member_stream, r.latest_stream,
@@ -49,47 +57,14 @@ pub async fn user_room_list(
                        ELSE COALESCE((SELECT e.sender FROM events e WHERE e.stream = m.stream), '')
                   END AS "member_sender!"
            FROM memberships m JOIN rooms r ON r.room_id = m.room_id
-           WHERE m.user_id = $1 AND r.deleted_at IS NULL
+           WHERE m.user_id = $1 AND ($2::text[] IS NULL OR m.room_id = ANY($2::text[]))
+             AND r.deleted_at IS NULL
              AND NOT EXISTS (
                  SELECT FROM forgotten_rooms f
                  WHERE f.room_id = m.room_id AND f.user_id = m.user_id
                    AND f.member_stream = m.stream)"#,
         user_id,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| ListedRoom {
-            room_id: row.room_id,
-            membership: row.membership,
-            member_stream: row.member_stream,
-            member_sender: row.member_sender,
-            latest_stream: row.latest_stream,
-        })
-        .collect())
-}
-
-/// [`user_room_list`] for some of the rooms only: a waiting request woken by commits into
-/// them reads their rows again instead of the whole list (the same statement, restricted).
-pub async fn user_room_list_of(
-    conn: &mut PgConnection,
-    user_id: &str,
-    room_ids: &[String],
-) -> Result<Vec<ListedRoom>, StoreError> {
-    let rows = sqlx::query!(
-        r#"SELECT m.room_id, m.membership, m.stream AS member_stream, r.latest_stream,
-                  CASE WHEN m.membership = 'join' THEN ''
-                       ELSE COALESCE((SELECT e.sender FROM events e WHERE e.stream = m.stream), '')
-                  END AS "member_sender!"
-           FROM memberships m JOIN rooms r ON r.room_id = m.room_id
-           WHERE m.user_id = $1 AND m.room_id = ANY($2) AND r.deleted_at IS NULL
-             AND NOT EXISTS (
-                 SELECT FROM forgotten_rooms f
-                 WHERE f.room_id = m.room_id AND f.user_id = m.user_id
-                   AND f.member_stream = m.stream)"#,
-        user_id,
-        room_ids,
+        only as Option<&[String]>,
     )
     .fetch_all(conn)
     .await?;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crate::notify::SidePositions;
 
 use super::RequiredState;
+use super::spare::Spares;
 
 /// A connection unused for this long is forgotten.
 const IDLE: Duration = Duration::from_secs(6 * 3600);
@@ -75,6 +76,9 @@ pub struct SynapseList {
 pub struct Snapshot {
     /// Synapse's `pos`; `None` before Synapse first answered.
     pub synapse_pos: Option<String>,
+    /// The Synapse `conn_id` this connection is on when it is not the client's own (a spare
+    /// taken at its start, [`super::spare`]).
+    pub synapse_conn: Option<String>,
     /// Our event stream position the client has.
     pub stream: i64,
     /// Our room data position and typing serial the client has.
@@ -89,6 +93,9 @@ pub struct Snapshot {
     pub direct: Option<HashSet<String>>,
     /// Room (either side) → the `bump_stamp` last sent for it ([`super::stamp`]).
     pub stamps: HashMap<String, i64>,
+    /// Stream position → origin_server_ts of the events the local window rooms were last
+    /// ordered by (a timestamp never changes; kept so they are not read again).
+    pub local_ts: HashMap<i64, i64>,
 }
 
 struct Conn {
@@ -102,6 +109,8 @@ pub struct Connections {
     /// Random per process: a `pos` of another process or from before a restart is unknown.
     instance: String,
     inner: Mutex<Inner>,
+    /// Synapse answers kept for the next new connection of a device ([`super::spare`]).
+    pub spares: Spares,
 }
 
 #[derive(Default)]
@@ -115,6 +124,7 @@ impl Default for Connections {
         Self {
             instance: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             inner: Mutex::default(),
+            spares: Spares::default(),
         }
     }
 }

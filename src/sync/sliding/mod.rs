@@ -10,7 +10,9 @@
 //! 2. Synapse gets the client's body with its own token and `pos`, except that every list's
 //!    `ranges` become `[[0, end]]` (`end` the largest range end): to place local rooms among
 //!    Synapse's we need Synapse's order from the top, not only its slice. Room subscriptions
-//!    and extensions go unchanged (Synapse ignores rooms it does not know).
+//!    and extensions go unchanged (Synapse ignores rooms it does not know). A new connection
+//!    (no `pos`) takes the device's spare Synapse answer for the same body when there is one
+//!    ([`spare`]) instead of waiting for Synapse, and continues on that Synapse connection.
 //! 3. The local half ([`local`]) lists the user's local rooms from their `memberships` rows,
 //!    and reads only the rooms of the local windows (the local top `end + 1` of each list) and
 //!    subscribed local rooms — a user in 10,000 rooms costs one index scan, not 10,000 reads.
@@ -49,6 +51,7 @@ pub mod conn;
 pub mod local;
 pub mod merge;
 pub mod request;
+pub mod spare;
 pub mod stamp;
 
 use std::collections::{HashMap, HashSet};
@@ -67,6 +70,7 @@ use conn::{ConnKey, Snapshot};
 use local::{Listing, LocalInput, LocalPart};
 pub use request::RequiredState;
 use request::{Body, Toggle, parse};
+use spare::SpareKey;
 
 /// A client's sliding sync request.
 pub struct SlidingRequest {
@@ -140,7 +144,8 @@ impl Syncer {
             ),
         };
         let prev = prev.as_deref();
-        let synapse_body = synapse_body(&request.body);
+        let synapse_body =
+            synapse_body(&request.body, prev.and_then(|p| p.synapse_conn.as_deref()));
         let synapse_pos = prev.and_then(|p| p.synapse_pos.clone());
         let user = requester.user_id.as_str();
 
@@ -173,27 +178,46 @@ impl Syncer {
                     None
                 }
             };
-            let (local, synapse, fetched) = tokio::join!(
-                local,
-                self.synapse_sliding(
-                    request,
-                    &synapse_body,
-                    synapse_pos.as_deref(),
-                    Duration::ZERO
-                ),
-                meanwhile,
-            );
+            // A new connection takes the device's spare Synapse connection when there is
+            // one for this body ([`spare`]).
+            let spare_key = prev
+                .is_none()
+                .then(|| SpareKey::of(user, &key.device, &synapse_body))
+                .flatten();
+            let synapse = async {
+                if let Some(spare) = &spare_key
+                    && let Some(taken) = self.sliding.spares.take(spare).await
+                {
+                    return (Ok(taken.answer), Some(taken.conn_id));
+                }
+                let answer = self
+                    .synapse_sliding(
+                        request,
+                        &synapse_body,
+                        synapse_pos.as_deref(),
+                        Duration::ZERO,
+                    )
+                    .await;
+                (answer, None)
+            };
+            let (local, (synapse, synapse_conn), fetched) = tokio::join!(local, synapse, meanwhile);
             let (local, direct) = local?;
             let synapse = synapse.map_err(Absent::from);
-            return self.sliding_answer(
+            let answered = synapse.is_ok();
+            let answer = self.sliding_answer(
                 &key,
                 prev,
                 &body,
                 synapse,
+                synapse_conn,
                 local,
                 upto,
                 direct.or(fetched),
             );
+            if let (Some(spare), true, Ok(_)) = (spare_key, answered, &answer) {
+                self.make_spare(request, spare);
+            }
+            return answer;
         }
         let known = prev.and_then(|p| p.direct.clone());
         let direct = known.clone().unwrap_or_default();
@@ -210,7 +234,7 @@ impl Syncer {
                 )
                 .await
                 .map_err(Absent::from);
-            return self.sliding_answer(&key, prev, &body, synapse, local, upto, known);
+            return self.sliding_answer(&key, prev, &body, synapse, None, local, upto, known);
         }
 
         let synapse_call = self.synapse_sliding(
@@ -232,10 +256,10 @@ impl Syncer {
                             checked = self.upto();
                             local = self.sliding_local(request, &body, prev, checked, &direct, listing).await?;
                         }
-                        return self.sliding_answer(&key, prev, &body, Ok(value), local, checked, known);
+                        return self.sliding_answer(&key, prev, &body, Ok(value), None, local, checked, known);
                     }
                     Err(CallError::Refused(refusal)) => {
-                        return self.sliding_answer(&key, prev, &body, Err(Absent::Refused(refusal)), local, checked, known);
+                        return self.sliding_answer(&key, prev, &body, Err(Absent::Refused(refusal)), None, local, checked, known);
                     }
                     Err(CallError::Unavailable(reason)) => {
                         tracing::warn!(%reason, "sliding sync: Synapse unavailable; serving local rooms only");
@@ -262,6 +286,7 @@ impl Syncer {
             if !woken || !self.news(user, &local.room_ids, checked) {
                 continue;
             }
+            let woken_at = std::time::Instant::now();
             let now = self.upto();
             let listing = self.listing(user, &local, checked);
             let fresh = self
@@ -269,16 +294,20 @@ impl Syncer {
                 .await?;
             local = fresh;
             checked = now;
+            let read = woken_at.elapsed();
             if local.has_data() {
-                return self.sliding_answer(
+                let out = self.sliding_answer(
                     &key,
                     prev,
                     &body,
                     Err(Absent::Pending),
+                    None,
                     local,
                     checked,
                     known,
                 );
+                tracing::debug!(?read, answered = ?woken_at.elapsed(), "sliding sync: woken by local news");
+                return out;
             }
         }
         self.sliding_answer(
@@ -286,6 +315,7 @@ impl Syncer {
             prev,
             &body,
             Err(Absent::Pending),
+            None,
             local,
             checked,
             known,
@@ -401,6 +431,21 @@ impl Syncer {
             .await
     }
 
+    /// Starts the device's spare Synapse connection for this body ([`spare`]).
+    fn make_spare(&self, request: &SlidingRequest, key: SpareKey) {
+        let synapse = self.synapse.clone();
+        let token = request.token.clone();
+        let headers = request.client_headers.clone();
+        let body = request.body.clone();
+        self.sliding.spares.make(key, move |conn_id| async move {
+            let body = synapse_body(&body, Some(&conn_id));
+            synapse
+                .sliding_sync(&token, "timeout=0", &body, Duration::ZERO, &headers)
+                .await
+                .ok()
+        });
+    }
+
     /// Puts both halves together and records the connection's new position.
     #[allow(clippy::too_many_arguments)]
     fn sliding_answer(
@@ -409,11 +454,15 @@ impl Syncer {
         prev: Option<&Snapshot>,
         body: &Body,
         synapse: Result<Value, Absent>,
+        synapse_conn: Option<String>,
         mut local: LocalPart,
         local_at: Since,
         direct: Option<HashSet<String>>,
     ) -> Result<Value, SlidingError> {
         let mut snapshot = prev.cloned().unwrap_or_default();
+        if synapse_conn.is_some() {
+            snapshot.synapse_conn = synapse_conn;
+        }
         if direct.is_some() {
             snapshot.direct = direct;
         }
@@ -454,6 +503,7 @@ impl Syncer {
         snapshot.stream = local_at.stream;
         snapshot.side = local_at.side;
         snapshot.sent.extend(local.sent);
+        snapshot.local_ts = std::mem::take(&mut local.stream_ts);
 
         let mut lists = Map::new();
         // Room → (lowest merge key, first position) over the lists, for the stamps.
@@ -550,9 +600,13 @@ fn stamp_rooms(
     }
 }
 
-/// The body for Synapse: each list's ranges widened to `[[0, end]]`.
-fn synapse_body(body: &Value) -> Value {
+/// The body for Synapse: each list's ranges widened to `[[0, end]]`, and the `conn_id` of the
+/// Synapse connection when it is not the client's own.
+fn synapse_body(body: &Value, conn_id: Option<&str>) -> Value {
     let mut body = body.clone();
+    if let (Some(conn_id), Some(body)) = (conn_id, body.as_object_mut()) {
+        body.insert("conn_id".into(), json!(conn_id));
+    }
     if let Some(lists) = body.get_mut("lists").and_then(Value::as_object_mut) {
         for list in lists.values_mut() {
             let end = list
@@ -589,9 +643,12 @@ mod tests {
             "a": {"ranges": [[20, 39], [0, 9]], "timeline_limit": 1},
             "b": {"timeline_limit": 1}
         }, "room_subscriptions": {"!x:y": {"timeline_limit": 5}}});
-        let out = synapse_body(&body);
+        let out = synapse_body(&body, None);
         assert_eq!(out["lists"]["a"]["ranges"], json!([[0, 39]]));
         assert!(out["lists"]["b"].get("ranges").is_none());
         assert_eq!(out["room_subscriptions"], body["room_subscriptions"]);
+        assert!(out.get("conn_id").is_none());
+        let spare = synapse_body(&json!({"conn_id": "room-list"}), Some("hs.spare.x"));
+        assert_eq!(spare["conn_id"], json!("hs.spare.x"));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::{LocalInput, LocalPart, Wanted};
+use super::{LocalInput, LocalPart, Steps, Wanted};
 use crate::auth::requester::Requester;
 use crate::rooms::RoomError;
 use crate::rooms::read::Token;
@@ -32,6 +32,7 @@ pub(super) async fn entries(
     input: &LocalInput<'_>,
     to_send: &[(&Wanted<'_>, Option<i64>)],
     part: &mut LocalPart,
+    steps: &mut Steps,
 ) -> Result<(), RoomError> {
     if to_send.is_empty() {
         return Ok(());
@@ -42,8 +43,10 @@ pub(super) async fn entries(
         .map(|(w, _)| w.room.room_id.clone())
         .collect();
     let histories = store::events::reader_histories(conn, &ids, user).await?;
+    steps.mark("histories");
     // Messages of users the reader ignores are hidden, as in /sync and /messages.
     let ignored = std::sync::Arc::new(store::ignore::ignored_by(conn, user).await?);
+    steps.mark("ignored");
     // Counts and heroes go with rooms sent whole; others read them only when their members
     // changed (a woken request for a new message reads neither).
     let whole: Vec<String> = to_send
@@ -53,6 +56,7 @@ pub(super) async fn entries(
         .collect();
     let mut counts = store::sliding::member_counts(conn, &whole).await?;
     let mut heroes = store::sliding::heroes(conn, &whole, user, HEROES).await?;
+    steps.mark("counts");
     // The newest events of every joined room to send, in one read: what [`timeline`] would
     // read first (it reads on only when visibility hides too many of them).
     let chunk = to_send
@@ -74,6 +78,14 @@ pub(super) async fn entries(
     for (room, _) in &windows {
         first_chunks.entry(room.clone()).or_default();
     }
+    // The newest event read of a room is the one it is ordered by: its merge key.
+    for rows in first_chunks.values() {
+        if let Some(newest) = rows.first() {
+            part.stream_ts
+                .insert(newest.event.stream, newest.event.origin_server_ts);
+        }
+    }
+    steps.mark("timelines");
     let since = input.prev.map_or(0, |p| p.stream);
     // First the invites and every room's timeline and state keys, then the state of all
     // rooms at once, then the entries.
@@ -173,7 +185,23 @@ pub(super) async fn entries(
                 .iter()
                 .map(|h| ("m.room.member".to_owned(), h.clone())),
         );
+        // Incrementally, when every event since the room was last sent is in the timeline
+        // (not limited) and none is a state event, no required state changed, nothing of
+        // the name, avatar or members did, and only a lazy member not sent yet could be
+        // due: then there is no state to read (a woken request for a message reads none).
+        let lazy_known = !w.required_state.lazy_members
+            || input
+                .prev
+                .and_then(|p| p.sent.get(room_id))
+                .is_some_and(|s| senders.iter().all(|u| s.lazy_members.contains(*u)));
+        let state_unchanged = !initial
+            && room.membership == "join"
+            && !timeline.limited
+            && !timeline.state_seen
+            && !members_changed
+            && lazy_known;
         prepared.push(Prepared {
+            state_unchanged,
             w,
             after: *after,
             entry,
@@ -186,16 +214,20 @@ pub(super) async fn entries(
         });
     }
 
+    steps.mark("prepared");
     // One read of current state for the joined rooms that ask for exact keys only: the
     // union of their keys (each room keeps what it asked for below).
+    let exact_read = |p: &&Prepared<'_, '_>| {
+        p.w.room.membership == "join" && p.w.required_state.exact_only() && !p.state_unchanged
+    };
     let exact: Vec<String> = prepared
         .iter()
-        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .filter(exact_read)
         .map(|p| p.w.room.room_id.clone())
         .collect();
     let union: BTreeSet<(&str, &str)> = prepared
         .iter()
-        .filter(|p| p.w.room.membership == "join" && p.w.required_state.exact_only())
+        .filter(exact_read)
         .flat_map(|p| p.keys.iter().map(|(a, b)| (a.as_str(), b.as_str())))
         .collect();
     let union: Vec<(&str, &str)> = union.into_iter().collect();
@@ -212,10 +244,12 @@ pub(super) async fn entries(
         .map(|e| e.event.event_id.to_string())
         .collect();
     let related = store::sliding::rooms_with_relations(conn, &timeline_ids).await?;
+    steps.mark("state");
 
     for prepared in prepared {
         let Prepared {
             w,
+            state_unchanged,
             after,
             mut entry,
             upper,
@@ -234,7 +268,9 @@ pub(super) async fn entries(
             .map(|e| e.event.sender.as_str())
             .collect();
         // State: current state for a joined room, the state at the leave otherwise.
-        let state: Vec<EventWithPrev> = if room.membership != "join" {
+        let state: Vec<EventWithPrev> = if state_unchanged {
+            Vec::new()
+        } else if room.membership != "join" {
             store::events::state_at(conn, room_id, upper).await?
         } else if w.required_state.exact_only() {
             exact_state.remove(room_id).unwrap_or_default()
@@ -361,12 +397,15 @@ pub(super) async fn entries(
         part.entries
             .insert(room.room_id.clone(), Value::Object(entry));
     }
+    steps.mark("entries");
     Ok(())
 }
 
 /// A joined or departed room to send, between reading its timeline and its state.
 struct Prepared<'w, 'a> {
     w: &'w Wanted<'a>,
+    /// Nothing of the room's state can be due ([`entries`]): none is read.
+    state_unchanged: bool,
     after: Option<i64>,
     entry: Map<String, Value>,
     /// The position its timeline and state end at.
@@ -393,6 +432,8 @@ struct Timeline {
     events: Vec<EventWithPrev>,
     limited: bool,
     prev_batch: Token,
+    /// Whether a state event was among the rows read (visible or not).
+    state_seen: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -411,6 +452,7 @@ async fn timeline(
     let mut picked: Vec<EventWithPrev> = Vec::new();
     let mut limited = false;
     let mut top_topo = None;
+    let mut state_seen = false;
     let mut before = upper + 1;
     'scan: loop {
         let rows = match prefetched.take() {
@@ -427,6 +469,7 @@ async fn timeline(
         let last_chunk = i64::try_from(rows.len()).unwrap_or(i64::MAX) < chunk;
         for row in rows {
             before = row.event.stream;
+            state_seen |= row.event.state_key.is_some();
             top_topo.get_or_insert(row.event.topo);
             if Rooms::visible(reader, requester, &row.event) {
                 if picked.len() == wanted {
@@ -453,5 +496,6 @@ async fn timeline(
         events: picked,
         limited,
         prev_batch,
+        state_seen,
     })
 }

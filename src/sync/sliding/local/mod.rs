@@ -84,6 +84,9 @@ pub struct LocalPart {
     pub lists: BTreeMap<String, LocalList>,
     /// Window room → origin_server_ts of the event it is ordered by (the merge key).
     pub ts: HashMap<String, i64>,
+    /// Stream position → origin_server_ts of the events the window rooms are ordered by
+    /// (what the connection keeps, [`Snapshot::local_ts`]).
+    pub stream_ts: HashMap<i64, i64>,
     /// Room entries to send.
     pub entries: Map<String, Value>,
     /// The rooms brought up to date by this answer.
@@ -108,6 +111,35 @@ impl LocalPart {
                 .device_lists
                 .as_ref()
                 .is_none_or(|d| d.changed.is_empty() && d.left.is_empty()))
+    }
+}
+
+/// Where the local half's time goes, for the debug log: each step's end, in microseconds
+/// from the start.
+pub(super) struct Steps {
+    start: std::time::Instant,
+    ends: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    fn start() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            ends: Vec::new(),
+        }
+    }
+
+    pub(super) fn mark(&mut self, step: &'static str) {
+        self.ends.push((step, self.start.elapsed().as_micros()));
+    }
+}
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (step, end) in &self.ends {
+            write!(f, "{step}={end} ")?;
+        }
+        Ok(())
     }
 }
 
@@ -137,17 +169,19 @@ pub async fn build(
     listing: Listing,
 ) -> Result<LocalPart, RoomError> {
     let user = input.requester.user_id.as_str();
+    let mut steps = Steps::start();
     let listed = match listing {
-        Listing::Read => store::sliding::user_room_list(conn, user).await?,
+        Listing::Read => store::sliding::user_room_list(conn, user, None).await?,
         Listing::Refresh { mut listed, rooms } => {
             if !rooms.is_empty() {
-                let fresh = store::sliding::user_room_list_of(conn, user, &rooms).await?;
+                let fresh = store::sliding::user_room_list(conn, user, Some(&rooms)).await?;
                 listed.retain(|r| !rooms.contains(&r.room_id));
                 listed.extend(fresh);
             }
             listed
         }
     };
+    steps.mark("list");
     let since = input.prev.map_or(0, |p| p.stream);
     let mut part = LocalPart {
         room_ids: listed.iter().map(|r| r.room_id.clone()).collect(),
@@ -262,13 +296,7 @@ pub async fn build(
         entry.timeline_limit = entry.timeline_limit.clamp(0, MAX_TIMELINE_LIMIT);
     }
 
-    // Merge keys of every window room.
-    let streams: Vec<i64> = wanted.values().map(|w| order_stream(w.room)).collect();
-    let stamps = store::sliding::timestamps(conn, &streams).await?;
-    for w in wanted.values() {
-        let ts = stamps.get(&order_stream(w.room)).copied().unwrap_or(0);
-        part.ts.insert(w.room.room_id.clone(), ts);
-    }
+    steps.mark("pick");
 
     // Which window rooms are sent, and from where.
     let mut to_send: Vec<(&Wanted<'_>, Option<i64>)> = Vec::new();
@@ -291,8 +319,40 @@ pub async fn build(
             to_send.push((w, after));
         }
     }
-    entry::entries(rooms, conn, input, &to_send, &mut part).await?;
+    entry::entries(rooms, conn, input, &to_send, &mut part, &mut steps).await?;
+
+    // Merge keys of every window room: an event's timestamp never changes, so those the
+    // connection had and those of the timelines just read are not read again (a woken
+    // request for a message reads none).
+    let mut stream_ts = std::mem::take(&mut part.stream_ts);
+    let known = input.prev.map(|p| &p.local_ts);
+    let streams: Vec<i64> = wanted.values().map(|w| order_stream(w.room)).collect();
+    for stream in &streams {
+        if let Some(ts) = known.and_then(|k| k.get(stream)) {
+            stream_ts.insert(*stream, *ts);
+        }
+    }
+    let missing: Vec<i64> = streams
+        .iter()
+        .copied()
+        .filter(|s| !stream_ts.contains_key(s))
+        .collect();
+    stream_ts.extend(store::sliding::timestamps(conn, &missing).await?);
+    steps.mark("timestamps");
+    for w in wanted.values() {
+        let ts = stream_ts.get(&order_stream(w.room)).copied().unwrap_or(0);
+        part.ts.insert(w.room.room_id.clone(), ts);
+    }
+    let ordered_by: HashSet<i64> = streams.into_iter().collect();
+    stream_ts.retain(|stream, _| ordered_by.contains(stream));
+    part.stream_ts = stream_ts;
     extensions::extensions(rooms, conn, input, &wanted, &mut part).await?;
+    steps.mark("extensions");
+    tracing::debug!(
+        sent = to_send.len(),
+        ?steps,
+        "sliding sync: local half read"
+    );
     part.listed = listed;
     Ok(part)
 }
