@@ -292,7 +292,8 @@ impl Rooms {
     ) -> Result<OwnedEventId, RoomError> {
         self.check_relation(room_id, &event.content).await?;
         if event.kind == "m.room.canonical_alias" && event.state_key.as_deref() == Some("") {
-            self.check_canonical_alias(room_id, &event.content).await?;
+            self.check_canonical_alias(&requester.user_id, room_id, &event.content, event.ts)
+                .await?;
         }
         let proposal = Proposal {
             sender: requester.user_id.clone(),
