@@ -133,7 +133,7 @@ pub async fn room_initial_sync(
     Ok(Json(
         state
             .rooms
-            .room_initial_sync(&auth.requester, &room_id(&room)?, limit)
+            .room_initial_sync(&auth.requester, &auth.token, &room_id(&room)?, limit)
             .await?,
     ))
 }
