@@ -54,6 +54,9 @@ def test_canonical_alias_must_point_to_the_room(federate, owner):
         assert resp.json()["error"] == f"Room alias {bad} does not point to the room"
     resp = me("PUT", path, body={"alias": mine, "alt_aliases": "not a list"})
     assert failure(resp) == (400, "M_INVALID_PARAM"), resp.text
+    resp = me("PUT", path, body={"alias": mine, "alt_aliases": [7]})
+    assert failure(resp) == (400, "M_INVALID_PARAM"), resp.text
+    assert resp.json()["error"] == "Each alt_alias must be of type string."
     me.ok("PUT", path, body={"alias": mine, "alt_aliases": [mine]})
     assert canonical(me, room) == {"alias": mine, "alt_aliases": [mine]}
 
@@ -95,6 +98,41 @@ def test_a_room_moderator_may_delete_another_users_alias(federate, owner, other)
     resp = me("GET", f"/v3/directory/room/{q(others)}")
     assert failure(resp) == (404, "M_NOT_FOUND"), resp.text
     assert me.ok("GET", f"/v3/directory/room/{q(owners)}")["room_id"] == room
+
+
+def test_the_auth_rules_answer_before_the_alias_check(owner, other):
+    """A member without the level to send `m.room.canonical_alias` gets the auth rules' 403,
+    even for an alias of no room (Synapse validates the alias after its auth checks)."""
+
+    def scenario(federate):
+        me, them = of(owner), of(other)
+        room = create_room(me, federate, invite=[other.user_id])
+        them.ok("POST", f"/v3/join/{q(room)}")
+        mine = new_alias(owner)
+        me.ok("PUT", f"/v3/directory/room/{q(mine)}", body={"room_id": room})
+        answers = []
+        for content in ({"alias": new_alias(owner)}, {"alias": mine}, {"alt_aliases": [7]}):
+            resp = them("PUT", f"/v3/rooms/{q(room)}/state/m.room.canonical_alias/", body=content)
+            answers.append((failure(resp), resp.json()["error"]))
+        return answers
+
+    synapse, local = scenario(True), scenario(False)
+    assert local == synapse
+    assert {answer[0] for answer in synapse} == {(403, "M_FORBIDDEN")}
+
+
+@VARIANTS
+def test_a_server_admin_may_delete_any_alias(federate, owner):
+    me = of(owner)
+    admin = of(stack.register_user(admin=True))
+    room = create_room(me, federate)
+    alias = new_alias(owner)
+    me.ok("PUT", f"/v3/directory/room/{q(alias)}", body={"room_id": room})
+    me.ok("PUT", f"/v3/rooms/{q(room)}/state/m.room.canonical_alias/", body={"alias": alias})
+    # Not in the room, not the alias's creator: a server admin all the same.
+    admin.ok("DELETE", f"/v3/directory/room/{q(alias)}")
+    resp = me("GET", f"/v3/directory/room/{q(alias)}")
+    assert failure(resp) == (404, "M_NOT_FOUND"), resp.text
 
 
 def register_guest() -> tuple[As, str]:

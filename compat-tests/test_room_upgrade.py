@@ -98,3 +98,38 @@ async def test_upgrade_moves_the_room_to_a_new_version(federate, owner, other, t
     # The old room is closed to ordinary members.
     resp = them("PUT", f"/v3/rooms/{q(room)}/send/m.room.message/{secrets.token_hex(4)}", body={"msgtype": "m.text", "body": "x"})
     assert failure(resp) == (403, "M_FORBIDDEN"), resp.text
+
+
+@VARIANTS
+def test_upgrade_carries_tags_push_rules_and_direct(federate, owner, other):
+    """What Synapse's `transfer_room_state_on_room_upgrade` carries over: the tags of every
+    joined member, and the upgrader's room push rules and `m.direct` entry."""
+    me, them = of(owner), of(other)
+    room = create_room(me, federate, invite=[other.user_id])
+    them.ok("POST", f"/v3/join/{q(room)}")
+    for user, client, tag in ((owner, me, "u.mine"), (other, them, "m.favourite")):
+        client.ok("PUT", f"/v3/user/{q(user.user_id)}/rooms/{q(room)}/tags/{tag}", body={"order": 0.25})
+    me.ok("PUT", f"/v3/pushrules/global/room/{q(room)}", body={"actions": []})
+    condition = {"kind": "event_match", "key": "room_id", "pattern": room}
+    me.ok("PUT", "/v3/pushrules/global/override/up_rule",
+          body={"actions": ["notify"], "conditions": [condition, {"kind": "event_match", "key": "type", "pattern": "m.room.message"}]})
+    me.ok("PUT", "/v3/pushrules/global/underride/off_rule", body={"actions": ["notify"], "conditions": [condition]})
+    me.ok("PUT", "/v3/pushrules/global/underride/off_rule/enabled", body={"enabled": False})
+    me.ok("PUT", f"/v3/user/{q(owner.user_id)}/account_data/m.direct", body={other.user_id: [room]})
+
+    new = me.ok("POST", f"/v3/rooms/{q(room)}/upgrade", body={"new_version": "10"})["replacement_room"]
+
+    for user, client, tag in ((owner, me, "u.mine"), (other, them, "m.favourite")):
+        tags = client.ok("GET", f"/v3/user/{q(user.user_id)}/rooms/{q(new)}/tags")["tags"]
+        assert tags == {tag: {"order": 0.25}}, (user.user_id, tags)
+    rules = me.ok("GET", "/v3/pushrules/")["global"]
+    assert [r for r in rules["room"] if r["rule_id"] == new] == [
+        {"rule_id": new, "actions": [], "default": False, "enabled": True}
+    ]
+    copied = [r for r in rules["override"] if r["rule_id"] == new]
+    assert [(r["actions"], r["conditions"]) for r in copied] == [
+        (["notify"], [dict(condition, pattern=new), {"kind": "event_match", "key": "type", "pattern": "m.room.message"}])
+    ]
+    assert not [r for r in rules["underride"] if r["rule_id"] == new], "disabled rules stay behind"
+    direct = me.ok("GET", f"/v3/user/{q(owner.user_id)}/account_data/m.direct")
+    assert direct == {other.user_id: [room, new]}

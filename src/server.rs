@@ -210,6 +210,7 @@ async fn handle(
             Route::Sync => api::sync(&handlers.state, request, peer).await,
             Route::SlidingSync => api::sliding_sync(&handlers.state, request, peer).await,
             Route::Notifications => api::notifications(&handlers.state, request).await,
+            Route::InitialSync => api::initial_sync(&handlers.state, request).await,
             Route::KeysChanges => api::keys_changes(&handlers.state, request).await,
             Route::UserDirectory => api::user_directory(&handlers.state, request).await,
             Route::Search => api::search(&handlers.state, request).await,

@@ -12,7 +12,8 @@ use serde_json::json;
 use super::ApiError;
 use super::extract::Query;
 use crate::app::AppState;
-use crate::auth::requester::access_token;
+use crate::auth::requester::{AuthFailure, access_token};
+use crate::rooms::RoomError;
 use crate::upstream::client::{CallError, encode_segment};
 
 /// Where a request naming an alias goes next.
@@ -170,7 +171,18 @@ async fn handle_alias_write(
             .identity
             .resolve(token.as_deref(), params.get("user_id"))
             .await?;
-        state.rooms.delete_alias(&requester, alias).await?;
+        // Asked of Synapse only when the cheaper rights (creator, namespace) do not hold.
+        let is_admin = async {
+            state
+                .identity
+                .is_admin(token.as_deref().unwrap_or_default(), &requester)
+                .await
+                .map_err(admin_check_failure)
+        };
+        state
+            .rooms
+            .delete_alias(&requester, alias, is_admin)
+            .await?;
         return Ok(Json(json!({})).into_response());
     }
     let limit = usize::try_from(state.config.limits.max_local_body_bytes).unwrap_or(usize::MAX);
@@ -207,4 +219,20 @@ async fn handle_alias_write(
         )
         .await?;
     Ok(Json(json!({})).into_response())
+}
+
+/// A failed server-admin check as a room error: Synapse out of reach is 502, as for the
+/// other calls a local request needs Synapse for.
+fn admin_check_failure(err: AuthFailure) -> RoomError {
+    match err {
+        AuthFailure::MissingToken => RoomError::Forbidden("Missing access token".into()),
+        AuthFailure::Forbidden(message) => RoomError::Forbidden(message),
+        AuthFailure::Refused(refusal) => {
+            RoomError::Internal(format!("admin check answered {}", refusal.status))
+        }
+        AuthFailure::Unavailable(reason) => {
+            tracing::warn!(%reason, "admin check: Synapse unavailable");
+            RoomError::Unreachable("Synapse is unreachable".into())
+        }
+    }
 }

@@ -102,16 +102,20 @@ impl Query {
         self.0.get(key).map(String::as_str)
     }
 
-    /// An integer parameter; present but malformed is `M_INVALID_PARAM`.
+    /// An integer parameter; present but malformed or negative is `M_INVALID_PARAM`, in the
+    /// words of Synapse's `parse_integer` (which refuses negative values by default).
     pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         self.get(key)
-            .map(|value| {
-                value.parse().map_err(|_| {
-                    MatrixError::invalid_param(format!(
-                        "Query parameter {key:?} must be an integer"
-                    ))
-                    .into()
-                })
+            .map(|value| match value.parse::<i64>() {
+                Ok(n) if n < 0 => Err(MatrixError::invalid_param(format!(
+                    "Query parameter {key} must be a positive integer."
+                ))
+                .into()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(MatrixError::invalid_param(format!(
+                    "Query parameter {key} must be an integer"
+                ))
+                .into()),
             })
             .transpose()
     }
@@ -209,7 +213,8 @@ pub fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a s
         None => Err(MatrixError::new(
             http::StatusCode::BAD_REQUEST,
             ErrorCode::MissingParam,
-            format!("Missing parameter: {key}"),
+            // Synapse's `assert_params_in_dict`.
+            format!("Missing params: ['{key}']"),
         )
         .into()),
     }

@@ -16,6 +16,10 @@ use crate::error::MatrixError;
 use crate::rooms::service::{MembershipChange, origin_ts};
 
 fn user_id(raw: &str) -> Result<OwnedUserId, ApiError> {
+    if !raw.starts_with('@') {
+        // Synapse's `UserID.from_string`.
+        return Err(MatrixError::invalid_param("Expected UserID string to start with '@'").into());
+    }
     OwnedUserId::try_from(raw)
         .map_err(|_| MatrixError::invalid_param(format!("Invalid user ID: {raw}")).into())
 }

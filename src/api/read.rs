@@ -27,11 +27,24 @@ async fn token(
         return Ok(None);
     };
     if SyncToken::is_envelope(text) {
-        let sync = SyncToken::parse(text)
-            .map_err(|_| MatrixError::invalid_param(format!("Invalid token {text:?}")))?;
+        let sync = SyncToken::parse(text).map_err(|_| {
+            MatrixError::new(
+                http::StatusCode::BAD_REQUEST,
+                crate::error::ErrorCode::Unknown,
+                format!("'{key}' parameter is invalid"),
+            )
+        })?;
         return Ok(Some(state.rooms.position_at(room, sync.local).await?));
     }
-    Ok(Some(Token::parse(text)?))
+    // Synapse's `PaginationConfig` answer for a token it cannot read.
+    Token::parse(text).map(Some).map_err(|_| {
+        MatrixError::new(
+            http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::Unknown,
+            format!("'{key}' parameter is invalid"),
+        )
+        .into()
+    })
 }
 
 fn filter(query: &Query) -> Result<EventFilter, ApiError> {
@@ -43,14 +56,15 @@ fn filter(query: &Query) -> Result<EventFilter, ApiError> {
     }
 }
 
+/// Synapse's `parse_enum` answer for a `dir` that is neither `b` nor `f`.
+const DIR_ONE_OF: &str = "Query parameter 'dir' must be one of ['b', 'f']";
+
 fn direction(query: &Query, default_forwards: bool) -> Result<bool, ApiError> {
     match query.get("dir") {
         None => Ok(default_forwards),
         Some("f") => Ok(true),
         Some("b") => Ok(false),
-        Some(other) => {
-            Err(MatrixError::invalid_param(format!("Unknown direction: {other}")).into())
-        }
+        Some(_) => Err(MatrixError::invalid_param(DIR_ONE_OF).into()),
     }
 }
 
@@ -133,7 +147,7 @@ pub async fn room_initial_sync(
     Ok(Json(
         state
             .rooms
-            .room_initial_sync(&auth.requester, &room_id(&room)?, limit)
+            .room_initial_sync(&auth.requester, &auth.token, &room_id(&room)?, limit)
             .await?,
     ))
 }
@@ -342,13 +356,13 @@ pub async fn timestamp_to_event(
         MatrixError::new(
             http::StatusCode::BAD_REQUEST,
             crate::error::ErrorCode::MissingParam,
-            "Missing integer query parameter 'ts'",
+            "Missing required integer query parameter ts",
         )
     })?;
     let forwards = match query.get("dir") {
         Some("f") => true,
         Some("b") => false,
-        _ => return Err(MatrixError::invalid_param("dir must be 'f' or 'b'").into()),
+        _ => return Err(MatrixError::invalid_param(DIR_ONE_OF).into()),
     };
     Ok(Json(
         state

@@ -181,12 +181,10 @@ async fn redact_event(
 ) -> Result<Json<Value>, ApiError> {
     let room_id = room_id(&room)?;
     let target = event_id(&target)?;
-    let mut content = serde_json::Map::new();
-    // Synapse also puts the target in the content (MSC2174), whatever the room version.
+    // Synapse takes the whole body as the redaction's content (a `reason` of any type
+    // included), and also puts the target in it (MSC2174), whatever the room version.
+    let mut content = body;
     content.insert("redacts".into(), json!(target));
-    if let Some(reason) = optional_str(&body, "reason")? {
-        content.insert("reason".into(), json!(reason));
-    }
     let ts = origin_ts(&auth.requester, auth.ts);
     let event_id = state
         .rooms

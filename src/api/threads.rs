@@ -24,7 +24,7 @@ pub async fn threads(
         Some("participated") => Include::Participated,
         Some(_) => {
             return Err(MatrixError::invalid_param(
-                "Query parameter \"include\" must be one of [\"all\", \"participated\"]",
+                "Query parameter 'include' must be one of ['all', 'participated']",
             )
             .into());
         }

@@ -48,5 +48,13 @@ pub async fn upgrade(
         )
         .await?;
     tracing::info!(%room_id, %replacement, "local room upgraded");
+    // The upgrader's push rules were copied for the new room at Synapse (`rooms::upgrade`):
+    // the copy hungryserv evaluates with is refreshed, as after a `/pushrules` write.
+    if auth.requester.appservice.is_none() {
+        state
+            .push
+            .refresh_rules(&auth.token, auth.requester.user_id.as_str())
+            .await;
+    }
     Ok(Json(json!({ "replacement_room": replacement })))
 }

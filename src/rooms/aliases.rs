@@ -3,11 +3,14 @@
 //!
 //! - an `m.room.canonical_alias` may only name aliases that point to the room: each `alias` or
 //!   `alt_aliases` entry that the event adds (one the previous event already had is not
-//!   checked again) must be a local alias of this room, else 400 `M_BAD_ALIAS`;
+//!   checked again) must be a local alias of this room, else 400 `M_BAD_ALIAS`. The auth
+//!   rules are checked first, as Synapse validates the alias only once the event passed them:
+//!   a member without the power to send the event gets the auth rules' 403, whatever it names;
 //! - deleting an alias takes it out of the canonical alias: the deleter sends an updated
 //!   `m.room.canonical_alias` (if they may not, the alias is still deleted, as in Synapse);
-//! - an alias may be deleted by its creator, by the appservice whose namespace holds it, or
-//!   by a member of the room who could send `m.room.canonical_alias` (a room moderator).
+//! - an alias may be deleted by its creator, by the appservice whose namespace holds it, by a
+//!   server admin, or by a member of the room who could send `m.room.canonical_alias` (a room
+//!   moderator), Synapse's `_user_can_delete_alias` and `check_can_change_room_list`.
 //!
 //! Aliases of a local room live in hungryserv's `room_aliases` table; an alias of another
 //! server can never point to a local room (local rooms never federate), so it is refused too.
@@ -20,30 +23,40 @@ use ruma::OwnedRoomId;
 use serde_json::{Map, Value, json};
 
 use super::RoomError;
+use super::auth::{self, Proposal};
 use super::power::PowerLevels;
 use super::service::{NewEvent, Rooms, now_ms};
 use crate::auth::requester::Requester;
 use crate::store;
 
 impl Rooms {
-    /// Refuses an `m.room.canonical_alias` content for `room_id` that adds an alias not
-    /// pointing to the room (Synapse's checks, in its order and with its answers).
+    /// Refuses an `m.room.canonical_alias` content for `room_id` that `sender` may not send
+    /// (the auth rules' answer) or that adds an alias not pointing to the room (Synapse's
+    /// checks, in its order and with its answers).
     pub(super) async fn check_canonical_alias(
         &self,
+        sender: &ruma::OwnedUserId,
         room_id: &OwnedRoomId,
         content: &Map<String, Value>,
+        ts: i64,
     ) -> Result<(), RoomError> {
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
-        let previous = store::events::current_state_at_keys(
-            &mut conn,
-            room_id.as_str(),
-            &[("m.room.canonical_alias", "")],
-        )
-        .await?
-        .into_iter()
-        .next()
-        .map(|found| found.event.content)
-        .unwrap_or_default();
+        let state = super::writer::read_state(&mut conn, room_id)
+            .await?
+            .ok_or_else(|| RoomError::NotFound("Unknown room".into()))?;
+        let proposal = Proposal {
+            sender: sender.clone(),
+            kind: "m.room.canonical_alias".into(),
+            state_key: Some(String::new()),
+            content: content.clone(),
+            origin_server_ts: ts,
+            redacts: None,
+        };
+        auth::check(&state, &proposal, None).map_err(RoomError::from)?;
+        let previous = state
+            .get("m.room.canonical_alias", "")
+            .map(|entry| entry.content.clone())
+            .unwrap_or_default();
         let alias = content.get("alias").filter(|alias| !alias.is_null());
         if let Some(alias) = alias
             && alias.as_str() != Some("")
@@ -76,7 +89,7 @@ impl Rooms {
         {
             let Some(alias) = added.as_str() else {
                 return Err(RoomError::InvalidParam(
-                    "The alt_aliases property must be a list of strings.".into(),
+                    "Each alt_alias must be of type string.".into(),
                 ));
             };
             self.check_points_to(&mut conn, alias, room_id).await?;
@@ -104,9 +117,18 @@ impl Rooms {
     }
 
     /// `DELETE /directory/room/{alias}` for a local alias: its creator, the appservice whose
-    /// namespace holds it, or a room member who could set the canonical alias may delete it;
-    /// the canonical alias then loses it.
-    pub async fn delete_alias(&self, requester: &Requester, alias: &str) -> Result<(), RoomError> {
+    /// namespace holds it, a server admin (`is_admin`, asked only when the cheaper rights do
+    /// not hold) or a room member who could set the canonical alias may delete it; the
+    /// canonical alias then loses it.
+    pub async fn delete_alias<F>(
+        &self,
+        requester: &Requester,
+        alias: &str,
+        is_admin: F,
+    ) -> Result<(), RoomError>
+    where
+        F: std::future::Future<Output = Result<bool, RoomError>>,
+    {
         let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
         let creator = store::rooms::alias_creator(&mut conn, alias)
             .await?
@@ -119,8 +141,10 @@ impl Rooms {
             .appservice
             .as_ref()
             .is_some_and(|appservice| appservice.aliases.iter().any(|ns| ns.matches(alias)));
-        if creator != requester.user_id.as_str()
-            && !by_appservice
+        // Synapse's order: the creator, then a server admin, then the room's moderators
+        // (whose check answers a non-member 403 "not in room").
+        let allowed = creator == requester.user_id.as_str() || by_appservice || is_admin.await?;
+        if !allowed
             && !self
                 .may_set_canonical_alias(&mut conn, requester, &room_id)
                 .await?

@@ -68,6 +68,10 @@ pub fn to_client(event: &StoredEvent, related: &Related, viewer: Viewer<'_>) -> 
         }
     }
     if let Some(because) = &related.redacted_because {
+        // Synapse names the redaction beside it (`redacted_by`).
+        if let Some(redaction) = because.get("event_id") {
+            unsigned.insert("redacted_by".into(), redaction.clone());
+        }
         unsigned.insert("redacted_because".into(), because.clone());
     }
     // The stream position, as Beeper's hungryserv exposes it (bridges order by it).
@@ -87,6 +91,36 @@ pub fn to_client(event: &StoredEvent, related: &Related, viewer: Viewer<'_>) -> 
     }
     object.insert("unsigned".into(), Value::Object(unsigned));
     Value::Object(object)
+}
+
+/// Synapse's `format_event_for_client_v1`, its format outside `/sync`: the sender again as
+/// `user_id`, and `unsigned`'s `age`, `redacted_because`, `replaces_state`, `prev_content`,
+/// `invite_room_state` and `knock_room_state` repeated at the top level.
+pub fn legacy_v1(value: &mut Value) {
+    let Some(object) = value.as_object_mut() else {
+        return;
+    };
+    if let Some(sender) = object.get("sender").cloned() {
+        object.insert("user_id".into(), sender);
+    }
+    let copied: Vec<(String, Value)> = object
+        .get("unsigned")
+        .and_then(Value::as_object)
+        .map(|unsigned| {
+            [
+                "age",
+                "redacted_because",
+                "replaces_state",
+                "prev_content",
+                "invite_room_state",
+                "knock_room_state",
+            ]
+            .iter()
+            .filter_map(|key| unsigned.get(*key).map(|v| ((*key).to_owned(), v.clone())))
+            .collect()
+        })
+        .unwrap_or_default();
+    object.extend(copied);
 }
 
 /// The content left after redaction under the rules of `room_version` (ruma's

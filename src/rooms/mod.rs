@@ -32,6 +32,7 @@ pub mod threads;
 pub mod txn_ids;
 pub mod typing;
 pub mod upgrade;
+pub mod validate;
 pub mod version;
 pub mod visibility;
 pub mod writer;

@@ -27,6 +27,32 @@ fn not_in_room(requester: &Requester, room_id: &OwnedRoomId) -> RoomError {
     ))
 }
 
+/// Which events [`Rooms::serve_as`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Room events as Synapse filters them for the reader (timelines, `/event`, relations).
+    Filtered,
+    /// State and member lists, which Synapse serves without that filter.
+    State,
+}
+
+/// The reader's membership after `event`: the event's own for their member event, else
+/// their latest member event at or before it, else `leave` (Synapse's MSC4115 rule).
+fn membership_after(reader: &Reader, user: &str, event: &StoredEvent) -> String {
+    if event.kind == "m.room.member"
+        && event.state_key.as_deref() == Some(user)
+        && let Some(membership) = event.content.get("membership").and_then(Value::as_str)
+    {
+        return membership.to_owned();
+    }
+    reader
+        .memberships
+        .iter()
+        .rev()
+        .find(|(stream, _)| *stream <= event.stream)
+        .map_or_else(|| "leave".to_owned(), |(_, membership)| membership.clone())
+}
+
 /// What a `/relations` request asks for, besides the parent event.
 #[derive(Debug, Clone, Copy)]
 pub struct RelationsRequest<'a> {
@@ -318,6 +344,39 @@ impl Rooms {
             .collect())
     }
 
+    /// [`Self::serve`] in the format Synapse answers outside `/sync`
+    /// (`format_event_for_client_v1`: `user_id` and `unsigned`'s `age`, `prev_content`,
+    /// `replaces_state`, `redacted_because` repeated at the top level), and for events that
+    /// passed Synapse's `filter_events_for_client` (`Served::Filtered`) the reader's
+    /// membership after each event in `unsigned.membership` (MSC4115, `leave` when they have
+    /// none).
+    pub(crate) async fn serve_as(
+        &self,
+        conn: &mut PgConnection,
+        requester: &Requester,
+        reader: &Reader,
+        events: Vec<EventWithPrev>,
+        served: Served,
+    ) -> Result<Vec<Value>, RoomError> {
+        let memberships: Vec<String> = match served {
+            Served::Filtered => events
+                .iter()
+                .map(|e| membership_after(reader, requester.user_id.as_str(), &e.event))
+                .collect(),
+            Served::State => Vec::new(),
+        };
+        let mut values = self.serve(conn, requester, reader, events).await?;
+        for (index, value) in values.iter_mut().enumerate() {
+            if let Some(membership) = memberships.get(index)
+                && let Some(unsigned) = value.get_mut("unsigned").and_then(Value::as_object_mut)
+            {
+                unsigned.insert("membership".into(), json!(membership));
+            }
+            super::event::legacy_v1(value);
+        }
+        Ok(values)
+    }
+
     /// `GET /rooms/{roomId}/event/{eventId}`.
     pub async fn event(
         &self,
@@ -338,7 +397,7 @@ impl Rooms {
         if !Self::visible(&reader, requester, &event.event) {
             return Err(not_found());
         }
-        self.serve(&mut conn, requester, &reader, vec![event])
+        self.serve_as(&mut conn, requester, &reader, vec![event], Served::Filtered)
             .await?
             .pop()
             .ok_or_else(not_found)
@@ -367,7 +426,8 @@ impl Rooms {
     ) -> Result<Vec<Value>, RoomError> {
         let mut conn = self.conn().await?;
         let (reader, state) = self.visible_state(&mut conn, requester, room_id).await?;
-        self.serve(&mut conn, requester, &reader, state).await
+        self.serve_as(&mut conn, requester, &reader, state, Served::State)
+            .await
     }
 
     /// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the event (the API returns its content
@@ -437,7 +497,8 @@ impl Rooms {
                     && not_membership.is_none_or(|m| m != current)
             })
             .collect();
-        self.serve(&mut conn, requester, &reader, members).await
+        self.serve_as(&mut conn, requester, &reader, members, Served::State)
+            .await
     }
 
     /// `GET /rooms/{roomId}/joined_members`: only for members, as in Synapse.
@@ -553,7 +614,7 @@ impl Rooms {
             limit,
         } = page;
         // The filter's own `limit` is not used: Synapse's `/messages` takes the parameter's.
-        let limit = limit.clamp(1, 1000);
+        let limit = limit.min(1000);
         let mut start = from.unwrap_or(if forwards {
             Token(room.min_topo - 1)
         } else {
@@ -567,6 +628,16 @@ impl Rooms {
             && leave < start.0
         {
             start = Token(leave);
+        }
+        if limit <= 0 {
+            // Synapse's answer to `limit=0`: nothing, and `end` where it started.
+            return Ok(Page {
+                chunk: Vec::new(),
+                last_stream: None,
+                start,
+                end: Some(start),
+                state: Vec::new(),
+            });
         }
         // Scan in chunks until `limit` visible events are found or the range ends.
         let (mut low, mut high) = if forwards {
@@ -654,7 +725,9 @@ impl Rooms {
             Vec::new()
         };
         let last_stream = chunk.last().map(|e| e.event.stream);
-        let chunk = self.serve(conn, requester, reader, chunk).await?;
+        let chunk = self
+            .serve_as(conn, requester, reader, chunk, Served::Filtered)
+            .await?;
         Ok(Page {
             chunk,
             last_stream,
@@ -690,7 +763,8 @@ impl Rooms {
                         .is_some_and(|k| senders.contains(k))
             })
             .collect();
-        self.serve(conn, requester, reader, members).await
+        self.serve_as(conn, requester, reader, members, Served::State)
+            .await
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`.
@@ -703,8 +777,17 @@ impl Rooms {
         filter: &EventFilter,
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
-        let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
-        let not_found = || RoomError::NotFound(format!("Event {event_id} not found."));
+        // Synapse's answers: its event check, not the membership one, refuses a stranger.
+        let (reader, _) =
+            self.reader(&mut conn, requester, room_id)
+                .await
+                .map_err(|err| match err {
+                    RoomError::Forbidden(_) => RoomError::Forbidden(
+                        "You don't have permission to access that event.".into(),
+                    ),
+                    other => other,
+                })?;
+        let not_found = || RoomError::NotFound("Event not found.".into());
         let center = store::events::by_id(&mut conn, room_id.as_str(), event_id)
             .await?
             .ok_or_else(not_found)?;
@@ -770,10 +853,16 @@ impl Rooms {
                 })
                 .collect();
         let state = self
-            .serve(&mut conn, requester, &reader, state_rows)
+            .serve_as(&mut conn, requester, &reader, state_rows, Served::State)
             .await?;
         let event = self
-            .serve(&mut conn, requester, &reader, vec![center])
+            .serve_as(
+                &mut conn,
+                requester,
+                &reader,
+                vec![center],
+                Served::Filtered,
+            )
             .await?
             .pop()
             .ok_or_else(not_found)?;
@@ -798,9 +887,15 @@ impl Rooms {
     ) -> Result<Value, RoomError> {
         let mut conn = self.conn().await?;
         let (reader, _) = self.reader(&mut conn, requester, room_id).await?;
-        let parent = store::events::by_id(&mut conn, room_id.as_str(), event_id).await?;
-        if !parent.is_some_and(|p| Self::visible(&reader, requester, &p.event)) {
-            return Err(RoomError::NotFound("Event not found.".into()));
+        // Synapse's answers (`EventHandler.get_event`, then the relations servlet).
+        match store::events::by_id(&mut conn, room_id.as_str(), event_id).await? {
+            None => return Err(RoomError::UnknownEvent("Unknown parent event.".into())),
+            Some(parent) if !Self::visible(&reader, requester, &parent.event) => {
+                return Err(RoomError::Forbidden(
+                    "You don't have permission to access that event.".into(),
+                ));
+            }
+            Some(_) => {}
         }
         let RelationsRequest {
             rel_type,
@@ -852,7 +947,9 @@ impl Rooms {
             .into_iter()
             .filter(|row| Self::visible(&reader, requester, &row.event))
             .collect();
-        let chunk = self.serve(&mut conn, requester, &reader, visible).await?;
+        let chunk = self
+            .serve_as(&mut conn, requester, &reader, visible, Served::Filtered)
+            .await?;
         let mut answer = json!({ "chunk": chunk });
         if let Some(next) = next {
             answer["next_batch"] = json!(next.to_string());
@@ -887,8 +984,13 @@ impl Rooms {
                 Ok(json!({"event_id": event_id, "origin_server_ts": origin_server_ts}))
             }
             None => Err(RoomError::NotFound(format!(
+                // Synapse formats its `Direction` enum here.
                 "Unable to find event from {ts} in direction {}",
-                if forwards { "f" } else { "b" }
+                if forwards {
+                    "Direction.FORWARDS"
+                } else {
+                    "Direction.BACKWARDS"
+                }
             ))),
         }
     }

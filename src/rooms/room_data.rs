@@ -108,10 +108,13 @@ impl Rooms {
             }
         }
         self.known_room(&mut conn, room_id).await?;
+        // Synapse reads the event as the user first (`EventHandler.get_event`): an event
+        // they may not see, in a room they were never in too, is its 403.
+        let refused =
+            || RoomError::Forbidden("You don't have permission to access that event.".into());
         let (reader, _) = match self.reader(&mut conn, requester, room_id).await {
             Ok(reader) => reader,
-            // Never in the room: nothing the user may see, so nothing to mark.
-            Err(RoomError::Forbidden(_)) => return Ok(()),
+            Err(RoomError::Forbidden(_)) => return Err(refused()),
             Err(err) => return Err(err),
         };
         let mut receipts = Vec::new();
@@ -133,7 +136,7 @@ impl Rooms {
                 continue;
             }
             if !Self::visible(&reader, requester, &event.event) {
-                continue;
+                return Err(refused());
             }
             receipts.push(Receipt {
                 room_id: room_id.to_string(),

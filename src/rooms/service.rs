@@ -290,9 +290,31 @@ impl Rooms {
         room_id: &OwnedRoomId,
         event: NewEvent,
     ) -> Result<OwnedEventId, RoomError> {
+        if let Err(invalid) = super::validate::client_event(
+            room_id.as_str(),
+            &event.kind,
+            event.state_key.is_some(),
+            &event.content,
+        ) {
+            // Synapse asks whether the sender is in the room before it looks at the content.
+            if event.kind != "m.room.member" {
+                let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+                let sender = requester.user_id.as_str();
+                let joined = store::rooms::membership(&mut conn, room_id.as_str(), sender)
+                    .await?
+                    .is_some_and(|(membership, _)| membership == "join");
+                if !joined {
+                    return Err(RoomError::Forbidden(format!(
+                        "User {sender} not in room {room_id}"
+                    )));
+                }
+            }
+            return Err(invalid);
+        }
         self.check_relation(room_id, &event.content).await?;
         if event.kind == "m.room.canonical_alias" && event.state_key.as_deref() == Some("") {
-            self.check_canonical_alias(room_id, &event.content).await?;
+            self.check_canonical_alias(&requester.user_id, room_id, &event.content, event.ts)
+                .await?;
         }
         let proposal = Proposal {
             sender: requester.user_id.clone(),
@@ -374,6 +396,17 @@ impl Rooms {
             content.insert("kind".into(), json!("guest"));
             if membership == "join" && target == &requester.user_id {
                 self.check_guest_may_join(room_id).await?;
+            }
+        }
+        if membership == "join" && target == &requester.user_id {
+            // Synapse refuses a banned user's join before the auth rules, in its own words.
+            let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+            let current =
+                store::rooms::membership(&mut conn, room_id.as_str(), target.as_str()).await?;
+            if current.is_some_and(|(membership, _)| membership == "ban") {
+                return Err(RoomError::BadState(
+                    "Cannot join user who was banned".into(),
+                ));
             }
         }
         if membership == "join"

@@ -75,7 +75,21 @@ impl Rooms {
             });
         }
         events.retain(|e| Self::visible(&reader, requester, &e.event));
-        let chunk = self.serve(&mut conn, requester, &reader, events).await?;
+        let mut chunk = self
+            .serve_as(
+                &mut conn,
+                requester,
+                &reader,
+                events,
+                super::read::Served::Filtered,
+            )
+            .await?;
+        // Synapse serialises the thread list without the requester: no `transaction_id`.
+        for root in &mut chunk {
+            if let Some(unsigned) = root.get_mut("unsigned").and_then(Value::as_object_mut) {
+                unsigned.remove("transaction_id");
+            }
+        }
         let mut answer = json!({ "chunk": chunk });
         if let Some(next) = next {
             answer["next_batch"] = json!(next);

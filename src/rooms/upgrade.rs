@@ -15,13 +15,23 @@
 //! 4. the old room's `events_default` and `invite` are raised to `max(50, users_default + 1)`
 //!    so ordinary members stop talking there;
 //! 5. the old room's local aliases move to the new room, and the canonical alias with them
-//!    (the old room's loses them, the new room's names them).
+//!    (the old room's loses them, the new room's names them);
+//! 6. user state follows the room (Synapse's `transfer_room_state_on_room_upgrade`): every
+//!    joined member of this server gets their `m.tag` room account data copied to the new
+//!    room (tags are hungryserv's for local rooms); the upgrader gets, at Synapse and with
+//!    their own token, each enabled push rule with a `room_id` condition naming the old room
+//!    copied for the new one (rule ID the new room's, as Synapse's
+//!    `copy_push_rule_from_room_to_room` does) and the new room added to the `m.direct`
+//!    entry that lists the old one. Synapse does that for every local member too, but those
+//!    live in Synapse and hungryserv holds no other member's token: they are not copied for
+//!    them. The room directory's visibility is not carried over either: local rooms are never
+//!    published in a directory (issue 24).
 //!
 //! One difference in order, not in outcome: Synapse knows the tombstone's event ID before
 //! the new room exists (its IDs are hashes), ours are assigned when written, so the tombstone
 //! is written first and names the new room's ID chosen in advance. The new room's events are
 //! checked (`create::initial_events`) before the tombstone is written, so a request that
-//! would fail leaves the old room untouched. Steps 4 and 5 are best effort, as in Synapse: a
+//! would fail leaves the old room untouched. Steps 4 to 6 are best effort, as in Synapse: a
 //! failure there is logged and the upgrade still answers with the new room.
 
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -153,7 +163,111 @@ impl Rooms {
         {
             tracing::warn!(room_id = %old, error = %err, "aliases not moved on upgrade");
         }
+        self.transfer_user_state(requester, token, old, &new_room, &state)
+            .await;
         Ok(new_room)
+    }
+
+    /// Step 6: tags of every joined local member, the upgrader's push rules and `m.direct`.
+    /// Each failure is logged and skipped, as Synapse skips a user whose copy fails.
+    async fn transfer_user_state(
+        &self,
+        requester: &Requester,
+        token: &str,
+        old: &OwnedRoomId,
+        new: &OwnedRoomId,
+        state: &RoomState,
+    ) {
+        let members = state.entries.iter().filter_map(|((kind, key), entry)| {
+            (kind == "m.room.member"
+                && entry.content.get("membership").and_then(Value::as_str) == Some("join"))
+            .then_some(key)
+        });
+        for user in members {
+            let local = ruma::UserId::parse(user.as_str())
+                .is_ok_and(|user| user.server_name() == self.server_name());
+            if local && let Err(err) = self.copy_tags(user, old, new).await {
+                tracing::warn!(%user, error = %err, "tags not copied on upgrade");
+            }
+        }
+        let masquerade = requester
+            .appservice
+            .as_ref()
+            .map(|_| requester.user_id.as_str());
+        let user = requester.user_id.as_str();
+        match self.synapse.push_rules_of(token, masquerade).await {
+            Ok(rules) => {
+                for (kind, rule_id, body) in push_rules_for(&rules, old.as_str(), new.as_str()) {
+                    if let Err(err) = self
+                        .synapse
+                        .put_push_rule(token, masquerade, kind, &rule_id, &body)
+                        .await
+                    {
+                        tracing::warn!(%user, error = %err, "push rule not copied on upgrade");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(%user, error = %err, "push rules not read on upgrade"),
+        }
+        match self
+            .synapse
+            .account_data_of(token, masquerade, user, "m.direct")
+            .await
+        {
+            Ok(Some(direct)) => {
+                if let Some(updated) = direct_with(&direct, old.as_str(), new.as_str())
+                    && let Err(err) = self
+                        .synapse
+                        .put_account_data(token, masquerade, user, "m.direct", &updated)
+                        .await
+                {
+                    tracing::warn!(%user, error = %err, "m.direct not updated on upgrade");
+                }
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%user, error = %err, "m.direct not read on upgrade"),
+        }
+    }
+
+    /// The user's tags of `old` added to those of `new` (Synapse adds them one by one).
+    async fn copy_tags(
+        &self,
+        user: &str,
+        old: &OwnedRoomId,
+        new: &OwnedRoomId,
+    ) -> Result<(), RoomError> {
+        let mut conn = self.db.acquire().await.map_err(store::StoreError::from)?;
+        let tags_of = |stored: Option<Value>| {
+            stored
+                .and_then(|stored| stored.get("tags").and_then(Value::as_object).cloned())
+                .unwrap_or_default()
+        };
+        let old_tags =
+            tags_of(store::room_data::account_data(&mut conn, user, old.as_str(), "m.tag").await?);
+        if old_tags.is_empty() {
+            return Ok(());
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(store::StoreError::from)?;
+        // Taken first: its lock keeps other tag writers out of the read-modify-write.
+        let position = store::room_data::next_position(&mut tx).await?;
+        let mut tags =
+            tags_of(store::room_data::account_data(&mut tx, user, new.as_str(), "m.tag").await?);
+        tags.extend(old_tags);
+        store::room_data::put_account_data(
+            &mut tx,
+            user,
+            new.as_str(),
+            "m.tag",
+            &json!({ "tags": tags }),
+            position,
+        )
+        .await?;
+        tx.commit().await.map_err(store::StoreError::from)?;
+        self.notifier
+            .room_data_committed(position, &[], &[user.to_owned()]);
+        Ok(())
     }
 
     /// The current state of a local room, as the auth rules read it.
@@ -340,9 +454,135 @@ fn split_canonical(
     (old, new)
 }
 
+/// The push rules to add for the new room (kind, rule ID, `PUT` body), in the order Synapse
+/// adds them: each enabled rule of the ruleset (`{"global": {...}}`, client format) with a
+/// `room_id` condition naming `old` — a `room` rule is its room's ID — copied with the
+/// condition and the rule ID naming `new`.
+fn push_rules_for(rules: &Value, old: &str, new: &str) -> Vec<(&'static str, String, Value)> {
+    let mut copies = Vec::new();
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        let Some(list) = rules
+            .get("global")
+            .and_then(|global| global.get(kind))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        for rule in list {
+            if rule.get("enabled").and_then(Value::as_bool) == Some(false) {
+                continue;
+            }
+            let actions = rule.get("actions").cloned().unwrap_or_else(|| json!([]));
+            if kind == "room" {
+                if rule.get("rule_id").and_then(Value::as_str) == Some(old) {
+                    copies.push((kind, new.to_owned(), json!({ "actions": actions })));
+                }
+                continue;
+            }
+            let Some(conditions) = rule.get("conditions").and_then(Value::as_array) else {
+                continue;
+            };
+            let names_old = |condition: &Value| {
+                condition.get("key").and_then(Value::as_str) == Some("room_id")
+                    && condition.get("pattern").and_then(Value::as_str) == Some(old)
+            };
+            if !conditions.iter().any(names_old) {
+                continue;
+            }
+            let conditions: Vec<Value> = conditions
+                .iter()
+                .map(|condition| {
+                    let mut condition = condition.clone();
+                    if condition.get("key").and_then(Value::as_str) == Some("room_id")
+                        && let Some(object) = condition.as_object_mut()
+                    {
+                        object.insert("pattern".into(), json!(new));
+                    }
+                    condition
+                })
+                .collect();
+            copies.push((
+                kind,
+                new.to_owned(),
+                json!({ "actions": actions, "conditions": conditions }),
+            ));
+        }
+    }
+    copies
+}
+
+/// `m.direct` with `new` added to the first entry that lists `old` and not `new`, or `None`
+/// when none does (Synapse's `copy_room_tags_and_direct_to_room`).
+fn direct_with(direct: &Value, old: &str, new: &str) -> Option<Value> {
+    let mut direct = direct.as_object()?.clone();
+    let rooms = direct.values_mut().find_map(|rooms| {
+        let list = rooms.as_array_mut()?;
+        let listed = |room: &str| list.iter().any(|entry| entry.as_str() == Some(room));
+        (listed(old) && !listed(new)).then_some(list)
+    })?;
+    rooms.push(json!(new));
+    Some(Value::Object(direct))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_rules_naming_the_old_room_are_copied_for_the_new_one() {
+        let rules = json!({"global": {
+            "override": [
+                {"rule_id": ".m.rule.master", "default": true, "enabled": false, "actions": [], "conditions": []},
+                {"rule_id": "mine", "enabled": true, "actions": ["notify"],
+                 "conditions": [{"kind": "event_match", "key": "room_id", "pattern": "!old:hs"},
+                                {"kind": "event_match", "key": "type", "pattern": "m.room.message"}]},
+                {"rule_id": "off", "enabled": false, "actions": ["notify"],
+                 "conditions": [{"kind": "event_match", "key": "room_id", "pattern": "!old:hs"}]}
+            ],
+            "room": [
+                {"rule_id": "!old:hs", "enabled": true, "actions": []},
+                {"rule_id": "!other:hs", "enabled": true, "actions": []}
+            ],
+            "content": [{"rule_id": "c", "enabled": true, "actions": [], "pattern": "!old:hs"}]
+        }});
+        assert_eq!(
+            push_rules_for(&rules, "!old:hs", "!new:hs"),
+            vec![
+                (
+                    "override",
+                    "!new:hs".to_owned(),
+                    json!({"actions": ["notify"], "conditions": [
+                        {"kind": "event_match", "key": "room_id", "pattern": "!new:hs"},
+                        {"kind": "event_match", "key": "type", "pattern": "m.room.message"}]})
+                ),
+                ("room", "!new:hs".to_owned(), json!({"actions": []})),
+            ]
+        );
+    }
+
+    #[test]
+    fn m_direct_gets_the_new_room_beside_the_old_one() {
+        assert_eq!(
+            direct_with(
+                &json!({"@a:hs": ["!x:hs"], "@b:hs": ["!old:hs"]}),
+                "!old:hs",
+                "!new:hs"
+            ),
+            Some(json!({"@a:hs": ["!x:hs"], "@b:hs": ["!old:hs", "!new:hs"]}))
+        );
+        assert_eq!(
+            direct_with(&json!({"@b:hs": ["!x:hs"]}), "!old:hs", "!new:hs"),
+            None
+        );
+        assert_eq!(
+            direct_with(
+                &json!({"@b:hs": ["!old:hs", "!new:hs"]}),
+                "!old:hs",
+                "!new:hs"
+            ),
+            None
+        );
+    }
 
     fn object_of(value: Value) -> Map<String, Value> {
         object(value)

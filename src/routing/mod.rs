@@ -90,6 +90,8 @@ pub enum Route {
     SlidingSync,
     /// `GET /notifications`: Synapse's list merged with the local rooms'.
     Notifications,
+    /// `GET /initialSync` (deprecated): Synapse's answer plus the local rooms.
+    InitialSync,
     /// `GET /keys/changes`: Synapse's answer plus device changes of local-room co-members.
     KeysChanges,
     /// `POST /user_directory/search`: Synapse's answer plus local-room co-members.
@@ -132,6 +134,7 @@ impl Route {
             | Route::SlidingSync
             | Route::Versions
             | Route::Notifications
+            | Route::InitialSync
             | Route::KeysChanges
             | Route::UserDirectory
             | Route::Search => "merge",
@@ -398,6 +401,7 @@ fn place(classes: &RoomClasses, method: &Method, path: &str) -> Route {
             Route::SlidingSync
         }
         [_, "notifications"] if method == Method::GET => Route::Notifications,
+        [_, "initialSync"] if method == Method::GET => Route::InitialSync,
         [_, "keys", "changes"] if method == Method::GET => Route::KeysChanges,
         [_, "user_directory", "search"] if method == Method::POST => Route::UserDirectory,
         [_, "search"] if method == Method::POST => Route::Search,
@@ -777,6 +781,12 @@ mod tests {
                 "/_matrix/client/v3/notifications",
                 Route::Notifications,
             ),
+            (
+                Method::GET,
+                "/_matrix/client/v3/initialSync",
+                Route::InitialSync,
+            ),
+            (Method::POST, "/_matrix/client/v3/initialSync", FORWARD),
             (
                 Method::GET,
                 "/_matrix/client/v3/keys/changes",

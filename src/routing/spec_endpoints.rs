@@ -184,11 +184,7 @@ const ENDPOINTS: &[(&str, &str, Expect)] = &[
     ("GET", "/v3/notifications", Expect::Merge("notifications")),
     ("POST", "/v3/search", Expect::Merge("search")),
     ("GET", "/v3/keys/changes", Expect::Merge("keys_changes")),
-    (
-        "GET",
-        "/v3/initialSync",
-        Expect::Forward("not yet: Synapse's rooms only (issue 22)"),
-    ),
+    ("GET", "/v3/initialSync", Expect::Merge("initial_sync")),
     (
         "GET",
         "/v3/events",

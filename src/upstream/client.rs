@@ -696,3 +696,149 @@ impl Synapse {
             .map_err(|err| CallError::Unavailable(format!("unexpected appservice rooms: {err}")))
     }
 }
+
+/// What a room upgrade carries over for the upgrader at Synapse (`rooms::upgrade`): their
+/// push rules and `m.direct`, read and written with their own token (`masquerade`: the
+/// `?user_id=` an appservice token acts as).
+impl Synapse {
+    fn acting(path: String, masquerade: Option<&str>) -> String {
+        match masquerade {
+            Some(user) => format!("{path}?user_id={}", encode_segment(user)),
+            None => path,
+        }
+    }
+
+    /// The push rules of the user of `token` (`{"global": {...}}`), acting as `masquerade`.
+    pub async fn push_rules_of(
+        &self,
+        token: &str,
+        masquerade: Option<&str>,
+    ) -> Result<Value, CallError> {
+        let path = Self::acting("/_matrix/client/v3/pushrules/".into(), masquerade);
+        self.call(Method::GET, &path, token).await
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}`: adds (or replaces) one push rule.
+    pub async fn put_push_rule(
+        &self,
+        token: &str,
+        masquerade: Option<&str>,
+        kind: &str,
+        rule_id: &str,
+        body: &Value,
+    ) -> Result<(), CallError> {
+        let path = Self::acting(
+            format!(
+                "/_matrix/client/v3/pushrules/global/{}/{}",
+                encode_segment(kind),
+                encode_segment(rule_id)
+            ),
+            masquerade,
+        );
+        self.call_with(Call {
+            json_body: Some(body),
+            ..Call::new(Method::PUT, &path, token)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// One of the user's global account data entries, acting as `masquerade`; `Ok(None)`
+    /// when Synapse has none.
+    pub async fn account_data_of(
+        &self,
+        token: &str,
+        masquerade: Option<&str>,
+        user_id: &str,
+        kind: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = Self::acting(
+            format!(
+                "/_matrix/client/v3/user/{}/account_data/{}",
+                encode_segment(user_id),
+                encode_segment(kind)
+            ),
+            masquerade,
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(Some(value)),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sets one of the user's global account data entries.
+    pub async fn put_account_data(
+        &self,
+        token: &str,
+        masquerade: Option<&str>,
+        user_id: &str,
+        kind: &str,
+        content: &Value,
+    ) -> Result<(), CallError> {
+        let path = Self::acting(
+            format!(
+                "/_matrix/client/v3/user/{}/account_data/{}",
+                encode_segment(user_id),
+                encode_segment(kind)
+            ),
+            masquerade,
+        );
+        self.call_with(Call {
+            json_body: Some(content),
+            ..Call::new(Method::PUT, &path, token)
+        })
+        .await
+        .map(drop)
+    }
+}
+
+impl Synapse {
+    /// `GET /presence/{userId}/status` asked with `token`: `Ok(None)` when Synapse does not let
+    /// the user of `token` see it (no shared Synapse room: 403) or presence is off (404).
+    pub async fn presence_status(
+        &self,
+        token: &str,
+        masquerade: Option<&str>,
+        user_id: &str,
+    ) -> Result<Option<Value>, CallError> {
+        let path = Self::acting(
+            format!(
+                "/_matrix/client/v3/presence/{}/status",
+                encode_segment(user_id)
+            ),
+            masquerade,
+        );
+        match self.call(Method::GET, &path, token).await {
+            Ok(value) => Ok(Some(value)),
+            Err(CallError::Refused(refusal))
+                if matches!(
+                    refusal.status,
+                    StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Synapse {
+    /// The user's global `GET /initialSync` (deprecated) for `query` (without the access
+    /// token). It may take long for a big account, as a first `/sync` does.
+    pub async fn initial_sync(&self, token: &str, query: &str) -> Result<Value, CallError> {
+        let path = if query.is_empty() {
+            "/_matrix/client/v3/initialSync".to_owned()
+        } else {
+            format!("/_matrix/client/v3/initialSync?{query}")
+        };
+        self.call_with(Call {
+            timeout: self.response_timeout,
+            max_answer: MAX_SYNC_ANSWER,
+            timeout_means_down: false,
+            ..Call::new(Method::GET, &path, token)
+        })
+        .await
+    }
+}
