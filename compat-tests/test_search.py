@@ -6,6 +6,8 @@ order (`rank`: by rank; `recent`: newest first) and pages through both with
 
 import time
 
+import httpx
+
 from client import As, create_room, of, q, send_text, two_rooms
 
 import stack
@@ -256,5 +258,11 @@ def test_search_answers_local_rooms_while_synapse_is_down():
         assert only_synapse["results"] == []
     finally:
         stack.stack_lib("synapse_start")
+    # hungryserv asks Synapse again once its health probe has seen it back.
+    stack.wait_until(
+        lambda: httpx.get(f"{stack.HS_URL}/_hungryserv/ready", timeout=10).status_code == 200,
+        30,
+        "hungryserv to see Synapse back",
+    )
     again = search(of(owner), term)
     assert sorted(r["result"]["room_id"] for r in again["results"]) == sorted([synapse_room, local_room])
